@@ -1,0 +1,296 @@
+//! The `gridflow` command line.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::pipeline::{load_all, pipeline_paths};
+use crate::config::{interpolate, Diagnostic, RuntimeConfig};
+use crate::engine::{Engine, EngineContext};
+use crate::kafka::EmbeddedBroker;
+use crate::sources::HttpRoutes;
+
+/// gridflow: declarative pipelines for real-time energy data exchange on Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "gridflow", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format; default `json` when stderr is not a terminal, `pretty` otherwise.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every pipeline of the pipelines directory.
+    Run(RunArgs),
+    /// Check pipeline files; prints every error as `path:line:col: error: message`.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Runtime configuration file.
+    #[arg(long, default_value = "gridflow.toml")]
+    config: PathBuf,
+    /// Pipelines directory (overrides `[paths] pipelines`).
+    #[arg(long)]
+    pipelines: Option<PathBuf>,
+    /// HTTP ingress address (overrides `[http] listen`).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Admin address (overrides `[admin] listen`).
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// Kafka bootstrap servers (overrides `[kafka] brokers`); empty: the embedded
+    /// development broker.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// Files or directories to check (default: the pipelines directory).
+    paths: Vec<PathBuf>,
+    /// Runtime configuration file (for the default pipelines directory).
+    #[arg(long, default_value = "gridflow.toml")]
+    config: PathBuf,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Validate(args) => validate(args),
+        Command::Run(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "Gridflow stopped.");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        eprintln!("{d}");
+    }
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    let mut paths = Vec::new();
+    let mut diagnostics = Vec::new();
+    let inputs = if args.paths.is_empty() {
+        match RuntimeConfig::load(&args.config, false) {
+            Ok(c) => vec![c.paths.pipelines],
+            Err(d) => {
+                print_diagnostics(&d);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        args.paths
+    };
+    for input in inputs {
+        if input.is_dir() {
+            match pipeline_paths(&input) {
+                Ok(mut p) => paths.append(&mut p),
+                Err(e) => diagnostics.push(io_diagnostic(&input, e)),
+            }
+        } else {
+            paths.push(input);
+        }
+    }
+    let (files, mut found) = load_all(&paths, &interpolate::from_env);
+    diagnostics.append(&mut found);
+    print_diagnostics(&diagnostics);
+    if diagnostics.is_empty() {
+        println!("{} pipeline file(s) OK.", files.len());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} error(s) in {} file(s).", diagnostics.len(), paths.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn io_diagnostic(path: &Path, e: std::io::Error) -> Diagnostic {
+    Diagnostic {
+        path: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read: {e}"),
+        hint: None,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let explicit = args.config != Path::new("gridflow.toml");
+    let mut config = RuntimeConfig::load(&args.config, explicit).map_err(|d| {
+        print_diagnostics(&d);
+        anyhow::anyhow!("invalid runtime configuration {}", args.config.display())
+    })?;
+    if let Some(dir) = args.pipelines {
+        config.paths.pipelines = dir;
+    }
+    if let Some(addr) = args.http_addr {
+        config.http.listen = addr;
+    }
+    if let Some(addr) = args.admin_addr {
+        config.admin.listen = addr;
+    }
+    if let Some(brokers) = args.brokers {
+        config.kafka.brokers = brokers;
+    }
+
+    let metrics = match crate::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "Metrics disabled.");
+            None
+        }
+    };
+
+    // The embedded broker lives as long as this function: the whole run.
+    let mut embedded = None;
+    if config.kafka.brokers.trim().is_empty() {
+        let broker = EmbeddedBroker::start()?;
+        config.kafka.brokers = broker.bootstrap_servers();
+        tracing::warn!(brokers = %config.kafka.brokers, "No Kafka brokers configured: using the embedded mock broker. It is for development only and keeps nothing across a restart.");
+        embedded = Some(broker);
+    }
+    let kafka = config.kafka_settings();
+
+    let paths = pipeline_paths(&config.paths.pipelines).map_err(|e| {
+        anyhow::anyhow!("cannot read the pipelines directory {}: {e}", config.paths.pipelines.display())
+    })?;
+    let (files, diagnostics) = load_all(&paths, &interpolate::from_env);
+    for d in &diagnostics {
+        tracing::error!(path = %d.path.display(), line = d.line, column = d.column, hint = d.hint.as_deref().unwrap_or(""), "{}", d.message);
+    }
+
+    if let Some(broker) = &embedded {
+        let mut topics: Vec<String> = files
+            .iter()
+            .flat_map(|file| Engine::topics_of(file, &config.paths.dead_letters))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        for topic in topics {
+            broker.create_topic(&topic, 3)?;
+        }
+    }
+
+    let shutdown = CancellationToken::new();
+    let routes = Arc::new(HttpRoutes::default());
+    let admin_state = AdminState { metrics, ..AdminState::default() };
+    let broker_watch = admin_state.watch_broker(kafka.clone(), Duration::from_secs(5), shutdown.clone());
+
+    let http = tokio::net::TcpListener::bind(config.http.listen).await?;
+    tracing::info!(addr = %http.local_addr()?, "HTTP listener started.");
+    let admin = tokio::net::TcpListener::bind(config.admin.listen).await?;
+    tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
+
+    let producer = kafka.producer()?;
+    let mut engine = Engine::new(EngineContext {
+        kafka: kafka.clone(),
+        producer,
+        routes: Arc::clone(&routes),
+        dead_letters_dir: config.paths.dead_letters.clone(),
+        limits: config.engine.clone(),
+    });
+    let mut started = 0;
+    for file in files {
+        match engine.start(file).await {
+            Ok(()) => started += 1,
+            Err(e) => tracing::error!(error = %e, "Pipeline not started."),
+        }
+    }
+    admin_state.loaded.store(true, Ordering::SeqCst);
+
+    let http_server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let app = crate::sources::http::router(Arc::clone(&routes));
+        async move { axum::serve(http, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+    });
+    let admin_server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let app = admin::router(admin_state.clone());
+        async move { axum::serve(admin, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+    });
+    tracing::info!(pipelines = started, failed = diagnostics.len(), "Gridflow started.");
+
+    wait_for_signal().await;
+    tracing::info!("Shutting down.");
+    engine.shutdown().await;
+    shutdown.cancel();
+    let _ = http_server.await;
+    let _ = admin_server.await;
+    let _ = broker_watch.await;
+    drop(embedded);
+    tracing::info!("Gridflow stopped cleanly.");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

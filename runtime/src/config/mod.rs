@@ -1,0 +1,211 @@
+//! Configuration: the runtime file `gridflow.toml`, the pipeline files, `${VAR}`
+//! interpolation and diagnostics with file, line and column.
+
+pub mod diagnostic;
+mod document;
+pub mod interpolate;
+pub mod pipeline;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use diagnostic::Diagnostic;
+pub use pipeline::{OnErrorConfig, PipelineConfig, PipelineFile};
+
+use crate::kafka::KafkaSettings;
+use document::Document;
+
+/// `gridflow.toml`: what the process needs, shared by every pipeline.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// `[kafka]`: brokers and client properties.
+    pub kafka: KafkaConfig,
+    /// `[http]`: the ingress listener.
+    pub http: ListenerConfig,
+    /// `[admin]`: health and metrics listener.
+    pub admin: AdminConfig,
+    /// `[paths]`: where pipelines, contracts and dead-letter files live.
+    pub paths: PathsConfig,
+    /// `[engine]`: limits of the pipeline runner.
+    pub engine: EngineConfig,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`host:port,...`); empty: the embedded development broker.
+    pub brokers: String,
+    /// Any librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+/// A librdkafka property value as written in TOML.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    /// `"value"`
+    String(String),
+    /// `5000`
+    Integer(i64),
+    /// `true`
+    Bool(bool),
+    /// `0.5`
+    Float(f64),
+}
+
+impl std::fmt::Display for PropertyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PropertyValue::String(s) => f.write_str(s),
+            PropertyValue::Integer(i) => write!(f, "{i}"),
+            PropertyValue::Bool(b) => write!(f, "{b}"),
+            PropertyValue::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address of the ingress listener (default `0.0.0.0:8080`).
+    pub listen: SocketAddr,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener (default `0.0.0.0:9090`).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// `[paths]`, relative to the working directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Pipeline files (default `pipelines`).
+    pub pipelines: PathBuf,
+    /// Event contracts (default `contracts`).
+    pub contracts: PathBuf,
+    /// Dead-letter files of pipelines without a Kafka sink (default `dead-letters`).
+    pub dead_letters: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            pipelines: "pipelines".into(),
+            contracts: "contracts".into(),
+            dead_letters: "dead-letters".into(),
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Messages of one pipeline handed to its sink and not yet acknowledged, at most
+    /// (default 10000): past it, sources wait (backpressure).
+    pub max_in_flight: usize,
+    /// How long a stopping pipeline waits for its in-flight messages, in ms (default 30000).
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_in_flight: 10_000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Parses `gridflow.toml`.
+    pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<RuntimeConfig, Vec<Diagnostic>> {
+        let mut doc = Document::parse(path, text, lookup)?;
+        let root = doc.root.clone();
+        let value = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
+        let config = doc.section::<RuntimeConfig>(&value, "gridflow.toml", &[]);
+        match config {
+            Some(config) if doc.diagnostics.is_empty() => Ok(config),
+            _ => Err(doc.diagnostics),
+        }
+    }
+
+    /// Reads `path`; a missing file gives the defaults unless `required`.
+    pub fn load(path: &Path, required: bool) -> Result<RuntimeConfig, Vec<Diagnostic>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text, &interpolate::from_env),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(RuntimeConfig::default()),
+            Err(e) => Err(vec![Diagnostic {
+                path: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: format!("cannot read the runtime configuration: {e}"),
+                hint: Some("pass --config with the path of gridflow.toml".into()),
+            }]),
+        }
+    }
+
+    /// The Kafka settings of every client.
+    pub fn kafka_settings(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.kafka.brokers.clone(),
+            properties: self
+                .kafka
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_properties_and_interpolation() {
+        let text = "[kafka]\nbrokers = '${B:-localhost:9092}'\nproperties = { 'security.protocol' = 'SASL_SSL', 'linger.ms' = 5 }\n[http]\nlisten = '127.0.0.1:8081'\n";
+        let c = RuntimeConfig::parse(Path::new("gridflow.toml"), text, &|_| None).unwrap();
+        assert_eq!(c.kafka.brokers, "localhost:9092");
+        let s = c.kafka_settings();
+        assert_eq!(s.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(s.properties["linger.ms"], "5");
+        assert_eq!(c.http.listen.port(), 8081);
+        assert_eq!(c.admin.listen.port(), 9090);
+        assert_eq!(c.engine.max_in_flight, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_have_positions() {
+        let err = RuntimeConfig::parse(Path::new("g.toml"), "[kafka]\nbroker = 'x'\n", &|_| None).unwrap_err();
+        assert_eq!(err[0].line, 2, "{err:?}");
+        assert!(err[0].message.contains("unknown key `broker`"), "{err:?}");
+    }
+}

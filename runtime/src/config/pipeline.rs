@@ -1,0 +1,407 @@
+//! The pipeline file model: one TOML file per flow, checked as a whole.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::de::DeValue;
+use toml::Spanned;
+
+use super::diagnostic::Diagnostic;
+use super::document::Document;
+use crate::error::BuildError;
+use crate::sinks::{self, SinkConfig};
+use crate::sources::{self, SourceConfig};
+use crate::steps::{self, StepConfig};
+
+/// One pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Unique name; defaults to the file stem.
+    pub name: String,
+    /// What the flow does, for people.
+    pub description: Option<String>,
+    /// Where inputs come from.
+    pub source: SourceConfig,
+    /// Transformations, in order.
+    pub steps: Vec<StepConfig>,
+    /// Where messages go.
+    pub sink: SinkConfig,
+    /// Retry and dead-letter policy.
+    pub on_error: OnErrorConfig,
+}
+
+/// The `[on_error]` table: the same retry policy and dead-letter route for every pipeline.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnErrorConfig {
+    /// Delivery attempts for transient faults, the first included (default 5).
+    pub max_attempts: u32,
+    /// First backoff, in milliseconds (default 100); doubled on each retry, with jitter.
+    pub initial_backoff_ms: u64,
+    /// Longest backoff, in milliseconds (default 10000).
+    pub max_backoff_ms: u64,
+    /// Dead-letter topic; default `<sink topic>.dlq` for a Kafka sink.
+    pub dead_letter_topic: Option<String>,
+    /// Dead-letter file (NDJSON envelopes) for pipelines without a Kafka sink; default beside
+    /// a file sink (`<path>.dlq`) or `<dead_letters dir>/<pipeline>.dlq.ndjson`.
+    pub dead_letter_file: Option<PathBuf>,
+}
+
+impl Default for OnErrorConfig {
+    fn default() -> Self {
+        OnErrorConfig {
+            max_attempts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 10_000,
+            dead_letter_topic: None,
+            dead_letter_file: None,
+        }
+    }
+}
+
+impl OnErrorConfig {
+    fn check(&self) -> Result<(), BuildError> {
+        if self.max_attempts == 0 {
+            return Err(BuildError::at("max_attempts", "max_attempts must be at least 1")
+                .with_hint("1 means no retry"));
+        }
+        if self.initial_backoff_ms > self.max_backoff_ms {
+            return Err(BuildError::at(
+                "initial_backoff_ms",
+                "initial_backoff_ms is larger than max_backoff_ms",
+            ));
+        }
+        if self.dead_letter_topic.is_some() && self.dead_letter_file.is_some() {
+            return Err(BuildError::at(
+                "dead_letter_file",
+                "give dead_letter_topic or dead_letter_file, not both",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A pipeline file as loaded: its config, where it came from, and its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineFile {
+    /// The file.
+    pub path: PathBuf,
+    /// sha256 of the file's bytes, hex.
+    pub version: String,
+    /// The parsed, checked config.
+    pub config: PipelineConfig,
+}
+
+const TOP_LEVEL: &[&str] = &["name", "description", "source", "steps", "sink", "on_error"];
+
+/// Parses and checks one pipeline file, reporting every problem at once.
+pub fn parse_pipeline(
+    path: &Path,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, Vec<Diagnostic>> {
+    let mut doc = Document::parse(path, text, lookup)?;
+    let root = doc.root.clone();
+    let table = root.get_ref();
+    doc.check_keys(table, TOP_LEVEL, "a pipeline file");
+
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("pipeline").to_string();
+    let name = match table.get_key_value("name") {
+        Some((_, v)) => match v.get_ref().as_str() {
+            Some(n) if valid_name(n) => n.to_string(),
+            Some(n) => {
+                doc.error(Some(v.span()), format!("`{n}` is not a valid pipeline name"), Some("use letters, digits, `.`, `_` and `-`".into()));
+                stem
+            }
+            None => {
+                doc.error(Some(v.span()), "`name` must be a string", None);
+                stem
+            }
+        },
+        None => stem,
+    };
+    let description = table.get("description").and_then(|v| v.get_ref().as_str()).map(str::to_string);
+
+    let required = |doc: &mut Document<'_>, key: &str, what: &str| -> Option<Spanned<DeValue<'_>>> {
+        let found = table.get(key).cloned();
+        if found.is_none() {
+            doc.error(Some(0..0), format!("missing section [{key}]"), Some(format!("every pipeline needs {what}")));
+        }
+        found
+    };
+    let source_v = required(&mut doc, "source", "a source (`[source]` with a `kind`)");
+    let sink_v = required(&mut doc, "sink", "a sink (`[sink]` with a `kind`)");
+
+    let source = source_v
+        .as_ref()
+        .and_then(|v| doc.section::<SourceConfig>(v, "[source]", sources::KINDS));
+    let sink = sink_v
+        .as_ref()
+        .and_then(|v| doc.section::<SinkConfig>(v, "[sink]", sinks::KINDS));
+
+    let mut steps = Vec::new();
+    let mut steps_ok = true;
+    let step_values: Vec<Spanned<DeValue<'_>>> = match table.get("steps") {
+        None => Vec::new(),
+        Some(v) => match v.get_ref().as_array() {
+            Some(items) => items.iter().cloned().collect(),
+            None => {
+                doc.error(Some(v.span()), "`steps` must be an array of tables", Some("write each step as a `[[steps]]` table".into()));
+                Vec::new()
+            }
+        },
+    };
+    for (i, v) in step_values.iter().enumerate() {
+        let context = format!("[[steps]] #{}", i + 1);
+        match doc.section::<StepConfig>(v, &context, steps::KINDS) {
+            Some(step) => {
+                if let Err(e) = step.build() {
+                    report(&mut doc, v, &context, e);
+                }
+                steps.push(step);
+            }
+            None => steps_ok = false,
+        }
+    }
+
+    let on_error_v = table.get("on_error").cloned();
+    let on_error = match &on_error_v {
+        Some(v) => doc.section::<OnErrorConfig>(v, "[on_error]", &[]),
+        None => Some(OnErrorConfig::default()),
+    };
+
+    if let (Some(source), Some(v)) = (&source, &source_v) {
+        if let Err(e) = source.check() {
+            report(&mut doc, v, "[source]", e);
+        }
+    }
+    if let (Some(sink), Some(v)) = (&sink, &sink_v) {
+        if let Err(e) = sink.check() {
+            report(&mut doc, v, "[sink]", e);
+        }
+    }
+    if let Some(on_error) = &on_error {
+        if let Err(e) = on_error.check() {
+            let at = on_error_v.clone().unwrap_or_else(|| Spanned::new(0..0, DeValue::Boolean(false)));
+            report(&mut doc, &at, "[on_error]", e);
+        }
+    }
+
+    match (source, sink, on_error) {
+        (Some(source), Some(sink), Some(on_error)) if doc.diagnostics.is_empty() && steps_ok => Ok(PipelineConfig {
+            name,
+            description,
+            source,
+            steps,
+            sink,
+            on_error,
+        }),
+        _ => Err(doc.diagnostics),
+    }
+}
+
+fn report(doc: &mut Document<'_>, value: &Spanned<DeValue<'_>>, context: &str, e: BuildError) {
+    let span = e
+        .key
+        .as_deref()
+        .and_then(|key| doc.offset_in_string(value, key, e.offset))
+        .or(Some(value.span()));
+    let message = match &e.key {
+        Some(key) => format!("{context} `{key}`: {}", e.message),
+        None => format!("{context}: {}", e.message),
+    };
+    doc.error(span, message, e.hint);
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// sha256 of `bytes`, hex: a pipeline's version.
+pub fn version_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads and checks one file.
+pub fn load_file(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<PipelineFile, Vec<Diagnostic>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        vec![Diagnostic {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the file: {e}"),
+            hint: None,
+        }]
+    })?;
+    let text = String::from_utf8(bytes.clone()).map_err(|e| {
+        vec![Diagnostic {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("the file is not UTF-8: {e}"),
+            hint: Some("save it as UTF-8".into()),
+        }]
+    })?;
+    let config = parse_pipeline(path, &text, lookup)?;
+    Ok(PipelineFile {
+        path: path.to_path_buf(),
+        version: version_of(&bytes),
+        config,
+    })
+}
+
+/// The pipeline files of `dir` (`*.toml`, not hidden), sorted by name.
+pub fn pipeline_paths(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let visible = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'));
+        if visible && path.is_file() && path.extension().is_some_and(|e| e == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Loads `paths` and checks what spans files: unique names and unique HTTP paths.
+pub fn load_all(paths: &[PathBuf], lookup: &dyn Fn(&str) -> Option<String>) -> (Vec<PipelineFile>, Vec<Diagnostic>) {
+    let mut files = Vec::new();
+    let mut diagnostics = Vec::new();
+    for path in paths {
+        match load_file(path, lookup) {
+            Ok(file) => files.push(file),
+            Err(mut d) => diagnostics.append(&mut d),
+        }
+    }
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let mut routes: HashMap<String, String> = HashMap::new();
+    files.retain(|file| {
+        let at = |message: String, hint: String| Diagnostic {
+            path: file.path.clone(),
+            line: 1,
+            column: 1,
+            message,
+            hint: Some(hint),
+        };
+        if let Some(first) = names.get(&file.config.name) {
+            diagnostics.push(at(
+                format!("pipeline name `{}` is already used by {}", file.config.name, first.display()),
+                "set a unique `name` in one of the files".into(),
+            ));
+            return false;
+        }
+        if let SourceConfig::Http(http) = &file.config.source {
+            if let Some(other) = routes.get(&http.path) {
+                diagnostics.push(at(
+                    format!("HTTP path `{}` is already served by pipeline `{other}`", http.path),
+                    "give each HTTP source its own path".into(),
+                ));
+                return false;
+            }
+            routes.insert(http.path.clone(), file.config.name.clone());
+        }
+        names.insert(file.config.name.clone(), file.path.clone());
+        true
+    });
+    (files, diagnostics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PipelineConfig, Vec<Diagnostic>> {
+        parse_pipeline(Path::new("p/flow.toml"), text, &|name| (name == "BROKER_TOPIC").then(|| "t.v1".to_string()))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text).unwrap_err().iter().map(|d| d.to_string()).collect()
+    }
+
+    const GOOD: &str = r#"
+name = "entsoe-actual-load"
+[source]
+kind = "http"
+path = "/ingest/x"
+[[steps]]
+kind = "xml_to_json"
+arrays = ["Point"]
+[[steps]]
+kind = "map"
+expression = "a.b"
+[sink]
+kind = "kafka"
+topic = "${BROKER_TOPIC}"
+key = "area"
+[on_error]
+max_attempts = 3
+"#;
+
+    #[test]
+    fn parses_a_full_pipeline_with_interpolation() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "entsoe-actual-load");
+        assert_eq!(p.steps.len(), 2);
+        assert_eq!(p.sink.topic(), Some("t.v1"));
+        assert_eq!(p.on_error.max_attempts, 3);
+        assert_eq!(p.on_error.initial_backoff_ms, 100);
+    }
+
+    #[test]
+    fn name_defaults_to_the_file_stem() {
+        let p = parse("[source]\nkind='file'\ndir='in'\n[sink]\nkind='stdout'\n").unwrap();
+        assert_eq!(p.name, "flow");
+        assert!(p.steps.is_empty());
+    }
+
+    #[test]
+    fn reports_every_error_with_line_and_column() {
+        let text = "nme = 'x'\n[source]\nkind = 'http'\npth = '/x'\n[[steps]]\nkind = 'mapp'\n[[steps]]\nkind = 'map'\nexpression = 'a.['\n[sink]\nkind = 'kafka'\n";
+        let errs = errors(text);
+        let all = errs.join("\n");
+        assert!(all.contains("p/flow.toml:1:1: error: unknown key `nme` in a pipeline file"), "{all}");
+        assert!(all.contains("did you mean `name`?"), "{all}");
+        assert!(all.contains("p/flow.toml:4:1: error: unknown key `pth` in [source]"), "{all}");
+        assert!(all.contains("did you mean `path`?"), "{all}");
+        assert!(all.contains("p/flow.toml:6:8: error: unknown kind `mapp` in [[steps]] #1"), "{all}");
+        assert!(all.contains("did you mean `map`?"), "{all}");
+        // The JMESPath error points inside the string, at the fault.
+        assert!(all.contains("p/flow.toml:9:"), "{all}");
+        assert!(all.contains("invalid JMESPath"), "{all}");
+        assert!(all.contains("missing key `topic` in [sink]"), "{all}");
+        assert_eq!(errs.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let errs = errors("[source\nkind = 'http'\n");
+        assert!(errs[0].starts_with("p/flow.toml:1:"), "{errs:?}");
+        assert!(errs[0].contains("invalid TOML"), "{errs:?}");
+    }
+
+    #[test]
+    fn missing_sections_and_bad_values() {
+        let all = errors("[source]\nkind='http'\npath='/x'\n[on_error]\nmax_attempts = 'five'\n").join("\n");
+        assert!(all.contains("missing section [sink]"), "{all}");
+        assert!(all.contains("p/flow.toml:5:16: error: [on_error]"), "{all}");
+    }
+
+    #[test]
+    fn unset_variables_are_reported_where_they_are_used() {
+        let all = errors("[source]\nkind='http'\npath='/x'\n[sink]\nkind='kafka'\ntopic='${NOPE}'\n").join("\n");
+        assert!(all.contains("p/flow.toml:6:7: error: environment variable `NOPE` is not set"), "{all}");
+    }
+
+    #[test]
+    fn semantic_checks_of_sources_and_on_error() {
+        let all = errors("[source]\nkind='http'\npath='x'\n[sink]\nkind='stdout'\n[on_error]\nmax_attempts=0\n").join("\n");
+        assert!(all.contains("p/flow.toml:3:6: error: [source] `path`"), "{all}");
+        assert!(all.contains("[on_error] `max_attempts`"), "{all}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The engine: builds pipelines from their files, runs them, and stops them cleanly.
+//!
+//! A pipeline is a source task pushing into a [`Runner`] (steps → sink, with the retry
+//! policy of [`retry`] and the dead-letter route of [`dead_letter`]). Every task gets a
+//! cancellation token; a stopping pipeline stops taking input, lets its source settle what
+//! it took in, then waits (bounded) until nothing is in flight.
+
+pub mod dead_letter;
+pub mod retry;
+pub mod runner;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EngineConfig, PipelineFile};
+use crate::kafka::KafkaSettings;
+use crate::metrics::PipelineMetrics;
+use crate::sinks::SinkContext;
+use crate::sources::{Downstream, HttpRoutes, SourceContext};
+use dead_letter::{DeadLetterTarget, DeadLetterWriter};
+use retry::RetryPolicy;
+use runner::{NamedStep, Runner};
+
+/// Why a pipeline could not start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartError {
+    /// A component could not be built.
+    #[error("pipeline `{pipeline}`: {component}: {message}")]
+    Build {
+        /// The pipeline.
+        pipeline: String,
+        /// `source`, `steps[1].map`, `sink`, `dead_letter`.
+        component: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Topics it needs do not exist.
+    #[error("pipeline `{pipeline}`: topic(s) {} do not exist on the broker; create them first (gridflow does not create topics)", .topics.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "))]
+    MissingTopics {
+        /// The pipeline.
+        pipeline: String,
+        /// The missing topics.
+        topics: Vec<String>,
+    },
+    /// A pipeline of the same name is running.
+    #[error("pipeline `{0}` is already running")]
+    Duplicate(String),
+}
+
+/// What the engine shares with every pipeline.
+pub struct EngineContext {
+    /// Kafka settings of every client.
+    pub kafka: KafkaSettings,
+    /// The process's shared producer (sinks and dead letters).
+    pub producer: FutureProducer,
+    /// The HTTP listener's route table.
+    pub routes: Arc<HttpRoutes>,
+    /// Where dead-letter files of non-Kafka pipelines go.
+    pub dead_letters_dir: PathBuf,
+    /// Runner limits.
+    pub limits: EngineConfig,
+}
+
+struct Running {
+    file: PipelineFile,
+    started_at: SystemTime,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    runner: Arc<Runner>,
+}
+
+/// A pipeline's state, for the admin API and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineStatus {
+    /// Its name.
+    pub name: String,
+    /// sha256 of its file.
+    pub version: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// When it started.
+    pub started_at: SystemTime,
+    /// True while its source runs.
+    pub running: bool,
+}
+
+/// The running pipelines.
+pub struct Engine {
+    ctx: EngineContext,
+    pipelines: BTreeMap<String, Running>,
+}
+
+impl Engine {
+    /// An engine with no pipeline yet.
+    pub fn new(ctx: EngineContext) -> Self {
+        Engine { ctx, pipelines: BTreeMap::new() }
+    }
+
+    /// Topics `file` reads or writes, its dead-letter topic included.
+    pub fn topics_of(file: &PipelineFile, dead_letters_dir: &std::path::Path) -> Vec<String> {
+        let config = &file.config;
+        let mut topics: Vec<String> = config.source.topics().to_vec();
+        topics.extend(config.sink.topic().map(str::to_string));
+        if let DeadLetterTarget::Topic(t) = DeadLetterTarget::resolve(config, dead_letters_dir) {
+            topics.push(t);
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// Builds and starts `file`'s pipeline.
+    pub async fn start(&mut self, file: PipelineFile) -> Result<(), StartError> {
+        let config = &file.config;
+        let name = config.name.clone();
+        if self.pipelines.contains_key(&name) {
+            return Err(StartError::Duplicate(name));
+        }
+        let build_error = |component: &str, message: String| StartError::Build {
+            pipeline: name.clone(),
+            component: component.to_string(),
+            message,
+        };
+
+        let topics = Self::topics_of(&file, &self.ctx.dead_letters_dir);
+        if !topics.is_empty() {
+            match self.ctx.kafka.missing_topics(&topics).await {
+                Ok(missing) if !missing.is_empty() => {
+                    return Err(StartError::MissingTopics { pipeline: name, topics: missing })
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(pipeline = %name, error = %e, "Topics not checked: broker unreachable; starting anyway."),
+            }
+        }
+
+        let pipeline: Arc<str> = Arc::from(name.as_str());
+        let mut steps = Vec::with_capacity(config.steps.len());
+        for (i, step) in config.steps.iter().enumerate() {
+            let id = format!("steps[{i}].{}", step.kind());
+            let built = step.build().map_err(|e| build_error(&id, e.to_string()))?;
+            steps.push(NamedStep { id, step: built });
+        }
+        let sink = config
+            .sink
+            .build(&SinkContext {
+                pipeline: Arc::clone(&pipeline),
+                producer: Some(self.ctx.producer.clone()),
+            })
+            .map_err(|e| build_error("sink", e.to_string()))?;
+        let target = DeadLetterTarget::resolve(config, &self.ctx.dead_letters_dir);
+        let dead_letter = DeadLetterWriter::new(
+            target,
+            Some(self.ctx.producer.clone()),
+            Arc::clone(&pipeline),
+            file.version.clone(),
+        );
+        let drain_timeout = Duration::from_millis(self.ctx.limits.drain_timeout_ms);
+        let source = config
+            .source
+            .build(&SourceContext {
+                pipeline: Arc::clone(&pipeline),
+                kafka: self.ctx.kafka.clone(),
+                http_routes: Arc::clone(&self.ctx.routes),
+                drain_timeout,
+            })
+            .map_err(|e| build_error("source", e.to_string()))?;
+
+        let max_in_flight = self.ctx.limits.max_in_flight.max(1);
+        let metrics = PipelineMetrics::new(&name);
+        metrics.running(&file.version, true);
+        let runner = Arc::new(Runner {
+            name: Arc::clone(&pipeline),
+            steps,
+            sink,
+            sink_id: format!("sink.{}", config.sink.kind()),
+            dead_letter,
+            retry: RetryPolicy::from(&config.on_error),
+            source_redelivers: config.source.redelivers(),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            metrics,
+        });
+        let cancel = CancellationToken::new();
+        let downstream: Arc<dyn Downstream> = Arc::new(Arc::clone(&runner));
+        let task_name = Arc::clone(&pipeline);
+        let future = source.run(downstream, cancel.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = future.await {
+                tracing::error!(pipeline = %task_name, error = %e, "Pipeline source stopped with an error.");
+            }
+        });
+        tracing::info!(pipeline = %name, version = %file.version, source = config.source.kind(), sink = config.sink.kind(), "Pipeline started.");
+        self.pipelines.insert(
+            name,
+            Running { file, started_at: SystemTime::now(), cancel, task, runner },
+        );
+        Ok(())
+    }
+
+    /// Stops `name`: no new input, in-flight messages settled (bounded by the drain timeout).
+    pub async fn stop(&mut self, name: &str) -> bool {
+        let Some(running) = self.pipelines.remove(name) else {
+            return false;
+        };
+        running.cancel.cancel();
+        let _ = running.task.await;
+        let timeout = Duration::from_millis(self.ctx.limits.drain_timeout_ms);
+        if !running.runner.drain(timeout).await {
+            tracing::warn!(pipeline = %name, "Pipeline stopped before every message was settled.");
+        }
+        running.runner.metrics.running(&running.file.version, false);
+        tracing::info!(pipeline = %name, "Pipeline stopped.");
+        true
+    }
+
+    /// Stops every pipeline, then flushes the producer.
+    pub async fn shutdown(&mut self) {
+        for running in self.pipelines.values() {
+            running.cancel.cancel();
+        }
+        let names: Vec<String> = self.pipelines.keys().cloned().collect();
+        for name in names {
+            self.stop(&name).await;
+        }
+        let producer = self.ctx.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    }
+
+    /// The state of every pipeline.
+    pub fn status(&self) -> Vec<PipelineStatus> {
+        self.pipelines
+            .values()
+            .map(|r| PipelineStatus {
+                name: r.file.config.name.clone(),
+                version: r.file.version.clone(),
+                path: r.file.path.clone(),
+                started_at: r.started_at,
+                running: !r.task.is_finished(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,191 @@
+//! Errors as data.
+//!
+//! Three kinds of failure, three types; callers branch on the type, never on a message string:
+//! - [`StepError`]: this message cannot be processed (parse error, mapping error). Never
+//!   retried; the input goes to its dead-letter destination with the reason.
+//! - [`SinkError::Transient`]: the destination is unavailable right now (broker down, timeout,
+//!   HTTP 5xx or 429). Retried with backoff as the pipeline's `on_error` says.
+//! - [`SinkError::Permanent`]: the destination refused this message (HTTP 4xx, record too
+//!   large). Not retried; dead-lettered.
+//!
+//! Fatal faults (a component that cannot start) are the `BuildError`s of the engine and stop
+//! only the pipeline concerned.
+
+use std::fmt;
+
+/// Machine-readable reason of a per-message failure, written to `gridflow.error.code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// The body is not well-formed XML.
+    InvalidXml,
+    /// The request's media type is not one a source accepts.
+    UnsupportedMediaType,
+    /// A JMESPath expression failed at run time.
+    MappingError,
+    /// A step needed another shape of message (split on a non-array, for instance).
+    UnexpectedShape,
+    /// `json_to_xml` could not express the message as XML.
+    XmlEncoding,
+    /// The sink's key expression did not give a usable key.
+    InvalidKey,
+    /// The destination refused the message (HTTP 4xx, record too large).
+    SinkRejected,
+    /// Transient faults went on past `on_error.max_attempts`.
+    RetriesExhausted,
+    /// A message was dropped inside gridflow before it was acknowledged (a bug, or a forced
+    /// shutdown): reported so that nothing vanishes silently.
+    Dropped,
+}
+
+impl ErrorCode {
+    /// The stable wire name (snake case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidXml => "invalid_xml",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::MappingError => "mapping_error",
+            ErrorCode::UnexpectedShape => "unexpected_shape",
+            ErrorCode::XmlEncoding => "xml_encoding",
+            ErrorCode::InvalidKey => "invalid_key",
+            ErrorCode::SinkRejected => "sink_rejected",
+            ErrorCode::RetriesExhausted => "retries_exhausted",
+            ErrorCode::Dropped => "dropped",
+        }
+    }
+
+    /// True when the input itself could not be parsed: an HTTP source answers 400 rather
+    /// than 422.
+    pub fn is_parse(self) -> bool {
+        matches!(self, ErrorCode::InvalidJson | ErrorCode::InvalidXml)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step could not process a message. Permanent: the message is dead-lettered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A readable explanation (never the payload itself).
+    pub message: String,
+}
+
+impl StepError {
+    /// A failure with `code` and a readable `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        StepError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A sink could not deliver a message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: the destination may accept the same message later.
+    #[error("{0}")]
+    Transient(String),
+    /// Not worth retrying: the destination refused this message.
+    #[error("{message}")]
+    Permanent {
+        /// Usually [`ErrorCode::SinkRejected`].
+        code: ErrorCode,
+        /// A readable explanation.
+        message: String,
+    },
+}
+
+/// Why an input did not reach its sink: carried by the acknowledgement, written to the
+/// dead-letter envelope and to HTTP problem responses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// Where it failed: `source.http`, `steps[1].map`, `sink.kafka`, `dead_letter`.
+    pub step: String,
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A readable explanation.
+    pub message: String,
+    /// Delivery attempts made (1 for failures that are never retried).
+    pub attempts: u32,
+}
+
+impl Failure {
+    /// A failure at `step` after one attempt.
+    pub fn new(step: impl Into<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure {
+            step: step.into(),
+            code,
+            message: message.into(),
+            attempts: 1,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed ({}): {}", self.step, self.code, self.message)
+    }
+}
+
+/// A component config that parsed but cannot be built (a JMESPath that does not compile, a
+/// topic that does not exist). Reported with the position of `key` in the pipeline file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    /// The key of the component's table the fault is in (`expression`), if any.
+    pub key: Option<String>,
+    /// Character offset of the fault inside that key's string value, if known.
+    pub offset: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl BuildError {
+    /// A fault in the value of `key`.
+    pub fn at(key: &str, message: impl Into<String>) -> Self {
+        BuildError {
+            key: Some(key.to_string()),
+            offset: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// A fault of the component as a whole.
+    pub fn new(message: impl Into<String>) -> Self {
+        BuildError {
+            key: None,
+            offset: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// A JMESPath compile error in the value of `key`.
+    pub fn jmespath(key: &str, err: crate::jmes::CompileError) -> Self {
+        BuildError {
+            key: Some(key.to_string()),
+            offset: Some(err.offset),
+            message: err.to_string(),
+            hint: Some("check the expression against the JMESPath specification (jmespath.org)".into()),
+        }
+    }
+}

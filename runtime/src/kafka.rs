@@ -1,0 +1,232 @@
+//! Kafka client settings shared by the Kafka source, the Kafka sink and the dead-letter writer,
+//! topic checks, and the embedded development broker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+/// How gridflow talks to Kafka: the bootstrap servers and any librdkafka property
+/// (`security.protocol`, `sasl.*`, `ssl.*`, ...).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// librdkafka properties applied to every client; they override gridflow's defaults.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Properties gridflow sets on producers unless the configuration overrides them.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("linger.ms", "5"),
+    // One delivery attempt is bounded, so that `on_error` decides about retries and an HTTP
+    // caller gets an answer instead of waiting librdkafka's default five minutes.
+    ("message.timeout.ms", "10000"),
+    ("allow.auto.create.topics", "false"),
+];
+
+/// Properties gridflow sets on consumers unless the configuration overrides them.
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "true"),
+    // Offsets are stored only once their message was delivered or dead-lettered.
+    ("enable.auto.offset.store", "false"),
+    ("auto.commit.interval.ms", "1000"),
+    ("auto.offset.reset", "earliest"),
+    ("allow.auto.create.topics", "false"),
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+];
+
+impl KafkaSettings {
+    fn base(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// Settings of an idempotent producer.
+    pub fn producer_config(&self) -> ClientConfig {
+        self.base(PRODUCER_DEFAULTS)
+    }
+
+    /// Settings of a consumer in `group` that stores offsets explicitly.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.base(CONSUMER_DEFAULTS);
+        config.set("group.id", group);
+        // User properties win over the defaults, but the explicit offset store is what
+        // at-least-once rests on.
+        config.set("enable.auto.offset.store", "false");
+        config
+    }
+
+    /// A new producer.
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        self.producer_config().create()
+    }
+
+    /// Topics among `topics` that the broker does not have.
+    pub async fn missing_topics(&self, topics: &[String]) -> Result<Vec<String>, KafkaError> {
+        let config = self.base(&[("allow.auto.create.topics", "false")]);
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create()?;
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+            let present: std::collections::HashSet<&str> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none())
+                .map(|t| t.name())
+                .collect();
+            Ok(topics
+                .into_iter()
+                .filter(|t| !present.contains(t.as_str()))
+                .collect())
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// Is a broker reachable? (metadata within `timeout`)
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let config = self.base(&[]);
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = match config.create() {
+                Ok(c) => c,
+                Err(_) => return false,
+            };
+            consumer.fetch_metadata(None, timeout).is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Creates `topics` that do not exist yet, with `partitions` each (development helper).
+    pub async fn create_topics(&self, topics: &[String], partitions: i32) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.base(&[]).create()?;
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin.create_topics(&new, &AdminOptions::new()).await?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    tracing::error!(topic = %topic, error = %code, "Topic creation failed.");
+                    return Err(KafkaError::AdminOp(code));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hands `record` to the producer's queue, waiting for room when the queue is full (so the
+/// order of calls is the order of records), and returns the delivery to await.
+pub async fn enqueue<'a>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'a, [u8], [u8]>,
+) -> Result<DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+/// Is this producer error worth retrying? Broker and network faults are; a record the broker
+/// refuses as such is not.
+pub fn is_transient(error: &KafkaError) -> bool {
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return true,
+    };
+    !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidTopic
+    )
+}
+
+/// librdkafka's in-process mock cluster, the default broker of `gridflow run` when none is
+/// configured. For development only: it keeps nothing across a restart.
+pub struct EmbeddedBroker {
+    cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker mock cluster.
+    pub fn start() -> Result<EmbeddedBroker, KafkaError> {
+        Ok(EmbeddedBroker {
+            cluster: rdkafka::mocking::MockCluster::new(1)?,
+        })
+    }
+
+    /// The bootstrap servers to connect to.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+        self.cluster.create_topic(topic, partitions, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_properties_override_defaults_but_not_the_offset_store() {
+        let mut settings = KafkaSettings {
+            brokers: "b:9092".into(),
+            properties: BTreeMap::new(),
+        };
+        settings.properties.insert("linger.ms".into(), "50".into());
+        settings
+            .properties
+            .insert("enable.auto.offset.store".into(), "true".into());
+        let p = settings.producer_config();
+        assert_eq!(p.get("linger.ms"), Some("50"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        let c = settings.consumer_config("g");
+        assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn classifies_producer_errors() {
+        assert!(is_transient(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        assert!(!is_transient(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+    }
+}

@@ -1,0 +1,42 @@
+//! gridflow: a declarative pipeline runtime for real-time data exchange in the energy sector.
+//!
+//! Integrators describe each flow in a TOML file (a source, ordered steps, a sink and an error
+//! policy); gridflow runs it against Kafka, with one retry policy and one dead-letter route for
+//! every pipeline.
+//!
+//! # Layout
+//!
+//! Layers only point down: nothing below imports anything above it.
+//!
+//! - [`cli`]: the `gridflow` command line (clap): `run`, `validate`.
+//! - [`admin`]: the admin HTTP listener (`/health/live`, `/health/ready`, `/metrics`).
+//! - [`engine`]: builds pipelines from their configs, runs them (source → steps → sink), retries
+//!   transient faults ([`engine::retry`]) and routes failed inputs to the dead-letter
+//!   destination ([`engine::dead_letter`]).
+//! - [`sources`], [`steps`], [`sinks`]: one module per component kind, each registered in the
+//!   closed enum of its `mod.rs` (the only registry).
+//! - [`message`]: the envelope that travels through a pipeline.
+//! - [`ack`]: end-to-end acknowledgement: when is an input finished?
+//! - [`error`]: errors as data: per-message failures, transient sink faults, fatal faults.
+//! - [`kafka`]: client settings shared by the Kafka source, sink and dead-letter writer, the
+//!   topic checks and the embedded development broker.
+//! - [`jmes`]: JMESPath compiled once, evaluated per message.
+//! - [`xml`]: the XML ⇄ JSON convention of `xml_to_json` and `json_to_xml`.
+//! - [`metrics`]: metrics as named events.
+//! - [`config`]: the file models (`gridflow.toml`, pipeline files), `${VAR}` interpolation and
+//!   diagnostics with file, line and column.
+
+pub mod ack;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod jmes;
+pub mod kafka;
+pub mod message;
+pub mod metrics;
+pub mod sinks;
+pub mod sources;
+pub mod steps;
+pub mod xml;

@@ -1,0 +1,121 @@
+//! The envelope that travels through a pipeline.
+//!
+//! A [`Message`] is a [`Payload`] (raw bytes, or JSON once a step parsed it), the input's
+//! [`Meta`] (shared by every message split from one input, so the original bytes are never
+//! copied) and its share of the input's acknowledgement.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::ack::Ack;
+use crate::error::{ErrorCode, StepError};
+
+/// The body of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// Bytes as received; a sink writes them untouched.
+    Bytes(Bytes),
+    /// A structured document.
+    Json(Value),
+}
+
+impl Payload {
+    /// The payload as a JSON document, parsing raw bytes when needed.
+    pub fn into_json(self) -> Result<Value, StepError> {
+        match self {
+            Payload::Json(value) => Ok(value),
+            Payload::Bytes(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StepError::new(ErrorCode::InvalidJson, format!("payload is not JSON: {e}"))
+            }),
+        }
+    }
+
+    /// A borrowed JSON view, when the payload is already structured.
+    pub fn as_json(&self) -> Option<&Value> {
+        match self {
+            Payload::Json(value) => Some(value),
+            Payload::Bytes(_) => None,
+        }
+    }
+
+    /// The bytes a sink writes: raw bytes untouched, JSON serialised compactly.
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Payload::Bytes(bytes) => bytes.clone(),
+            Payload::Json(value) => Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+        }
+    }
+}
+
+/// The media type of an input, as the source saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    /// `application/json` (and `+json`), or a Kafka record.
+    Json,
+    /// `application/xml`, `text/xml` (and `+xml`).
+    Xml,
+    /// Anything else: bytes the steps must interpret.
+    Other,
+}
+
+/// Where an input came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// An HTTP request on `path`.
+    Http {
+        /// The route.
+        path: String,
+    },
+    /// A Kafka record.
+    Kafka {
+        /// Topic of the record.
+        topic: String,
+        /// Partition of the record.
+        partition: i32,
+        /// Offset of the record.
+        offset: i64,
+    },
+    /// A file (and line, for `.ndjson`).
+    File {
+        /// The file's path.
+        path: String,
+        /// 1-based line number for `.ndjson` files.
+        line: Option<usize>,
+    },
+}
+
+/// Facts about an input, shared by every message derived from it.
+#[derive(Debug)]
+pub struct Meta {
+    /// The input's bytes exactly as received: what the dead-letter destination gets.
+    pub original: Bytes,
+    /// Correlation id (from `X-Correlation-ID`, the `gridflow.correlation_id` header, or new).
+    pub correlation_id: String,
+    /// Media type as received.
+    pub content_type: ContentType,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Headers received with the input (Kafka headers), passed on as they are.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// When gridflow received it.
+    pub received_at: Instant,
+}
+
+/// A message in flight.
+#[derive(Debug)]
+pub struct Message {
+    /// The body.
+    pub payload: Payload,
+    /// Facts about the input it came from.
+    pub meta: Arc<Meta>,
+    /// Its share of the input's acknowledgement.
+    pub ack: Ack,
+}
+
+/// A fresh correlation id (UUID v4).
+pub fn new_correlation_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,83 @@
+//! `file` sink: append one NDJSON line per message.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use super::{ndjson_line, Delivery, Record, Sink};
+use crate::error::{BuildError, SinkError};
+
+/// `kind = "file"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The file to append to (created with its directory when missing).
+    pub path: PathBuf,
+}
+
+impl FileSinkConfig {
+    /// Builds the sink; the file is opened on first write.
+    pub fn build(&self) -> Result<FileSink, BuildError> {
+        Ok(FileSink {
+            path: self.path.clone(),
+            file: Arc::new(Mutex::new(None)),
+        })
+    }
+}
+
+/// The running `file` sink.
+pub struct FileSink {
+    path: PathBuf,
+    file: Arc<Mutex<Option<tokio::fs::File>>>,
+}
+
+/// Appends `line` to `path`, opening (and creating) the file when `slot` is empty.
+pub(crate) async fn append_to_file(
+    slot: &Mutex<Option<tokio::fs::File>>,
+    path: &std::path::Path,
+    line: &[u8],
+) -> std::io::Result<()> {
+    let mut guard = slot.lock().await;
+    if guard.is_none() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        *guard = Some(file);
+    }
+    let file = guard.as_mut().expect("opened above");
+    let result = async {
+        file.write_all(line).await?;
+        file.flush().await
+    }
+    .await;
+    if result.is_err() {
+        // Reopen on the next attempt.
+        *guard = None;
+    }
+    result
+}
+
+impl Sink for FileSink {
+    fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
+        async move {
+            append_to_file(&self.file, &self.path, &ndjson_line(&record.payload))
+                .await
+                .map_err(|e| {
+                    SinkError::Transient(format!("writing {} failed: {e}", self.path.display()))
+                })?;
+            let done: Delivery = Box::pin(async { Ok(()) });
+            Ok(done)
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,93 @@
+//! `http` sink: POST each message; 2xx acknowledges it, 5xx, 429 and network faults are
+//! transient, other statuses are permanent.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::Deserialize;
+
+use super::{Delivery, Record, Sink};
+use crate::error::{BuildError, ErrorCode, SinkError};
+use crate::message::{ContentType, Payload};
+
+/// `kind = "http"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// The endpoint; each message is POSTed to it.
+    pub url: String,
+    /// Timeout of one request, in milliseconds (default 10000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+impl HttpSinkConfig {
+    /// Checks the URL.
+    pub fn check(&self) -> Result<(), BuildError> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| BuildError::at("url", format!("`{}` is not a valid URL: {e}", self.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(BuildError::at("url", "the URL must use http or https"));
+        }
+        Ok(())
+    }
+
+    /// Builds the sink.
+    pub fn build(&self) -> Result<HttpSink, BuildError> {
+        self.check()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .build()
+            .map_err(|e| BuildError::new(format!("cannot build the HTTP client: {e}")))?;
+        Ok(HttpSink {
+            url: self.url.clone(),
+            client,
+        })
+    }
+}
+
+/// The running `http` sink.
+pub struct HttpSink {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Sink for HttpSink {
+    fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
+        let content_type = match (&record.payload, record.meta.content_type) {
+            (Payload::Json(_), _) | (_, ContentType::Json) => "application/json",
+            (_, ContentType::Xml) => "application/xml",
+            _ => "application/octet-stream",
+        };
+        let request = self
+            .client
+            .post(&self.url)
+            .header("content-type", content_type)
+            .header("x-correlation-id", &record.meta.correlation_id)
+            .body(record.payload.to_bytes());
+        let url = self.url.clone();
+        let delivery: Delivery = Box::pin(async move {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| SinkError::Transient(format!("POST {url} failed: {e}")))?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+                Err(SinkError::Transient(format!("POST {url} answered {status}")))
+            } else {
+                Err(SinkError::Permanent {
+                    code: ErrorCode::SinkRejected,
+                    message: format!("POST {url} answered {status}"),
+                })
+            }
+        });
+        async move { Ok(delivery) }.boxed()
+    }
+}

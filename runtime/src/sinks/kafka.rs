@@ -1,0 +1,174 @@
+//! `kafka` sink: an idempotent producer writing to one topic, the key from a JMESPath
+//! expression, headers carrying the correlation id and the pipeline name.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Delivery, Record, Sink, SinkContext};
+use crate::error::{BuildError, ErrorCode, SinkError};
+use crate::jmes::Expr;
+use crate::message::Payload;
+
+/// `kind = "kafka"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// The topic to write to. It must exist: gridflow does not create topics.
+    pub topic: String,
+    /// JMESPath evaluated on the message giving the record key (string, number or bool); no
+    /// key when absent or null.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl KafkaSinkConfig {
+    /// Checks the topic name and compiles the key expression.
+    pub fn check(&self) -> Result<(), BuildError> {
+        self.key_expr().map(|_| ())?;
+        if self.topic.is_empty()
+            || !self
+                .topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(BuildError::at("topic", format!("`{}` is not a valid Kafka topic name", self.topic))
+                .with_hint("use ASCII letters, digits, `.`, `_` and `-`"));
+        }
+        Ok(())
+    }
+
+    fn key_expr(&self) -> Result<Option<Expr>, BuildError> {
+        self.key
+            .as_deref()
+            .map(Expr::compile)
+            .transpose()
+            .map_err(|e| BuildError::jmespath("key", e))
+    }
+
+    /// Builds the sink on the process's shared producer.
+    pub fn build(&self, ctx: &SinkContext) -> Result<KafkaSink, BuildError> {
+        self.check()?;
+        let producer = ctx
+            .producer
+            .clone()
+            .ok_or_else(|| BuildError::new("no Kafka producer is configured"))?;
+        Ok(KafkaSink {
+            topic: self.topic.clone(),
+            key: self.key_expr()?,
+            producer,
+            pipeline: ctx.pipeline.clone(),
+        })
+    }
+}
+
+/// The running `kafka` sink.
+pub struct KafkaSink {
+    topic: String,
+    key: Option<Expr>,
+    producer: FutureProducer,
+    pipeline: Arc<str>,
+}
+
+impl KafkaSink {
+    fn key(&self, payload: &Payload) -> Result<Option<Vec<u8>>, SinkError> {
+        let Some(expr) = &self.key else {
+            return Ok(None);
+        };
+        let invalid = |message: String| SinkError::Permanent {
+            code: ErrorCode::InvalidKey,
+            message,
+        };
+        let parsed;
+        let value = match payload {
+            Payload::Json(value) => value,
+            Payload::Bytes(bytes) => {
+                parsed = serde_json::from_slice::<Value>(bytes)
+                    .map_err(|e| invalid(format!("the key needs a JSON message: {e}")))?;
+                &parsed
+            }
+        };
+        let key = expr.search(value).map_err(|e| invalid(e.message))?;
+        Ok(match key {
+            Value::Null => None,
+            Value::String(s) => Some(s.into_bytes()),
+            Value::Number(n) => Some(n.to_string().into_bytes()),
+            Value::Bool(b) => Some(b.to_string().into_bytes()),
+            other => Some(serde_json::to_vec(&other).unwrap_or_default()),
+        })
+    }
+
+    fn headers(&self, record: &Record) -> OwnedHeaders {
+        let mut headers = OwnedHeaders::new_with_capacity(record.meta.headers.len() + 2);
+        for (k, v) in &record.meta.headers {
+            if !k.starts_with("gridflow.") {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+        }
+        headers
+            .insert(Header {
+                key: "gridflow.correlation_id",
+                value: Some(&record.meta.correlation_id),
+            })
+            .insert(Header {
+                key: "gridflow.pipeline",
+                value: Some(&*self.pipeline),
+            })
+    }
+}
+
+fn delivery_error(error: KafkaError, topic: &str) -> SinkError {
+    let message = match &error {
+        KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            format!("topic `{topic}` does not exist on the broker (create it first)")
+        }
+        other => format!("writing to `{topic}` failed: {other}"),
+    };
+    if crate::kafka::is_transient(&error) {
+        SinkError::Transient(message)
+    } else {
+        SinkError::Permanent {
+            code: ErrorCode::SinkRejected,
+            message,
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
+        async move {
+            let key = self.key(&record.payload)?;
+            let payload = record.payload.to_bytes();
+            let mut future = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .payload(payload.as_ref())
+                .headers(self.headers(record));
+            if let Some(key) = &key {
+                future = future.key(key.as_slice());
+            }
+            let delivery = crate::kafka::enqueue(&self.producer, future)
+                .await
+                .map_err(|e| delivery_error(e, &self.topic))?;
+            let topic = self.topic.clone();
+            let delivery: Delivery = Box::pin(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(delivery_error(error, &topic)),
+                    Err(_) => Err(SinkError::Transient(
+                        "the producer was closed before delivery".into(),
+                    )),
+                }
+            });
+            Ok(delivery)
+        }
+        .boxed()
+    }
+}

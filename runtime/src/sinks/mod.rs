@@ -1,0 +1,124 @@
+//! Sinks: where a pipeline's messages go.
+//!
+//! Every sink kind is registered in [`SinkConfig`], the one registry.
+
+mod file;
+mod http;
+mod kafka;
+mod stdout;
+
+pub(crate) use file::append_to_file;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rdkafka::producer::FutureProducer;
+use serde::Deserialize;
+
+pub use file::FileSinkConfig;
+pub use http::HttpSinkConfig;
+pub use kafka::KafkaSinkConfig;
+pub use stdout::StdoutSinkConfig;
+
+use crate::error::{BuildError, SinkError};
+use crate::message::{Meta, Payload};
+
+/// A message ready for a sink.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The body.
+    pub payload: Payload,
+    /// Facts about the input it came from (correlation id, original headers).
+    pub meta: Arc<Meta>,
+}
+
+/// The acknowledgement of one record: resolves when the destination confirmed it.
+pub type Delivery = BoxFuture<'static, Result<(), SinkError>>;
+
+/// A destination.
+///
+/// Lifecycle: built when the pipeline loads, then `send` is called once per record, in
+/// message order, possibly again for the same record when the engine retries a transient
+/// fault. `send` hands the record to the destination's ordered queue before it returns (so
+/// order is kept without waiting for acknowledgements one by one) and gives back the
+/// [`Delivery`] to await. [`SinkError::Transient`] means "try again later",
+/// [`SinkError::Permanent`] means "this record will never be accepted": it is dead-lettered.
+pub trait Sink: Send + Sync {
+    /// Starts delivering `record`.
+    fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>>;
+}
+
+/// What sinks may need from the process when they are built.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The pipeline's name, written to the `gridflow.pipeline` header.
+    pub pipeline: Arc<str>,
+    /// The process's shared Kafka producer, when a Kafka sink needs it.
+    pub producer: Option<FutureProducer>,
+}
+
+/// The `[sink]` table of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// A Kafka topic.
+    Kafka(KafkaSinkConfig),
+    /// An HTTP endpoint (POST).
+    Http(HttpSinkConfig),
+    /// A file, one NDJSON line per message.
+    File(FileSinkConfig),
+    /// Standard output, one line per message.
+    Stdout(StdoutSinkConfig),
+}
+
+/// Every sink kind, for hints.
+pub const KINDS: &[&str] = &["kafka", "http", "file", "stdout"];
+
+impl SinkConfig {
+    /// The kind as written in pipeline files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Http(_) => "http",
+            SinkConfig::File(_) => "file",
+            SinkConfig::Stdout(_) => "stdout",
+        }
+    }
+
+    /// Semantic checks that need no connection (expressions compile, values make sense).
+    pub fn check(&self) -> Result<(), BuildError> {
+        match self {
+            SinkConfig::Kafka(c) => c.check(),
+            SinkConfig::Http(c) => c.check(),
+            SinkConfig::File(_) | SinkConfig::Stdout(_) => Ok(()),
+        }
+    }
+
+    /// The Kafka topic this sink writes to, if any.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Kafka(c) => Some(&c.topic),
+            _ => None,
+        }
+    }
+
+    /// Builds the running sink.
+    pub fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
+        Ok(match self {
+            SinkConfig::Kafka(c) => Arc::new(c.build(ctx)?),
+            SinkConfig::Http(c) => Arc::new(c.build()?),
+            SinkConfig::File(c) => Arc::new(c.build()?),
+            SinkConfig::Stdout(c) => Arc::new(c.build()),
+        })
+    }
+}
+
+/// The bytes of one NDJSON line for `payload` (JSON compact; raw bytes as they are).
+pub(crate) fn ndjson_line(payload: &Payload) -> Vec<u8> {
+    let mut line = match payload {
+        Payload::Json(value) => serde_json::to_vec(value).unwrap_or_default(),
+        Payload::Bytes(bytes) => bytes.to_vec(),
+    };
+    line.push(b'\n');
+    line
+}

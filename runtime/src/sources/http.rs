@@ -1,0 +1,348 @@
+//! `http` source: POST on a path of the shared HTTP listener.
+//!
+//! The listener's route table ([`HttpRoutes`]) maps a path to the pipeline that owns it and is
+//! swapped atomically, so a pipeline can come and go without restarting the listener.
+//! The reply is sent only when the input's acknowledgement resolved:
+//! - every message written: `202` `{"correlation_id": "...", "messages": N}`;
+//! - the body could not be parsed: `400`; a step failed: `422` (the original body went to
+//!   the dead-letter destination);
+//! - neither sink nor dead-letter destination took it: `503` with `Retry-After`.
+//!
+//! Errors are `application/problem+json` (RFC 9457) and carry the correlation id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{Downstream, Source, SourceContext};
+use crate::ack::{Ack, Outcome};
+use crate::error::{BuildError, ErrorCode, Failure};
+use crate::message::{new_correlation_id, ContentType, Message, Meta, Origin, Payload};
+
+/// The header carrying the correlation id, in and out.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// `kind = "http"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// The path that receives POSTs, e.g. `/ingest/entsoe/actual-load`.
+    pub path: String,
+    /// Largest accepted body, in bytes (default 10 MiB); larger bodies get `413`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Seconds announced in `Retry-After` with a `503` (default 5).
+    #[serde(default = "default_retry_after_secs")]
+    pub retry_after_secs: u64,
+}
+
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+
+fn default_retry_after_secs() -> u64 {
+    5
+}
+
+impl HttpSourceConfig {
+    /// Checks the path.
+    pub fn check(&self) -> Result<(), BuildError> {
+        if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
+            return Err(BuildError::at("path", format!("`{}` is not an absolute URL path", self.path))
+                .with_hint("write it like `/ingest/entsoe/actual-load`"));
+        }
+        if self.path.starts_with("/health") || self.path.starts_with("/admin") || self.path == "/metrics" {
+            return Err(BuildError::at("path", format!("`{}` is reserved", self.path))
+                .with_hint("choose a path outside /health, /admin and /metrics"));
+        }
+        Ok(())
+    }
+
+    /// Builds the source.
+    pub fn build(&self, ctx: &SourceContext) -> HttpSource {
+        HttpSource {
+            config: self.clone(),
+            routes: Arc::clone(&ctx.http_routes),
+            pipeline: Arc::clone(&ctx.pipeline),
+        }
+    }
+}
+
+/// One entry of the route table.
+#[derive(Clone)]
+pub struct Route {
+    pipeline: Arc<str>,
+    config: HttpSourceConfig,
+    downstream: Arc<dyn Downstream>,
+}
+
+/// The HTTP listener's route table: path → route, swapped atomically.
+#[derive(Default)]
+pub struct HttpRoutes {
+    table: ArcSwap<HashMap<String, Route>>,
+}
+
+impl HttpRoutes {
+    /// Pipelines currently served, by path.
+    pub fn paths(&self) -> Vec<(String, Arc<str>)> {
+        self.table
+            .load()
+            .iter()
+            .map(|(path, route)| (path.clone(), Arc::clone(&route.pipeline)))
+            .collect()
+    }
+
+    fn insert(&self, path: &str, route: Route) -> Result<(), String> {
+        let mut result = Ok(());
+        self.table.rcu(|table| {
+            let mut table = HashMap::clone(table);
+            match table.get(path) {
+                Some(existing) if existing.pipeline != route.pipeline => {
+                    result = Err(format!(
+                        "path `{path}` is already served by pipeline `{}`",
+                        existing.pipeline
+                    ));
+                }
+                _ => {
+                    result = Ok(());
+                    table.insert(path.to_string(), route.clone());
+                }
+            }
+            table
+        });
+        result
+    }
+
+    fn remove(&self, path: &str, pipeline: &str) {
+        self.table.rcu(|table| {
+            let mut table = HashMap::clone(table);
+            if table.get(path).is_some_and(|r| &*r.pipeline == pipeline) {
+                table.remove(path);
+            }
+            table
+        });
+    }
+}
+
+/// The running `http` source: it owns its route while it runs.
+pub struct HttpSource {
+    config: HttpSourceConfig,
+    routes: Arc<HttpRoutes>,
+    pipeline: Arc<str>,
+}
+
+impl Source for HttpSource {
+    fn run(
+        self: Box<Self>,
+        downstream: Arc<dyn Downstream>,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        async move {
+            let route = Route {
+                pipeline: Arc::clone(&self.pipeline),
+                config: self.config.clone(),
+                downstream,
+            };
+            self.routes.insert(&self.config.path, route)?;
+            shutdown.cancelled().await;
+            self.routes.remove(&self.config.path, &self.pipeline);
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// The router of the HTTP listener: every request is looked up in `routes`.
+pub fn router(routes: Arc<HttpRoutes>) -> Router {
+    Router::new().fallback(handle).with_state(routes)
+}
+
+/// An `application/problem+json` response (RFC 9457).
+pub fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Response {
+    let mut body = json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn content_type(headers: &HeaderMap, body: &[u8]) -> ContentType {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase());
+    match declared {
+        Some(ct) if ct.contains("json") => ContentType::Json,
+        Some(ct) if ct.contains("xml") => ContentType::Xml,
+        Some(_) => ContentType::Other,
+        None => match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'<') => ContentType::Xml,
+            Some(b'{') | Some(b'[') => ContentType::Json,
+            _ => ContentType::Other,
+        },
+    }
+}
+
+async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let correlation_id = request
+        .headers()
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(str::to_string)
+        .unwrap_or_else(new_correlation_id);
+    let mut response = serve(&routes, &path, request, &correlation_id).await;
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(CORRELATION_HEADER, value);
+    }
+    response
+}
+
+async fn serve(routes: &HttpRoutes, path: &str, request: Request, correlation_id: &str) -> Response {
+    let ids = json!({ "correlation_id": correlation_id });
+    let Some(route) = routes.table.load().get(path).cloned() else {
+        return problem(StatusCode::NOT_FOUND, "Not Found", &format!("no pipeline serves `{path}`"), ids);
+    };
+    if request.method() != Method::POST {
+        let mut response = problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+            "pipelines accept POST only",
+            ids,
+        );
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let (parts, body) = request.into_parts();
+    let body: Bytes = match axum::body::to_bytes(Body::new(body), route.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                &format!("the body exceeds {} bytes", route.config.max_body_bytes),
+                ids,
+            )
+        }
+    };
+    let content_type = content_type(&parts.headers, &body);
+    let (ack, outcome) = Ack::channel();
+    let meta = Arc::new(Meta {
+        original: body.clone(),
+        correlation_id: correlation_id.to_string(),
+        content_type,
+        origin: Origin::Http { path: path.to_string() },
+        headers: Vec::new(),
+        received_at: Instant::now(),
+    });
+    let parsed = match content_type {
+        ContentType::Json => serde_json::from_slice::<Value>(&body)
+            .map(Payload::Json)
+            .map_err(|e| Failure::new("source.http", ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}"))),
+        ContentType::Xml | ContentType::Other => Ok(Payload::Bytes(body)),
+    };
+    match parsed {
+        Ok(payload) => route.downstream.push(Message { payload, meta, ack }).await,
+        Err(failure) => {
+            let message = Message { payload: Payload::Bytes(Bytes::new()), meta, ack };
+            route.downstream.reject(message, failure).await
+        }
+    }
+    let outcome = outcome.await.unwrap_or_else(|_| {
+        Outcome::Failed(Failure::new("engine", ErrorCode::Dropped, "the pipeline stopped"))
+    });
+    respond(outcome, &route, correlation_id)
+}
+
+fn respond(outcome: Outcome, route: &Route, correlation_id: &str) -> Response {
+    match outcome {
+        Outcome::Delivered { messages } => (
+            StatusCode::ACCEPTED,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({ "correlation_id": correlation_id, "messages": messages }).to_string(),
+        )
+            .into_response(),
+        Outcome::DeadLettered(failure) => {
+            let (status, title) = if failure.code.is_parse() {
+                (StatusCode::BAD_REQUEST, "Bad Request")
+            } else {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content")
+            };
+            problem(status, title, &failure.message, failure_fields(&failure, &route.pipeline, correlation_id, true))
+        }
+        Outcome::Failed(failure) => {
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                &format!("the message could not be written; try again later ({})", failure.message),
+                failure_fields(&failure, &route.pipeline, correlation_id, false),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(route.config.retry_after_secs));
+            response
+        }
+    }
+}
+
+fn failure_fields(failure: &Failure, pipeline: &str, correlation_id: &str, dead_lettered: bool) -> Value {
+    json!({
+        "pipeline": pipeline,
+        "step": failure.step,
+        "code": failure.code.as_str(),
+        "attempts": failure.attempts,
+        "correlation_id": correlation_id,
+        "dead_lettered": dead_lettered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_from_header_or_sniffed() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_type(&h, b"  <a/>"), ContentType::Xml);
+        assert_eq!(content_type(&h, b"{}"), ContentType::Json);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/soap+xml; charset=utf-8"));
+        assert_eq!(content_type(&h, b"{}"), ContentType::Xml);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("Application/JSON"));
+        assert_eq!(content_type(&h, b"<a/>"), ContentType::Json);
+    }
+
+    #[test]
+    fn reserved_and_relative_paths_are_rejected() {
+        let c = |p: &str| HttpSourceConfig {
+            path: p.into(),
+            max_body_bytes: 1,
+            retry_after_secs: 1,
+        };
+        assert!(c("/ingest/x").check().is_ok());
+        assert!(c("ingest").check().is_err());
+        assert!(c("/health/live").check().is_err());
+    }
+}

@@ -1,0 +1,258 @@
+//! `kafka` source: a consumer group reading `topics`.
+//!
+//! At-least-once: an offset is stored for commit only when its record's acknowledgement
+//! resolved (delivered, filtered or dead-lettered) *and* every earlier offset of the same
+//! partition did. Records are handed downstream one at a time, in partition order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::Message as _;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Downstream, Source, SourceContext};
+use crate::ack::{Ack, Outcome};
+use crate::error::BuildError;
+use crate::kafka::KafkaSettings;
+use crate::message::{new_correlation_id, ContentType, Message, Meta, Origin, Payload};
+
+/// `kind = "kafka"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group id; replicas of gridflow with the same group share the partitions.
+    pub group: String,
+}
+
+impl KafkaSourceConfig {
+    /// Checks topics and group.
+    pub fn check(&self) -> Result<(), BuildError> {
+        if self.topics.is_empty() {
+            return Err(BuildError::at("topics", "at least one topic is needed"));
+        }
+        if self.group.trim().is_empty() {
+            return Err(BuildError::at("group", "the consumer group must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Builds the source.
+    pub fn build(&self, ctx: &SourceContext) -> KafkaSource {
+        KafkaSource {
+            config: self.clone(),
+            settings: ctx.kafka.clone(),
+            drain_timeout: ctx.drain_timeout,
+        }
+    }
+}
+
+/// The running `kafka` source.
+pub struct KafkaSource {
+    config: KafkaSourceConfig,
+    settings: KafkaSettings,
+    drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Progress {
+    Pending,
+    Done,
+    Failed,
+}
+
+/// Offsets in flight of one partition, in order.
+#[derive(Debug, Default)]
+struct PartitionTracker {
+    offsets: BTreeMap<i64, Progress>,
+}
+
+impl PartitionTracker {
+    fn start(&mut self, offset: i64) {
+        self.offsets.insert(offset, Progress::Pending);
+    }
+
+    /// Records the end of `offset`; returns the highest offset that may now be committed
+    /// (every offset up to it is done).
+    fn finish(&mut self, offset: i64, ok: bool) -> Option<i64> {
+        if let Some(p) = self.offsets.get_mut(&offset) {
+            *p = if ok { Progress::Done } else { Progress::Failed };
+        }
+        let mut committable = None;
+        while let Some(entry) = self.offsets.first_entry() {
+            if *entry.get() != Progress::Done {
+                break;
+            }
+            committable = Some(*entry.key());
+            entry.remove();
+        }
+        committable
+    }
+
+    fn pending(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+struct Finished {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    ok: bool,
+}
+
+fn to_message(m: &BorrowedMessage<'_>, topic: &Arc<str>, finished: &mpsc::UnboundedSender<Finished>) -> Message {
+    let body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+    let mut headers = Vec::new();
+    let mut correlation_id = None;
+    if let Some(h) = m.headers() {
+        for header in h.iter() {
+            let value = header.value.unwrap_or_default().to_vec();
+            if header.key == "gridflow.correlation_id" {
+                correlation_id = String::from_utf8(value.clone()).ok();
+            }
+            headers.push((header.key.to_string(), value));
+        }
+    }
+    let content_type = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'<') => ContentType::Xml,
+        Some(b'{') | Some(b'[') => ContentType::Json,
+        _ => ContentType::Other,
+    };
+    let (partition, offset) = (m.partition(), m.offset());
+    let tx = finished.clone();
+    let topic_for_ack = Arc::clone(topic);
+    let ack = Ack::new(move |outcome| {
+        let ok = !matches!(outcome, Outcome::Failed(_));
+        let _ = tx.send(Finished { topic: topic_for_ack, partition, offset, ok });
+    });
+    Message {
+        payload: Payload::Bytes(body.clone()),
+        meta: Arc::new(Meta {
+            original: body,
+            correlation_id: correlation_id.unwrap_or_else(new_correlation_id),
+            content_type,
+            origin: Origin::Kafka { topic: topic.to_string(), partition, offset },
+            headers,
+            received_at: Instant::now(),
+        }),
+        ack,
+    }
+}
+
+impl KafkaSource {
+    async fn consume(self, downstream: Arc<dyn Downstream>, shutdown: CancellationToken) -> Result<(), String> {
+        let group = &self.config.group;
+        let consumer: StreamConsumer = self
+            .settings
+            .consumer_config(group)
+            .create()
+            .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        tracing::info!(group = %group, topics = ?topics, "Kafka source subscribed.");
+
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut trackers: HashMap<(Arc<str>, i32), PartitionTracker> = HashMap::new();
+        let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
+        let store = |consumer: &StreamConsumer, done: &Finished, trackers: &mut HashMap<(Arc<str>, i32), PartitionTracker>| {
+            if let Some(tracker) = trackers.get_mut(&(Arc::clone(&done.topic), done.partition)) {
+                if let Some(offset) = tracker.finish(done.offset, done.ok) {
+                    if let Err(e) = consumer.store_offset(&done.topic, done.partition, offset) {
+                        tracing::debug!(topic = %done.topic, partition = done.partition, error = %e, "Offset not stored (partition revoked?).");
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = finished_rx.recv() => store(&consumer, &done, &mut trackers),
+                received = consumer.recv() => match received {
+                    Ok(m) => {
+                        let topic = topic_names
+                            .entry(m.topic().to_string())
+                            .or_insert_with(|| Arc::from(m.topic()))
+                            .clone();
+                        trackers.entry((Arc::clone(&topic), m.partition())).or_default().start(m.offset());
+                        let message = to_message(&m, &topic, &finished_tx);
+                        drop(m);
+                        downstream.push(message).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %group, error = %e, "Kafka consumer error.");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+
+        // Drain: wait (bounded) for what was taken in, then commit what is done.
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while trackers.values().any(|t| t.pending() > 0) {
+            match tokio::time::timeout_at(deadline, finished_rx.recv()).await {
+                Ok(Some(done)) => store(&consumer, &done, &mut trackers),
+                _ => break,
+            }
+        }
+        let pending: usize = trackers.values().map(PartitionTracker::pending).sum();
+        if pending > 0 {
+            tracing::warn!(group = %group, pending, "Kafka source stopped with records in flight; they will be consumed again.");
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(group = %group, error = %e, "Final commit skipped.");
+        }
+        consumer.unsubscribe();
+        Ok(())
+    }
+}
+
+impl Source for KafkaSource {
+    fn run(
+        self: Box<Self>,
+        downstream: Arc<dyn Downstream>,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.consume(downstream, shutdown).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_a_contiguous_prefix() {
+        let mut t = PartitionTracker::default();
+        for o in 10..14 {
+            t.start(o);
+        }
+        assert_eq!(t.finish(11, true), None, "10 is still pending");
+        assert_eq!(t.finish(10, true), Some(11));
+        assert_eq!(t.finish(13, true), None);
+        assert_eq!(t.finish(12, true), Some(13));
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_failed_offset_blocks_the_commit() {
+        let mut t = PartitionTracker::default();
+        t.start(1);
+        t.start(2);
+        assert_eq!(t.finish(1, false), None);
+        assert_eq!(t.finish(2, true), None);
+        assert_eq!(t.pending(), 2);
+    }
+}

@@ -1,0 +1,124 @@
+//! Sources: where a pipeline's inputs come from.
+//!
+//! Every source kind is registered in [`SourceConfig`], the one registry.
+
+mod file;
+pub mod http;
+mod kafka;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use file::FileSourceConfig;
+pub use http::{HttpRoutes, HttpSourceConfig};
+pub use kafka::KafkaSourceConfig;
+
+use crate::error::{BuildError, Failure};
+use crate::kafka::KafkaSettings;
+use crate::message::Message;
+
+/// What a source hands its inputs to (the pipeline's steps and sink). Implemented by the
+/// engine; a source knows nothing else of it.
+pub trait Downstream: Send + Sync {
+    /// Processes one input. Returns once the input was taken in (its steps ran and its
+    /// messages were handed to the sink); the outcome arrives later through the input's
+    /// [`Ack`](crate::ack::Ack). Waits while too many messages are in flight: that is the
+    /// backpressure a source feels.
+    fn push(&self, message: Message) -> BoxFuture<'_, ()>;
+
+    /// An input the source itself could not read (a body that is not JSON): it goes to the
+    /// dead-letter destination with `failure`, and its ack is settled accordingly.
+    fn reject(&self, message: Message, failure: Failure) -> BoxFuture<'_, ()>;
+}
+
+/// A running source.
+///
+/// Lifecycle: built when the pipeline loads; `run` is spawned once and returns when
+/// `shutdown` is cancelled and the inputs it had taken in are settled (bounded by the drain
+/// timeout), or with an error when it cannot go on (a fatal fault: the pipeline stops and the
+/// error is logged). Transient faults (broker unreachable) are retried inside `run`.
+pub trait Source: Send {
+    /// Runs until `shutdown`.
+    fn run(
+        self: Box<Self>,
+        downstream: Arc<dyn Downstream>,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// What sources may need from the process when they are built.
+#[derive(Clone)]
+pub struct SourceContext {
+    /// The pipeline's name.
+    pub pipeline: Arc<str>,
+    /// Kafka settings, for a Kafka source.
+    pub kafka: KafkaSettings,
+    /// The HTTP listener's route table, for an HTTP source.
+    pub http_routes: Arc<HttpRoutes>,
+    /// How long a stopping source waits for its inputs to settle.
+    pub drain_timeout: Duration,
+}
+
+/// The `[source]` table of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// HTTP POST on a path of the shared listener.
+    Http(HttpSourceConfig),
+    /// A Kafka consumer group.
+    Kafka(KafkaSourceConfig),
+    /// Files dropped in a directory.
+    File(FileSourceConfig),
+}
+
+/// Every source kind, for hints.
+pub const KINDS: &[&str] = &["http", "kafka", "file"];
+
+impl SourceConfig {
+    /// The kind as written in pipeline files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Http(_) => "http",
+            SourceConfig::Kafka(_) => "kafka",
+            SourceConfig::File(_) => "file",
+        }
+    }
+
+    /// Semantic checks that need no connection.
+    pub fn check(&self) -> Result<(), BuildError> {
+        match self {
+            SourceConfig::Http(c) => c.check(),
+            SourceConfig::Kafka(c) => c.check(),
+            SourceConfig::File(_) => Ok(()),
+        }
+    }
+
+    /// Topics this source reads.
+    pub fn topics(&self) -> &[String] {
+        match self {
+            SourceConfig::Kafka(c) => &c.topics,
+            _ => &[],
+        }
+    }
+
+    /// True when an input whose outcome is `Failed` is offered again by the source itself
+    /// (the HTTP client retries after a 503; the file stays in place). A Kafka source cannot
+    /// skip a record, so the engine retries its dead-letter write until it succeeds.
+    pub fn redelivers(&self) -> bool {
+        !matches!(self, SourceConfig::Kafka(_))
+    }
+
+    /// Builds the running source.
+    pub fn build(&self, ctx: &SourceContext) -> Result<Box<dyn Source>, BuildError> {
+        self.check()?;
+        Ok(match self {
+            SourceConfig::Http(c) => Box::new(c.build(ctx)),
+            SourceConfig::Kafka(c) => Box::new(c.build(ctx)),
+            SourceConfig::File(c) => Box::new(c.build(ctx)),
+        })
+    }
+}

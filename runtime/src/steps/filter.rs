@@ -1,0 +1,58 @@
+//! `filter`: a JMESPath condition keeps (truthy) or drops (falsy) the message. A dropped
+//! message is counted as filtered; it is not an error.
+
+use serde::Deserialize;
+
+use super::Step;
+use crate::error::{BuildError, StepError};
+use crate::jmes::Expr;
+use crate::message::Payload;
+
+/// `kind = "filter"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// JMESPath condition; messages for which it is false, null or empty are dropped.
+    pub condition: String,
+}
+
+impl FilterConfig {
+    /// Compiles the condition.
+    pub fn build(&self) -> Result<Filter, BuildError> {
+        let expr =
+            Expr::compile(&self.condition).map_err(|e| BuildError::jmespath("condition", e))?;
+        Ok(Filter { expr })
+    }
+}
+
+/// The running `filter` step.
+#[derive(Debug)]
+pub struct Filter {
+    expr: Expr,
+}
+
+impl Step for Filter {
+    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
+        let value = payload.into_json()?;
+        if self.expr.is_truthy(&value)? {
+            out.push(Payload::Json(value));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, run};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keeps_truthy_drops_falsy() {
+        let step = parse("kind = 'filter'\ncondition = \"status == 'ok'\"").build().unwrap();
+        let keep = json!({"status": "ok"});
+        assert_eq!(run(&*step, Payload::Json(keep.clone())).unwrap(), vec![Payload::Json(keep)]);
+        assert!(run(&*step, Payload::Json(json!({"status": "bad"}))).unwrap().is_empty());
+        assert!(run(&*step, Payload::Json(json!({}))).unwrap().is_empty());
+    }
+}

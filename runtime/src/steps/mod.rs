@@ -1,0 +1,88 @@
+//! Steps: the transformations between a source and a sink.
+//!
+//! Every step kind is registered in [`StepConfig`], the one registry: a closed enum tagged by
+//! `kind`, whose `build` returns the running [`Step`].
+
+mod filter;
+mod json_to_xml;
+mod map;
+mod split;
+mod xml_to_json;
+
+use serde::Deserialize;
+
+pub use filter::FilterConfig;
+pub use json_to_xml::JsonToXmlConfig;
+pub use map::MapConfig;
+pub use split::SplitConfig;
+pub use xml_to_json::XmlToJsonConfig;
+
+use crate::error::{BuildError, StepError};
+use crate::message::Payload;
+
+/// A transformation of one message into zero, one or several messages.
+///
+/// Lifecycle: built once when the pipeline loads (expressions compiled then), then called for
+/// every message, possibly from several tasks at once. A step is pure: an `Err` means *this
+/// message* cannot be processed, is never retried, and sends the input to the dead-letter
+/// destination. Steps never block and never fail transiently.
+pub trait Step: Send + Sync {
+    /// Processes `payload`, pushing what it produces to `out` (nothing: the message is
+    /// filtered out).
+    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError>;
+}
+
+/// One `[[steps]]` table of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepConfig {
+    /// XML bytes to a JSON document.
+    XmlToJson(XmlToJsonConfig),
+    /// A JSON document to XML bytes.
+    JsonToXml(JsonToXmlConfig),
+    /// A JMESPath expression gives the new message.
+    Map(MapConfig),
+    /// A JMESPath condition keeps or drops the message.
+    Filter(FilterConfig),
+    /// An array becomes one message per element.
+    Split(SplitConfig),
+}
+
+impl StepConfig {
+    /// The kind as written in pipeline files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepConfig::XmlToJson(_) => "xml_to_json",
+            StepConfig::JsonToXml(_) => "json_to_xml",
+            StepConfig::Map(_) => "map",
+            StepConfig::Filter(_) => "filter",
+            StepConfig::Split(_) => "split",
+        }
+    }
+
+    /// Builds the running step (compiles its expressions).
+    pub fn build(&self) -> Result<Box<dyn Step>, BuildError> {
+        Ok(match self {
+            StepConfig::XmlToJson(c) => Box::new(c.build()?),
+            StepConfig::JsonToXml(c) => Box::new(c.build()?),
+            StepConfig::Map(c) => Box::new(c.build()?),
+            StepConfig::Filter(c) => Box::new(c.build()?),
+            StepConfig::Split(c) => Box::new(c.build()?),
+        })
+    }
+}
+
+/// Every step kind, for hints.
+pub const KINDS: &[&str] = &["xml_to_json", "json_to_xml", "map", "filter", "split"];
+
+#[cfg(test)]
+pub(crate) fn parse(toml_text: &str) -> StepConfig {
+    toml::from_str(toml_text).expect("step config parses")
+}
+
+#[cfg(test)]
+pub(crate) fn run(step: &dyn Step, payload: Payload) -> Result<Vec<Payload>, StepError> {
+    let mut out = Vec::new();
+    step.process(payload, &mut out)?;
+    Ok(out)
+}

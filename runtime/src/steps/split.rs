@@ -1,0 +1,146 @@
+//! `split`: an array becomes one message per element.
+//!
+//! `expression` picks the array (default: the message itself). JMESPath cannot reach a parent
+//! from inside a projection, so `merge` evaluates an object on the *whole* message and merges
+//! it into every element (element fields win): the way to carry document-level fields (area,
+//! period start) into each point.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Step;
+use crate::error::{BuildError, ErrorCode, StepError};
+use crate::jmes::Expr;
+use crate::message::Payload;
+
+/// `kind = "split"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// JMESPath giving the array to split; default the whole message.
+    #[serde(default)]
+    pub expression: Option<String>,
+    /// JMESPath giving an object, evaluated on the whole message, merged into each element.
+    #[serde(default)]
+    pub merge: Option<String>,
+}
+
+impl SplitConfig {
+    /// Compiles the expressions.
+    pub fn build(&self) -> Result<Split, BuildError> {
+        let compile = |key: &str, src: &Option<String>| {
+            src.as_deref()
+                .map(Expr::compile)
+                .transpose()
+                .map_err(|e| BuildError::jmespath(key, e))
+        };
+        Ok(Split {
+            expression: compile("expression", &self.expression)?,
+            merge: compile("merge", &self.merge)?,
+        })
+    }
+}
+
+/// The running `split` step.
+#[derive(Debug)]
+pub struct Split {
+    expression: Option<Expr>,
+    merge: Option<Expr>,
+}
+
+impl Step for Split {
+    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
+        let value = payload.into_json()?;
+        let context = match &self.merge {
+            Some(merge) => match merge.search(&value)? {
+                Value::Object(map) => Some(map),
+                Value::Null => None,
+                other => {
+                    return Err(StepError::new(
+                        ErrorCode::UnexpectedShape,
+                        format!("split: `merge` must give an object, got {}", type_name(&other)),
+                    ))
+                }
+            },
+            None => None,
+        };
+        let array = match &self.expression {
+            Some(expr) => expr.search(&value)?,
+            None => value,
+        };
+        let elements = match array {
+            Value::Array(elements) => elements,
+            other => {
+                return Err(StepError::new(
+                    ErrorCode::UnexpectedShape,
+                    format!("split: expected an array, got {}", type_name(&other)),
+                ))
+            }
+        };
+        out.reserve(elements.len());
+        for element in elements {
+            let element = match (&context, element) {
+                (Some(context), Value::Object(mut fields)) => {
+                    for (k, v) in context {
+                        fields.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    Value::Object(fields)
+                }
+                (_, element) => element,
+            };
+            out.push(Payload::Json(element));
+        }
+        Ok(())
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, run};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn splits_the_whole_message_by_default() {
+        let step = parse("kind = 'split'").build().unwrap();
+        let out = run(&*step, Payload::Json(json!([1, {"a": 2}]))).unwrap();
+        assert_eq!(out, vec![Payload::Json(json!(1)), Payload::Json(json!({"a": 2}))]);
+        assert!(run(&*step, Payload::Json(json!([]))).unwrap().is_empty());
+    }
+
+    #[test]
+    fn splits_an_expression_and_merges_parent_fields() {
+        let step = parse("kind = 'split'\nexpression = 'points'\nmerge = '{area: area, position: `0`}'")
+            .build()
+            .unwrap();
+        let msg = json!({"area": "BE", "points": [{"position": 1}, {"position": 2, "q": 3}]});
+        let out = run(&*step, Payload::Json(msg)).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Payload::Json(json!({"area": "BE", "position": 1})),
+                Payload::Json(json!({"area": "BE", "position": 2, "q": 3})),
+            ]
+        );
+    }
+
+    #[test]
+    fn non_array_is_an_error() {
+        let step = parse("kind = 'split'\nexpression = 'a'").build().unwrap();
+        let err = run(&*step, Payload::Json(json!({"a": {"b": 1}}))).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnexpectedShape);
+        let err = run(&*step, Payload::Json(json!({}))).unwrap_err();
+        assert!(err.message.contains("null"), "{}", err.message);
+    }
+}
