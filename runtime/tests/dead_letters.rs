@@ -1,0 +1,128 @@
+//! Black-box: the dead-letter route. A bad input gets a problem+json answer naming the step,
+//! and its original bytes land on the dead-letter topic with the error headers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn pipeline(topic: &str, dlq: &str) -> String {
+    format!(
+        r#"
+name = "dlq-test"
+[source]
+kind = "http"
+path = "/ingest"
+[[steps]]
+kind = "xml_to_json"
+[[steps]]
+kind = "map"
+expression = "{{v: abs(to_number(Reading.value))}}"
+[sink]
+kind = "kafka"
+topic = "{topic}"
+[on_error]
+dead_letter_topic = "{dlq}"
+"#
+    )
+}
+
+fn assert_envelope(record: &Record, original: &[u8], step: &str, code: &str, correlation_id: &str) {
+    assert_eq!(record.payload, original, "the original bytes, unchanged");
+    let h = &record.headers;
+    assert_eq!(h["gridflow.pipeline"], "dlq-test");
+    assert_eq!(h["gridflow.error.step"], step);
+    assert_eq!(h["gridflow.error.code"], code);
+    assert!(!h["gridflow.error.message"].is_empty());
+    assert_eq!(h["gridflow.error.attempts"], "1");
+    assert_eq!(h["gridflow.correlation_id"], correlation_id);
+    let failed_at = &h["gridflow.failed_at"];
+    assert!(
+        time::OffsetDateTime::parse(failed_at, &time::format_description::well_known::Rfc3339).is_ok(),
+        "RFC 3339: {failed_at}"
+    );
+    assert_eq!(h["gridflow.pipeline.version"].len(), 64, "sha256 of the file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_xml_and_mapping_failures_are_dead_lettered() {
+    let topic = unique("t.out.v1");
+    let dlq = format!("{topic}.dlq");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let dir = test_dir();
+    write_pipeline(dir.path(), "dlq-test.toml", &pipeline(&topic, &dlq));
+    let gf = Gridflow::start(dir.path(), &[]);
+
+    // 1. Malformed XML: 400, step xml_to_json.
+    let malformed: &[u8] = b"<Reading><value>12</Reading>";
+    let r = http()
+        .post(gf.http_url("/ingest"))
+        .header("content-type", "application/xml")
+        .header("x-correlation-id", "bad-xml-1")
+        .body(malformed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["status"], 400);
+    assert_eq!(problem["step"], "steps[0].xml_to_json");
+    assert_eq!(problem["code"], "invalid_xml");
+    assert_eq!(problem["correlation_id"], "bad-xml-1");
+    assert!(problem["detail"].as_str().unwrap().len() > 5);
+
+    // 2. Mapping failure (abs of null: "twelve" is not a number): 422, step map.
+    let unmappable: &[u8] = b"<Reading><value>twelve</value></Reading>";
+    let r = http()
+        .post(gf.http_url("/ingest"))
+        .header("content-type", "application/xml")
+        .header("x-correlation-id", "bad-map-1")
+        .body(unmappable)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["step"], "steps[1].map");
+    assert_eq!(problem["code"], "mapping_error");
+
+    // 3. Invalid JSON body: 400 at the source.
+    let r = http()
+        .post(gf.http_url("/ingest"))
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "bad-json-1")
+        .body("{\"x\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["step"], "source.http");
+    assert_eq!(problem["code"], "invalid_json");
+
+    // 4. A good one still goes through.
+    let r = http()
+        .post(gf.http_url("/ingest"))
+        .header("content-type", "application/xml")
+        .body("<Reading><value>-3</value></Reading>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let dead = consume(&dlq, 3, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 3, "three dead letters");
+    let by_id = |id: &str| dead.iter().find(|r| r.headers["gridflow.correlation_id"] == id).unwrap();
+    assert_envelope(by_id("bad-xml-1"), malformed, "steps[0].xml_to_json", "invalid_xml", "bad-xml-1");
+    assert_envelope(by_id("bad-map-1"), unmappable, "steps[1].map", "mapping_error", "bad-map-1");
+    assert_envelope(by_id("bad-json-1"), b"{\"x\":", "source.http", "invalid_json", "bad-json-1");
+
+    let out = consume(&topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(out.len(), 1, "only the good message reaches the sink");
+    assert_eq!(out[0].json()["v"].as_f64(), Some(3.0));
+    assert!(consume_for(&topic, Duration::from_secs(1)).await.len() == 1);
+}
