@@ -1,0 +1,107 @@
+//! Fault injection with librdkafka's mock cluster: the broker goes down under a running
+//! pipeline. Transient faults are retried with backoff and the message is delivered once the
+//! broker is back; when it stays down past the retry budget the caller gets 503 and nothing
+//! is acknowledged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridflow::config::pipeline::load_file;
+use gridflow::config::EngineConfig;
+use gridflow::engine::{Engine, EngineContext};
+use gridflow::kafka::KafkaSettings;
+use gridflow::sources::HttpRoutes;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::Message;
+
+async fn serve(routes: Arc<HttpRoutes>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, gridflow::sources::http::router(routes)).await.unwrap() });
+    format!("http://{addr}/in")
+}
+
+/// Reads `topic` from the start with a fresh group until `expected` records or `wait` passed.
+async fn read_all(settings: &KafkaSettings, topic: &str, expected: usize, wait: Duration) -> Vec<Vec<u8>> {
+    let group = format!("reader-{topic}-{}", uuid::Uuid::new_v4());
+    let consumer: StreamConsumer = settings.consumer_config(&group).create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    while out.len() < expected {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.payload().unwrap_or_default().to_vec()),
+            _ => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
+    let cluster = MockCluster::new(1).unwrap();
+    for topic in ["out.v1", "out.v1.dlq"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let mut properties = BTreeMap::new();
+    properties.insert("message.timeout.ms".to_string(), "300".to_string());
+    let settings = KafkaSettings { brokers: cluster.bootstrap_servers(), properties };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("faulty.toml");
+    std::fs::write(
+        &path,
+        "[source]\nkind='http'\npath='/in'\n[sink]\nkind='kafka'\ntopic='out.v1'\n[on_error]\nmax_attempts=20\ninitial_backoff_ms=50\nmax_backoff_ms=200\n",
+    )
+    .unwrap();
+    let routes = Arc::new(HttpRoutes::default());
+    let mut engine = Engine::new(EngineContext {
+        kafka: settings.clone(),
+        producer: settings.producer().unwrap(),
+        routes: Arc::clone(&routes),
+        dead_letters_dir: dir.path().join("dl"),
+        limits: EngineConfig::default(),
+    });
+    engine.start(load_file(&path, &|_| None).unwrap()).await.unwrap();
+    let url = serve(Arc::clone(&routes)).await;
+    let client = reqwest::Client::new();
+
+    // Healthy: 202.
+    let r = client.post(&url).header("content-type", "application/json").body(r#"{"n":1}"#).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Down, then up again while the message is being retried: still 202, delivered once.
+    cluster.broker_down(1).unwrap();
+    let pending = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.post(&url).header("content-type", "application/json").body(r#"{"n":2}"#).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!pending.is_finished(), "no answer while the broker is down");
+    cluster.broker_up(1).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), pending).await.unwrap().unwrap();
+    assert_eq!(r.status(), 202);
+
+    let delivered = read_all(&settings, "out.v1", 3, Duration::from_secs(10)).await;
+    assert_eq!(delivered, vec![br#"{"n":1}"#.to_vec(), br#"{"n":2}"#.to_vec()]);
+    assert!(read_all(&settings, "out.v1.dlq", 1, Duration::from_secs(5)).await.is_empty());
+    engine.shutdown().await;
+
+    // Down for good, with a small budget: 503, and nothing written anywhere.
+    std::fs::write(
+        &path,
+        "[source]\nkind='http'\npath='/in'\n[sink]\nkind='kafka'\ntopic='out.v1'\n[on_error]\nmax_attempts=2\ninitial_backoff_ms=20\nmax_backoff_ms=50\n",
+    )
+    .unwrap();
+    engine.start(load_file(&path, &|_| None).unwrap()).await.unwrap();
+    cluster.broker_down(1).unwrap();
+    let r = client.post(&url).header("content-type", "application/json").body(r#"{"n":3}"#).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    cluster.broker_up(1).unwrap();
+    let delivered = read_all(&settings, "out.v1", 3, Duration::from_secs(10)).await;
+    assert_eq!(delivered.len(), 2, "the two earlier messages only");
+    assert!(!delivered.contains(&br#"{"n":3}"#.to_vec()), "the refused message was not written");
+    engine.shutdown().await;
+}
