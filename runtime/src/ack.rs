@@ -78,7 +78,9 @@ pub struct Ack {
 
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ack").field("settled", &self.settled).finish()
+        f.debug_struct("Ack")
+            .field("settled", &self.settled)
+            .finish()
     }
 }
 
@@ -198,7 +200,11 @@ mod tests {
         let b = ack.fork();
         ack.delivered();
         a.dead_lettered(Failure::new("steps[0].map", ErrorCode::MappingError, "x"));
-        b.failed(Failure::new("sink.kafka", ErrorCode::RetriesExhausted, "down"));
+        b.failed(Failure::new(
+            "sink.kafka",
+            ErrorCode::RetriesExhausted,
+            "down",
+        ));
         match rx.try_recv().unwrap() {
             Outcome::Failed(f) => assert_eq!(f.step, "sink.kafka"),
             other => panic!("unexpected {other:?}"),
@@ -229,7 +235,10 @@ mod tests {
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
         // A failed write lets the next one try.
         let (ack, _rx) = Ack::channel();
-        assert!(ack.dead_letter_once(|| async { Err::<(), ()>(()) }).await.is_err());
+        assert!(ack
+            .dead_letter_once(|| async { Err::<(), ()>(()) })
+            .await
+            .is_err());
         ack.dead_letter_once(write).await.unwrap();
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }

@@ -28,7 +28,12 @@ pub struct AdminState {
 
 impl AdminState {
     /// Probes the broker every `every` until `shutdown`, updating `broker_reachable`.
-    pub fn watch_broker(&self, kafka: KafkaSettings, every: Duration, shutdown: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn watch_broker(
+        &self,
+        kafka: KafkaSettings,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let flag = Arc::clone(&self.broker_reachable);
         tokio::spawn(async move {
             loop {
@@ -52,10 +57,20 @@ impl AdminState {
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { (StatusCode::OK, axum::Json(json!({"status": "live"}))) }))
+        .route(
+            "/health/live",
+            get(|| async { (StatusCode::OK, axum::Json(json!({"status": "live"}))) }),
+        )
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not Found", "no such admin endpoint", json!({})) })
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "Not Found",
+                "no such admin endpoint",
+                json!({}),
+            )
+        })
         .with_state(state)
 }
 
@@ -85,6 +100,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             handle.render(),
         )
             .into_response(),
-        None => problem(StatusCode::NOT_FOUND, "Not Found", "metrics are not enabled", json!({})),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            "metrics are not enabled",
+            json!({}),
+        ),
     }
 }

@@ -79,7 +79,10 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Run(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -105,7 +108,9 @@ fn init_logging(format: Option<LogFormat>) {
         Some(LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -203,7 +208,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kafka = config.kafka_settings();
 
     let paths = pipeline_paths(&config.paths.pipelines).map_err(|e| {
-        anyhow::anyhow!("cannot read the pipelines directory {}: {e}", config.paths.pipelines.display())
+        anyhow::anyhow!(
+            "cannot read the pipelines directory {}: {e}",
+            config.paths.pipelines.display()
+        )
     })?;
     let (files, diagnostics) = load_all(&paths, &interpolate::from_env);
     for d in &diagnostics {
@@ -224,8 +232,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let routes = Arc::new(HttpRoutes::default());
-    let admin_state = AdminState { metrics, ..AdminState::default() };
-    let broker_watch = admin_state.watch_broker(kafka.clone(), Duration::from_secs(5), shutdown.clone());
+    let admin_state = AdminState {
+        metrics,
+        ..AdminState::default()
+    };
+    let broker_watch =
+        admin_state.watch_broker(kafka.clone(), Duration::from_secs(5), shutdown.clone());
 
     let http = tokio::net::TcpListener::bind(config.http.listen).await?;
     tracing::info!(addr = %http.local_addr()?, "HTTP listener started.");
@@ -252,14 +264,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let http_server = tokio::spawn({
         let shutdown = shutdown.clone();
         let app = crate::sources::http::router(Arc::clone(&routes));
-        async move { axum::serve(http, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+        async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
     });
     let admin_server = tokio::spawn({
         let shutdown = shutdown.clone();
         let app = admin::router(admin_state.clone());
-        async move { axum::serve(admin, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+        async move {
+            axum::serve(admin, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
     });
-    tracing::info!(pipelines = started, failed = diagnostics.len(), "Gridflow started.");
+    tracing::info!(
+        pipelines = started,
+        failed = diagnostics.len(),
+        "Gridflow started."
+    );
 
     wait_for_signal().await;
     tracing::info!("Shutting down.");

@@ -185,7 +185,9 @@ impl BuildError {
             key: Some(key.to_string()),
             offset: Some(err.offset),
             message: err.to_string(),
-            hint: Some("check the expression against the JMESPath specification (jmespath.org)".into()),
+            hint: Some(
+                "check the expression against the JMESPath specification (jmespath.org)".into(),
+            ),
         }
     }
 }

@@ -91,7 +91,9 @@ mod tests {
 
     #[test]
     fn runtime_error_is_a_mapping_error() {
-        let e = Expr::compile("to_number(a) + `1`").or_else(|_| Expr::compile("abs(a)")).unwrap();
+        let e = Expr::compile("to_number(a) + `1`")
+            .or_else(|_| Expr::compile("abs(a)"))
+            .unwrap();
         let err = e.search(&json!({"a": "x"})).unwrap_err();
         assert_eq!(err.code, ErrorCode::MappingError);
     }

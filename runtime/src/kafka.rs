@@ -114,7 +114,11 @@ impl KafkaSettings {
     }
 
     /// Creates `topics` that do not exist yet, with `partitions` each (development helper).
-    pub async fn create_topics(&self, topics: &[String], partitions: i32) -> Result<(), KafkaError> {
+    pub async fn create_topics(
+        &self,
+        topics: &[String],
+        partitions: i32,
+    ) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = self.base(&[]).create()?;
         let new: Vec<NewTopic> = topics
             .iter()

@@ -76,7 +76,8 @@ impl PipelineMetrics {
 
     /// An input could be written neither to the sink nor to the dead-letter destination.
     pub fn failed(&self) {
-        counter!("gridflow_messages_failed_total", "pipeline" => self.pipeline.clone()).increment(1);
+        counter!("gridflow_messages_failed_total", "pipeline" => self.pipeline.clone())
+            .increment(1);
     }
 
     /// The pipeline started (1) or stopped (0), at `version`.

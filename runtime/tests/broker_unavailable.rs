@@ -43,15 +43,26 @@ async fn unreachable_broker_gives_503_and_not_ready() {
     assert_eq!(problem["dead_lettered"], false);
     assert_eq!(problem["correlation_id"], "down-1");
 
-    let ready = http().get(gf.admin_url("/health/ready")).send().await.unwrap();
+    let ready = http()
+        .get(gf.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["broker_reachable"], false);
-    let live = http().get(gf.admin_url("/health/live")).send().await.unwrap();
+    let live = http()
+        .get(gf.admin_url("/health/live"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(live.status(), 200);
 
     gf.terminate();
-    let status = gf.wait_exit_async(Duration::from_secs(30)).await.expect("exits after SIGTERM");
+    let status = gf
+        .wait_exit_async(Duration::from_secs(30))
+        .await
+        .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     assert!(gf.log_text().contains("Gridflow stopped cleanly."));
 }

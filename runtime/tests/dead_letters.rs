@@ -40,10 +40,15 @@ fn assert_envelope(record: &Record, original: &[u8], step: &str, code: &str, cor
     assert_eq!(h["gridflow.correlation_id"], correlation_id);
     let failed_at = &h["gridflow.failed_at"];
     assert!(
-        time::OffsetDateTime::parse(failed_at, &time::format_description::well_known::Rfc3339).is_ok(),
+        time::OffsetDateTime::parse(failed_at, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
         "RFC 3339: {failed_at}"
     );
-    assert_eq!(h["gridflow.pipeline.version"].len(), 64, "sha256 of the file");
+    assert_eq!(
+        h["gridflow.pipeline.version"].len(),
+        64,
+        "sha256 of the file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,10 +121,32 @@ async fn malformed_xml_and_mapping_failures_are_dead_lettered() {
 
     let dead = consume(&dlq, 3, Duration::from_secs(30)).await;
     assert_eq!(dead.len(), 3, "three dead letters");
-    let by_id = |id: &str| dead.iter().find(|r| r.headers["gridflow.correlation_id"] == id).unwrap();
-    assert_envelope(by_id("bad-xml-1"), malformed, "steps[0].xml_to_json", "invalid_xml", "bad-xml-1");
-    assert_envelope(by_id("bad-map-1"), unmappable, "steps[1].map", "mapping_error", "bad-map-1");
-    assert_envelope(by_id("bad-json-1"), b"{\"x\":", "source.http", "invalid_json", "bad-json-1");
+    let by_id = |id: &str| {
+        dead.iter()
+            .find(|r| r.headers["gridflow.correlation_id"] == id)
+            .unwrap()
+    };
+    assert_envelope(
+        by_id("bad-xml-1"),
+        malformed,
+        "steps[0].xml_to_json",
+        "invalid_xml",
+        "bad-xml-1",
+    );
+    assert_envelope(
+        by_id("bad-map-1"),
+        unmappable,
+        "steps[1].map",
+        "mapping_error",
+        "bad-map-1",
+    );
+    assert_envelope(
+        by_id("bad-json-1"),
+        b"{\"x\":",
+        "source.http",
+        "invalid_json",
+        "bad-json-1",
+    );
 
     let out = consume(&topic, 1, Duration::from_secs(20)).await;
     assert_eq!(out.len(), 1, "only the good message reaches the sink");

@@ -21,9 +21,16 @@ async fn runs_end_to_end_on_the_embedded_broker() {
         "[source]\nkind='kafka'\ntopics=['dev.readings.v1']\ngroup='forward'\n[sink]\nkind='file'\npath='out/readings.ndjson'\n",
     );
     let gf = Gridflow::start(dir.path(), &["--brokers", ""]);
-    assert!(gf.log_text().contains("embedded mock broker"), "a clear warning says it is for development");
+    assert!(
+        gf.log_text().contains("embedded mock broker"),
+        "a clear warning says it is for development"
+    );
 
-    let sample = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/samples/meter/reading.json")).unwrap();
+    let sample = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/samples/meter/reading.json"
+    ))
+    .unwrap();
     let r = http()
         .post(gf.http_url("/readings"))
         .header("content-type", "application/json")
@@ -43,6 +50,10 @@ async fn runs_end_to_end_on_the_embedded_broker() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let line: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line in the file sink")).unwrap();
-    assert_eq!(line, serde_json::json!({"meter": "FR-PRM-09182736450011", "value": 0.412}));
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line in the file sink")).unwrap();
+    assert_eq!(
+        line,
+        serde_json::json!({"meter": "FR-PRM-09182736450011", "value": 0.412})
+    );
 }

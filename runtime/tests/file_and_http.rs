@@ -67,28 +67,59 @@ async fn files_flow_to_an_http_endpoint_with_retries_and_dead_letters() {
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     // Written under a temporary name, then renamed: never read half-written.
-    std::fs::write(inbox.join("a.ndjson.tmp"), "{\"id\":1}\n{\"id\":2,\"reject\":true}\n\n{\"id\":3}\n").unwrap();
+    std::fs::write(
+        inbox.join("a.ndjson.tmp"),
+        "{\"id\":1}\n{\"id\":2,\"reject\":true}\n\n{\"id\":3}\n",
+    )
+    .unwrap();
     std::fs::rename(inbox.join("a.ndjson.tmp"), inbox.join("a.ndjson")).unwrap();
 
-    wait_for("a.ndjson to be moved", Duration::from_secs(30), || inbox.join("failed/a.ndjson").exists()).await;
+    wait_for("a.ndjson to be moved", Duration::from_secs(30), || {
+        inbox.join("failed/a.ndjson").exists()
+    })
+    .await;
     assert!(!inbox.join("a.ndjson").exists());
     {
         let s = state.lock().unwrap();
-        let ids: Vec<i64> = s.accepted.iter().map(|v| v["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = s
+            .accepted
+            .iter()
+            .map(|v| v["id"].as_i64().unwrap())
+            .collect();
         let mut sorted = ids.clone();
         sorted.sort();
-        assert_eq!(sorted, vec![1, 3], "the accepted lines, after the 503s were retried");
-        assert!(s.calls >= 5, "two 503s retried, one 400, two 2xx: {}", s.calls);
+        assert_eq!(
+            sorted,
+            vec![1, 3],
+            "the accepted lines, after the 503s were retried"
+        );
+        assert!(
+            s.calls >= 5,
+            "two 503s retried, one 400, two 2xx: {}",
+            s.calls
+        );
     }
     let dead = std::fs::read_to_string(dir.path().join("dead-letters/files.dlq.ndjson")).unwrap();
-    let envelopes: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let envelopes: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(envelopes.len(), 1, "{dead}");
-    assert_eq!(envelopes[0]["payload"], "{\"id\":2,\"reject\":true}", "the original line");
-    assert_eq!(envelopes[0]["headers"]["gridflow.error.code"], "sink_rejected");
+    assert_eq!(
+        envelopes[0]["payload"], "{\"id\":2,\"reject\":true}",
+        "the original line"
+    );
+    assert_eq!(
+        envelopes[0]["headers"]["gridflow.error.code"],
+        "sink_rejected"
+    );
     assert_eq!(envelopes[0]["headers"]["gridflow.error.step"], "sink.http");
 
     // A clean file goes to done/.
     std::fs::write(inbox.join("b.json"), "{\"id\":4}").unwrap();
-    wait_for("b.json to be moved", Duration::from_secs(30), || inbox.join("done/b.json").exists()).await;
+    wait_for("b.json to be moved", Duration::from_secs(30), || {
+        inbox.join("done/b.json").exists()
+    })
+    .await;
     assert!(state.lock().unwrap().accepted.iter().any(|v| v["id"] == 4));
 }

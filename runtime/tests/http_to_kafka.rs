@@ -9,8 +9,14 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const A65: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/samples/entsoe/A65-actual-total-load-BE.xml");
-const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines/entsoe-actual-load.toml");
+const A65: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/samples/entsoe/A65-actual-total-load-BE.xml"
+);
+const SHIPPED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../pipelines/entsoe-actual-load.toml"
+);
 
 /// The shipped ENTSO-E pipeline with its topics renamed, so tests do not share topics.
 fn entsoe_pipeline(topic: &str, dlq: &str) -> String {
@@ -27,7 +33,11 @@ async fn entsoe_actual_load_lands_one_event_per_point() {
     create_topic(&topic, 3).await;
     create_topic(&dlq, 1).await;
     let dir = test_dir();
-    write_pipeline(dir.path(), "entsoe-actual-load.toml", &entsoe_pipeline(&topic, &dlq));
+    write_pipeline(
+        dir.path(),
+        "entsoe-actual-load.toml",
+        &entsoe_pipeline(&topic, &dlq),
+    );
     let gf = Gridflow::start(dir.path(), &[]);
 
     let body = std::fs::read(A65).unwrap();
@@ -48,7 +58,10 @@ async fn entsoe_actual_load_lands_one_event_per_point() {
     let records = consume(&topic, 96, Duration::from_secs(30)).await;
     assert_eq!(records.len(), 96, "every point is on the topic, once");
     let events: Vec<Value> = records.iter().map(Record::json).collect();
-    let positions: BTreeSet<i64> = events.iter().map(|e| e["position"].as_i64().unwrap()).collect();
+    let positions: BTreeSet<i64> = events
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
     assert_eq!(positions, (1..=96).collect::<BTreeSet<_>>());
     let first = events.iter().find(|e| e["position"] == 1).unwrap();
     assert_eq!(first["quantity"], 9175);
@@ -62,13 +75,25 @@ async fn entsoe_actual_load_lands_one_event_per_point() {
     assert_eq!(second["quantity"], 10817);
     for r in &records {
         assert_eq!(r.key.as_deref(), Some("10YBE----------2"), "keyed by area");
-        assert_eq!(r.headers.get("gridflow.correlation_id").map(String::as_str), Some("test-a65-1"));
-        assert_eq!(r.headers.get("gridflow.pipeline").map(String::as_str), Some("entsoe-actual-load"));
+        assert_eq!(
+            r.headers.get("gridflow.correlation_id").map(String::as_str),
+            Some("test-a65-1")
+        );
+        assert_eq!(
+            r.headers.get("gridflow.pipeline").map(String::as_str),
+            Some("entsoe-actual-load")
+        );
     }
     // One key: one partition, so the points keep their order.
-    let in_order: Vec<i64> = events.iter().map(|e| e["position"].as_i64().unwrap()).collect();
+    let in_order: Vec<i64> = events
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
     assert_eq!(in_order, (1..=96).collect::<Vec<_>>());
-    assert!(consume_for(&dlq, Duration::from_secs(1)).await.is_empty(), "nothing dead-lettered");
+    assert!(
+        consume_for(&dlq, Duration::from_secs(1)).await.is_empty(),
+        "nothing dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,8 +110,15 @@ async fn generated_correlation_id_and_json_bodies() {
         ),
     );
     let gf = Gridflow::start(dir.path(), &[]);
-    let sample = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/samples/frequency/grid-frequency-10Hz.json")).unwrap();
-    let expected = serde_json::from_slice::<Value>(&sample).unwrap()["samples"].as_array().unwrap().len();
+    let sample = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/samples/frequency/grid-frequency-10Hz.json"
+    ))
+    .unwrap();
+    let expected = serde_json::from_slice::<Value>(&sample).unwrap()["samples"]
+        .as_array()
+        .unwrap()
+        .len();
     let response = http()
         .post(gf.http_url("/in"))
         .header("content-type", "application/json")
@@ -95,7 +127,10 @@ async fn generated_correlation_id_and_json_bodies() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    let generated = response.headers()["x-correlation-id"].to_str().unwrap().to_string();
+    let generated = response.headers()["x-correlation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(generated.len(), 36, "a UUID: {generated}");
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["messages"], expected);
@@ -103,10 +138,17 @@ async fn generated_correlation_id_and_json_bodies() {
     assert_eq!(records.len(), expected);
     assert_eq!(records[0].json()["source"], "pmu-lyon-ouest-01");
     assert!(records[0].json()["f"].is_number());
-    assert!(records.iter().all(|r| r.headers["gridflow.correlation_id"] == generated));
+    assert!(records
+        .iter()
+        .all(|r| r.headers["gridflow.correlation_id"] == generated));
 
     // Unknown path and wrong method: problem+json.
-    let r = http().post(gf.http_url("/nope")).body("{}").send().await.unwrap();
+    let r = http()
+        .post(gf.http_url("/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let r = http().get(gf.http_url("/in")).send().await.unwrap();
@@ -121,14 +163,37 @@ async fn a_missing_topic_is_named_and_other_pipelines_run() {
     create_topic(&format!("{good}.dlq"), 1).await;
     let missing = unique("t.missing.v1");
     let dir = test_dir();
-    write_pipeline(dir.path(), "good.toml", &format!("[source]\nkind='http'\npath='/good'\n[sink]\nkind='kafka'\ntopic='{good}'\n"));
-    write_pipeline(dir.path(), "bad.toml", &format!("[source]\nkind='http'\npath='/bad'\n[sink]\nkind='kafka'\ntopic='{missing}'\n"));
+    write_pipeline(
+        dir.path(),
+        "good.toml",
+        &format!("[source]\nkind='http'\npath='/good'\n[sink]\nkind='kafka'\ntopic='{good}'\n"),
+    );
+    write_pipeline(
+        dir.path(),
+        "bad.toml",
+        &format!("[source]\nkind='http'\npath='/bad'\n[sink]\nkind='kafka'\ntopic='{missing}'\n"),
+    );
     let gf = Gridflow::start(dir.path(), &[]);
     let log = gf.log_text();
-    assert!(log.contains(&format!("`{missing}`")) && log.contains("do not exist"), "the error names the topic:\n{log}");
-    let r = http().post(gf.http_url("/bad")).header("content-type", "application/json").body("{}").send().await.unwrap();
+    assert!(
+        log.contains(&format!("`{missing}`")) && log.contains("do not exist"),
+        "the error names the topic:\n{log}"
+    );
+    let r = http()
+        .post(gf.http_url("/bad"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404, "the broken pipeline is not serving");
-    let r = http().post(gf.http_url("/good")).header("content-type", "application/json").body(r#"{"a":1}"#).send().await.unwrap();
+    let r = http()
+        .post(gf.http_url("/good"))
+        .header("content-type", "application/json")
+        .body(r#"{"a":1}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(consume(&good, 1, Duration::from_secs(20)).await.len(), 1);
 }

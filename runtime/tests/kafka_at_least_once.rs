@@ -12,7 +12,9 @@ const TOTAL: usize = 4000;
 
 /// `gridflow_messages_sent_total` of the running process.
 async fn sent_total(gf: &Gridflow) -> usize {
-    let Ok(response) = http().get(gf.admin_url("/metrics")).send().await else { return 0 };
+    let Ok(response) = http().get(gf.admin_url("/metrics")).send().await else {
+        return 0;
+    };
     let text = response.text().await.unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("gridflow_messages_sent_total"))
@@ -57,7 +59,10 @@ key = "site"
             let records = (batch * 100..(batch + 1) * 100)
                 .map(|i| {
                     let site = format!("site-{}", i % 7);
-                    (Some(site.clone()), serde_json::to_vec(&serde_json::json!({"id": i, "site": site})).unwrap())
+                    (
+                        Some(site.clone()),
+                        serde_json::to_vec(&serde_json::json!({"id": i, "site": site})).unwrap(),
+                    )
                 })
                 .collect();
             produce_many(&producer_topic, records).await;
@@ -75,8 +80,14 @@ key = "site"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.kill();
-    assert!(seen_before_kill > 0, "some records went through before the kill");
-    assert!(!producing.is_finished() || seen_before_kill < TOTAL, "the kill happened mid-stream");
+    assert!(
+        seen_before_kill > 0,
+        "some records went through before the kill"
+    );
+    assert!(
+        !producing.is_finished() || seen_before_kill < TOTAL,
+        "the kill happened mid-stream"
+    );
     eprintln!("killed after {seen_before_kill} output records");
 
     let _second = Gridflow::start(dir.path(), &[]);
@@ -98,7 +109,15 @@ key = "site"
     let ids: BTreeSet<u64> = counts.keys().copied().collect();
     let missing: Vec<u64> = (0..TOTAL as u64).filter(|i| !ids.contains(i)).collect();
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
-    eprintln!("at-least-once: {} distinct of {TOTAL}, {duplicates} duplicates", ids.len());
-    assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    eprintln!(
+        "at-least-once: {} distinct of {TOTAL}, {duplicates} duplicates",
+        ids.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} records, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     assert!(records.iter().all(|r| r.json()["copied"] == true));
 }

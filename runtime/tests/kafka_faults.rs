@@ -19,12 +19,21 @@ use rdkafka::Message;
 async fn serve(routes: Arc<HttpRoutes>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, gridflow::sources::http::router(routes)).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(listener, gridflow::sources::http::router(routes))
+            .await
+            .unwrap()
+    });
     format!("http://{addr}/in")
 }
 
 /// Reads `topic` from the start with a fresh group until `expected` records or `wait` passed.
-async fn read_all(settings: &KafkaSettings, topic: &str, expected: usize, wait: Duration) -> Vec<Vec<u8>> {
+async fn read_all(
+    settings: &KafkaSettings,
+    topic: &str,
+    expected: usize,
+    wait: Duration,
+) -> Vec<Vec<u8>> {
     let group = format!("reader-{topic}-{}", uuid::Uuid::new_v4());
     let consumer: StreamConsumer = settings.consumer_config(&group).create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
@@ -47,7 +56,10 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
     }
     let mut properties = BTreeMap::new();
     properties.insert("message.timeout.ms".to_string(), "300".to_string());
-    let settings = KafkaSettings { brokers: cluster.bootstrap_servers(), properties };
+    let settings = KafkaSettings {
+        brokers: cluster.bootstrap_servers(),
+        properties,
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("faulty.toml");
     std::fs::write(
@@ -63,29 +75,54 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
         dead_letters_dir: dir.path().join("dl"),
         limits: EngineConfig::default(),
     });
-    engine.start(load_file(&path, &|_| None).unwrap()).await.unwrap();
+    engine
+        .start(load_file(&path, &|_| None).unwrap())
+        .await
+        .unwrap();
     let url = serve(Arc::clone(&routes)).await;
     let client = reqwest::Client::new();
 
     // Healthy: 202.
-    let r = client.post(&url).header("content-type", "application/json").body(r#"{"n":1}"#).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"n":1}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
 
     // Down, then up again while the message is being retried: still 202, delivered once.
     cluster.broker_down(1).unwrap();
     let pending = tokio::spawn({
         let (client, url) = (client.clone(), url.clone());
-        async move { client.post(&url).header("content-type", "application/json").body(r#"{"n":2}"#).send().await.unwrap() }
+        async move {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(r#"{"n":2}"#)
+                .send()
+                .await
+                .unwrap()
+        }
     });
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(!pending.is_finished(), "no answer while the broker is down");
     cluster.broker_up(1).unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(30), pending).await.unwrap().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status(), 202);
 
     let delivered = read_all(&settings, "out.v1", 3, Duration::from_secs(10)).await;
-    assert_eq!(delivered, vec![br#"{"n":1}"#.to_vec(), br#"{"n":2}"#.to_vec()]);
-    assert!(read_all(&settings, "out.v1.dlq", 1, Duration::from_secs(5)).await.is_empty());
+    assert_eq!(
+        delivered,
+        vec![br#"{"n":1}"#.to_vec(), br#"{"n":2}"#.to_vec()]
+    );
+    assert!(read_all(&settings, "out.v1.dlq", 1, Duration::from_secs(5))
+        .await
+        .is_empty());
     engine.shutdown().await;
 
     // Down for good, with a small budget: 503, and nothing written anywhere.
@@ -94,14 +131,26 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
         "[source]\nkind='http'\npath='/in'\n[sink]\nkind='kafka'\ntopic='out.v1'\n[on_error]\nmax_attempts=2\ninitial_backoff_ms=20\nmax_backoff_ms=50\n",
     )
     .unwrap();
-    engine.start(load_file(&path, &|_| None).unwrap()).await.unwrap();
+    engine
+        .start(load_file(&path, &|_| None).unwrap())
+        .await
+        .unwrap();
     cluster.broker_down(1).unwrap();
-    let r = client.post(&url).header("content-type", "application/json").body(r#"{"n":3}"#).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"n":3}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     cluster.broker_up(1).unwrap();
     let delivered = read_all(&settings, "out.v1", 3, Duration::from_secs(10)).await;
     assert_eq!(delivered.len(), 2, "the two earlier messages only");
-    assert!(!delivered.contains(&br#"{"n":3}"#.to_vec()), "the refused message was not written");
+    assert!(
+        !delivered.contains(&br#"{"n":3}"#.to_vec()),
+        "the refused message was not written"
+    );
     engine.shutdown().await;
 }

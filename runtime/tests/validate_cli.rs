@@ -15,35 +15,63 @@ fn reports_every_error_with_position_and_hint() {
     let out = Gridflow::spawn_raw(&["validate", "pipelines"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("pipelines/broken.toml:3:8: error: unknown kind `htp` in [source]"), "{stderr}");
+    assert!(
+        stderr.contains("pipelines/broken.toml:3:8: error: unknown kind `htp` in [source]"),
+        "{stderr}"
+    );
     assert!(stderr.contains("did you mean `http`?"), "{stderr}");
-    assert!(stderr.contains("pipelines/broken.toml:7:1: error: unknown key `expresion` in [[steps]] #1"), "{stderr}");
+    assert!(
+        stderr
+            .contains("pipelines/broken.toml:7:1: error: unknown key `expresion` in [[steps]] #1"),
+        "{stderr}"
+    );
     assert!(stderr.contains("did you mean `expression`?"), "{stderr}");
-    assert!(stderr.contains("pipelines/broken.toml:10:"), "the JMESPath error has a position: {stderr}");
+    assert!(
+        stderr.contains("pipelines/broken.toml:10:"),
+        "the JMESPath error has a position: {stderr}"
+    );
     assert!(stderr.contains("invalid JMESPath"), "{stderr}");
-    assert!(stderr.contains("pipelines/broken.toml:11:1: error: missing key `topic` in [sink]"), "{stderr}");
+    assert!(
+        stderr.contains("pipelines/broken.toml:11:1: error: missing key `topic` in [sink]"),
+        "{stderr}"
+    );
     assert!(stderr.contains("= hint:"), "{stderr}");
 }
 
 #[test]
 fn syntax_errors_and_duplicate_names() {
     let dir = test_dir();
-    write_pipeline(dir.path(), "a.toml", "name = 'same'\n[source]\nkind='http'\npath='/a'\n[sink]\nkind='stdout'\n");
-    write_pipeline(dir.path(), "b.toml", "name = 'same'\n[source]\nkind='http'\npath='/b'\n[sink]\nkind='stdout'\n");
+    write_pipeline(
+        dir.path(),
+        "a.toml",
+        "name = 'same'\n[source]\nkind='http'\npath='/a'\n[sink]\nkind='stdout'\n",
+    );
+    write_pipeline(
+        dir.path(),
+        "b.toml",
+        "name = 'same'\n[source]\nkind='http'\npath='/b'\n[sink]\nkind='stdout'\n",
+    );
     write_pipeline(dir.path(), "c.toml", "[source\nkind='http'\n");
     let out = Gridflow::spawn_raw(&["validate"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("pipelines/c.toml:1:"), "{stderr}");
     assert!(stderr.contains("invalid TOML"), "{stderr}");
-    assert!(stderr.contains("pipeline name `same` is already used"), "{stderr}");
+    assert!(
+        stderr.contains("pipeline name `same` is already used"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn the_shipped_pipelines_are_valid() {
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let out = Gridflow::spawn_raw(&["validate", "pipelines"], std::path::Path::new(repo));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("pipeline file(s) OK"));
 }
 

@@ -33,7 +33,12 @@ impl Diagnostic {
     }
 
     /// A diagnostic at the start of `span`.
-    pub fn spanned(path: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn spanned(
+        path: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::at(path, text, span.map(|s| s.start).unwrap_or(0), message)
     }
 
@@ -100,7 +105,10 @@ mod tests {
 
     #[test]
     fn suggestions_for_typos_only() {
-        assert_eq!(did_you_mean("expresion", &["expression", "merge"]), Some("expression"));
+        assert_eq!(
+            did_you_mean("expresion", &["expression", "merge"]),
+            Some("expression")
+        );
         assert_eq!(did_you_mean("zzz", &["expression", "merge"]), None);
     }
 

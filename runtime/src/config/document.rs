@@ -33,8 +33,13 @@ impl<'i> Document<'i> {
             return Err(errors
                 .iter()
                 .map(|e| {
-                    Diagnostic::spanned(path, text, e.span(), format!("invalid TOML: {}", e.message().trim()))
-                        .with_hint(Some("see https://toml.io for the syntax".into()))
+                    Diagnostic::spanned(
+                        path,
+                        text,
+                        e.span(),
+                        format!("invalid TOML: {}", e.message().trim()),
+                    )
+                    .with_hint(Some("see https://toml.io for the syntax".into()))
                 })
                 .collect());
         }
@@ -48,11 +53,21 @@ impl<'i> Document<'i> {
                 )
             });
         }
-        Ok(Document { path, text, root, diagnostics })
+        Ok(Document {
+            path,
+            text,
+            root,
+            diagnostics,
+        })
     }
 
     /// Records a diagnostic at `span`.
-    pub fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>, hint: Option<String>) {
+    pub fn error(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.diagnostics
             .push(Diagnostic::spanned(self.path, self.text, span, message).with_hint(hint));
     }
@@ -93,23 +108,42 @@ impl<'i> Document<'i> {
     }
 
     /// Byte offset of character `offset` inside the string value of `key` in `table`.
-    pub fn offset_in_string(&self, value: &Spanned<DeValue<'_>>, key: &str, offset: Option<usize>) -> Option<Range<usize>> {
+    pub fn offset_in_string(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        offset: Option<usize>,
+    ) -> Option<Range<usize>> {
         let table = value.get_ref().as_table()?;
         let (_, v) = table.get_key_value(key)?;
         let span = v.span();
-        let Some(offset) = offset else { return Some(span) };
+        let Some(offset) = offset else {
+            return Some(span);
+        };
         // Skip the opening quote(s); exact for strings without escapes.
         let raw = &self.text[span.clone()];
-        let quote = if raw.starts_with("'''") || raw.starts_with("\"\"\"") { 3 } else { 1 };
+        let quote = if raw.starts_with("'''") || raw.starts_with("\"\"\"") {
+            3
+        } else {
+            1
+        };
         let inner = &raw[quote.min(raw.len())..];
-        let byte = inner.char_indices().nth(offset).map(|(i, _)| i).unwrap_or(inner.len());
+        let byte = inner
+            .char_indices()
+            .nth(offset)
+            .map(|(i, _)| i)
+            .unwrap_or(inner.len());
         let start = span.start + quote + byte;
         Some(start..start)
     }
 }
 
 fn quoted(names: &[&str]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn between_backticks(message: &str, after: &str) -> Option<String> {
@@ -119,7 +153,9 @@ fn between_backticks(message: &str, after: &str) -> Option<String> {
 }
 
 fn expected_names(message: &str) -> Vec<String> {
-    let Some(i) = message.find("expected") else { return Vec::new() };
+    let Some(i) = message.find("expected") else {
+        return Vec::new();
+    };
     message[i..]
         .split('`')
         .enumerate()
@@ -167,7 +203,11 @@ fn explain(
             .and_then(|t| t.get_key_value("kind"))
             .map(|(_, v)| v.span())
             .or(span);
-        return (span, format!("unknown kind `{variant}` in {context}"), Some(hint));
+        return (
+            span,
+            format!("unknown kind `{variant}` in {context}"),
+            Some(hint),
+        );
     }
     if let Some(field) = between_backticks(message, "missing field ") {
         let hint = if field == "kind" && !kinds.is_empty() {
@@ -175,9 +215,17 @@ fn explain(
         } else {
             format!("add `{field} = ...` to {context}")
         };
-        return (Some(value.span()), format!("missing key `{field}` in {context}"), Some(hint));
+        return (
+            Some(value.span()),
+            format!("missing key `{field}` in {context}"),
+            Some(hint),
+        );
     }
-    (span.or(Some(value.span())), format!("{context}: {message}"), None)
+    (
+        span.or(Some(value.span())),
+        format!("{context}: {message}"),
+        None,
+    )
 }
 
 fn interpolate_value(
@@ -187,14 +235,10 @@ fn interpolate_value(
 ) {
     let span = value.span();
     match value.get_mut() {
-        DeValue::String(s) => {
-            if s.contains('$') {
-                match interpolate(s, lookup) {
-                    Ok(new) => *s = new.into(),
-                    Err(message) => report(span, message),
-                }
-            }
-        }
+        DeValue::String(s) if s.contains('$') => match interpolate(s, lookup) {
+            Ok(new) => *s = new.into(),
+            Err(message) => report(span, message),
+        },
         DeValue::Array(items) => {
             for item in items.iter_mut() {
                 interpolate_value(item, lookup, report);

@@ -25,7 +25,10 @@ pub fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resul
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`${{{inner}}}` is not a valid variable reference"));
             }
-            match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+            match (
+                lookup(name).filter(|v| !v.is_empty() || default.is_none()),
+                default,
+            ) {
                 (Some(value), _) => out.push_str(&value),
                 (None, Some(default)) => out.push_str(default),
                 (None, None) => return Err(format!("environment variable `{name}` is not set")),
@@ -68,7 +71,9 @@ mod tests {
 
     #[test]
     fn missing_and_malformed_are_errors() {
-        assert!(interpolate("${MISSING}", &env).unwrap_err().contains("MISSING"));
+        assert!(interpolate("${MISSING}", &env)
+            .unwrap_err()
+            .contains("MISSING"));
         assert!(interpolate("${HOST", &env).is_err());
         assert!(interpolate("${A B}", &env).is_err());
     }

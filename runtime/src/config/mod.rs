@@ -145,7 +145,11 @@ impl Default for EngineConfig {
 
 impl RuntimeConfig {
     /// Parses `gridflow.toml`.
-    pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<RuntimeConfig, Vec<Diagnostic>> {
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<RuntimeConfig, Vec<Diagnostic>> {
         let mut doc = Document::parse(path, text, lookup)?;
         let root = doc.root.clone();
         let value = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
@@ -160,7 +164,9 @@ impl RuntimeConfig {
     pub fn load(path: &Path, required: bool) -> Result<RuntimeConfig, Vec<Diagnostic>> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(path, &text, &interpolate::from_env),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(RuntimeConfig::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(RuntimeConfig::default())
+            }
             Err(e) => Err(vec![Diagnostic {
                 path: path.to_path_buf(),
                 line: 1,
@@ -204,7 +210,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_have_positions() {
-        let err = RuntimeConfig::parse(Path::new("g.toml"), "[kafka]\nbroker = 'x'\n", &|_| None).unwrap_err();
+        let err = RuntimeConfig::parse(Path::new("g.toml"), "[kafka]\nbroker = 'x'\n", &|_| None)
+            .unwrap_err();
         assert_eq!(err[0].line, 2, "{err:?}");
         assert!(err[0].message.contains("unknown key `broker`"), "{err:?}");
     }

@@ -64,8 +64,10 @@ impl Default for OnErrorConfig {
 impl OnErrorConfig {
     fn check(&self) -> Result<(), BuildError> {
         if self.max_attempts == 0 {
-            return Err(BuildError::at("max_attempts", "max_attempts must be at least 1")
-                .with_hint("1 means no retry"));
+            return Err(
+                BuildError::at("max_attempts", "max_attempts must be at least 1")
+                    .with_hint("1 means no retry"),
+            );
         }
         if self.initial_backoff_ms > self.max_backoff_ms {
             return Err(BuildError::at(
@@ -107,12 +109,20 @@ pub fn parse_pipeline(
     let table = root.get_ref();
     doc.check_keys(table, TOP_LEVEL, "a pipeline file");
 
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("pipeline").to_string();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("pipeline")
+        .to_string();
     let name = match table.get_key_value("name") {
         Some((_, v)) => match v.get_ref().as_str() {
             Some(n) if valid_name(n) => n.to_string(),
             Some(n) => {
-                doc.error(Some(v.span()), format!("`{n}` is not a valid pipeline name"), Some("use letters, digits, `.`, `_` and `-`".into()));
+                doc.error(
+                    Some(v.span()),
+                    format!("`{n}` is not a valid pipeline name"),
+                    Some("use letters, digits, `.`, `_` and `-`".into()),
+                );
                 stem
             }
             None => {
@@ -122,15 +132,23 @@ pub fn parse_pipeline(
         },
         None => stem,
     };
-    let description = table.get("description").and_then(|v| v.get_ref().as_str()).map(str::to_string);
+    let description = table
+        .get("description")
+        .and_then(|v| v.get_ref().as_str())
+        .map(str::to_string);
 
-    let required = |doc: &mut Document<'_>, key: &str, what: &str| -> Option<Spanned<DeValue<'_>>> {
-        let found = table.get(key).cloned();
-        if found.is_none() {
-            doc.error(Some(0..0), format!("missing section [{key}]"), Some(format!("every pipeline needs {what}")));
-        }
-        found
-    };
+    let required =
+        |doc: &mut Document<'_>, key: &str, what: &str| -> Option<Spanned<DeValue<'_>>> {
+            let found = table.get(key).cloned();
+            if found.is_none() {
+                doc.error(
+                    Some(0..0),
+                    format!("missing section [{key}]"),
+                    Some(format!("every pipeline needs {what}")),
+                );
+            }
+            found
+        };
     let source_v = required(&mut doc, "source", "a source (`[source]` with a `kind`)");
     let sink_v = required(&mut doc, "sink", "a sink (`[sink]` with a `kind`)");
 
@@ -148,7 +166,11 @@ pub fn parse_pipeline(
         Some(v) => match v.get_ref().as_array() {
             Some(items) => items.iter().cloned().collect(),
             None => {
-                doc.error(Some(v.span()), "`steps` must be an array of tables", Some("write each step as a `[[steps]]` table".into()));
+                doc.error(
+                    Some(v.span()),
+                    "`steps` must be an array of tables",
+                    Some("write each step as a `[[steps]]` table".into()),
+                );
                 Vec::new()
             }
         },
@@ -184,20 +206,24 @@ pub fn parse_pipeline(
     }
     if let Some(on_error) = &on_error {
         if let Err(e) = on_error.check() {
-            let at = on_error_v.clone().unwrap_or_else(|| Spanned::new(0..0, DeValue::Boolean(false)));
+            let at = on_error_v
+                .clone()
+                .unwrap_or_else(|| Spanned::new(0..0, DeValue::Boolean(false)));
             report(&mut doc, &at, "[on_error]", e);
         }
     }
 
     match (source, sink, on_error) {
-        (Some(source), Some(sink), Some(on_error)) if doc.diagnostics.is_empty() && steps_ok => Ok(PipelineConfig {
-            name,
-            description,
-            source,
-            steps,
-            sink,
-            on_error,
-        }),
+        (Some(source), Some(sink), Some(on_error)) if doc.diagnostics.is_empty() && steps_ok => {
+            Ok(PipelineConfig {
+                name,
+                description,
+                source,
+                steps,
+                sink,
+                on_error,
+            })
+        }
         _ => Err(doc.diagnostics),
     }
 }
@@ -216,7 +242,10 @@ fn report(doc: &mut Document<'_>, value: &Spanned<DeValue<'_>>, context: &str, e
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// sha256 of `bytes`, hex: a pipeline's version.
@@ -225,7 +254,10 @@ pub fn version_of(bytes: &[u8]) -> String {
 }
 
 /// Reads and checks one file.
-pub fn load_file(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<PipelineFile, Vec<Diagnostic>> {
+pub fn load_file(
+    path: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineFile, Vec<Diagnostic>> {
     let bytes = std::fs::read(path).map_err(|e| {
         vec![Diagnostic {
             path: path.to_path_buf(),
@@ -270,7 +302,10 @@ pub fn pipeline_paths(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Loads `paths` and checks what spans files: unique names and unique HTTP paths.
-pub fn load_all(paths: &[PathBuf], lookup: &dyn Fn(&str) -> Option<String>) -> (Vec<PipelineFile>, Vec<Diagnostic>) {
+pub fn load_all(
+    paths: &[PathBuf],
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> (Vec<PipelineFile>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut diagnostics = Vec::new();
     for path in paths {
@@ -291,7 +326,11 @@ pub fn load_all(paths: &[PathBuf], lookup: &dyn Fn(&str) -> Option<String>) -> (
         };
         if let Some(first) = names.get(&file.config.name) {
             diagnostics.push(at(
-                format!("pipeline name `{}` is already used by {}", file.config.name, first.display()),
+                format!(
+                    "pipeline name `{}` is already used by {}",
+                    file.config.name,
+                    first.display()
+                ),
                 "set a unique `name` in one of the files".into(),
             ));
             return false;
@@ -299,7 +338,10 @@ pub fn load_all(paths: &[PathBuf], lookup: &dyn Fn(&str) -> Option<String>) -> (
         if let SourceConfig::Http(http) = &file.config.source {
             if let Some(other) = routes.get(&http.path) {
                 diagnostics.push(at(
-                    format!("HTTP path `{}` is already served by pipeline `{other}`", http.path),
+                    format!(
+                        "HTTP path `{}` is already served by pipeline `{other}`",
+                        http.path
+                    ),
                     "give each HTTP source its own path".into(),
                 ));
                 return false;
@@ -317,11 +359,17 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<PipelineConfig, Vec<Diagnostic>> {
-        parse_pipeline(Path::new("p/flow.toml"), text, &|name| (name == "BROKER_TOPIC").then(|| "t.v1".to_string()))
+        parse_pipeline(Path::new("p/flow.toml"), text, &|name| {
+            (name == "BROKER_TOPIC").then(|| "t.v1".to_string())
+        })
     }
 
     fn errors(text: &str) -> Vec<String> {
-        parse(text).unwrap_err().iter().map(|d| d.to_string()).collect()
+        parse(text)
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
     }
 
     const GOOD: &str = r#"
@@ -365,11 +413,20 @@ max_attempts = 3
         let text = "nme = 'x'\n[source]\nkind = 'http'\npth = '/x'\n[[steps]]\nkind = 'mapp'\n[[steps]]\nkind = 'map'\nexpression = 'a.['\n[sink]\nkind = 'kafka'\n";
         let errs = errors(text);
         let all = errs.join("\n");
-        assert!(all.contains("p/flow.toml:1:1: error: unknown key `nme` in a pipeline file"), "{all}");
+        assert!(
+            all.contains("p/flow.toml:1:1: error: unknown key `nme` in a pipeline file"),
+            "{all}"
+        );
         assert!(all.contains("did you mean `name`?"), "{all}");
-        assert!(all.contains("p/flow.toml:4:1: error: unknown key `pth` in [source]"), "{all}");
+        assert!(
+            all.contains("p/flow.toml:4:1: error: unknown key `pth` in [source]"),
+            "{all}"
+        );
         assert!(all.contains("did you mean `path`?"), "{all}");
-        assert!(all.contains("p/flow.toml:6:8: error: unknown kind `mapp` in [[steps]] #1"), "{all}");
+        assert!(
+            all.contains("p/flow.toml:6:8: error: unknown kind `mapp` in [[steps]] #1"),
+            "{all}"
+        );
         assert!(all.contains("did you mean `map`?"), "{all}");
         // The JMESPath error points inside the string, at the fault.
         assert!(all.contains("p/flow.toml:9:"), "{all}");
@@ -387,21 +444,33 @@ max_attempts = 3
 
     #[test]
     fn missing_sections_and_bad_values() {
-        let all = errors("[source]\nkind='http'\npath='/x'\n[on_error]\nmax_attempts = 'five'\n").join("\n");
+        let all = errors("[source]\nkind='http'\npath='/x'\n[on_error]\nmax_attempts = 'five'\n")
+            .join("\n");
         assert!(all.contains("missing section [sink]"), "{all}");
         assert!(all.contains("p/flow.toml:5:16: error: [on_error]"), "{all}");
     }
 
     #[test]
     fn unset_variables_are_reported_where_they_are_used() {
-        let all = errors("[source]\nkind='http'\npath='/x'\n[sink]\nkind='kafka'\ntopic='${NOPE}'\n").join("\n");
-        assert!(all.contains("p/flow.toml:6:7: error: environment variable `NOPE` is not set"), "{all}");
+        let all =
+            errors("[source]\nkind='http'\npath='/x'\n[sink]\nkind='kafka'\ntopic='${NOPE}'\n")
+                .join("\n");
+        assert!(
+            all.contains("p/flow.toml:6:7: error: environment variable `NOPE` is not set"),
+            "{all}"
+        );
     }
 
     #[test]
     fn semantic_checks_of_sources_and_on_error() {
-        let all = errors("[source]\nkind='http'\npath='x'\n[sink]\nkind='stdout'\n[on_error]\nmax_attempts=0\n").join("\n");
-        assert!(all.contains("p/flow.toml:3:6: error: [source] `path`"), "{all}");
+        let all = errors(
+            "[source]\nkind='http'\npath='x'\n[sink]\nkind='stdout'\n[on_error]\nmax_attempts=0\n",
+        )
+        .join("\n");
+        assert!(
+            all.contains("p/flow.toml:3:6: error: [source] `path`"),
+            "{all}"
+        );
         assert!(all.contains("[on_error] `max_attempts`"), "{all}");
     }
 }

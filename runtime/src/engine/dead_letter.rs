@@ -48,14 +48,23 @@ impl DeadLetterTarget {
                 path.push(".dlq");
                 DeadLetterTarget::File(path.into())
             }
-            _ => DeadLetterTarget::File(dead_letters_dir.join(format!("{}.dlq.ndjson", config.name))),
+            _ => {
+                DeadLetterTarget::File(dead_letters_dir.join(format!("{}.dlq.ndjson", config.name)))
+            }
         }
     }
 }
 
 /// The `gridflow.*` headers of a dead letter.
-pub fn envelope_headers(pipeline: &str, version: &str, meta: &Meta, failure: &Failure) -> Vec<(&'static str, String)> {
-    let failed_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+pub fn envelope_headers(
+    pipeline: &str,
+    version: &str,
+    meta: &Meta,
+    failure: &Failure,
+) -> Vec<(&'static str, String)> {
+    let failed_at = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default();
     let mut headers = vec![
         ("gridflow.pipeline", pipeline.to_string()),
         ("gridflow.pipeline.version", version.to_string()),
@@ -66,7 +75,12 @@ pub fn envelope_headers(pipeline: &str, version: &str, meta: &Meta, failure: &Fa
         ("gridflow.correlation_id", meta.correlation_id.clone()),
         ("gridflow.failed_at", failed_at),
     ];
-    if let Origin::Kafka { topic, partition, offset } = &meta.origin {
+    if let Origin::Kafka {
+        topic,
+        partition,
+        offset,
+    } = &meta.origin
+    {
         headers.push(("gridflow.source.topic", topic.clone()));
         headers.push(("gridflow.source.partition", partition.to_string()));
         headers.push(("gridflow.source.offset", offset.to_string()));
@@ -85,7 +99,12 @@ pub struct DeadLetterWriter {
 
 impl DeadLetterWriter {
     /// A writer to `target`; a topic target needs `producer`.
-    pub fn new(target: DeadLetterTarget, producer: Option<FutureProducer>, pipeline: Arc<str>, version: String) -> Self {
+    pub fn new(
+        target: DeadLetterTarget,
+        producer: Option<FutureProducer>,
+        pipeline: Arc<str>,
+        version: String,
+    ) -> Self {
         DeadLetterWriter {
             target,
             producer,
@@ -105,26 +124,36 @@ impl DeadLetterWriter {
         let headers = envelope_headers(&self.pipeline, &self.version, meta, failure);
         match &self.target {
             DeadLetterTarget::Topic(topic) => {
-                let producer = self
-                    .producer
-                    .as_ref()
-                    .ok_or_else(|| SinkError::Transient("no Kafka producer for the dead-letter topic".into()))?;
-                let mut kafka_headers = OwnedHeaders::new_with_capacity(meta.headers.len() + headers.len());
+                let producer = self.producer.as_ref().ok_or_else(|| {
+                    SinkError::Transient("no Kafka producer for the dead-letter topic".into())
+                })?;
+                let mut kafka_headers =
+                    OwnedHeaders::new_with_capacity(meta.headers.len() + headers.len());
                 for (k, v) in &meta.headers {
                     if !k.starts_with("gridflow.") {
-                        kafka_headers = kafka_headers.insert(Header { key: k, value: Some(v) });
+                        kafka_headers = kafka_headers.insert(Header {
+                            key: k,
+                            value: Some(v),
+                        });
                     }
                 }
                 for (k, v) in &headers {
-                    kafka_headers = kafka_headers.insert(Header { key: k, value: Some(v) });
+                    kafka_headers = kafka_headers.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
                 }
                 let record = FutureRecord::<[u8], [u8]>::to(topic)
                     .payload(meta.original.as_ref())
                     .headers(kafka_headers);
                 let fail = |e: rdkafka::error::KafkaError| {
-                    SinkError::Transient(format!("writing to dead-letter topic `{topic}` failed: {e}"))
+                    SinkError::Transient(format!(
+                        "writing to dead-letter topic `{topic}` failed: {e}"
+                    ))
                 };
-                let delivery = crate::kafka::enqueue(producer, record).await.map_err(fail)?;
+                let delivery = crate::kafka::enqueue(producer, record)
+                    .await
+                    .map_err(fail)?;
                 match delivery.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((e, _))) => Err(fail(e)),
@@ -132,11 +161,17 @@ impl DeadLetterWriter {
                 }
             }
             DeadLetterTarget::File(path) => {
-                let mut line = serde_json::to_vec(&file_envelope(&headers, meta)).unwrap_or_default();
+                let mut line =
+                    serde_json::to_vec(&file_envelope(&headers, meta)).unwrap_or_default();
                 line.push(b'\n');
                 crate::sinks::append_to_file(&self.file, path, &line)
                     .await
-                    .map_err(|e| SinkError::Transient(format!("writing dead-letter file {} failed: {e}", path.display())))
+                    .map_err(|e| {
+                        SinkError::Transient(format!(
+                            "writing dead-letter file {} failed: {e}",
+                            path.display()
+                        ))
+                    })
             }
         }
     }
@@ -145,7 +180,10 @@ impl DeadLetterWriter {
 fn file_envelope(headers: &[(&str, String)], meta: &Meta) -> Value {
     let mut h = Map::new();
     for (k, v) in &meta.headers {
-        h.insert(k.clone(), Value::String(String::from_utf8_lossy(v).into_owned()));
+        h.insert(
+            k.clone(),
+            Value::String(String::from_utf8_lossy(v).into_owned()),
+        );
     }
     for (k, v) in headers {
         h.insert(k.to_string(), Value::String(v.clone()));
@@ -179,8 +217,21 @@ mod tests {
 
     #[test]
     fn envelope_names_every_fact() {
-        let f = Failure::new("steps[0].xml_to_json", ErrorCode::InvalidXml, "unexpected end");
-        let h = envelope_headers("p", "v1", &meta(Origin::Kafka { topic: "in".into(), partition: 2, offset: 42 }), &f);
+        let f = Failure::new(
+            "steps[0].xml_to_json",
+            ErrorCode::InvalidXml,
+            "unexpected end",
+        );
+        let h = envelope_headers(
+            "p",
+            "v1",
+            &meta(Origin::Kafka {
+                topic: "in".into(),
+                partition: 2,
+                offset: 42,
+            }),
+            &f,
+        );
         let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("gridflow.pipeline"), Some("p"));
         assert_eq!(get("gridflow.error.step"), Some("steps[0].xml_to_json"));
@@ -199,12 +250,24 @@ mod tests {
     async fn file_target_writes_ndjson_envelopes_with_the_original_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/p.dlq.ndjson");
-        let w = DeadLetterWriter::new(DeadLetterTarget::File(path.clone()), None, "p".into(), "v".into());
+        let w = DeadLetterWriter::new(
+            DeadLetterTarget::File(path.clone()),
+            None,
+            "p".into(),
+            "v".into(),
+        );
         let f = Failure::new("sink.http", ErrorCode::SinkRejected, "400");
-        w.write(&meta(Origin::Http { path: "/x".into() }), &f).await.unwrap();
-        w.write(&meta(Origin::Http { path: "/x".into() }), &f).await.unwrap();
+        w.write(&meta(Origin::Http { path: "/x".into() }), &f)
+            .await
+            .unwrap();
+        w.write(&meta(Origin::Http { path: "/x".into() }), &f)
+            .await
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["payload"], "<bad");
         assert_eq!(lines[0]["headers"]["gridflow.error.code"], "sink_rejected");
@@ -213,12 +276,24 @@ mod tests {
 
     #[test]
     fn default_targets() {
-        let parse = |t: &str| crate::config::pipeline::parse_pipeline(Path::new("x.toml"), t, &|_| None).unwrap();
+        let parse = |t: &str| {
+            crate::config::pipeline::parse_pipeline(Path::new("x.toml"), t, &|_| None).unwrap()
+        };
         let k = parse("[source]\nkind='http'\npath='/a'\n[sink]\nkind='kafka'\ntopic='a.b.v1'\n");
-        assert_eq!(DeadLetterTarget::resolve(&k, Path::new("dl")), DeadLetterTarget::Topic("a.b.v1.dlq".into()));
-        let f = parse("[source]\nkind='http'\npath='/a'\n[sink]\nkind='file'\npath='out/a.ndjson'\n");
-        assert_eq!(DeadLetterTarget::resolve(&f, Path::new("dl")), DeadLetterTarget::File("out/a.ndjson.dlq".into()));
+        assert_eq!(
+            DeadLetterTarget::resolve(&k, Path::new("dl")),
+            DeadLetterTarget::Topic("a.b.v1.dlq".into())
+        );
+        let f =
+            parse("[source]\nkind='http'\npath='/a'\n[sink]\nkind='file'\npath='out/a.ndjson'\n");
+        assert_eq!(
+            DeadLetterTarget::resolve(&f, Path::new("dl")),
+            DeadLetterTarget::File("out/a.ndjson.dlq".into())
+        );
         let s = parse("[source]\nkind='http'\npath='/a'\n[sink]\nkind='stdout'\n");
-        assert_eq!(DeadLetterTarget::resolve(&s, Path::new("dl")), DeadLetterTarget::File("dl/x.dlq.ndjson".into()));
+        assert_eq!(
+            DeadLetterTarget::resolve(&s, Path::new("dl")),
+            DeadLetterTarget::File("dl/x.dlq.ndjson".into())
+        );
     }
 }

@@ -100,7 +100,10 @@ pub struct Engine {
 impl Engine {
     /// An engine with no pipeline yet.
     pub fn new(ctx: EngineContext) -> Self {
-        Engine { ctx, pipelines: BTreeMap::new() }
+        Engine {
+            ctx,
+            pipelines: BTreeMap::new(),
+        }
     }
 
     /// Topics `file` reads or writes, its dead-letter topic included.
@@ -133,10 +136,15 @@ impl Engine {
         if !topics.is_empty() {
             match self.ctx.kafka.missing_topics(&topics).await {
                 Ok(missing) if !missing.is_empty() => {
-                    return Err(StartError::MissingTopics { pipeline: name, topics: missing })
+                    return Err(StartError::MissingTopics {
+                        pipeline: name,
+                        topics: missing,
+                    })
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(pipeline = %name, error = %e, "Topics not checked: broker unreachable; starting anyway."),
+                Err(e) => {
+                    tracing::warn!(pipeline = %name, error = %e, "Topics not checked: broker unreachable; starting anyway.")
+                }
             }
         }
 
@@ -199,7 +207,13 @@ impl Engine {
         tracing::info!(pipeline = %name, version = %file.version, source = config.source.kind(), sink = config.sink.kind(), "Pipeline started.");
         self.pipelines.insert(
             name,
-            Running { file, started_at: SystemTime::now(), cancel, task, runner },
+            Running {
+                file,
+                started_at: SystemTime::now(),
+                cancel,
+                task,
+                runner,
+            },
         );
         Ok(())
     }

@@ -55,11 +55,20 @@ mod tests {
         };
         for _ in 0..50 {
             let b1 = p.backoff(1);
-            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100), "{b1:?}");
+            assert!(
+                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+                "{b1:?}"
+            );
             let b3 = p.backoff(3);
-            assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400), "{b3:?}");
+            assert!(
+                b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400),
+                "{b3:?}"
+            );
             let b10 = p.backoff(10);
-            assert!(b10 >= Duration::from_millis(500) && b10 <= Duration::from_millis(1000), "{b10:?}");
+            assert!(
+                b10 >= Duration::from_millis(500) && b10 <= Duration::from_millis(1000),
+                "{b10:?}"
+            );
         }
     }
 }

@@ -84,7 +84,10 @@ impl Runner {
         }
         for payload in payloads {
             let permit = self.permit().await;
-            let record = Record { payload, meta: Arc::clone(&meta) };
+            let record = Record {
+                payload,
+                meta: Arc::clone(&meta),
+            };
             let first = self.sink.send(&record).await;
             tokio::spawn(self.clone().deliver(record, ack.fork(), first, permit));
         }
@@ -119,7 +122,12 @@ impl Runner {
                     return;
                 }
                 Err(SinkError::Permanent { code, message }) => {
-                    break Failure { step: self.sink_id.clone(), code, message, attempts };
+                    break Failure {
+                        step: self.sink_id.clone(),
+                        code,
+                        message,
+                        attempts,
+                    };
                 }
                 Err(SinkError::Transient(message)) if attempts >= self.retry.max_attempts => {
                     break Failure {
@@ -145,7 +153,13 @@ impl Runner {
     }
 
     /// Writes the input to the dead-letter destination (once per input) and settles `ack`.
-    async fn dead_letter(self: Arc<Self>, meta: Arc<Meta>, ack: Ack, failure: Failure, _permit: OwnedSemaphorePermit) {
+    async fn dead_letter(
+        self: Arc<Self>,
+        meta: Arc<Meta>,
+        ack: Ack,
+        failure: Failure,
+        _permit: OwnedSemaphorePermit,
+    ) {
         tracing::warn!(
             pipeline = %self.name,
             step = %failure.step,
@@ -157,9 +171,13 @@ impl Runner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match ack.dead_letter_once(|| self.dead_letter.write(&meta, &failure)).await {
+            match ack
+                .dead_letter_once(|| self.dead_letter.write(&meta, &failure))
+                .await
+            {
                 Ok(()) => {
-                    self.metrics.dead_lettered(&failure.step, failure.code.as_str());
+                    self.metrics
+                        .dead_lettered(&failure.step, failure.code.as_str());
                     ack.dead_lettered(failure);
                     return;
                 }
@@ -205,7 +223,9 @@ impl Downstream for Arc<Runner> {
         async move {
             runner.metrics.received();
             let permit = runner.permit().await;
-            runner.dead_letter(message.meta, message.ack, failure, permit).await
+            runner
+                .dead_letter(message.meta, message.ack, failure, permit)
+                .await
         }
         .boxed()
     }

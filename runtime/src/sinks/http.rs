@@ -29,8 +29,9 @@ fn default_timeout_ms() -> u64 {
 impl HttpSinkConfig {
     /// Checks the URL.
     pub fn check(&self) -> Result<(), BuildError> {
-        let url = reqwest::Url::parse(&self.url)
-            .map_err(|e| BuildError::at("url", format!("`{}` is not a valid URL: {e}", self.url)))?;
+        let url = reqwest::Url::parse(&self.url).map_err(|e| {
+            BuildError::at("url", format!("`{}` is not a valid URL: {e}", self.url))
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(BuildError::at("url", "the URL must use http or https"));
         }
@@ -80,7 +81,9 @@ impl Sink for HttpSink {
             if status.is_success() {
                 Ok(())
             } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
-                Err(SinkError::Transient(format!("POST {url} answered {status}")))
+                Err(SinkError::Transient(format!(
+                    "POST {url} answered {status}"
+                )))
             } else {
                 Err(SinkError::Permanent {
                     code: ErrorCode::SinkRejected,

@@ -38,8 +38,11 @@ impl KafkaSinkConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return Err(BuildError::at("topic", format!("`{}` is not a valid Kafka topic name", self.topic))
-                .with_hint("use ASCII letters, digits, `.`, `_` and `-`"));
+            return Err(BuildError::at(
+                "topic",
+                format!("`{}` is not a valid Kafka topic name", self.topic),
+            )
+            .with_hint("use ASCII letters, digits, `.`, `_` and `-`"));
         }
         Ok(())
     }

@@ -82,10 +82,15 @@ async fn scan(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 impl FileSource {
     /// Processes one file; returns false when it must stay in place (not written).
-    async fn process(&self, path: &Path, downstream: &Arc<dyn Downstream>) -> std::io::Result<bool> {
+    async fn process(
+        &self,
+        path: &Path,
+        downstream: &Arc<dyn Downstream>,
+    ) -> std::io::Result<bool> {
         let content = Bytes::from(tokio::fs::read(path).await?);
         let content_type = content_type(path);
-        let parts: Vec<(Option<usize>, Bytes)> = if path.extension().is_some_and(|e| e == "ndjson") {
+        let parts: Vec<(Option<usize>, Bytes)> = if path.extension().is_some_and(|e| e == "ndjson")
+        {
             let mut parts = Vec::new();
             let mut start = 0;
             for (i, line) in content.split(|b| *b == b'\n').enumerate() {
@@ -110,12 +115,19 @@ impl FileSource {
                 original: body.clone(),
                 correlation_id: new_correlation_id(),
                 content_type,
-                origin: Origin::File { path: path.display().to_string(), line },
+                origin: Origin::File {
+                    path: path.display().to_string(),
+                    line,
+                },
                 headers: Vec::new(),
                 received_at: Instant::now(),
             });
             downstream
-                .push(Message { payload: Payload::Bytes(body), meta, ack })
+                .push(Message {
+                    payload: Payload::Bytes(body),
+                    meta,
+                    ack,
+                })
                 .await;
         }
         drop(tx);
@@ -138,7 +150,11 @@ impl FileSource {
         Ok(true)
     }
 
-    async fn poll(self, downstream: Arc<dyn Downstream>, shutdown: CancellationToken) -> Result<(), String> {
+    async fn poll(
+        self,
+        downstream: Arc<dyn Downstream>,
+        shutdown: CancellationToken,
+    ) -> Result<(), String> {
         let dir = &self.config.dir;
         tokio::fs::create_dir_all(dir)
             .await
@@ -157,11 +173,15 @@ impl FileSource {
                                 tracing::warn!(file = %file.display(), "File not written; it will be tried again.");
                                 break;
                             }
-                            Err(e) => tracing::warn!(file = %file.display(), error = %e, "File could not be processed."),
+                            Err(e) => {
+                                tracing::warn!(file = %file.display(), error = %e, "File could not be processed.")
+                            }
                         }
                     }
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "Directory scan failed."),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "Directory scan failed.")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}

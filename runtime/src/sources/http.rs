@@ -60,12 +60,20 @@ impl HttpSourceConfig {
     /// Checks the path.
     pub fn check(&self) -> Result<(), BuildError> {
         if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
-            return Err(BuildError::at("path", format!("`{}` is not an absolute URL path", self.path))
-                .with_hint("write it like `/ingest/entsoe/actual-load`"));
+            return Err(BuildError::at(
+                "path",
+                format!("`{}` is not an absolute URL path", self.path),
+            )
+            .with_hint("write it like `/ingest/entsoe/actual-load`"));
         }
-        if self.path.starts_with("/health") || self.path.starts_with("/admin") || self.path == "/metrics" {
-            return Err(BuildError::at("path", format!("`{}` is reserved", self.path))
-                .with_hint("choose a path outside /health, /admin and /metrics"));
+        if self.path.starts_with("/health")
+            || self.path.starts_with("/admin")
+            || self.path == "/metrics"
+        {
+            return Err(
+                BuildError::at("path", format!("`{}` is reserved", self.path))
+                    .with_hint("choose a path outside /health, /admin and /metrics"),
+            );
         }
         Ok(())
     }
@@ -221,10 +229,20 @@ async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Resp
     response
 }
 
-async fn serve(routes: &HttpRoutes, path: &str, request: Request, correlation_id: &str) -> Response {
+async fn serve(
+    routes: &HttpRoutes,
+    path: &str,
+    request: Request,
+    correlation_id: &str,
+) -> Response {
     let ids = json!({ "correlation_id": correlation_id });
     let Some(route) = routes.table.load().get(path).cloned() else {
-        return problem(StatusCode::NOT_FOUND, "Not Found", &format!("no pipeline serves `{path}`"), ids);
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            &format!("no pipeline serves `{path}`"),
+            ids,
+        );
     };
     if request.method() != Method::POST {
         let mut response = problem(
@@ -233,11 +251,14 @@ async fn serve(routes: &HttpRoutes, path: &str, request: Request, correlation_id
             "pipelines accept POST only",
             ids,
         );
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     let (parts, body) = request.into_parts();
-    let body: Bytes = match axum::body::to_bytes(Body::new(body), route.config.max_body_bytes).await {
+    let body: Bytes = match axum::body::to_bytes(Body::new(body), route.config.max_body_bytes).await
+    {
         Ok(body) => body,
         Err(_) => {
             return problem(
@@ -254,25 +275,41 @@ async fn serve(routes: &HttpRoutes, path: &str, request: Request, correlation_id
         original: body.clone(),
         correlation_id: correlation_id.to_string(),
         content_type,
-        origin: Origin::Http { path: path.to_string() },
+        origin: Origin::Http {
+            path: path.to_string(),
+        },
         headers: Vec::new(),
         received_at: Instant::now(),
     });
     let parsed = match content_type {
         ContentType::Json => serde_json::from_slice::<Value>(&body)
             .map(Payload::Json)
-            .map_err(|e| Failure::new("source.http", ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}"))),
+            .map_err(|e| {
+                Failure::new(
+                    "source.http",
+                    ErrorCode::InvalidJson,
+                    format!("the body is not valid JSON: {e}"),
+                )
+            }),
         ContentType::Xml | ContentType::Other => Ok(Payload::Bytes(body)),
     };
     match parsed {
         Ok(payload) => route.downstream.push(Message { payload, meta, ack }).await,
         Err(failure) => {
-            let message = Message { payload: Payload::Bytes(Bytes::new()), meta, ack };
+            let message = Message {
+                payload: Payload::Bytes(Bytes::new()),
+                meta,
+                ack,
+            };
             route.downstream.reject(message, failure).await
         }
     }
     let outcome = outcome.await.unwrap_or_else(|_| {
-        Outcome::Failed(Failure::new("engine", ErrorCode::Dropped, "the pipeline stopped"))
+        Outcome::Failed(Failure::new(
+            "engine",
+            ErrorCode::Dropped,
+            "the pipeline stopped",
+        ))
     });
     respond(outcome, &route, correlation_id)
 }
@@ -291,24 +328,38 @@ fn respond(outcome: Outcome, route: &Route, correlation_id: &str) -> Response {
             } else {
                 (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content")
             };
-            problem(status, title, &failure.message, failure_fields(&failure, &route.pipeline, correlation_id, true))
+            problem(
+                status,
+                title,
+                &failure.message,
+                failure_fields(&failure, &route.pipeline, correlation_id, true),
+            )
         }
         Outcome::Failed(failure) => {
             let mut response = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable",
-                &format!("the message could not be written; try again later ({})", failure.message),
+                &format!(
+                    "the message could not be written; try again later ({})",
+                    failure.message
+                ),
                 failure_fields(&failure, &route.pipeline, correlation_id, false),
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(route.config.retry_after_secs));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(route.config.retry_after_secs),
+            );
             response
         }
     }
 }
 
-fn failure_fields(failure: &Failure, pipeline: &str, correlation_id: &str, dead_lettered: bool) -> Value {
+fn failure_fields(
+    failure: &Failure,
+    pipeline: &str,
+    correlation_id: &str,
+    dead_lettered: bool,
+) -> Value {
     json!({
         "pipeline": pipeline,
         "step": failure.step,
@@ -328,9 +379,15 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(content_type(&h, b"  <a/>"), ContentType::Xml);
         assert_eq!(content_type(&h, b"{}"), ContentType::Json);
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/soap+xml; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/soap+xml; charset=utf-8"),
+        );
         assert_eq!(content_type(&h, b"{}"), ContentType::Xml);
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("Application/JSON"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON"),
+        );
         assert_eq!(content_type(&h, b"<a/>"), ContentType::Json);
     }
 

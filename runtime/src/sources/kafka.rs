@@ -41,7 +41,10 @@ impl KafkaSourceConfig {
             return Err(BuildError::at("topics", "at least one topic is needed"));
         }
         if self.group.trim().is_empty() {
-            return Err(BuildError::at("group", "the consumer group must not be empty"));
+            return Err(BuildError::at(
+                "group",
+                "the consumer group must not be empty",
+            ));
         }
         Ok(())
     }
@@ -110,7 +113,11 @@ struct Finished {
     ok: bool,
 }
 
-fn to_message(m: &BorrowedMessage<'_>, topic: &Arc<str>, finished: &mpsc::UnboundedSender<Finished>) -> Message {
+fn to_message(
+    m: &BorrowedMessage<'_>,
+    topic: &Arc<str>,
+    finished: &mpsc::UnboundedSender<Finished>,
+) -> Message {
     let body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
     let mut headers = Vec::new();
     let mut correlation_id = None;
@@ -133,7 +140,12 @@ fn to_message(m: &BorrowedMessage<'_>, topic: &Arc<str>, finished: &mpsc::Unboun
     let topic_for_ack = Arc::clone(topic);
     let ack = Ack::new(move |outcome| {
         let ok = !matches!(outcome, Outcome::Failed(_));
-        let _ = tx.send(Finished { topic: topic_for_ack, partition, offset, ok });
+        let _ = tx.send(Finished {
+            topic: topic_for_ack,
+            partition,
+            offset,
+            ok,
+        });
     });
     Message {
         payload: Payload::Bytes(body.clone()),
@@ -141,7 +153,11 @@ fn to_message(m: &BorrowedMessage<'_>, topic: &Arc<str>, finished: &mpsc::Unboun
             original: body,
             correlation_id: correlation_id.unwrap_or_else(new_correlation_id),
             content_type,
-            origin: Origin::Kafka { topic: topic.to_string(), partition, offset },
+            origin: Origin::Kafka {
+                topic: topic.to_string(),
+                partition,
+                offset,
+            },
             headers,
             received_at: Instant::now(),
         }),
@@ -150,7 +166,11 @@ fn to_message(m: &BorrowedMessage<'_>, topic: &Arc<str>, finished: &mpsc::Unboun
 }
 
 impl KafkaSource {
-    async fn consume(self, downstream: Arc<dyn Downstream>, shutdown: CancellationToken) -> Result<(), String> {
+    async fn consume(
+        self,
+        downstream: Arc<dyn Downstream>,
+        shutdown: CancellationToken,
+    ) -> Result<(), String> {
         let group = &self.config.group;
         let consumer: StreamConsumer = self
             .settings
@@ -166,15 +186,19 @@ impl KafkaSource {
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
         let mut trackers: HashMap<(Arc<str>, i32), PartitionTracker> = HashMap::new();
         let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
-        let store = |consumer: &StreamConsumer, done: &Finished, trackers: &mut HashMap<(Arc<str>, i32), PartitionTracker>| {
-            if let Some(tracker) = trackers.get_mut(&(Arc::clone(&done.topic), done.partition)) {
-                if let Some(offset) = tracker.finish(done.offset, done.ok) {
-                    if let Err(e) = consumer.store_offset(&done.topic, done.partition, offset) {
-                        tracing::debug!(topic = %done.topic, partition = done.partition, error = %e, "Offset not stored (partition revoked?).");
+        let store =
+            |consumer: &StreamConsumer,
+             done: &Finished,
+             trackers: &mut HashMap<(Arc<str>, i32), PartitionTracker>| {
+                if let Some(tracker) = trackers.get_mut(&(Arc::clone(&done.topic), done.partition))
+                {
+                    if let Some(offset) = tracker.finish(done.offset, done.ok) {
+                        if let Err(e) = consumer.store_offset(&done.topic, done.partition, offset) {
+                            tracing::debug!(topic = %done.topic, partition = done.partition, error = %e, "Offset not stored (partition revoked?).");
+                        }
                     }
                 }
-            }
-        };
+            };
         loop {
             tokio::select! {
                 biased;

@@ -49,10 +49,17 @@ mod tests {
 
     #[test]
     fn keeps_truthy_drops_falsy() {
-        let step = parse("kind = 'filter'\ncondition = \"status == 'ok'\"").build().unwrap();
+        let step = parse("kind = 'filter'\ncondition = \"status == 'ok'\"")
+            .build()
+            .unwrap();
         let keep = json!({"status": "ok"});
-        assert_eq!(run(&*step, Payload::Json(keep.clone())).unwrap(), vec![Payload::Json(keep)]);
-        assert!(run(&*step, Payload::Json(json!({"status": "bad"}))).unwrap().is_empty());
+        assert_eq!(
+            run(&*step, Payload::Json(keep.clone())).unwrap(),
+            vec![Payload::Json(keep)]
+        );
+        assert!(run(&*step, Payload::Json(json!({"status": "bad"})))
+            .unwrap()
+            .is_empty());
         assert!(run(&*step, Payload::Json(json!({}))).unwrap().is_empty());
     }
 }

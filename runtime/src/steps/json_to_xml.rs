@@ -28,8 +28,12 @@ impl JsonToXmlConfig {
                     .chars()
                     .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
             if !valid {
-                return Err(BuildError::at("root", format!("`{root}` is not an XML element name"))
-                    .with_hint("start with a letter or `_`; use letters, digits, `_`, `-`, `.`"));
+                return Err(
+                    BuildError::at("root", format!("`{root}` is not an XML element name"))
+                        .with_hint(
+                            "start with a letter or `_`; use letters, digits, `_`, `-`, `.`",
+                        ),
+                );
             }
         }
         Ok(JsonToXml {
@@ -62,15 +66,24 @@ mod tests {
 
     #[test]
     fn encodes_with_a_root() {
-        let step = parse("kind = 'json_to_xml'\nroot = 'Reading'").build().unwrap();
+        let step = parse("kind = 'json_to_xml'\nroot = 'Reading'")
+            .build()
+            .unwrap();
         let out = run(&*step, Payload::Json(json!({"@id": "7", "value": "1.5"}))).unwrap();
-        let Payload::Bytes(bytes) = &out[0] else { panic!("bytes expected") };
+        let Payload::Bytes(bytes) = &out[0] else {
+            panic!("bytes expected")
+        };
         let text = std::str::from_utf8(bytes).unwrap();
-        assert!(text.contains(r#"<Reading id="7"><value>1.5</value></Reading>"#), "{text}");
+        assert!(
+            text.contains(r#"<Reading id="7"><value>1.5</value></Reading>"#),
+            "{text}"
+        );
     }
 
     #[test]
     fn rejects_a_bad_root_name() {
-        assert!(parse("kind = 'json_to_xml'\nroot = '1abc'").build().is_err());
+        assert!(parse("kind = 'json_to_xml'\nroot = '1abc'")
+            .build()
+            .is_err());
     }
 }

@@ -53,13 +53,19 @@ mod tests {
             .unwrap();
         let out = run(&*step, Payload::Json(json!({"a": "x", "b": "2"}))).unwrap();
         assert_eq!(out, vec![Payload::Json(json!({"id": "x", "n": 2}))]);
-        let out = run(&*step, Payload::Bytes(Bytes::from_static(br#"{"a":1,"b":"3.5"}"#))).unwrap();
+        let out = run(
+            &*step,
+            Payload::Bytes(Bytes::from_static(br#"{"a":1,"b":"3.5"}"#)),
+        )
+        .unwrap();
         assert_eq!(out, vec![Payload::Json(json!({"id": 1, "n": 3.5}))]);
     }
 
     #[test]
     fn bad_bytes_and_runtime_errors_are_step_errors() {
-        let step = parse("kind = 'map'\nexpression = 'abs(a)'").build().unwrap();
+        let step = parse("kind = 'map'\nexpression = 'abs(a)'")
+            .build()
+            .unwrap();
         let err = run(&*step, Payload::Bytes(Bytes::from_static(b"not json"))).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson);
         let err = run(&*step, Payload::Json(json!({"a": "text"}))).unwrap_err();
@@ -68,7 +74,10 @@ mod tests {
 
     #[test]
     fn bad_expression_fails_the_build() {
-        let err = parse("kind = 'map'\nexpression = 'a.['").build().err().unwrap();
+        let err = parse("kind = 'map'\nexpression = 'a.['")
+            .build()
+            .err()
+            .unwrap();
         assert_eq!(err.key.as_deref(), Some("expression"));
         assert!(err.offset.is_some());
     }

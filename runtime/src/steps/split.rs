@@ -58,7 +58,10 @@ impl Step for Split {
                 other => {
                     return Err(StepError::new(
                         ErrorCode::UnexpectedShape,
-                        format!("split: `merge` must give an object, got {}", type_name(&other)),
+                        format!(
+                            "split: `merge` must give an object, got {}",
+                            type_name(&other)
+                        ),
                     ))
                 }
             },
@@ -115,15 +118,19 @@ mod tests {
     fn splits_the_whole_message_by_default() {
         let step = parse("kind = 'split'").build().unwrap();
         let out = run(&*step, Payload::Json(json!([1, {"a": 2}]))).unwrap();
-        assert_eq!(out, vec![Payload::Json(json!(1)), Payload::Json(json!({"a": 2}))]);
+        assert_eq!(
+            out,
+            vec![Payload::Json(json!(1)), Payload::Json(json!({"a": 2}))]
+        );
         assert!(run(&*step, Payload::Json(json!([]))).unwrap().is_empty());
     }
 
     #[test]
     fn splits_an_expression_and_merges_parent_fields() {
-        let step = parse("kind = 'split'\nexpression = 'points'\nmerge = '{area: area, position: `0`}'")
-            .build()
-            .unwrap();
+        let step =
+            parse("kind = 'split'\nexpression = 'points'\nmerge = '{area: area, position: `0`}'")
+                .build()
+                .unwrap();
         let msg = json!({"area": "BE", "points": [{"position": 1}, {"position": 2, "q": 3}]});
         let out = run(&*step, Payload::Json(msg)).unwrap();
         assert_eq!(

@@ -65,12 +65,16 @@ mod tests {
 
     #[test]
     fn converts_with_forced_arrays() {
-        let step = parse("kind = 'xml_to_json'\narrays = ['Point']").build().unwrap();
+        let step = parse("kind = 'xml_to_json'\narrays = ['Point']")
+            .build()
+            .unwrap();
         let xml = Bytes::from_static(b"<Doc><Point><position>1</position></Point></Doc>");
         let out = run(&*step, Payload::Bytes(xml)).unwrap();
         assert_eq!(
             out,
-            vec![Payload::Json(json!({"Doc": {"Point": [{"position": "1"}]}}))]
+            vec![Payload::Json(
+                json!({"Doc": {"Point": [{"position": "1"}]}})
+            )]
         );
     }
 
