@@ -153,3 +153,68 @@ async fn malformed_xml_and_mapping_failures_are_dead_lettered() {
     assert_eq!(out[0].json()["v"].as_f64(), Some(3.0));
     assert!(consume_for(&topic, Duration::from_secs(1)).await.len() == 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_kafka_record_is_dead_lettered_with_its_source_and_the_flow_goes_on() {
+    let input = unique("t.raw.v1");
+    let output = unique("t.clean.v1");
+    let dlq = format!("{output}.dlq");
+    for t in [&input, &output, &dlq] {
+        create_topic(t, 1).await;
+    }
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "k2k.toml",
+        &format!(
+            "name='dlq-test'\n[source]\nkind='kafka'\ntopics=['{input}']\ngroup='{}'\n[[steps]]\nkind='map'\nexpression='{{n: abs(n)}}'\n[sink]\nkind='kafka'\ntopic='{output}'\n",
+            unique("g")
+        ),
+    );
+    produce(&input, Some("k"), br#"{"n":-1}"#, &[("trace", "t-1")]).await;
+    produce(
+        &input,
+        Some("k"),
+        b"not json at all",
+        &[("trace", "t-2"), ("gridflow.correlation_id", "corr-2")],
+    )
+    .await;
+    produce(&input, Some("k"), br#"{"n":"x"}"#, &[]).await;
+    produce(&input, Some("k"), br#"{"n":-4}"#, &[("trace", "t-4")]).await;
+    let _gf = Gridflow::start(dir.path(), &[]);
+
+    let out = consume(&output, 2, Duration::from_secs(30)).await;
+    let values: Vec<f64> = out
+        .iter()
+        .map(|r| r.json()["n"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![1.0, 4.0],
+        "the good records, in order: the bad ones did not stop the flow"
+    );
+    assert_eq!(
+        out[0].headers["trace"], "t-1",
+        "input headers are passed on"
+    );
+
+    let dead = consume(&dlq, 2, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].payload, b"not json at all");
+    assert_eq!(dead[0].headers["gridflow.error.code"], "invalid_json");
+    assert_eq!(dead[0].headers["gridflow.error.step"], "steps[0].map");
+    assert_eq!(
+        dead[0].headers["gridflow.correlation_id"], "corr-2",
+        "taken from the record"
+    );
+    assert_eq!(dead[0].headers["gridflow.source.topic"], input);
+    assert_eq!(dead[0].headers["gridflow.source.partition"], "0");
+    assert_eq!(dead[0].headers["gridflow.source.offset"], "1");
+    assert_eq!(
+        dead[0].headers["trace"], "t-2",
+        "the record's own headers are kept"
+    );
+    assert_eq!(dead[1].payload, br#"{"n":"x"}"#);
+    assert_eq!(dead[1].headers["gridflow.error.code"], "mapping_error");
+    assert_eq!(dead[1].headers["gridflow.source.offset"], "2");
+}
