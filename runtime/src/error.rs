@@ -20,8 +20,6 @@ pub enum ErrorCode {
     InvalidJson,
     /// The body is not well-formed XML.
     InvalidXml,
-    /// The request's media type is not one a source accepts.
-    UnsupportedMediaType,
     /// A JMESPath expression failed at run time.
     MappingError,
     /// A step needed another shape of message (split on a non-array, for instance).
@@ -45,7 +43,6 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::InvalidXml => "invalid_xml",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::MappingError => "mapping_error",
             ErrorCode::UnexpectedShape => "unexpected_shape",
             ErrorCode::XmlEncoding => "xml_encoding",

@@ -61,6 +61,17 @@ pub enum ContentType {
     Other,
 }
 
+impl ContentType {
+    /// Guesses from the first non-blank byte: `<` is XML, `{` or `[` is JSON.
+    pub fn sniff(bytes: &[u8]) -> ContentType {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'<') => ContentType::Xml,
+            Some(b'{') | Some(b'[') => ContentType::Json,
+            _ => ContentType::Other,
+        }
+    }
+}
+
 /// Where an input came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {

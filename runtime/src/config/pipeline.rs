@@ -176,7 +176,7 @@ pub fn parse_pipeline(
         },
     };
     for (i, v) in step_values.iter().enumerate() {
-        let context = format!("[[steps]] #{}", i + 1);
+        let context = format!("steps[{i}]");
         match doc.section::<StepConfig>(v, &context, steps::KINDS) {
             Some(step) => {
                 if let Err(e) = step.build() {
@@ -224,7 +224,11 @@ pub fn parse_pipeline(
                 on_error,
             })
         }
-        _ => Err(doc.diagnostics),
+        _ => {
+            let mut diagnostics = doc.diagnostics;
+            diagnostics.sort_by_key(|d| (d.line, d.column));
+            Err(diagnostics)
+        }
     }
 }
 
@@ -424,7 +428,7 @@ max_attempts = 3
         );
         assert!(all.contains("did you mean `path`?"), "{all}");
         assert!(
-            all.contains("p/flow.toml:6:8: error: unknown kind `mapp` in [[steps]] #1"),
+            all.contains("p/flow.toml:6:8: error: unknown kind `mapp` in steps[0]"),
             "{all}"
         );
         assert!(all.contains("did you mean `map`?"), "{all}");

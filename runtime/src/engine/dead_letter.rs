@@ -75,15 +75,23 @@ pub fn envelope_headers(
         ("gridflow.correlation_id", meta.correlation_id.clone()),
         ("gridflow.failed_at", failed_at),
     ];
-    if let Origin::Kafka {
-        topic,
-        partition,
-        offset,
-    } = &meta.origin
-    {
-        headers.push(("gridflow.source.topic", topic.clone()));
-        headers.push(("gridflow.source.partition", partition.to_string()));
-        headers.push(("gridflow.source.offset", offset.to_string()));
+    match &meta.origin {
+        Origin::Kafka {
+            topic,
+            partition,
+            offset,
+        } => {
+            headers.push(("gridflow.source.topic", topic.clone()));
+            headers.push(("gridflow.source.partition", partition.to_string()));
+            headers.push(("gridflow.source.offset", offset.to_string()));
+        }
+        Origin::Http { path } => headers.push(("gridflow.source.http_path", path.clone())),
+        Origin::File { path, line } => {
+            headers.push(("gridflow.source.file", path.clone()));
+            if let Some(line) = line {
+                headers.push(("gridflow.source.line", line.to_string()));
+            }
+        }
     }
     headers
 }
@@ -243,7 +251,12 @@ mod tests {
         let at = get("gridflow.failed_at").unwrap();
         assert!(OffsetDateTime::parse(at, &Rfc3339).is_ok(), "{at}");
         let http = envelope_headers("p", "v1", &meta(Origin::Http { path: "/x".into() }), &f);
-        assert!(!http.iter().any(|(k, _)| k.starts_with("gridflow.source.")));
+        assert!(!http
+            .iter()
+            .any(|(k, _)| k.starts_with("gridflow.source.topic")));
+        assert!(http
+            .iter()
+            .any(|(k, v)| *k == "gridflow.source.http_path" && v == "/x"));
     }
 
     #[tokio::test]

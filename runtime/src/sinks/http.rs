@@ -1,5 +1,5 @@
-//! `http` sink: POST each message; 2xx acknowledges it, 5xx, 429 and network faults are
-//! transient, other statuses are permanent.
+//! `http` sink: POST each message; 2xx acknowledges it; 5xx, 408, 429 and network faults are
+//! transient; other statuses are permanent.
 
 use std::time::Duration;
 
@@ -60,10 +60,13 @@ pub struct HttpSink {
 
 impl Sink for HttpSink {
     fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
-        let content_type = match (&record.payload, record.meta.content_type) {
-            (Payload::Json(_), _) | (_, ContentType::Json) => "application/json",
-            (_, ContentType::Xml) => "application/xml",
-            _ => "application/octet-stream",
+        let content_type = match &record.payload {
+            Payload::Json(_) => "application/json",
+            Payload::Bytes(bytes) => match ContentType::sniff(bytes) {
+                ContentType::Json => "application/json",
+                ContentType::Xml => "application/xml",
+                ContentType::Other => "application/octet-stream",
+            },
         };
         let request = self
             .client

@@ -22,8 +22,8 @@ use crate::message::Payload;
 pub struct KafkaSinkConfig {
     /// The topic to write to. It must exist: gridflow does not create topics.
     pub topic: String,
-    /// JMESPath evaluated on the message giving the record key (string, number or bool); no
-    /// key when absent or null.
+    /// JMESPath evaluated on the message giving the record key: a string as it is, a number
+    /// or bool as text, an object or array as compact JSON; no key when absent or null.
     #[serde(default)]
     pub key: Option<String>,
 }

@@ -113,12 +113,44 @@ impl SinkConfig {
     }
 }
 
-/// The bytes of one NDJSON line for `payload` (JSON compact; raw bytes as they are).
+/// The bytes of one NDJSON line for `payload`: JSON compact; raw bytes as they are when they
+/// hold no line break, else re-serialised compactly when they are JSON, else as a JSON string
+/// (so one message is always one line).
 pub(crate) fn ndjson_line(payload: &Payload) -> Vec<u8> {
     let mut line = match payload {
         Payload::Json(value) => serde_json::to_vec(value).unwrap_or_default(),
-        Payload::Bytes(bytes) => bytes.to_vec(),
+        Payload::Bytes(bytes) if !bytes.contains(&b'\n') && !bytes.contains(&b'\r') => {
+            bytes.to_vec()
+        }
+        Payload::Bytes(bytes) => match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(value) => serde_json::to_vec(&value).unwrap_or_default(),
+            Err(_) => serde_json::to_vec(&String::from_utf8_lossy(bytes)).unwrap_or_default(),
+        },
     };
     line.push(b'\n');
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn one_message_is_always_one_line() {
+        let line = |p: Payload| String::from_utf8(ndjson_line(&p)).unwrap();
+        assert_eq!(
+            line(Payload::Json(serde_json::json!({"a": 1}))),
+            "{\"a\":1}\n"
+        );
+        assert_eq!(line(Payload::Bytes(Bytes::from_static(b"<a/>"))), "<a/>\n");
+        assert_eq!(
+            line(Payload::Bytes(Bytes::from_static(b"{\n \"a\": 1\n}"))),
+            "{\"a\":1}\n"
+        );
+        assert_eq!(
+            line(Payload::Bytes(Bytes::from_static(b"<a>\n</a>"))),
+            "\"<a>\\n</a>\"\n"
+        );
+    }
 }

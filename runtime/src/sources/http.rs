@@ -66,10 +66,10 @@ impl HttpSourceConfig {
             )
             .with_hint("write it like `/ingest/entsoe/actual-load`"));
         }
-        if self.path.starts_with("/health")
-            || self.path.starts_with("/admin")
-            || self.path == "/metrics"
-        {
+        let reserved = ["/health", "/admin", "/metrics"]
+            .iter()
+            .any(|r| self.path == *r || self.path.starts_with(&format!("{r}/")));
+        if reserved {
             return Err(
                 BuildError::at("path", format!("`{}` is reserved", self.path))
                     .with_hint("choose a path outside /health, /admin and /metrics"),
@@ -205,11 +205,7 @@ fn content_type(headers: &HeaderMap, body: &[u8]) -> ContentType {
         Some(ct) if ct.contains("json") => ContentType::Json,
         Some(ct) if ct.contains("xml") => ContentType::Xml,
         Some(_) => ContentType::Other,
-        None => match body.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'<') => ContentType::Xml,
-            Some(b'{') | Some(b'[') => ContentType::Json,
-            _ => ContentType::Other,
-        },
+        None => ContentType::sniff(body),
     }
 }
 
@@ -322,6 +318,11 @@ fn respond(outcome: Outcome, route: &Route, correlation_id: &str) -> Response {
             json!({ "correlation_id": correlation_id, "messages": messages }).to_string(),
         )
             .into_response(),
+        // The destination stayed unavailable past the retry budget: the input is in the
+        // dead-letter destination, and the caller is told to try again, as for a broker outage.
+        Outcome::DeadLettered(failure) if failure.code == ErrorCode::RetriesExhausted => {
+            unavailable(&failure, route, correlation_id, true)
+        }
         Outcome::DeadLettered(failure) => {
             let (status, title) = if failure.code.is_parse() {
                 (StatusCode::BAD_REQUEST, "Bad Request")
@@ -335,23 +336,30 @@ fn respond(outcome: Outcome, route: &Route, correlation_id: &str) -> Response {
                 failure_fields(&failure, &route.pipeline, correlation_id, true),
             )
         }
-        Outcome::Failed(failure) => {
-            let mut response = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-                &format!(
-                    "the message could not be written; try again later ({})",
-                    failure.message
-                ),
-                failure_fields(&failure, &route.pipeline, correlation_id, false),
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(route.config.retry_after_secs),
-            );
-            response
-        }
+        Outcome::Failed(failure) => unavailable(&failure, route, correlation_id, false),
     }
+}
+
+fn unavailable(
+    failure: &Failure,
+    route: &Route,
+    correlation_id: &str,
+    dead_lettered: bool,
+) -> Response {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        &format!(
+            "the destination is unavailable; try again later ({})",
+            failure.message
+        ),
+        failure_fields(failure, &route.pipeline, correlation_id, dead_lettered),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(route.config.retry_after_secs),
+    );
+    response
 }
 
 fn failure_fields(
@@ -401,5 +409,7 @@ mod tests {
         assert!(c("/ingest/x").check().is_ok());
         assert!(c("ingest").check().is_err());
         assert!(c("/health/live").check().is_err());
+        assert!(c("/metrics").check().is_err());
+        assert!(c("/healthcare/readings").check().is_ok());
     }
 }

@@ -130,11 +130,7 @@ fn to_message(
             headers.push((header.key.to_string(), value));
         }
     }
-    let content_type = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'<') => ContentType::Xml,
-        Some(b'{') | Some(b'[') => ContentType::Json,
-        _ => ContentType::Other,
-    };
+    let content_type = ContentType::sniff(&body);
     let (partition, offset) = (m.partition(), m.offset());
     let tx = finished.clone();
     let topic_for_ack = Arc::clone(topic);
