@@ -261,8 +261,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     admin_state.loaded.store(true, Ordering::SeqCst);
 
+    let stop_ingress = CancellationToken::new();
     let http_server = tokio::spawn({
-        let shutdown = shutdown.clone();
+        let shutdown = stop_ingress.clone();
         let app = crate::sources::http::router(Arc::clone(&routes));
         async move {
             axum::serve(http, app)
@@ -287,9 +288,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     wait_for_signal().await;
     tracing::info!("Shutting down.");
+    // Not ready any more; the ingress stops accepting and finishes the requests it has (their
+    // pipelines still run), then the pipelines drain, then the admin listener stops.
+    admin_state.loaded.store(false, Ordering::SeqCst);
+    stop_ingress.cancel();
+    let _ = http_server.await;
     engine.shutdown().await;
     shutdown.cancel();
-    let _ = http_server.await;
     let _ = admin_server.await;
     let _ = broker_watch.await;
     drop(embedded);

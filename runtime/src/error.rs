@@ -30,6 +30,9 @@ pub enum ErrorCode {
     InvalidKey,
     /// The destination refused the message (HTTP 4xx, record too large).
     SinkRejected,
+    /// A step panicked on this message (a bug in gridflow or a library it uses); the
+    /// message is dead-lettered and the pipeline goes on.
+    StepPanicked,
     /// Transient faults went on past `on_error.max_attempts`.
     RetriesExhausted,
     /// A message was dropped inside gridflow before it was acknowledged (a bug, or a forced
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::XmlEncoding => "xml_encoding",
             ErrorCode::InvalidKey => "invalid_key",
             ErrorCode::SinkRejected => "sink_rejected",
+            ErrorCode::StepPanicked => "step_panicked",
             ErrorCode::RetriesExhausted => "retries_exhausted",
             ErrorCode::Dropped => "dropped",
         }

@@ -163,6 +163,8 @@ pub fn is_transient(error: &KafkaError) -> bool {
         KafkaError::MessageProduction(code) => *code,
         _ => return true,
     };
+    // Authorisation and topic faults are operational (an ACL or a topic to fix): retried,
+    // not blamed on the record.
     !matches!(
         code,
         RDKafkaErrorCode::MessageSizeTooLarge
@@ -170,10 +172,6 @@ pub fn is_transient(error: &KafkaError) -> bool {
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::MessageBatchTooLarge
-            | RDKafkaErrorCode::InvalidRequiredAcks
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::InvalidTopic
     )
 }
 

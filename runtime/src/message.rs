@@ -109,6 +109,9 @@ pub struct Meta {
     pub content_type: ContentType,
     /// Where it came from.
     pub origin: Origin,
+    /// The record key of a Kafka input: the Kafka sink's key when it has no `key` expression,
+    /// so a Kafka-to-Kafka flow keeps records of one key in one partition, in order.
+    pub key: Option<Bytes>,
     /// Headers received with the input (Kafka headers), passed on as they are.
     pub headers: Vec<(String, Vec<u8>)>,
     /// When gridflow received it.

@@ -193,6 +193,7 @@ async fn a_bad_kafka_record_is_dead_lettered_with_its_source_and_the_flow_goes_o
         vec![1.0, 4.0],
         "the good records, in order: the bad ones did not stop the flow"
     );
+    assert_eq!(out[0].key.as_deref(), Some("k"), "the input key is kept");
     assert_eq!(
         out[0].headers["trace"], "t-1",
         "input headers are passed on"
@@ -217,4 +218,37 @@ async fn a_bad_kafka_record_is_dead_lettered_with_its_source_and_the_flow_goes_o
     assert_eq!(dead[1].payload, br#"{"n":"x"}"#);
     assert_eq!(dead[1].headers["gridflow.error.code"], "mapping_error");
     assert_eq!(dead[1].headers["gridflow.source.offset"], "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_step_fails_the_message_not_the_pipeline() {
+    let topic = unique("t.panic.v1");
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = test_dir();
+    // jmespath 0.5 panics (integer overflow) on this slice of an array of two or more.
+    write_pipeline(
+        dir.path(),
+        "p.toml",
+        &format!("[source]\nkind='http'\npath='/in'\n[[steps]]\nkind='map'\nexpression='[1::2147483647]'\n[sink]\nkind='kafka'\ntopic='{topic}'\n"),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let post = |body: &'static str| {
+        http()
+            .post(gf.http_url("/in"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = post("[1,2,3]").await.unwrap();
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "step_panicked");
+    assert_eq!(problem["step"], "steps[0].map");
+    // The pipeline still serves.
+    let r = post("{\"a\":1}").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let dead = consume(&format!("{topic}.dlq"), 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, b"[1,2,3]");
 }

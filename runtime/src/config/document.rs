@@ -120,19 +120,26 @@ impl<'i> Document<'i> {
         let Some(offset) = offset else {
             return Some(span);
         };
-        // Skip the opening quote(s); exact for strings without escapes.
+        // Skip the opening quote(s), and the line break TOML drops right after a triple
+        // quote. Exact for strings without escapes (JMESPath offsets count bytes).
         let raw = &self.text[span.clone()];
-        let quote = if raw.starts_with("'''") || raw.starts_with("\"\"\"") {
+        let mut quote = if raw.starts_with("'''") || raw.starts_with("\"\"\"") {
             3
         } else {
             1
         };
+        if quote == 3 {
+            if raw[3..].starts_with("\r\n") {
+                quote += 2;
+            } else if raw[3..].starts_with('\n') {
+                quote += 1;
+            }
+        }
         let inner = &raw[quote.min(raw.len())..];
-        let byte = inner
-            .char_indices()
-            .nth(offset)
-            .map(|(i, _)| i)
-            .unwrap_or(inner.len());
+        let mut byte = offset.min(inner.len());
+        while !inner.is_char_boundary(byte) {
+            byte -= 1;
+        }
         let start = span.start + quote + byte;
         Some(start..start)
     }

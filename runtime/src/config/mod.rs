@@ -154,6 +154,22 @@ impl RuntimeConfig {
         let root = doc.root.clone();
         let value = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
         let config = doc.section::<RuntimeConfig>(&value, "gridflow.toml", &[]);
+        if let Some(c) = &config {
+            if !(1..=1_000_000).contains(&c.engine.max_in_flight) {
+                doc.error(
+                    key_span(&value, "engine", "max_in_flight"),
+                    "[engine] max_in_flight must be between 1 and 1000000",
+                    None,
+                );
+            }
+            if c.engine.drain_timeout_ms > 3_600_000 {
+                doc.error(
+                    key_span(&value, "engine", "drain_timeout_ms"),
+                    "[engine] drain_timeout_ms must be at most 3600000 (one hour)",
+                    None,
+                );
+            }
+        }
         match config {
             Some(config) if doc.diagnostics.is_empty() => Ok(config),
             _ => Err(doc.diagnostics),
@@ -191,6 +207,21 @@ impl RuntimeConfig {
     }
 }
 
+/// Span of `key` inside the `section` table, or of the section when the key is absent.
+fn key_span(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    section: &str,
+    key: &str,
+) -> Option<std::ops::Range<usize>> {
+    let section = value.get_ref().as_table()?.get(section)?;
+    let key = section
+        .get_ref()
+        .as_table()
+        .and_then(|t| t.get_key_value(key))
+        .map(|(k, _)| k.span());
+    key.or(Some(section.span()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +237,18 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8081);
         assert_eq!(c.admin.listen.port(), 9090);
         assert_eq!(c.engine.max_in_flight, 10_000);
+    }
+
+    #[test]
+    fn engine_limits_are_bounded() {
+        let err = RuntimeConfig::parse(
+            Path::new("g.toml"),
+            "[engine]\nmax_in_flight = 0\n",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(err[0].message.contains("max_in_flight"), "{err:?}");
+        assert_eq!(err[0].line, 2);
     }
 
     #[test]

@@ -440,6 +440,15 @@ max_attempts = 3
     }
 
     #[test]
+    fn jmespath_errors_point_inside_multi_line_strings() {
+        let text = "[source]\nkind='http'\npath='/x'\n[[steps]]\nkind='map'\nexpression = '''\n{a: a,\n b: b.[}'''\n[sink]\nkind='stdout'\n";
+        let errs = parse(text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 8, "{errs:?}");
+        assert!(errs[0].column >= 4, "{errs:?}");
+    }
+
+    #[test]
     fn syntax_errors_have_positions() {
         let errs = errors("[source\nkind = 'http'\n");
         assert!(errs[0].starts_with("p/flow.toml:1:"), "{errs:?}");

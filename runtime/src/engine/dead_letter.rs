@@ -97,21 +97,29 @@ pub fn envelope_headers(
 }
 
 /// Writes dead letters of one pipeline.
+///
+/// When the dead-letter topic refuses a record for good (too large, topic gone), the envelope
+/// goes to a local fallback file instead, so that a Kafka source is never stuck on a record
+/// that can be neither delivered nor dead-lettered.
 pub struct DeadLetterWriter {
     target: DeadLetterTarget,
     producer: Option<FutureProducer>,
     pipeline: Arc<str>,
     version: String,
     file: tokio::sync::Mutex<Option<tokio::fs::File>>,
+    fallback: PathBuf,
+    fallback_file: tokio::sync::Mutex<Option<tokio::fs::File>>,
 }
 
 impl DeadLetterWriter {
-    /// A writer to `target`; a topic target needs `producer`.
+    /// A writer to `target`; a topic target needs `producer`. `fallback` is the file used
+    /// when the topic refuses a record for good.
     pub fn new(
         target: DeadLetterTarget,
         producer: Option<FutureProducer>,
         pipeline: Arc<str>,
         version: String,
+        fallback: PathBuf,
     ) -> Self {
         DeadLetterWriter {
             target,
@@ -119,6 +127,8 @@ impl DeadLetterWriter {
             pipeline,
             version,
             file: tokio::sync::Mutex::new(None),
+            fallback,
+            fallback_file: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -130,6 +140,20 @@ impl DeadLetterWriter {
     /// Writes the input described by `meta`, which failed with `failure`.
     pub async fn write(&self, meta: &Meta, failure: &Failure) -> Result<(), SinkError> {
         let headers = envelope_headers(&self.pipeline, &self.version, meta, failure);
+        match self.write_target(meta, &headers).await {
+            Err(SinkError::Permanent { message, .. }) => {
+                tracing::error!(pipeline = %self.pipeline, correlation_id = %meta.correlation_id, error = %message, fallback = %self.fallback.display(), "Dead-letter destination refused the record; writing it to the fallback file.");
+                write_file(&self.fallback_file, &self.fallback, &headers, meta).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_target(
+        &self,
+        meta: &Meta,
+        headers: &[(&'static str, String)],
+    ) -> Result<(), SinkError> {
         match &self.target {
             DeadLetterTarget::Topic(topic) => {
                 let producer = self.producer.as_ref().ok_or_else(|| {
@@ -145,7 +169,7 @@ impl DeadLetterWriter {
                         });
                     }
                 }
-                for (k, v) in &headers {
+                for (k, v) in headers {
                     kafka_headers = kafka_headers.insert(Header {
                         key: k,
                         value: Some(v),
@@ -155,9 +179,15 @@ impl DeadLetterWriter {
                     .payload(meta.original.as_ref())
                     .headers(kafka_headers);
                 let fail = |e: rdkafka::error::KafkaError| {
-                    SinkError::Transient(format!(
-                        "writing to dead-letter topic `{topic}` failed: {e}"
-                    ))
+                    let message = format!("writing to dead-letter topic `{topic}` failed: {e}");
+                    if crate::kafka::is_transient(&e) {
+                        SinkError::Transient(message)
+                    } else {
+                        SinkError::Permanent {
+                            code: crate::error::ErrorCode::SinkRejected,
+                            message,
+                        }
+                    }
                 };
                 let delivery = crate::kafka::enqueue(producer, record)
                     .await
@@ -168,21 +198,27 @@ impl DeadLetterWriter {
                     Err(_) => Err(SinkError::Transient("the producer was closed".into())),
                 }
             }
-            DeadLetterTarget::File(path) => {
-                let mut line =
-                    serde_json::to_vec(&file_envelope(&headers, meta)).unwrap_or_default();
-                line.push(b'\n');
-                crate::sinks::append_to_file(&self.file, path, &line)
-                    .await
-                    .map_err(|e| {
-                        SinkError::Transient(format!(
-                            "writing dead-letter file {} failed: {e}",
-                            path.display()
-                        ))
-                    })
-            }
+            DeadLetterTarget::File(path) => write_file(&self.file, path, headers, meta).await,
         }
     }
+}
+
+async fn write_file(
+    slot: &tokio::sync::Mutex<Option<tokio::fs::File>>,
+    path: &Path,
+    headers: &[(&'static str, String)],
+    meta: &Meta,
+) -> Result<(), SinkError> {
+    let mut line = serde_json::to_vec(&file_envelope(headers, meta)).unwrap_or_default();
+    line.push(b'\n');
+    crate::sinks::append_to_file(slot, path, &line)
+        .await
+        .map_err(|e| {
+            SinkError::Transient(format!(
+                "writing dead-letter file {} failed: {e}",
+                path.display()
+            ))
+        })
 }
 
 fn file_envelope(headers: &[(&str, String)], meta: &Meta) -> Value {
@@ -218,6 +254,7 @@ mod tests {
             correlation_id: "c-1".into(),
             content_type: crate::message::ContentType::Xml,
             origin,
+            key: None,
             headers: vec![("trace".into(), b"t".to_vec())],
             received_at: Instant::now(),
         }
@@ -268,6 +305,7 @@ mod tests {
             None,
             "p".into(),
             "v".into(),
+            dir.path().join("fallback"),
         );
         let f = Failure::new("sink.http", ErrorCode::SinkRejected, "400");
         w.write(&meta(Origin::Http { path: "/x".into() }), &f)

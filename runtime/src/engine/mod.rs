@@ -168,6 +168,9 @@ impl Engine {
             Some(self.ctx.producer.clone()),
             Arc::clone(&pipeline),
             file.version.clone(),
+            self.ctx
+                .dead_letters_dir
+                .join(format!("{name}.fallback.dlq.ndjson")),
         );
         let drain_timeout = Duration::from_millis(self.ctx.limits.drain_timeout_ms);
         let source = config

@@ -53,10 +53,27 @@ impl Runner {
         for named in &self.steps {
             let mut next = Vec::with_capacity(current.len());
             for payload in current {
-                named
-                    .step
-                    .process(payload, &mut next)
-                    .map_err(|e| Failure::new(&named.id, e.code, e.message))?;
+                // A bug in a step or a library under it (jmespath panics on some slices) must
+                // fail this message, not the pipeline: the input is dead-lettered.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    named.step.process(payload, &mut next)
+                }));
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(Failure::new(&named.id, e.code, e.message)),
+                    Err(panic) => {
+                        let reason = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        return Err(Failure::new(
+                            &named.id,
+                            ErrorCode::StepPanicked,
+                            format!("the step panicked: {reason}"),
+                        ));
+                    }
+                }
             }
             current = next;
             if current.is_empty() {

@@ -57,7 +57,9 @@ pub(crate) async fn append_to_file(
     let file = guard.as_mut().expect("opened above");
     let result = async {
         file.write_all(line).await?;
-        file.flush().await
+        file.flush().await?;
+        // Acknowledged means on disk: the source commits or answers 202 after this.
+        file.sync_data().await
     }
     .await;
     if result.is_err() {

@@ -1,5 +1,6 @@
 //! `http` sink: POST each message; 2xx acknowledges it; 5xx, 408, 429 and network faults are
-//! transient; other statuses are permanent.
+//! transient; other statuses are permanent. Requests of one pipeline run concurrently (up to
+//! `[engine] max_in_flight`), so an HTTP sink does not keep the order of messages.
 
 use std::time::Duration;
 

@@ -23,7 +23,8 @@ pub struct KafkaSinkConfig {
     /// The topic to write to. It must exist: gridflow does not create topics.
     pub topic: String,
     /// JMESPath evaluated on the message giving the record key: a string as it is, a number
-    /// or bool as text, an object or array as compact JSON; no key when absent or null.
+    /// or bool as text, an object or array as compact JSON; no key when null. Without it, a
+    /// record from a Kafka source keeps its input key (and so its partition order).
     #[serde(default)]
     pub key: Option<String>,
 }
@@ -80,10 +81,11 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    fn key(&self, payload: &Payload) -> Result<Option<Vec<u8>>, SinkError> {
+    fn key(&self, record: &Record) -> Result<Option<Vec<u8>>, SinkError> {
         let Some(expr) = &self.key else {
-            return Ok(None);
+            return Ok(record.meta.key.as_ref().map(|k| k.to_vec()));
         };
+        let payload = &record.payload;
         let invalid = |message: String| SinkError::Permanent {
             code: ErrorCode::InvalidKey,
             message,
@@ -149,7 +151,7 @@ fn delivery_error(error: KafkaError, topic: &str) -> SinkError {
 impl Sink for KafkaSink {
     fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
         async move {
-            let key = self.key(&record.payload)?;
+            let key = self.key(record)?;
             let payload = record.payload.to_bytes();
             let mut future = FutureRecord::<[u8], [u8]>::to(&self.topic)
                 .payload(payload.as_ref())

@@ -8,6 +8,7 @@
 //! Hidden files (`.name`) and `*.tmp`/`*.part` files are ignored: write to such a name, then
 //! rename, so a half-written file is never read.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,12 +82,13 @@ async fn scan(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 impl FileSource {
-    /// Processes one file; returns false when it must stay in place (not written).
+    /// Processes one file; returns where it goes (`done`, `failed`), or `None` when it must
+    /// stay in place (not written).
     async fn process(
         &self,
         path: &Path,
         downstream: &Arc<dyn Downstream>,
-    ) -> std::io::Result<bool> {
+    ) -> std::io::Result<Option<&'static str>> {
         let content = Bytes::from(tokio::fs::read(path).await?);
         let content_type = content_type(path);
         let parts: Vec<(Option<usize>, Bytes)> = if path.extension().is_some_and(|e| e == "ndjson")
@@ -119,6 +121,7 @@ impl FileSource {
                     path: path.display().to_string(),
                     line,
                 },
+                key: None,
                 headers: Vec::new(),
                 received_at: Instant::now(),
             });
@@ -139,15 +142,29 @@ impl FileSource {
                 Some(Outcome::Failed(_)) | None => failed = true,
             }
         }
-        if failed {
-            return Ok(false);
-        }
-        let target = if dead_lettered { "failed" } else { "done" };
+        Ok(match (failed, dead_lettered) {
+            (true, _) => None,
+            (false, true) => Some("failed"),
+            (false, false) => Some("done"),
+        })
+    }
+
+    /// Moves a settled file to `done/` or `failed/`, never over an existing file.
+    async fn settle(&self, path: &Path, target: &str) -> std::io::Result<()> {
         let dir = self.config.dir.join(target);
         tokio::fs::create_dir_all(&dir).await?;
-        let name = path.file_name().unwrap_or_default();
-        tokio::fs::rename(path, dir.join(name)).await?;
-        Ok(true)
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mut destination = dir.join(&name);
+        let mut n = 1;
+        while tokio::fs::try_exists(&destination).await? {
+            destination = dir.join(format!("{name}.{n}"));
+            n += 1;
+        }
+        tokio::fs::rename(path, destination).await
     }
 
     async fn poll(
@@ -160,16 +177,38 @@ impl FileSource {
             .await
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let interval = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        // Files whose messages were settled but that could not be moved yet: never read again.
+        let mut unmoved: HashMap<PathBuf, &'static str> = HashMap::new();
         while !shutdown.is_cancelled() {
+            let mut moved = Vec::new();
+            for (file, target) in &unmoved {
+                if self.settle(file, target).await.is_ok() {
+                    moved.push(file.clone());
+                }
+            }
+            for file in moved {
+                unmoved.remove(&file);
+            }
             match scan(dir).await {
                 Ok(files) => {
                     for file in files {
                         if shutdown.is_cancelled() {
                             break;
                         }
+                        if unmoved.contains_key(&file) {
+                            continue;
+                        }
                         match self.process(&file, &downstream).await {
-                            Ok(true) => tracing::debug!(file = %file.display(), "File processed."),
-                            Ok(false) => {
+                            Ok(Some(target)) => match self.settle(&file, target).await {
+                                Ok(()) => {
+                                    tracing::debug!(file = %file.display(), target, "File processed.")
+                                }
+                                Err(e) => {
+                                    tracing::error!(file = %file.display(), error = %e, "File processed but not moved; it will not be read again.");
+                                    unmoved.insert(file, target);
+                                }
+                            },
+                            Ok(None) => {
                                 tracing::warn!(file = %file.display(), "File not written; it will be tried again.");
                                 break;
                             }

@@ -274,6 +274,7 @@ async fn serve(
         origin: Origin::Http {
             path: path.to_string(),
         },
+        key: None,
         headers: Vec::new(),
         received_at: Instant::now(),
     });

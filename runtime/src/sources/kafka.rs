@@ -154,6 +154,7 @@ fn to_message(
                 partition,
                 offset,
             },
+            key: m.key().map(Bytes::copy_from_slice),
             headers,
             received_at: Instant::now(),
         }),
