@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The project's single test command: ensures tansu (a Kafka-protocol broker) is installed,
+# starts one on a free loopback port unless KAFKA_BROKERS is set, then runs the workspace
+# tests. Extra arguments are passed to `cargo test`.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+TANSU_VERSION=0.6.0
+TANSU_FEATURES=dynostore,libsql
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+log() { echo "[ci/test.sh] $*" >&2; }
+
+tansu_version() {
+    command -v tansu >/dev/null 2>&1 || return 0
+    tansu --version 2>/dev/null | awk '{print $2}' || true
+}
+
+ensure_tansu() {
+    if [[ "$(tansu_version)" == "$TANSU_VERSION" ]]; then
+        return
+    fi
+    log "installing tansu $TANSU_VERSION (cargo install; this takes ~15 minutes the first time)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES"
+    hash -r
+    if [[ "$(tansu_version)" != "$TANSU_VERSION" ]]; then
+        log "tansu $TANSU_VERSION is not on PATH after installation (found: '$(tansu_version)')"
+        exit 1
+    fi
+}
+
+BROKER_PID=""
+BROKER_DIR=""
+cleanup() {
+    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$BROKER_DIR" ]]; then
+        rm -rf "$BROKER_DIR"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start_broker() {
+    BROKER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gridflow-tansu.XXXXXX")"
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    local port url
+    port="$(free_port)"
+    url="tcp://127.0.0.1:$port"
+    log "starting tansu on 127.0.0.1:$port (sqlite storage in $BROKER_DIR)"
+    # tansu resolves the sqlite path relative to its working directory.
+    (
+        cd "$BROKER_DIR"
+        exec tansu broker \
+            --listener-url "$url" \
+            --advertised-listener-url "$url" \
+            --storage-engine "sqlite://tansu.db" \
+            </dev/null >"$BROKER_DIR/tansu.log" 2>&1
+    ) &
+    BROKER_PID=$!
+    local deadline=$((SECONDS + 60))
+    until port_open "$port"; do
+        if ! kill -0 "$BROKER_PID" 2>/dev/null || ((SECONDS >= deadline)); then
+            log "tansu did not start listening on 127.0.0.1:$port; log tail:"
+            tail -n 50 "$BROKER_DIR/tansu.log" >&2 || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+    export KAFKA_BROKERS="127.0.0.1:$port"
+    log "broker ready: KAFKA_BROKERS=$KAFKA_BROKERS (log: $BROKER_DIR/tansu.log)"
+}
+
+if [[ -n "${KAFKA_BROKERS:-}" ]]; then
+    log "using existing broker KAFKA_BROKERS=$KAFKA_BROKERS"
+else
+    ensure_tansu
+    start_broker
+fi
+
+status=0
+cargo test --workspace --locked "$@" || status=$?
+if ((status != 0)) && [[ -n "$BROKER_DIR" ]]; then
+    log "tests failed (status $status); broker log tail:"
+    tail -n 30 "$BROKER_DIR/tansu.log" >&2 || true
+fi
+exit "$status"
