@@ -107,6 +107,39 @@ impl<'i> Document<'i> {
         }
     }
 
+    /// Like [`section`](Self::section) for a section tagged by `kind`. On failure the variant
+    /// `kind` names is deserialized on its own (through `variant`), so that a fault is
+    /// reported at its key or value rather than at the section header.
+    pub fn section_tagged<T: DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'i>>,
+        context: &str,
+        kinds: &[&str],
+        variant: fn(&str, ValueDeserializer<'i>) -> Result<T, toml::de::Error>,
+    ) -> Option<T> {
+        let error = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let kind = value
+            .get_ref()
+            .as_table()
+            .and_then(|t| t.get("kind"))
+            .and_then(|k| k.get_ref().as_str())
+            .filter(|k| kinds.contains(k))
+            .map(str::to_string);
+        let precise = kind.and_then(|kind| {
+            let mut table = value.get_ref().as_table()?.clone();
+            table.remove("kind");
+            let rest = Spanned::new(value.span(), DeValue::Table(table));
+            variant(&kind, ValueDeserializer::from(rest)).err()
+        });
+        let error = precise.unwrap_or(error);
+        let (span, message, hint) = explain(value, error.message(), error.span(), context, kinds);
+        self.error(span, message, hint);
+        None
+    }
+
     /// Byte offset of character `offset` inside the string value of `key` in `table`.
     pub fn offset_in_string(
         &self,

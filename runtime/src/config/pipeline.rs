@@ -154,10 +154,10 @@ pub fn parse_pipeline(
 
     let source = source_v
         .as_ref()
-        .and_then(|v| doc.section::<SourceConfig>(v, "[source]", sources::KINDS));
+        .and_then(|v| doc.section_tagged(v, "[source]", sources::KINDS, SourceConfig::variant));
     let sink = sink_v
         .as_ref()
-        .and_then(|v| doc.section::<SinkConfig>(v, "[sink]", sinks::KINDS));
+        .and_then(|v| doc.section_tagged(v, "[sink]", sinks::KINDS, SinkConfig::variant));
 
     let mut steps = Vec::new();
     let mut steps_ok = true;
@@ -177,7 +177,7 @@ pub fn parse_pipeline(
     };
     for (i, v) in step_values.iter().enumerate() {
         let context = format!("steps[{i}]");
-        match doc.section::<StepConfig>(v, &context, steps::KINDS) {
+        match doc.section_tagged(v, &context, steps::KINDS, StepConfig::variant) {
             Some(step) => {
                 if let Err(e) = step.build() {
                     report(&mut doc, v, &context, e);
@@ -446,6 +446,17 @@ max_attempts = 3
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].line, 8, "{errs:?}");
         assert!(errs[0].column >= 4, "{errs:?}");
+    }
+
+    #[test]
+    fn wrong_types_in_tagged_sections_point_at_the_value() {
+        let text = "[source]\nkind='http'\npath='/x'\nmax_body_bytes = 'big'\n[[steps]]\nkind='xml_to_json'\narrays = 'Point'\n[sink]\nkind='stdout'\n";
+        let errs = parse(text).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].column), (4, 18), "{errs:?}");
+        assert!(errs[0].message.contains("[source]"), "{errs:?}");
+        assert_eq!((errs[1].line, errs[1].column), (7, 10), "{errs:?}");
+        assert!(errs[1].message.contains("steps[0]"), "{errs:?}");
     }
 
     #[test]

@@ -226,26 +226,19 @@ impl Engine {
         let Some(running) = self.pipelines.remove(name) else {
             return false;
         };
-        running.cancel.cancel();
-        let _ = running.task.await;
-        let timeout = Duration::from_millis(self.ctx.limits.drain_timeout_ms);
-        if !running.runner.drain(timeout).await {
-            tracing::warn!(pipeline = %name, "Pipeline stopped before every message was settled.");
-        }
-        running.runner.metrics.running(&running.file.version, false);
-        tracing::info!(pipeline = %name, "Pipeline stopped.");
+        stop_running(running, self.drain_timeout()).await;
         true
     }
 
-    /// Stops every pipeline, then flushes the producer.
+    fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.ctx.limits.drain_timeout_ms)
+    }
+
+    /// Stops every pipeline at once (one drain deadline for all), then flushes the producer.
     pub async fn shutdown(&mut self) {
-        for running in self.pipelines.values() {
-            running.cancel.cancel();
-        }
-        let names: Vec<String> = self.pipelines.keys().cloned().collect();
-        for name in names {
-            self.stop(&name).await;
-        }
+        let timeout = self.drain_timeout();
+        let all = std::mem::take(&mut self.pipelines);
+        futures::future::join_all(all.into_values().map(|r| stop_running(r, timeout))).await;
         let producer = self.ctx.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
     }
@@ -263,4 +256,25 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Cancels a pipeline's source, lets it settle what it took in, then waits until nothing is in
+/// flight; each wait is bounded by `timeout` (a source that does not stop is aborted).
+async fn stop_running(running: Running, timeout: Duration) {
+    let name = running.file.config.name.clone();
+    running.cancel.cancel();
+    let mut task = running.task;
+    // The source's own drain is bounded by the same timeout; allow it a little more.
+    if tokio::time::timeout(timeout + Duration::from_secs(5), &mut task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(pipeline = %name, "Pipeline source did not stop in time; aborting it.");
+        task.abort();
+    }
+    if !running.runner.drain(timeout).await {
+        tracing::warn!(pipeline = %name, "Pipeline stopped before every message was settled.");
+    }
+    running.runner.metrics.running(&running.file.version, false);
+    tracing::info!(pipeline = %name, "Pipeline stopped.");
 }

@@ -71,6 +71,20 @@ pub enum SinkConfig {
     Stdout(StdoutSinkConfig),
 }
 
+impl SinkConfig {
+    /// Deserializes the variant `kind` from a table without its `kind` key (for diagnostics
+    /// with exact positions; the derive above is the normal path).
+    pub fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, de: D) -> Result<Self, D::Error> {
+        Ok(match kind {
+            "kafka" => SinkConfig::Kafka(Deserialize::deserialize(de)?),
+            "http" => SinkConfig::Http(Deserialize::deserialize(de)?),
+            "file" => SinkConfig::File(Deserialize::deserialize(de)?),
+            "stdout" => SinkConfig::Stdout(Deserialize::deserialize(de)?),
+            other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
+        })
+    }
+}
+
 /// Every sink kind, for hints.
 pub const KINDS: &[&str] = &["kafka", "http", "file", "stdout"];
 

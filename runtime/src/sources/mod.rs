@@ -75,6 +75,19 @@ pub enum SourceConfig {
     File(FileSourceConfig),
 }
 
+impl SourceConfig {
+    /// Deserializes the variant `kind` from a table without its `kind` key (for diagnostics
+    /// with exact positions; the derive above is the normal path).
+    pub fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, de: D) -> Result<Self, D::Error> {
+        Ok(match kind {
+            "http" => SourceConfig::Http(Deserialize::deserialize(de)?),
+            "kafka" => SourceConfig::Kafka(Deserialize::deserialize(de)?),
+            "file" => SourceConfig::File(Deserialize::deserialize(de)?),
+            other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
+        })
+    }
+}
+
 /// Every source kind, for hints.
 pub const KINDS: &[&str] = &["http", "kafka", "file"];
 

@@ -72,6 +72,21 @@ impl StepConfig {
     }
 }
 
+impl StepConfig {
+    /// Deserializes the variant `kind` from a table without its `kind` key (for diagnostics
+    /// with exact positions; the derive above is the normal path).
+    pub fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, de: D) -> Result<Self, D::Error> {
+        Ok(match kind {
+            "xml_to_json" => StepConfig::XmlToJson(Deserialize::deserialize(de)?),
+            "json_to_xml" => StepConfig::JsonToXml(Deserialize::deserialize(de)?),
+            "map" => StepConfig::Map(Deserialize::deserialize(de)?),
+            "filter" => StepConfig::Filter(Deserialize::deserialize(de)?),
+            "split" => StepConfig::Split(Deserialize::deserialize(de)?),
+            other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
+        })
+    }
+}
+
 /// Every step kind, for hints.
 pub const KINDS: &[&str] = &["xml_to_json", "json_to_xml", "map", "filter", "split"];
 
