@@ -297,6 +297,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = admin_server.await;
     let _ = broker_watch.await;
+    // Clients first, then the embedded broker they talk to.
+    drop(engine);
     drop(embedded);
     tracing::info!("Gridflow stopped cleanly.");
     Ok(())
