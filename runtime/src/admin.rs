@@ -1,4 +1,5 @@
-//! The admin listener: `/health/live`, `/health/ready`, `/metrics`.
+//! The admin listener: `/health/live`, `/health/ready`, `/metrics`, `GET /admin/pipelines`,
+//! `POST /admin/reload`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::engine::reload::ReloadHandle;
 use crate::kafka::KafkaSettings;
 use crate::sources::http::problem;
 
@@ -24,6 +26,8 @@ pub struct AdminState {
     pub broker_reachable: Arc<AtomicBool>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// The reload task, for `/admin/*`.
+    pub reload: Option<ReloadHandle>,
 }
 
 impl AdminState {
@@ -63,6 +67,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/admin/pipelines", get(pipelines))
+        .route("/admin/reload", axum::routing::post(reload))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -90,6 +96,42 @@ async fn ready(State(state): State<AdminState>) -> Response {
             detail,
             json!({"pipelines_loaded": loaded, "broker_reachable": broker}),
         )
+    }
+}
+
+async fn pipelines(State(state): State<AdminState>) -> Response {
+    match &state.reload {
+        Some(handle) => {
+            let (pipelines, restart_required) = handle.views();
+            axum::Json(json!({"pipelines": pipelines, "restart_required": restart_required}))
+                .into_response()
+        }
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            "reload is not enabled",
+            json!({}),
+        ),
+    }
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let Some(handle) = &state.reload else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            "reload is not enabled",
+            json!({}),
+        );
+    };
+    match handle.reload("admin request").await {
+        Some(report) => axum::Json(report).into_response(),
+        None => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "gridflow is shutting down",
+            json!({}),
+        ),
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::config::pipeline::{load_all, pipeline_paths};
 use crate::config::{interpolate, Diagnostic, RuntimeConfig};
+use crate::engine::reload::{self, Action, ReloadHandle, Reloader};
 use crate::engine::{Engine, EngineContext};
 use crate::kafka::EmbeddedBroker;
 use crate::sources::HttpRoutes;
@@ -213,10 +214,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             config.paths.pipelines.display()
         )
     })?;
-    let (files, diagnostics) = load_all(&paths, &interpolate::from_env);
-    for d in &diagnostics {
-        tracing::error!(path = %d.path.display(), line = d.line, column = d.column, hint = d.hint.as_deref().unwrap_or(""), "{}", d.message);
-    }
+    // Errors are reported by the first reload below; here only the topics are wanted.
+    let (files, _) = load_all(&paths, &interpolate::from_env);
 
     if let Some(broker) = &embedded {
         let mut topics: Vec<String> = files
@@ -232,7 +231,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let routes = Arc::new(HttpRoutes::default());
-    let admin_state = AdminState {
+    let mut admin_state = AdminState {
         metrics,
         ..AdminState::default()
     };
@@ -245,21 +244,41 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
 
     let producer = kafka.producer()?;
-    let mut engine = Engine::new(EngineContext {
+    let engine = Engine::new(EngineContext {
         kafka: kafka.clone(),
         producer,
         routes: Arc::clone(&routes),
         dead_letters_dir: config.paths.dead_letters.clone(),
         limits: config.engine.clone(),
     });
-    let mut started = 0;
-    for file in files {
-        match engine.start(file).await {
-            Ok(()) => started += 1,
-            Err(e) => tracing::error!(error = %e, "Pipeline not started."),
-        }
-    }
+    let config_file = args.config.exists().then(|| args.config.clone());
+    let mut reloader = Reloader::new(engine, config.paths.pipelines.clone(), config_file.clone());
+    let first = reloader.reload().await;
+    let count = |action: Action| {
+        first
+            .pipelines
+            .iter()
+            .filter(|p| p.action == action)
+            .count()
+    };
+    let (started, failed) = (count(Action::Started), count(Action::Failed));
+    let stop_reloads = CancellationToken::new();
+    let (reload, reload_task) = reload::spawn(reloader, stop_reloads.clone());
+    admin_state.reload = Some(reload.clone());
     admin_state.loaded.store(true, Ordering::SeqCst);
+    let _watcher = match reload::watch(
+        &config.paths.pipelines,
+        config_file.as_deref(),
+        reload.clone(),
+        Duration::from_millis(200),
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "Pipelines directory not watched; reload with SIGHUP or POST /admin/reload.");
+            None
+        }
+    };
+    let hangups = tokio::spawn(reload_on_sighup(reload.clone()));
 
     let stop_ingress = CancellationToken::new();
     let http_server = tokio::spawn({
@@ -280,19 +299,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .await
         }
     });
-    tracing::info!(
-        pipelines = started,
-        failed = diagnostics.len(),
-        "Gridflow started."
-    );
+    tracing::info!(pipelines = started, failed, "Gridflow started.");
 
     wait_for_signal().await;
     tracing::info!("Shutting down.");
-    // Not ready any more; the ingress stops accepting and finishes the requests it has (their
-    // pipelines still run), then the pipelines drain, then the admin listener stops.
+    // Not ready any more; no more reloads; the ingress stops accepting and finishes the
+    // requests it has (their pipelines still run); then the pipelines drain; then the admin
+    // listener stops.
     admin_state.loaded.store(false, Ordering::SeqCst);
+    hangups.abort();
+    stop_reloads.cancel();
     stop_ingress.cancel();
     let _ = http_server.await;
+    let mut engine = reload_task.await?;
     engine.shutdown().await;
     shutdown.cancel();
     let _ = admin_server.await;
@@ -302,6 +321,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(embedded);
     tracing::info!("Gridflow stopped cleanly.");
     Ok(())
+}
+
+/// Reloads the pipelines on every SIGHUP.
+async fn reload_on_sighup(reload: ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            reload.trigger("SIGHUP");
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reload);
 }
 
 async fn wait_for_signal() {

@@ -23,6 +23,13 @@ pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String
         .map_err(|e| e.to_string())
 }
 
+/// A reload ended with `result` (`success`, `failure`, `stopped`, `restart_required`) for
+/// `pipeline`.
+pub fn reload(pipeline: &str, result: &'static str) {
+    counter!("gridflow_reloads_total", "pipeline" => pipeline.to_string(), "result" => result)
+        .increment(1);
+}
+
 /// The counters of one pipeline.
 #[derive(Clone)]
 pub struct PipelineMetrics {

@@ -40,7 +40,7 @@ impl HttpSinkConfig {
     }
 
     /// Builds the sink.
-    pub fn build(&self) -> Result<HttpSink, BuildError> {
+    pub fn build(&self, ctx: &super::SinkContext) -> Result<HttpSink, BuildError> {
         self.check()?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(self.timeout_ms))
@@ -49,6 +49,7 @@ impl HttpSinkConfig {
         Ok(HttpSink {
             url: self.url.clone(),
             client,
+            version: ctx.version.to_string(),
         })
     }
 }
@@ -57,6 +58,7 @@ impl HttpSinkConfig {
 pub struct HttpSink {
     url: String,
     client: reqwest::Client,
+    version: String,
 }
 
 impl Sink for HttpSink {
@@ -74,6 +76,7 @@ impl Sink for HttpSink {
             .post(&self.url)
             .header("content-type", content_type)
             .header("x-correlation-id", &record.meta.correlation_id)
+            .header("x-gridflow-pipeline-version", &self.version)
             .body(record.payload.to_bytes());
         let url = self.url.clone();
         let delivery: Delivery = Box::pin(async move {

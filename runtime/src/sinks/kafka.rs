@@ -68,6 +68,7 @@ impl KafkaSinkConfig {
             key: self.key_expr()?,
             producer,
             pipeline: ctx.pipeline.clone(),
+            version: ctx.version.clone(),
         })
     }
 }
@@ -78,6 +79,7 @@ pub struct KafkaSink {
     key: Option<Expr>,
     producer: FutureProducer,
     pipeline: Arc<str>,
+    version: Arc<str>,
 }
 
 impl KafkaSink {
@@ -127,6 +129,10 @@ impl KafkaSink {
             .insert(Header {
                 key: "gridflow.pipeline",
                 value: Some(&*self.pipeline),
+            })
+            .insert(Header {
+                key: "gridflow.pipeline.version",
+                value: Some(&*self.version),
             })
     }
 }

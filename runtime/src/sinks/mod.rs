@@ -53,6 +53,8 @@ pub trait Sink: Send + Sync {
 pub struct SinkContext {
     /// The pipeline's name, written to the `gridflow.pipeline` header.
     pub pipeline: Arc<str>,
+    /// The pipeline's version (sha256 of its file), written to `gridflow.pipeline.version`.
+    pub version: Arc<str>,
     /// The process's shared Kafka producer, when a Kafka sink needs it.
     pub producer: Option<FutureProducer>,
 }
@@ -120,7 +122,7 @@ impl SinkConfig {
     pub fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
         Ok(match self {
             SinkConfig::Kafka(c) => Arc::new(c.build(ctx)?),
-            SinkConfig::Http(c) => Arc::new(c.build()?),
+            SinkConfig::Http(c) => Arc::new(c.build(ctx)?),
             SinkConfig::File(c) => Arc::new(c.build()?),
             SinkConfig::Stdout(c) => Arc::new(c.build()),
         })

@@ -11,6 +11,7 @@
 //! Errors are `application/problem+json` (RFC 9457) and carry the correlation id.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,14 +85,20 @@ impl HttpSourceConfig {
             config: self.clone(),
             routes: Arc::clone(&ctx.http_routes),
             pipeline: Arc::clone(&ctx.pipeline),
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
+
+/// Each built HTTP source gets its own generation, so that a stopping old version removes
+/// its route only if a new version has not taken it over.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// One entry of the route table.
 #[derive(Clone)]
 pub struct Route {
     pipeline: Arc<str>,
+    generation: u64,
     config: HttpSourceConfig,
     downstream: Arc<dyn Downstream>,
 }
@@ -133,10 +140,11 @@ impl HttpRoutes {
         result
     }
 
-    fn remove(&self, path: &str, pipeline: &str) {
+    /// Removes the route of `path` if it is still the one of `generation`.
+    fn remove(&self, path: &str, generation: u64) {
         self.table.rcu(|table| {
             let mut table = HashMap::clone(table);
-            if table.get(path).is_some_and(|r| &*r.pipeline == pipeline) {
+            if table.get(path).is_some_and(|r| r.generation == generation) {
                 table.remove(path);
             }
             table
@@ -149,6 +157,7 @@ pub struct HttpSource {
     config: HttpSourceConfig,
     routes: Arc<HttpRoutes>,
     pipeline: Arc<str>,
+    generation: u64,
 }
 
 impl Source for HttpSource {
@@ -157,15 +166,19 @@ impl Source for HttpSource {
         downstream: Arc<dyn Downstream>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<(), String>> {
+        // The route is taken at once, when the engine launches the source (not when the task
+        // first runs): a reload swaps routes with no gap.
+        let route = Route {
+            pipeline: Arc::clone(&self.pipeline),
+            generation: self.generation,
+            config: self.config.clone(),
+            downstream,
+        };
+        let inserted = self.routes.insert(&self.config.path, route);
         async move {
-            let route = Route {
-                pipeline: Arc::clone(&self.pipeline),
-                config: self.config.clone(),
-                downstream,
-            };
-            self.routes.insert(&self.config.path, route)?;
+            inserted?;
             shutdown.cancelled().await;
-            self.routes.remove(&self.config.path, &self.pipeline);
+            self.routes.remove(&self.config.path, self.generation);
             Ok(())
         }
         .boxed()

@@ -42,7 +42,8 @@ pub trait Downstream: Send + Sync {
 /// timeout), or with an error when it cannot go on (a fatal fault: the pipeline stops and the
 /// error is logged). Transient faults (broker unreachable) are retried inside `run`.
 pub trait Source: Send {
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`. Called when the pipeline is launched; work that must happen
+    /// before the engine goes on (taking an HTTP route) is done in the call itself.
     fn run(
         self: Box<Self>,
         downstream: Arc<dyn Downstream>,
