@@ -172,6 +172,8 @@ fn io_diagnostic(path: &Path, e: std::io::Error) -> Diagnostic {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Registered first: a SIGHUP during start-up must reload, not end the process.
+    let hangup = hangup_signal();
     let explicit = args.config != Path::new("gridflow.toml");
     let mut config = RuntimeConfig::load(&args.config, explicit).map_err(|d| {
         print_diagnostics(&d);
@@ -252,20 +254,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits: config.engine.clone(),
     });
     let config_file = args.config.exists().then(|| args.config.clone());
-    let mut reloader = Reloader::new(engine, config.paths.pipelines.clone(), config_file.clone());
-    let first = reloader.reload().await;
-    let count = |action: Action| {
-        first
-            .pipelines
-            .iter()
-            .filter(|p| p.action == action)
-            .count()
-    };
-    let (started, failed) = (count(Action::Started), count(Action::Failed));
+    let reloader = Reloader::new(engine, config.paths.pipelines.clone(), config_file.clone());
     let stop_reloads = CancellationToken::new();
     let (reload, reload_task) = reload::spawn(reloader, stop_reloads.clone());
-    admin_state.reload = Some(reload.clone());
-    admin_state.loaded.store(true, Ordering::SeqCst);
+    // Watch before the first load, so that no edit falls between the two.
     let _watcher = match reload::watch(
         &config.paths.pipelines,
         config_file.as_deref(),
@@ -278,7 +270,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let hangups = tokio::spawn(reload_on_sighup(reload.clone()));
+    let hangups = tokio::spawn(reload_on_sighup(hangup, reload.clone()));
+    let first = reload
+        .reload("start")
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the reload task stopped during start-up"))?;
+    let count = |action: Action| {
+        first
+            .pipelines
+            .iter()
+            .filter(|p| p.action == action)
+            .count()
+    };
+    let (started, failed) = (count(Action::Started), count(Action::Failed));
+    admin_state.reload = Some(reload.clone());
+    admin_state.loaded.store(true, Ordering::SeqCst);
 
     let stop_ingress = CancellationToken::new();
     let http_server = tokio::spawn({
@@ -311,24 +317,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     stop_reloads.cancel();
     stop_ingress.cancel();
     let _ = http_server.await;
-    let mut engine = reload_task.await?;
-    engine.shutdown().await;
+    match reload_task.await {
+        Ok(mut engine) => {
+            engine.shutdown().await;
+            // Clients first, then the embedded broker they talk to.
+            drop(engine);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "The reload task failed; pipelines stop with the process.")
+        }
+    }
     shutdown.cancel();
     let _ = admin_server.await;
     let _ = broker_watch.await;
-    // Clients first, then the embedded broker they talk to.
-    drop(engine);
     drop(embedded);
     tracing::info!("Gridflow stopped cleanly.");
     Ok(())
 }
 
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
 /// Reloads the pipelines on every SIGHUP.
-async fn reload_on_sighup(reload: ReloadHandle) {
+async fn reload_on_sighup(hangup: Hangup, reload: ReloadHandle) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        let Some(mut hangup) = hangup else {
             return;
         };
         while hangup.recv().await.is_some() {
@@ -336,7 +360,7 @@ async fn reload_on_sighup(reload: ReloadHandle) {
         }
     }
     #[cfg(not(unix))]
-    drop(reload);
+    drop((hangup, reload));
 }
 
 async fn wait_for_signal() {

@@ -440,6 +440,60 @@ async fn invalid_edits_deletions_new_files_sighup_and_the_admin_api() {
     }
     assert_eq!(post("/b").await.unwrap().status(), 404);
 
+    // Renaming the pipeline inside its file hands over without a gap; a newcomer that claims
+    // a running pipeline's name is the one refused.
+    let renamed = flow("3").replace("name = 'a'", "name = 'a2'");
+    write_pipeline(dir.path(), "a.toml", &renamed);
+    wait_version(
+        &gf,
+        "a2",
+        &version_of(renamed.as_bytes()),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(view(&gf, "a").await.is_none(), "the old name is gone");
+    assert_eq!(post("/a").await.unwrap().status(), 202);
+    write_pipeline(
+        dir.path(),
+        "0-clash.toml",
+        &renamed.replace("path = '/a'", "path = '/clash'"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = pipelines(&gf).await;
+        let clash = all["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["path"].as_str().unwrap_or("").ends_with("0-clash.toml"))
+            .cloned();
+        if let Some(clash) = clash {
+            assert_eq!(clash["state"], "failed");
+            assert!(
+                clash["last_error"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("already used"),
+                "{clash}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the clash was not reported: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a2 = view(&gf, "a2").await.unwrap();
+    assert_eq!(
+        a2["version"],
+        version_of(renamed.as_bytes()).as_str(),
+        "the running one keeps its name"
+    );
+    assert!(a2["path"].as_str().unwrap().ends_with("a.toml"));
+    assert_eq!(post("/a").await.unwrap().status(), 202);
+    std::fs::remove_file(dir.path().join("pipelines/0-clash.toml")).unwrap();
+
     // SIGHUP reloads.
     std::process::Command::new("kill")
         .arg("-HUP")
@@ -465,7 +519,7 @@ async fn invalid_edits_deletions_new_files_sighup_and_the_admin_api() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["name"] == "a")
+        .find(|p| p["name"] == "a2")
         .unwrap();
     assert_eq!(a["action"], "unchanged");
     assert_eq!(report["restart_required"], false);

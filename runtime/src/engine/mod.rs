@@ -147,10 +147,30 @@ impl Engine {
     ///   commits, leaves the consumer group), then the new version starts, so no record is
     ///   processed by both.
     pub async fn replace(&mut self, file: PipelineFile) -> Result<(), StartError> {
+        let name = file.config.name.clone();
+        self.replace_as(&name, file).await
+    }
+
+    /// Like [`replace`](Self::replace), the running pipeline `old` (which may have another
+    /// name: a pipeline renamed in its file) handing over to `file`'s.
+    pub async fn replace_as(&mut self, old: &str, file: PipelineFile) -> Result<(), StartError> {
+        if let SourceConfig::Http(http) = &file.config.source {
+            if let Some(owner) = self.ctx.routes.owner(&http.path) {
+                if *owner != *file.config.name && *owner != *old {
+                    return Err(StartError::Build {
+                        pipeline: file.config.name.clone(),
+                        component: "source".into(),
+                        message: format!(
+                            "path `{}` is already served by pipeline `{owner}`",
+                            http.path
+                        ),
+                    });
+                }
+            }
+        }
         let prepared = self.prepare(file).await?;
-        let name = prepared.file.config.name.clone();
         let timeout = self.drain_timeout();
-        match self.pipelines.remove(&name) {
+        match self.pipelines.remove(old) {
             None => self.launch(prepared),
             Some(old) if matches!(old.file.config.source, SourceConfig::Http(_)) => {
                 self.launch(prepared);
@@ -167,6 +187,13 @@ impl Engine {
     /// The version (sha256 of the file) of the running pipeline `name`.
     pub fn version_of(&self, name: &str) -> Option<&str> {
         self.pipelines.get(name).map(|r| r.file.version.as_str())
+    }
+
+    /// Records that the running pipeline `name` now comes from `path` (a file moved as is).
+    pub fn set_path(&mut self, name: &str, path: &std::path::Path) {
+        if let Some(r) = self.pipelines.get_mut(name) {
+            r.file.path = path.to_path_buf();
+        }
     }
 
     /// The file the running pipeline `name` came from.
@@ -343,6 +370,8 @@ async fn stop_running(running: Running, timeout: Duration) {
     {
         tracing::warn!(pipeline = %name, "Pipeline source did not stop in time; aborting it.");
         task.abort();
+        // Wait for the abort, so that its consumer has left before a successor joins.
+        let _ = task.await;
     }
     if !running.runner.drain(timeout).await {
         tracing::warn!(pipeline = %name, "Pipeline stopped before every message was settled.");

@@ -136,6 +136,16 @@ impl Reloader {
                 };
             }
         };
+        // Files of running pipelines first: when two files claim one name or HTTP path, the
+        // one already running keeps it and the newcomer gets the error.
+        let running_paths: BTreeSet<PathBuf> = self
+            .engine
+            .names()
+            .iter()
+            .filter_map(|n| self.engine.path_of(n).map(Path::to_path_buf))
+            .collect();
+        let mut paths = paths;
+        paths.sort_by_key(|p| !running_paths.contains(p));
         let (files, diagnostics) = load_all(&paths, &interpolate::from_env);
         let mut invalid: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
         for d in diagnostics {
@@ -147,7 +157,7 @@ impl Reloader {
             .map(|(p, ds)| (p.clone(), ds.iter().map(ToString::to_string).collect()))
             .collect();
 
-        let desired: BTreeMap<String, PipelineFile> = files
+        let mut desired: BTreeMap<String, PipelineFile> = files
             .into_iter()
             .map(|f| (f.config.name.clone(), f))
             .collect();
@@ -164,6 +174,39 @@ impl Reloader {
                 .path_of(&name)
                 .map(Path::to_path_buf)
                 .unwrap_or_default();
+            // Renamed inside its file: the new name takes over from the old one.
+            let renamed = desired
+                .values()
+                .find(|f| f.path == path && self.engine.version_of(&f.config.name).is_none())
+                .map(|f| f.config.name.clone());
+            if let Some(new_name) = renamed {
+                let file = desired.remove(&new_name).expect("found above");
+                let version = file.version.clone();
+                match self.engine.replace_as(&name, file).await {
+                    Ok(()) => {
+                        self.loaded_at.remove(&name);
+                        self.loaded_at.insert(new_name.clone(), SystemTime::now());
+                        tracing::info!(pipeline = %new_name, previous = %name, version = %version, "Pipeline renamed and loaded.");
+                        crate::metrics::reload(&new_name, "success");
+                        results.push(PipelineResult {
+                            name: new_name,
+                            path,
+                            action: Action::Reloaded,
+                            version: Some(version),
+                            errors: Vec::new(),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(pipeline = %new_name, error = %e, "Pipeline not loaded; the running version keeps running.");
+                        self.errors.insert(
+                            path.clone(),
+                            vec![format!("{}: error: {e}", path.display())],
+                        );
+                        results.push(self.failed(&name, &path));
+                    }
+                }
+                continue;
+            }
             if present.contains(&path) && invalid.contains_key(&path) {
                 tracing::warn!(pipeline = %name, path = %path.display(), "Pipeline file invalid; the running version keeps running.");
                 results.push(self.failed(&name, &path));
@@ -186,6 +229,8 @@ impl Reloader {
             let version = file.version.clone();
             let action = match self.engine.version_of(&name) {
                 Some(v) if v == version => {
+                    // Moved as is: same pipeline, new place.
+                    self.engine.set_path(&name, &path);
                     results.push(PipelineResult {
                         name,
                         path,
@@ -361,6 +406,7 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         loop {
             let request = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 request = rx.recv() => match request {
                     Some(r) => r,
@@ -387,10 +433,11 @@ fn relevant(path: &Path, dir: &Path, config: Option<&Path>) -> bool {
     if config.is_some_and(|c| path.file_name() == c.file_name() && path.parent() == c.parent()) {
         return true;
     }
+    // `..data` is how a Kubernetes ConfigMap volume swaps its files (a symlink flip).
     let visible_toml = path
         .file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| !n.starts_with('.') && n.ends_with(".toml"));
+        .is_some_and(|n| (!n.starts_with('.') && n.ends_with(".toml")) || n == "..data");
     visible_toml && path.parent().is_some_and(|p| p == dir || p.ends_with(dir))
 }
 
@@ -419,7 +466,15 @@ pub fn watch(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (watch_dir, watch_config) = (dir.clone(), config.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
+        // An error or a rescan (queue overflow) may hide a change: reload, the diff is cheap.
+        let Ok(event) = event else {
+            let _ = tx.send(());
+            return;
+        };
+        if event.need_rescan() {
+            let _ = tx.send(());
+            return;
+        }
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
@@ -469,5 +524,6 @@ mod tests {
         ));
         assert!(!relevant(Path::new("/srv/README.md"), dir, config));
         assert!(relevant(Path::new("/srv/gridflow.toml"), dir, config));
+        assert!(relevant(Path::new("/srv/pipelines/..data"), dir, config));
     }
 }

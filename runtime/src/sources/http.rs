@@ -119,25 +119,20 @@ impl HttpRoutes {
             .collect()
     }
 
-    fn insert(&self, path: &str, route: Route) -> Result<(), String> {
-        let mut result = Ok(());
+    /// The pipeline serving `path`, if any.
+    pub fn owner(&self, path: &str) -> Option<Arc<str>> {
+        self.table.load().get(path).map(|r| Arc::clone(&r.pipeline))
+    }
+
+    /// Takes `path` for `route`, replacing whatever served it: the engine checks ownership
+    /// (see `owner`) before it launches a source, so a route is taken over only from the
+    /// version being replaced.
+    fn insert(&self, path: &str, route: Route) {
         self.table.rcu(|table| {
             let mut table = HashMap::clone(table);
-            match table.get(path) {
-                Some(existing) if existing.pipeline != route.pipeline => {
-                    result = Err(format!(
-                        "path `{path}` is already served by pipeline `{}`",
-                        existing.pipeline
-                    ));
-                }
-                _ => {
-                    result = Ok(());
-                    table.insert(path.to_string(), route.clone());
-                }
-            }
+            table.insert(path.to_string(), route.clone());
             table
         });
-        result
     }
 
     /// Removes the route of `path` if it is still the one of `generation`.
@@ -174,9 +169,8 @@ impl Source for HttpSource {
             config: self.config.clone(),
             downstream,
         };
-        let inserted = self.routes.insert(&self.config.path, route);
+        self.routes.insert(&self.config.path, route);
         async move {
-            inserted?;
             shutdown.cancelled().await;
             self.routes.remove(&self.config.path, self.generation);
             Ok(())

@@ -210,7 +210,12 @@ impl KafkaSource {
                         trackers.entry((Arc::clone(&topic), m.partition())).or_default().start(m.offset());
                         let message = to_message(&m, &topic, &finished_tx);
                         drop(m);
-                        downstream.push(message).await;
+                        // Waiting for room (backpressure) must not hide a stop: a record
+                        // abandoned here is not committed and is read again by the successor.
+                        tokio::select! {
+                            _ = downstream.push(message) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(group = %group, error = %e, "Kafka consumer error.");
@@ -232,10 +237,16 @@ impl KafkaSource {
         if pending > 0 {
             tracing::warn!(group = %group, pending, "Kafka source stopped with records in flight; they will be consumed again.");
         }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(group = %group, error = %e, "Final commit skipped.");
-        }
-        consumer.unsubscribe();
+        // The final commit and the group leave block: off the async workers.
+        let group = group.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(group = %group, error = %e, "Final commit skipped.");
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await;
         Ok(())
     }
 }
