@@ -289,7 +289,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop_ingress = CancellationToken::new();
     let http_server = tokio::spawn({
         let shutdown = stop_ingress.clone();
-        let app = crate::sources::http::router(Arc::clone(&routes));
+        let app = crate::sources::http::router(Arc::clone(&routes))
+            .into_make_service_with_connect_info::<SocketAddr>();
         async move {
             axum::serve(http, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -30,6 +30,11 @@ pub fn reload(pipeline: &str, result: &'static str) {
         .increment(1);
 }
 
+/// A request to `pipeline` was refused for being over quota.
+pub fn quota_rejected(pipeline: &str) {
+    counter!("gridflow_quota_rejections_total", "pipeline" => pipeline.to_string()).increment(1);
+}
+
 /// The counters of one pipeline.
 #[derive(Clone)]
 pub struct PipelineMetrics {

@@ -26,8 +26,8 @@
 //!   LF); line ends are normalised to `\n`. Whitespace-only text between elements is ignored.
 //!   Attribute values are normalised as XML requires (a literal tab or line end becomes a space,
 //!   `&#10;` stays a line feed) but not trimmed.
-//! - Comments, processing instructions, the XML declaration and the DOCTYPE are ignored. Entities
-//!   declared in a DOCTYPE are not expanded: referencing one is an error.
+//! - Comments, processing instructions and the XML declaration are ignored. A DOCTYPE is refused
+//!   (hostile input: no DTD, no entity declarations, no entity expansion).
 //! - Only UTF-8 input is accepted (a UTF-8 byte order mark is skipped).
 //! - Errors, never panics: malformed XML (mismatched or unclosed tags, bad syntax, unknown
 //!   entities, duplicated attributes, text or elements after the root element, elements nested
@@ -287,7 +287,14 @@ impl<'a> Converter<'a, '_> {
                         version = v;
                     }
                 }
-                Event::Comment(_) | Event::PI(_) | Event::DocType(_) => {}
+                // Hostile input: a DTD can declare entities that expand without bound.
+                Event::DocType(_) => {
+                    return Err(self.malformed(
+                        event_start,
+                        "a DOCTYPE is not accepted (no DTD, no entity declarations)".into(),
+                    ))
+                }
+                Event::Comment(_) | Event::PI(_) => {}
                 Event::Eof => {
                     if let Some(frame) = stack.last() {
                         return Err(self.malformed(
@@ -1297,15 +1304,23 @@ mod tests {
     }
 
     #[test]
-    fn comments_pis_declaration_and_doctype_are_ignored() {
+    fn comments_pis_and_declaration_are_ignored() {
         let xml = "\u{FEFF}<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-                   <!DOCTYPE r>\n<!-- before -->\n<?pi before?>\n\
+                   <!-- before -->\n<?pi before?>\n\
                    <r><!-- inside --><a>1<!-- split -->2</a><?pi inside?><b/></r>\n\
                    <!-- after --><?pi after?>\n";
         assert_eq!(conv(xml), json!({"r": {"a": "12", "b": ""}}));
     }
 
     // ----- errors -----
+
+    #[test]
+    fn a_doctype_is_refused() {
+        let bomb = b"<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;\">]><r>&lol2;</r>";
+        let e = err(bomb);
+        assert!(e.to_string().contains("DOCTYPE is not accepted"), "{e}");
+        assert!(err(b"<!DOCTYPE r><r/>").to_string().contains("DOCTYPE"));
+    }
 
     fn err(xml: &[u8]) -> XmlError {
         match xml_to_json(xml, &strip()) {

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::edge::{ApiKeys, AuthConfig, Limiter, QuotaConfig, Refusal};
 use super::{Downstream, Source, SourceContext};
 use crate::ack::{Ack, Outcome};
 use crate::error::{BuildError, ErrorCode, Failure};
@@ -47,6 +48,12 @@ pub struct HttpSourceConfig {
     /// Seconds announced in `Retry-After` with a `503` (default 5).
     #[serde(default = "default_retry_after_secs")]
     pub retry_after_secs: u64,
+    /// `[source.auth]`: API keys callers must present (`401`/`403` otherwise).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// `[source.quota]`: requests per second per client (`429` past it).
+    #[serde(default)]
+    pub quota: Option<QuotaConfig>,
 }
 
 fn default_max_body_bytes() -> usize {
@@ -60,6 +67,12 @@ fn default_retry_after_secs() -> u64 {
 impl HttpSourceConfig {
     /// Checks the path.
     pub fn check(&self) -> Result<(), BuildError> {
+        if let Some(auth) = &self.auth {
+            auth.check()?;
+        }
+        if let Some(quota) = &self.quota {
+            quota.check()?;
+        }
         if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
             return Err(BuildError::at(
                 "path",
@@ -80,13 +93,25 @@ impl HttpSourceConfig {
     }
 
     /// Builds the source.
-    pub fn build(&self, ctx: &SourceContext) -> HttpSource {
-        HttpSource {
+    pub fn build(&self, ctx: &SourceContext) -> Result<HttpSource, BuildError> {
+        Ok(HttpSource {
             config: self.clone(),
             routes: Arc::clone(&ctx.http_routes),
             pipeline: Arc::clone(&ctx.pipeline),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
-        }
+            keys: self
+                .auth
+                .as_ref()
+                .map(AuthConfig::load)
+                .transpose()?
+                .map(Arc::new),
+            limiter: self
+                .quota
+                .as_ref()
+                .map(QuotaConfig::build)
+                .transpose()?
+                .map(Arc::new),
+        })
     }
 }
 
@@ -101,6 +126,8 @@ pub struct Route {
     generation: u64,
     config: HttpSourceConfig,
     downstream: Arc<dyn Downstream>,
+    keys: Option<Arc<ApiKeys>>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 /// The HTTP listener's route table: path → route, swapped atomically.
@@ -153,6 +180,8 @@ pub struct HttpSource {
     routes: Arc<HttpRoutes>,
     pipeline: Arc<str>,
     generation: u64,
+    keys: Option<Arc<ApiKeys>>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl Source for HttpSource {
@@ -168,6 +197,8 @@ impl Source for HttpSource {
             generation: self.generation,
             config: self.config.clone(),
             downstream,
+            keys: self.keys.clone(),
+            limiter: self.limiter.clone(),
         };
         self.routes.insert(&self.config.path, route);
         async move {
@@ -201,6 +232,62 @@ pub fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> R
         body.to_string(),
     )
         .into_response()
+}
+
+/// Authentication, then quota: the client is the API key's client, or the caller's IP address.
+fn admit(route: &Route, request: &Request) -> Result<(), Refusal> {
+    let client: Arc<str> = match &route.keys {
+        Some(keys) => keys.client(request.headers())?,
+        None => match &route.limiter {
+            Some(_) => request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| Arc::from(c.0.ip().to_string().as_str()))
+                .unwrap_or_else(|| Arc::from("unknown")),
+            None => return Ok(()),
+        },
+    };
+    match &route.limiter {
+        Some(limiter) => limiter.check(&client),
+        None => Ok(()),
+    }
+}
+
+fn refused(refusal: Refusal, route: &Route, ids: Value) -> Response {
+    match refusal {
+        Refusal::Unauthenticated => {
+            let mut response = problem(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "an API key is required (X-API-Key or Authorization: Bearer)",
+                ids,
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Refusal::Forbidden => problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this API key is not accepted here",
+            ids,
+        ),
+        Refusal::OverQuota(wait) => {
+            crate::metrics::quota_rejected(&route.pipeline);
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                &format!("over quota; retry in {seconds} s"),
+                ids,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
+    }
 }
 
 fn content_type(headers: &HeaderMap, body: &[u8]) -> ContentType {
@@ -258,6 +345,9 @@ async fn serve(
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
+    }
+    if let Err(refusal) = admit(&route, &request) {
+        return refused(refusal, &route, ids);
     }
     let (parts, body) = request.into_parts();
     let body: Bytes = match axum::body::to_bytes(Body::new(body), route.config.max_body_bytes).await
@@ -413,6 +503,8 @@ mod tests {
             path: p.into(),
             max_body_bytes: 1,
             retry_after_secs: 1,
+            auth: None,
+            quota: None,
         };
         assert!(c("/ingest/x").check().is_ok());
         assert!(c("ingest").check().is_err());

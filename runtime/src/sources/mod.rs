@@ -2,6 +2,7 @@
 //!
 //! Every source kind is registered in [`SourceConfig`], the one registry.
 
+pub mod edge;
 mod file;
 pub mod http;
 mod kafka;
@@ -130,7 +131,7 @@ impl SourceConfig {
     pub fn build(&self, ctx: &SourceContext) -> Result<Box<dyn Source>, BuildError> {
         self.check()?;
         Ok(match self {
-            SourceConfig::Http(c) => Box::new(c.build(ctx)),
+            SourceConfig::Http(c) => Box::new(c.build(ctx)?),
             SourceConfig::Kafka(c) => Box::new(c.build(ctx)),
             SourceConfig::File(c) => Box::new(c.build(ctx)),
         })
