@@ -131,7 +131,11 @@ async fn generated_correlation_id_and_json_bodies() {
         .to_str()
         .unwrap()
         .to_string();
-    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    assert_eq!(
+        uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
+        7,
+        "a UUID v7: {generated}"
+    );
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["messages"], expected);
     let records = consume(&topic, expected, Duration::from_secs(30)).await;
@@ -154,6 +158,24 @@ async fn generated_correlation_id_and_json_bodies() {
     let r = http().get(gf.http_url("/in")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    // Without X-Correlation-ID, a W3C traceparent's trace id is the correlation id.
+    let r = http()
+        .post(gf.http_url("/in"))
+        .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(r#"{"samples": [{"f": 50.0}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.headers()["x-correlation-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

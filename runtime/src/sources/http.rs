@@ -31,7 +31,7 @@ use super::edge::{ApiKeys, AuthConfig, Limiter, QuotaConfig, Refusal};
 use super::{Downstream, Source, SourceContext};
 use crate::ack::{Ack, Outcome};
 use crate::error::{BuildError, ErrorCode, Failure};
-use crate::message::{new_correlation_id, ContentType, Message, Meta, Origin, Payload};
+use crate::message::{new_correlation_id, trace_id, ContentType, Message, Meta, Origin, Payload};
 
 /// The header carrying the correlation id, in and out.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -305,13 +305,16 @@ fn content_type(headers: &HeaderMap, body: &[u8]) -> ContentType {
 
 async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
-    let correlation_id = request
-        .headers()
-        .get(CORRELATION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map(str::to_string)
-        .unwrap_or_else(new_correlation_id);
+    // X-Correlation-ID, else the trace id of a W3C traceparent, else a new UUID v7.
+    let correlation_id = {
+        let headers = request.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        header(CORRELATION_HEADER)
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .or_else(|| header("traceparent").and_then(trace_id))
+            .map(str::to_string)
+            .unwrap_or_else(new_correlation_id)
+    };
     let mut response = serve(&routes, &path, request, &correlation_id).await;
     if let Ok(value) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
