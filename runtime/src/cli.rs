@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::config::pipeline::{load_all, pipeline_paths};
 use crate::config::{interpolate, Diagnostic, RuntimeConfig};
+use crate::contracts::Contracts;
 use crate::engine::reload::{self, Action, ReloadHandle, Reloader};
 use crate::engine::{Engine, EngineContext};
 use crate::kafka::EmbeddedBroker;
@@ -42,6 +43,16 @@ enum Command {
     Run(RunArgs),
     /// Check pipeline files; prints every error as `path:line:col: error: message`.
     Validate(ValidateArgs),
+    /// Event contracts and the topic catalog.
+    #[command(subcommand)]
+    Contracts(ContractsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ContractsCommand {
+    /// Check the contracts: schemas compile, examples validate, every contract a pipeline or
+    /// the catalog names exists, every topic follows `<domain>.<entity>.<event>.v<major>`.
+    Check(ValidateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +90,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Validate(args) => validate(args),
+        Command::Contracts(ContractsCommand::Check(args)) => contracts_check(args),
         Command::Run(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -157,6 +169,119 @@ fn validate(args: ValidateArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!("{} error(s) in {} file(s).", diagnostics.len(), paths.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn contracts_check(args: ValidateArgs) -> ExitCode {
+    let config = match RuntimeConfig::load(&args.config, false) {
+        Ok(c) => c,
+        Err(d) => {
+            print_diagnostics(&d);
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = &config.paths.contracts;
+    let mut problems = Vec::new();
+    let (contracts, errors) = Contracts::load(dir);
+    problems.extend(errors.iter().map(ToString::to_string));
+    for contract in contracts.all() {
+        let Ok(examples) = std::fs::read_dir(contract.dir.join("examples")) else {
+            problems.push(format!(
+                "{}: no examples/ directory",
+                contract.dir.display()
+            ));
+            continue;
+        };
+        let mut examples: Vec<PathBuf> = examples.flatten().map(|e| e.path()).collect();
+        examples.sort();
+        for example in examples
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        {
+            let document = std::fs::read(example)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                });
+            match document {
+                Err(e) => problems.push(format!("{}: not JSON: {e}", example.display())),
+                Ok(document) => {
+                    if let Err(violations) = contract.validate(&document) {
+                        for v in violations {
+                            problems.push(format!(
+                                "{}: {} at `{}`: {}",
+                                example.display(),
+                                contract.reference,
+                                v.pointer,
+                                v.message
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The catalog.
+    let catalog_path = dir.join("topics.toml");
+    let mut topics: Vec<(String, String)> = Vec::new();
+    match std::fs::read_to_string(&catalog_path) {
+        Ok(text) => match toml::from_str::<crate::contracts::TopicCatalog>(&text) {
+            Ok(catalog) => {
+                for t in catalog.topics {
+                    let at = format!("{} (topic `{}`)", catalog_path.display(), t.name);
+                    topics.push((t.name.clone(), at.clone()));
+                    if let Some(dlq) = &t.dead_letter {
+                        topics.push((dlq.clone(), at.clone()));
+                    }
+                    if let Some(reference) = &t.contract {
+                        if contracts.get(reference).is_none() {
+                            problems.push(format!("{at}: unknown contract `{reference}`"));
+                        }
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", catalog_path.display())),
+        },
+        Err(e) => problems.push(format!("{}: cannot read: {e}", catalog_path.display())),
+    }
+    // The pipelines.
+    let pipelines_dir = args
+        .paths
+        .first()
+        .cloned()
+        .unwrap_or(config.paths.pipelines.clone());
+    let paths = pipeline_paths(&pipelines_dir).unwrap_or_default();
+    let (files, diagnostics) = load_all(&paths, &interpolate::from_env);
+    problems.extend(diagnostics.iter().map(ToString::to_string));
+    for file in &files {
+        let at = file.path.display().to_string();
+        for step in &file.config.steps {
+            if let crate::steps::StepConfig::Validate(v) = step {
+                if contracts.get(&v.contract).is_none() {
+                    problems.push(format!("{at}: unknown contract `{}`", v.contract));
+                }
+            }
+        }
+        for topic in Engine::topics_of(file, &config.paths.dead_letters) {
+            topics.push((topic, at.clone()));
+        }
+    }
+    for (topic, at) in topics {
+        if !crate::contracts::conventional_topic(&topic) {
+            problems.push(format!(
+                "{at}: topic `{topic}` does not follow <domain>.<entity>.<event>.v<major> (dead letters: <topic>.dlq)"
+            ));
+        }
+    }
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    if problems.is_empty() {
+        println!("{} contract(s) OK.", contracts.all().count());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} problem(s).", problems.len());
         ExitCode::FAILURE
     }
 }
@@ -246,7 +371,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
 
     let producer = kafka.producer()?;
+    let (contracts, contract_errors) = Contracts::load(&config.paths.contracts);
+    for e in &contract_errors {
+        tracing::error!(path = %e.path.display(), "{}", e.message);
+    }
     let engine = Engine::new(EngineContext {
+        contracts: Arc::new(contracts),
         kafka: kafka.clone(),
         producer,
         routes: Arc::clone(&routes),

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     InvalidKey,
     /// The destination refused the message (HTTP 4xx, record too large).
     SinkRejected,
+    /// The message breaks its contract (JSON Schema); the violations are in the details.
+    ContractViolation,
     /// A step panicked on this message (a bug in gridflow or a library it uses); the
     /// message is dead-lettered and the pipeline goes on.
     StepPanicked,
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidKey => "invalid_key",
             ErrorCode::SinkRejected => "sink_rejected",
             ErrorCode::StepPanicked => "step_panicked",
+            ErrorCode::ContractViolation => "contract_violation",
             ErrorCode::RetriesExhausted => "retries_exhausted",
             ErrorCode::Dropped => "dropped",
         }
@@ -78,6 +81,8 @@ pub struct StepError {
     pub code: ErrorCode,
     /// A readable explanation (never the payload itself).
     pub message: String,
+    /// Structured details (contract violations with their JSON pointers).
+    pub details: Option<serde_json::Value>,
 }
 
 impl StepError {
@@ -86,6 +91,7 @@ impl StepError {
         StepError {
             code,
             message: message.into(),
+            details: None,
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct Failure {
     pub message: String,
     /// Delivery attempts made (1 for failures that are never retried).
     pub attempts: u32,
+    /// Structured details for the caller (contract violations).
+    pub details: Option<serde_json::Value>,
 }
 
 impl Failure {
@@ -128,6 +136,7 @@ impl Failure {
             code,
             message: message.into(),
             attempts: 1,
+            details: None,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - [`kafka`]: client settings shared by the Kafka source, sink and dead-letter writer, the
 //!   topic checks and the embedded development broker.
 //! - [`jmes`]: JMESPath compiled once, evaluated per message.
+//! - [`contracts`]: event contracts (JSON Schema) and the topic catalog.
 //! - [`xml`]: the XML ⇄ JSON convention of `xml_to_json` and `json_to_xml`.
 //! - [`metrics`]: metrics as named events.
 //! - [`config`]: the file models (`gridflow.toml`, pipeline files), `${VAR}` interpolation and
@@ -30,6 +31,7 @@ pub mod ack;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod contracts;
 pub mod engine;
 pub mod error;
 pub mod jmes;

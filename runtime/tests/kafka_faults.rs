@@ -74,6 +74,7 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
         routes: Arc::clone(&routes),
         dead_letters_dir: dir.path().join("dl"),
         limits: EngineConfig::default(),
+        contracts: Default::default(),
     });
     engine
         .start(load_file(&path, &|_| None).unwrap())

@@ -179,7 +179,7 @@ pub fn parse_pipeline(
         let context = format!("steps[{i}]");
         match doc.section_tagged(v, &context, steps::KINDS, StepConfig::variant) {
             Some(step) => {
-                if let Err(e) = step.build() {
+                if let Err(e) = step.check() {
                     report(&mut doc, v, &context, e);
                 }
                 steps.push(step);

@@ -67,6 +67,8 @@ pub struct EngineContext {
     pub dead_letters_dir: PathBuf,
     /// Runner limits.
     pub limits: EngineConfig,
+    /// Contracts for `validate` steps.
+    pub contracts: Arc<crate::contracts::Contracts>,
 }
 
 /// A pipeline built and not started yet.
@@ -237,7 +239,11 @@ impl Engine {
         let mut steps = Vec::with_capacity(config.steps.len());
         for (i, step) in config.steps.iter().enumerate() {
             let id = format!("steps[{i}].{}", step.kind());
-            let built = step.build().map_err(|e| build_error(&id, e.to_string()))?;
+            let built = step
+                .build_in(&crate::steps::StepContext {
+                    contracts: Some(Arc::clone(&self.ctx.contracts)),
+                })
+                .map_err(|e| build_error(&id, e.to_string()))?;
             steps.push(NamedStep { id, step: built });
         }
         let sink = config

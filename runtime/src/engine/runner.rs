@@ -60,7 +60,11 @@ impl Runner {
                 }));
                 match result {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(Failure::new(&named.id, e.code, e.message)),
+                    Ok(Err(e)) => {
+                        let mut failure = Failure::new(&named.id, e.code, e.message);
+                        failure.details = e.details;
+                        return Err(failure);
+                    }
                     Err(panic) => {
                         let reason = panic
                             .downcast_ref::<&str>()
@@ -144,6 +148,7 @@ impl Runner {
                         code,
                         message,
                         attempts,
+                        details: None,
                     };
                 }
                 Err(SinkError::Transient(message)) if attempts >= self.retry.max_attempts => {
@@ -152,6 +157,7 @@ impl Runner {
                         code: ErrorCode::RetriesExhausted,
                         message,
                         attempts,
+                        details: None,
                     };
                 }
                 Err(SinkError::Transient(message)) => {
@@ -206,6 +212,7 @@ impl Runner {
                         code: ErrorCode::RetriesExhausted,
                         message: format!("{failure}; the dead-letter write failed too: {e}"),
                         attempts: attempt,
+                        details: None,
                     });
                     return;
                 }

@@ -469,14 +469,18 @@ fn failure_fields(
     correlation_id: &str,
     dead_lettered: bool,
 ) -> Value {
-    json!({
+    let mut fields = json!({
         "pipeline": pipeline,
         "step": failure.step,
         "code": failure.code.as_str(),
         "attempts": failure.attempts,
         "correlation_id": correlation_id,
         "dead_lettered": dead_lettered,
-    })
+    });
+    if let (Some(details), Value::Object(map)) = (&failure.details, &mut fields) {
+        map.insert("violations".into(), details.clone());
+    }
+    fields
 }
 
 #[cfg(test)]

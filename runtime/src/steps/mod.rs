@@ -7,6 +7,7 @@ mod filter;
 mod json_to_xml;
 mod map;
 mod split;
+mod validate;
 mod xml_to_json;
 
 use serde::Deserialize;
@@ -15,6 +16,7 @@ pub use filter::FilterConfig;
 pub use json_to_xml::JsonToXmlConfig;
 pub use map::MapConfig;
 pub use split::SplitConfig;
+pub use validate::ValidateConfig;
 pub use xml_to_json::XmlToJsonConfig;
 
 use crate::error::{BuildError, StepError};
@@ -46,6 +48,15 @@ pub enum StepConfig {
     Filter(FilterConfig),
     /// An array becomes one message per element.
     Split(SplitConfig),
+    /// The message must conform to a contract.
+    Validate(ValidateConfig),
+}
+
+/// What steps may need from the process when they are built.
+#[derive(Debug, Clone, Default)]
+pub struct StepContext {
+    /// The contracts loaded from the contracts directory.
+    pub contracts: Option<std::sync::Arc<crate::contracts::Contracts>>,
 }
 
 impl StepConfig {
@@ -57,18 +68,33 @@ impl StepConfig {
             StepConfig::Map(_) => "map",
             StepConfig::Filter(_) => "filter",
             StepConfig::Split(_) => "split",
+            StepConfig::Validate(_) => "validate",
         }
     }
 
-    /// Builds the running step (compiles its expressions).
+    /// Builds the running step (compiles its expressions) with no contracts loaded.
     pub fn build(&self) -> Result<Box<dyn Step>, BuildError> {
+        self.build_in(&StepContext::default())
+    }
+
+    /// Builds the running step.
+    pub fn build_in(&self, ctx: &StepContext) -> Result<Box<dyn Step>, BuildError> {
         Ok(match self {
             StepConfig::XmlToJson(c) => Box::new(c.build()?),
             StepConfig::JsonToXml(c) => Box::new(c.build()?),
             StepConfig::Map(c) => Box::new(c.build()?),
             StepConfig::Filter(c) => Box::new(c.build()?),
             StepConfig::Split(c) => Box::new(c.build()?),
+            StepConfig::Validate(c) => Box::new(c.build(ctx)?),
         })
+    }
+
+    /// The checks that need nothing loaded (for `gridflow validate`).
+    pub fn check(&self) -> Result<(), BuildError> {
+        match self {
+            StepConfig::Validate(c) => c.check(),
+            other => other.build().map(drop),
+        }
     }
 }
 
@@ -82,13 +108,21 @@ impl StepConfig {
             "map" => StepConfig::Map(Deserialize::deserialize(de)?),
             "filter" => StepConfig::Filter(Deserialize::deserialize(de)?),
             "split" => StepConfig::Split(Deserialize::deserialize(de)?),
+            "validate" => StepConfig::Validate(Deserialize::deserialize(de)?),
             other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
         })
     }
 }
 
 /// Every step kind, for hints.
-pub const KINDS: &[&str] = &["xml_to_json", "json_to_xml", "map", "filter", "split"];
+pub const KINDS: &[&str] = &[
+    "xml_to_json",
+    "json_to_xml",
+    "map",
+    "filter",
+    "split",
+    "validate",
+];
 
 #[cfg(test)]
 pub(crate) fn parse(toml_text: &str) -> StepConfig {

@@ -1,0 +1,270 @@
+//! Event contracts: JSON Schemas (draft 2020-12) under `contracts/<name>/<version>/schema.json`,
+//! compiled once when loaded, and the topic catalog `contracts/topics.toml`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// One contract version.
+pub struct Contract {
+    /// `name@version`.
+    pub reference: String,
+    /// The schema document.
+    pub schema: Value,
+    /// Where it was read from.
+    pub dir: PathBuf,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contract")
+            .field("reference", &self.reference)
+            .finish()
+    }
+}
+
+/// One place where a document breaks its contract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    /// JSON pointer into the document (`/quantity`; empty for the whole document).
+    pub pointer: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Contract {
+    /// Every violation of `document`, or `Ok` when it conforms.
+    pub fn validate(&self, document: &Value) -> Result<(), Vec<Violation>> {
+        let violations: Vec<Violation> = self
+            .validator
+            .iter_errors(document)
+            .map(|e| Violation {
+                pointer: e.instance_path().to_string(),
+                message: e.to_string(),
+            })
+            .collect();
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+}
+
+/// Violations as the JSON list carried by problem responses.
+pub fn violations_json(violations: &[Violation]) -> Value {
+    Value::Array(
+        violations
+            .iter()
+            .map(|v| json!({"pointer": v.pointer, "message": v.message}))
+            .collect(),
+    )
+}
+
+/// The contracts of a directory, by `name@version`.
+#[derive(Debug, Default)]
+pub struct Contracts {
+    by_reference: BTreeMap<String, Arc<Contract>>,
+}
+
+/// A contract that could not be loaded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct LoadError {
+    /// The file or directory concerned.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Contracts {
+    /// Loads every `<name>/<version>/schema.json` below `dir` (a missing directory gives none).
+    pub fn load(dir: &Path) -> (Contracts, Vec<LoadError>) {
+        let mut contracts = Contracts::default();
+        let mut errors = Vec::new();
+        let Ok(names) = std::fs::read_dir(dir) else {
+            return (contracts, errors);
+        };
+        let mut names: Vec<PathBuf> = names
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        names.sort();
+        for name_dir in names {
+            let name = name_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let Ok(versions) = std::fs::read_dir(&name_dir) else {
+                continue;
+            };
+            let mut versions: Vec<PathBuf> = versions
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            versions.sort();
+            for version_dir in versions {
+                let version = version_dir
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let path = version_dir.join("schema.json");
+                let fail = |message: String| LoadError {
+                    path: path.clone(),
+                    message,
+                };
+                let schema = match std::fs::read(&path) {
+                    Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                        Ok(schema) => schema,
+                        Err(e) => {
+                            errors.push(fail(format!("not JSON: {e}")));
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        errors.push(fail(format!("cannot read: {e}")));
+                        continue;
+                    }
+                };
+                match jsonschema::draft202012::new(&schema) {
+                    Ok(validator) => {
+                        let reference = format!("{name}@{version}");
+                        contracts.by_reference.insert(
+                            reference.clone(),
+                            Arc::new(Contract {
+                                reference,
+                                schema,
+                                dir: version_dir.clone(),
+                                validator,
+                            }),
+                        );
+                    }
+                    Err(e) => errors.push(fail(format!("not a valid JSON Schema: {e}"))),
+                }
+            }
+        }
+        (contracts, errors)
+    }
+
+    /// The contract `name@version`.
+    pub fn get(&self, reference: &str) -> Option<Arc<Contract>> {
+        self.by_reference.get(reference).cloned()
+    }
+
+    /// Every contract, by reference.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Contract>> {
+        self.by_reference.values()
+    }
+
+    /// The references known, for hints.
+    pub fn references(&self) -> Vec<String> {
+        self.by_reference.keys().cloned().collect()
+    }
+}
+
+/// Is `reference` of the form `name@version`?
+pub fn valid_reference(reference: &str) -> bool {
+    reference.split_once('@').is_some_and(|(name, version)| {
+        !name.is_empty()
+            && !version.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && version.chars().all(|c| c.is_ascii_digit())
+    })
+}
+
+/// `contracts/topics.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicCatalog {
+    /// The topics.
+    #[serde(default, rename = "topic")]
+    pub topics: Vec<CatalogTopic>,
+}
+
+/// One `[[topic]]` of the catalog.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogTopic {
+    /// Topic name.
+    pub name: String,
+    /// Partitions.
+    pub partitions: i32,
+    /// Retention, e.g. `7d`.
+    pub retention: String,
+    /// The field used as record key.
+    pub key: Option<String>,
+    /// `name@version` of the records' contract.
+    pub contract: Option<String>,
+    /// The owning team.
+    pub owner: String,
+    /// Its dead-letter topic.
+    pub dead_letter: Option<String>,
+}
+
+/// Does `topic` follow `<domain>.<entity>.<event>.v<major>` (or that plus `.dlq`)?
+pub fn conventional_topic(topic: &str) -> bool {
+    let base = topic.strip_suffix(".dlq").unwrap_or(topic);
+    let parts: Vec<&str> = base.split('.').collect();
+    let word = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    parts.len() >= 4
+        && parts[..parts.len() - 1].iter().all(|p| word(p))
+        && parts[parts.len() - 1]
+            .strip_prefix('v')
+            .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_validates_and_reports_pointers() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("reading/1");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(
+            v1.join("schema.json"),
+            r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","required":["id","value"],"properties":{"id":{"type":"string"},"value":{"type":"number","minimum":0}}}"#,
+        )
+        .unwrap();
+        let (contracts, errors) = Contracts::load(dir.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        let c = contracts.get("reading@1").unwrap();
+        assert!(c.validate(&json!({"id": "m", "value": 1.5})).is_ok());
+        let v = c.validate(&json!({"value": -1})).unwrap_err();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v.iter().any(|v| v.pointer == "/value"), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|v| v.pointer.is_empty() && v.message.contains("id")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn references_and_topic_names() {
+        assert!(valid_reference("load-actual@1"));
+        assert!(!valid_reference("load-actual"));
+        assert!(!valid_reference("Load@v1"));
+        assert!(conventional_topic("energy.load.actual.v1"));
+        assert!(conventional_topic("energy.load.actual.v1.dlq"));
+        assert!(conventional_topic("energy.meter.reading.raw.v1"));
+        assert!(!conventional_topic("energy.load.v1"));
+        assert!(!conventional_topic("Energy.Load.Actual.v1"));
+        assert!(!conventional_topic("energy.load.actual.1"));
+    }
+}

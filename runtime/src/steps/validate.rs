@@ -1,0 +1,93 @@
+//! `validate`: the message must conform to a contract (JSON Schema); a violation sends the
+//! input to the dead-letter destination with code `contract_violation` and every violation
+//! with its JSON pointer.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{Step, StepContext};
+use crate::contracts::{valid_reference, violations_json, Contract};
+use crate::error::{BuildError, ErrorCode, StepError};
+use crate::message::Payload;
+
+/// `kind = "validate"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// The contract, `name@version` (a directory `contracts/<name>/<version>/`).
+    pub contract: String,
+}
+
+impl ValidateConfig {
+    /// Checks the reference's form.
+    pub fn check(&self) -> Result<(), BuildError> {
+        if !valid_reference(&self.contract) {
+            return Err(BuildError::at(
+                "contract",
+                format!("`{}` is not a contract reference", self.contract),
+            )
+            .with_hint("write it as `name@version`, e.g. `load-actual@1`"));
+        }
+        Ok(())
+    }
+
+    /// Finds the contract among those loaded.
+    pub fn build(&self, ctx: &StepContext) -> Result<Validate, BuildError> {
+        self.check()?;
+        let contract = ctx
+            .contracts
+            .as_ref()
+            .and_then(|c| c.get(&self.contract))
+            .ok_or_else(|| {
+                let known = ctx
+                    .contracts
+                    .as_ref()
+                    .map(|c| c.references().join(", "))
+                    .unwrap_or_default();
+                BuildError::at("contract", format!("unknown contract `{}`", self.contract))
+                    .with_hint(format!("contracts loaded: {known}"))
+            })?;
+        Ok(Validate { contract })
+    }
+}
+
+/// The running `validate` step.
+#[derive(Debug)]
+pub struct Validate {
+    contract: Arc<Contract>,
+}
+
+impl Step for Validate {
+    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
+        let value = payload.into_json()?;
+        if let Err(violations) = self.contract.validate(&value) {
+            let summary: Vec<String> = violations
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}: {}",
+                        if v.pointer.is_empty() {
+                            "/"
+                        } else {
+                            &v.pointer
+                        },
+                        v.message
+                    )
+                })
+                .collect();
+            return Err(StepError {
+                code: ErrorCode::ContractViolation,
+                message: format!(
+                    "{} violation(s) of {}: {}",
+                    violations.len(),
+                    self.contract.reference,
+                    summary.join("; ")
+                ),
+                details: Some(violations_json(&violations)),
+            });
+        }
+        out.push(Payload::Json(value));
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! Black-box: contracts. A `validate` step lets conforming messages through and answers a
+//! violation with 422 listing each violation's JSON pointer, the input dead-lettered with
+//! `contract_violation`; `gridflow contracts check` checks the shipped set and names what is
+//! wrong in a broken one.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["meter_id", "value"],
+  "properties": {
+    "meter_id": {"type": "string"},
+    "value": {"type": "number", "minimum": 0}
+  },
+  "additionalProperties": false
+}"#;
+
+fn write_contract(root: &Path, name: &str, version: &str, schema: &str, examples: &[&str]) {
+    let dir = root.join("contracts").join(name).join(version);
+    std::fs::create_dir_all(dir.join("examples")).unwrap();
+    std::fs::write(dir.join("schema.json"), schema).unwrap();
+    for (i, e) in examples.iter().enumerate() {
+        std::fs::write(dir.join("examples").join(format!("{i}.json")), e).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn violations_are_422_with_pointers_and_dead_lettered() {
+    let topic = unique("energy.meter.reading.v1");
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = test_dir();
+    write_contract(dir.path(), "reading", "1", SCHEMA, &[]);
+    write_pipeline(
+        dir.path(),
+        "readings.toml",
+        &format!("[source]\nkind='http'\npath='/readings'\n[[steps]]\nkind='validate'\ncontract='reading@1'\n[sink]\nkind='kafka'\ntopic='{topic}'\n"),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let post = |body: &'static str| {
+        http()
+            .post(gf.http_url("/readings"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post(r#"{"meter_id":"m-1","value":1.5}"#)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let r = post(r#"{"value":-2,"extra":true}"#).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "contract_violation");
+    assert_eq!(problem["step"], "steps[0].validate");
+    let violations = problem["violations"].as_array().unwrap();
+    let pointers: Vec<&str> = violations
+        .iter()
+        .map(|v| v["pointer"].as_str().unwrap())
+        .collect();
+    assert!(pointers.contains(&"/value"), "{violations:?}");
+    assert!(
+        pointers.contains(&""),
+        "the missing meter_id and the extra field are at the root: {violations:?}"
+    );
+    assert!(violations.len() >= 3, "{violations:?}");
+
+    let out = consume(&topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].json()["meter_id"], "m-1");
+    let dead = consume(&format!("{topic}.dlq"), 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["gridflow.error.code"], "contract_violation");
+    assert_eq!(dead[0].payload, br#"{"value":-2,"extra":true}"#);
+}
+
+#[test]
+fn contracts_check_passes_on_the_shipped_set_and_names_faults() {
+    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let out = Gridflow::spawn_raw(&["contracts", "check"], repo);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("contract(s) OK"));
+
+    let dir = test_dir();
+    write_contract(
+        dir.path(),
+        "reading",
+        "1",
+        SCHEMA,
+        &[
+            r#"{"meter_id":"m","value":1}"#,
+            r#"{"meter_id":"m","value":-1}"#,
+        ],
+    );
+    std::fs::write(
+        dir.path().join("contracts/topics.toml"),
+        "[[topic]]\nname='Readings'\npartitions=3\nretention='7d'\nowner='metering'\ncontract='reading@2'\n",
+    )
+    .unwrap();
+    write_pipeline(
+        dir.path(),
+        "p.toml",
+        "[source]\nkind='http'\npath='/x'\n[[steps]]\nkind='validate'\ncontract='nope@1'\n[sink]\nkind='kafka'\ntopic='energy.meter.reading.v1'\n",
+    );
+    let out = Gridflow::spawn_raw(&["contracts", "check"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("examples/1.json: reading@1 at `/value`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown contract `reading@2`"), "{stderr}");
+    assert!(stderr.contains("unknown contract `nope@1`"), "{stderr}");
+    assert!(
+        stderr.contains("topic `Readings` does not follow"),
+        "{stderr}"
+    );
+}
