@@ -33,6 +33,15 @@ async fn entsoe_actual_load_lands_one_event_per_point() {
     create_topic(&topic, 3).await;
     create_topic(&dlq, 1).await;
     let dir = test_dir();
+    // The shipped contracts, for the pipeline's validate step.
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        format!(
+            "[paths]\ncontracts = '{}/../contracts'\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
     write_pipeline(
         dir.path(),
         "entsoe-actual-load.toml",
