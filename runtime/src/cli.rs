@@ -222,6 +222,17 @@ fn contracts_check(args: ValidateArgs) -> ExitCode {
             }
         }
     }
+    // Each new version stays compatible with the one before.
+    for (old, new) in crate::contracts::consecutive_versions(&contracts) {
+        for change in crate::contracts::breaking_changes(&old.schema, &new.schema) {
+            problems.push(format!(
+                "{}: {} is not backward compatible with {}: {change}",
+                new.dir.join("schema.json").display(),
+                new.reference,
+                old.reference
+            ));
+        }
+    }
     // The catalog.
     let catalog_path = dir.join("topics.toml");
     let mut topics: Vec<(String, String)> = Vec::new();

@@ -170,6 +170,80 @@ impl Contracts {
     }
 }
 
+/// Breaking changes from schema `old` to schema `new` (the next version of one contract): a
+/// required field no longer required or gone, a property gone, a changed `type`. Each is
+/// reported with the JSON pointer of the place in the schema.
+pub fn breaking_changes(old: &Value, new: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    compare(old, new, "", &mut found);
+    found
+}
+
+fn compare(old: &Value, new: &Value, pointer: &str, found: &mut Vec<String>) {
+    if let (Some(t_old), t_new) = (old.get("type"), new.get("type")) {
+        if Some(t_old) != t_new {
+            found.push(format!(
+                "{pointer}/type: type changed from {t_old} to {}",
+                t_new.map(Value::to_string).unwrap_or_else(|| "none".into())
+            ));
+        }
+    }
+    let names = |v: &Value, key: &str| -> Vec<String> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let new_required = names(new, "required");
+    for field in names(old, "required") {
+        if !new_required.contains(&field) {
+            found.push(format!(
+                "{pointer}/required: required field `{field}` removed"
+            ));
+        }
+    }
+    if let Some(old_props) = old.get("properties").and_then(Value::as_object) {
+        let new_props = new.get("properties").and_then(Value::as_object);
+        for (name, old_schema) in old_props {
+            let at = format!(
+                "{pointer}/properties/{}",
+                name.replace('~', "~0").replace('/', "~1")
+            );
+            match new_props.and_then(|p| p.get(name)) {
+                Some(new_schema) => compare(old_schema, new_schema, &at, found),
+                None => found.push(format!("{at}: property `{name}` removed")),
+            }
+        }
+    }
+    if let (Some(old_items), Some(new_items)) = (old.get("items"), new.get("items")) {
+        compare(old_items, new_items, &format!("{pointer}/items"), found);
+    }
+}
+
+/// Pairs of consecutive versions of each contract, oldest first.
+pub fn consecutive_versions(contracts: &Contracts) -> Vec<(Arc<Contract>, Arc<Contract>)> {
+    let mut by_name: BTreeMap<&str, Vec<(u64, &Arc<Contract>)>> = BTreeMap::new();
+    for c in contracts.all() {
+        if let Some((name, version)) = c.reference.split_once('@') {
+            if let Ok(v) = version.parse::<u64>() {
+                by_name.entry(name).or_default().push((v, c));
+            }
+        }
+    }
+    let mut pairs = Vec::new();
+    for versions in by_name.values_mut() {
+        versions.sort_by_key(|(v, _)| *v);
+        for w in versions.windows(2) {
+            pairs.push((Arc::clone(w[0].1), Arc::clone(w[1].1)));
+        }
+    }
+    pairs
+}
+
 /// Is `reference` of the form `name@version`?
 pub fn valid_reference(reference: &str) -> bool {
     reference.split_once('@').is_some_and(|(name, version)| {
@@ -252,6 +326,32 @@ mod tests {
             v.iter()
                 .any(|v| v.pointer.is_empty() && v.message.contains("id")),
             "{v:?}"
+        );
+    }
+
+    #[test]
+    fn breaking_changes_have_pointers() {
+        let v1 = json!({"type": "object", "required": ["a", "b"], "properties": {
+            "a": {"type": "string"}, "b": {"type": "number"}, "c": {"type": "object", "properties": {"d": {"type": "string"}}}}});
+        let compatible = json!({"type": "object", "required": ["a", "b"], "properties": {
+            "a": {"type": "string"}, "b": {"type": "number"}, "c": {"type": "object", "properties": {"d": {"type": "string"}}}, "e": {"type": "string"}}});
+        assert!(breaking_changes(&v1, &compatible).is_empty());
+        let breaking = json!({"type": "object", "required": ["a"], "properties": {
+            "a": {"type": "integer"}, "b": {"type": "number"}, "c": {"type": "object", "properties": {}}}});
+        let found = breaking_changes(&v1, &breaking);
+        assert!(
+            found.contains(&"/required: required field `b` removed".to_string()),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("/properties/a/type: type changed")),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&"/properties/c/properties/d: property `d` removed".to_string()),
+            "{found:?}"
         );
     }
 

@@ -109,9 +109,19 @@ fn contracts_check_passes_on_the_shipped_set_and_names_faults() {
     );
     std::fs::write(
         dir.path().join("contracts/topics.toml"),
-        "[[topic]]\nname='Readings'\npartitions=3\nretention='7d'\nowner='metering'\ncontract='reading@2'\n",
+        "[[topic]]\nname='Readings'\npartitions=3\nretention='7d'\nowner='metering'\ncontract='reading@3'\n",
     )
     .unwrap();
+    // Version 2 drops a required field and changes a type.
+    write_contract(
+        dir.path(),
+        "reading",
+        "2",
+        &SCHEMA
+            .replace(r#"["meter_id", "value"]"#, r#"["value"]"#)
+            .replace(r#""type": "number""#, r#""type": "string""#),
+        &[],
+    );
     write_pipeline(
         dir.path(),
         "p.toml",
@@ -124,8 +134,13 @@ fn contracts_check_passes_on_the_shipped_set_and_names_faults() {
         stderr.contains("examples/1.json: reading@1 at `/value`"),
         "{stderr}"
     );
-    assert!(stderr.contains("unknown contract `reading@2`"), "{stderr}");
+    assert!(stderr.contains("reading@2 is not backward compatible with reading@1: /required: required field `meter_id` removed"), "{stderr}");
+    assert!(
+        stderr.contains("/properties/value/type: type changed"),
+        "{stderr}"
+    );
     assert!(stderr.contains("unknown contract `nope@1`"), "{stderr}");
+    assert!(stderr.contains("unknown contract `reading@3`"), "{stderr}");
     assert!(
         stderr.contains("topic `Readings` does not follow"),
         "{stderr}"
