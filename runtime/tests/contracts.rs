@@ -43,7 +43,41 @@ async fn violations_are_422_with_pointers_and_dead_lettered() {
         "readings.toml",
         &format!("[source]\nkind='http'\npath='/readings'\n[[steps]]\nkind='validate'\ncontract='reading@1'\n[sink]\nkind='kafka'\ntopic='{topic}'\n"),
     );
+    write_pipeline(
+        dir.path(),
+        "strict.toml",
+        &format!("[source]\nkind='http'\npath='/strict'\ncontract='reading@1'\n[sink]\nkind='kafka'\ntopic='{topic}'\n"),
+    );
     let gf = Gridflow::start(dir.path(), &[]);
+
+    // A contract on the source checks the request body itself.
+    let strict = |body: &'static str| {
+        http()
+            .post(gf.http_url("/strict"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = strict(r#"{"meter_id":7}"#).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["step"], "source.http");
+    assert_eq!(problem["code"], "contract_violation");
+    let pointers: Vec<&str> = problem["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["pointer"].as_str().unwrap())
+        .collect();
+    assert!(pointers.contains(&"/meter_id"), "{pointers:?}");
+    assert_eq!(
+        strict(r#"{"meter_id":"m-0","value":0}"#)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+
     let post = |body: &'static str| {
         http()
             .post(gf.http_url("/readings"))
@@ -76,13 +110,18 @@ async fn violations_are_422_with_pointers_and_dead_lettered() {
     );
     assert!(violations.len() >= 3, "{violations:?}");
 
-    let out = consume(&topic, 1, Duration::from_secs(20)).await;
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].json()["meter_id"], "m-1");
-    let dead = consume(&format!("{topic}.dlq"), 1, Duration::from_secs(20)).await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].headers["gridflow.error.code"], "contract_violation");
-    assert_eq!(dead[0].payload, br#"{"value":-2,"extra":true}"#);
+    let out = consume(&topic, 2, Duration::from_secs(20)).await;
+    let ids: Vec<Value> = out.iter().map(|r| r.json()["meter_id"].clone()).collect();
+    assert_eq!(ids, vec![Value::from("m-0"), Value::from("m-1")]);
+    let dead = consume(&format!("{topic}.dlq"), 2, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 2);
+    assert!(dead
+        .iter()
+        .all(|d| d.headers["gridflow.error.code"] == "contract_violation"));
+    assert!(dead
+        .iter()
+        .any(|d| d.payload == br#"{"value":-2,"extra":true}"#));
+    assert!(dead.iter().any(|d| d.payload == br#"{"meter_id":7}"#));
 }
 
 #[test]

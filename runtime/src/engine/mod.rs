@@ -271,6 +271,7 @@ impl Engine {
                 kafka: self.ctx.kafka.clone(),
                 http_routes: Arc::clone(&self.ctx.routes),
                 drain_timeout: self.drain_timeout(),
+                contracts: Arc::clone(&self.ctx.contracts),
             })
             .map_err(|e| build_error("source", e.to_string()))?;
 

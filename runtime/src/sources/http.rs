@@ -54,6 +54,9 @@ pub struct HttpSourceConfig {
     /// `[source.quota]`: requests per second per client (`429` past it).
     #[serde(default)]
     pub quota: Option<QuotaConfig>,
+    /// Contract (`name@version`) a JSON request body must conform to (`422` otherwise).
+    #[serde(default)]
+    pub contract: Option<String>,
 }
 
 fn default_max_body_bytes() -> usize {
@@ -72,6 +75,15 @@ impl HttpSourceConfig {
         }
         if let Some(quota) = &self.quota {
             quota.check()?;
+        }
+        if let Some(contract) = &self.contract {
+            if !crate::contracts::valid_reference(contract) {
+                return Err(BuildError::at(
+                    "contract",
+                    format!("`{contract}` is not a contract reference"),
+                )
+                .with_hint("write it as `name@version`, e.g. `meter-reading@1`"));
+            }
         }
         if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
             return Err(BuildError::at(
@@ -99,6 +111,17 @@ impl HttpSourceConfig {
             routes: Arc::clone(&ctx.http_routes),
             pipeline: Arc::clone(&ctx.pipeline),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            contract: match &self.contract {
+                Some(reference) => Some(ctx.contracts.get(reference).ok_or_else(|| {
+                    BuildError::at("contract", format!("unknown contract `{reference}`")).with_hint(
+                        format!(
+                            "contracts loaded: {}",
+                            ctx.contracts.references().join(", ")
+                        ),
+                    )
+                })?),
+                None => None,
+            },
             keys: self
                 .auth
                 .as_ref()
@@ -128,6 +151,7 @@ pub struct Route {
     downstream: Arc<dyn Downstream>,
     keys: Option<Arc<ApiKeys>>,
     limiter: Option<Arc<Limiter>>,
+    contract: Option<Arc<crate::contracts::Contract>>,
 }
 
 /// The HTTP listener's route table: path → route, swapped atomically.
@@ -182,6 +206,7 @@ pub struct HttpSource {
     generation: u64,
     keys: Option<Arc<ApiKeys>>,
     limiter: Option<Arc<Limiter>>,
+    contract: Option<Arc<crate::contracts::Contract>>,
 }
 
 impl Source for HttpSource {
@@ -199,6 +224,7 @@ impl Source for HttpSource {
             downstream,
             keys: self.keys.clone(),
             limiter: self.limiter.clone(),
+            contract: self.contract.clone(),
         };
         self.routes.insert(&self.config.path, route);
         async move {
@@ -390,6 +416,27 @@ async fn serve(
             }),
         ContentType::Xml | ContentType::Other => Ok(Payload::Bytes(body)),
     };
+    // The request contract, on JSON bodies (an XML body is checked by a `validate` step
+    // after `xml_to_json`).
+    let parsed = parsed.and_then(|payload| match (&route.contract, payload.as_json()) {
+        (Some(contract), Some(document)) => match contract.validate(document) {
+            Ok(()) => Ok(payload),
+            Err(violations) => {
+                let mut failure = Failure::new(
+                    "source.http",
+                    ErrorCode::ContractViolation,
+                    format!(
+                        "{} violation(s) of {}",
+                        violations.len(),
+                        contract.reference
+                    ),
+                );
+                failure.details = Some(crate::contracts::violations_json(&violations));
+                Err(failure)
+            }
+        },
+        _ => Ok(payload),
+    });
     match parsed {
         Ok(payload) => route.downstream.push(Message { payload, meta, ack }).await,
         Err(failure) => {
@@ -512,6 +559,7 @@ mod tests {
             retry_after_secs: 1,
             auth: None,
             quota: None,
+            contract: None,
         };
         assert!(c("/ingest/x").check().is_ok());
         assert!(c("ingest").check().is_err());

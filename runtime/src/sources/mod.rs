@@ -63,6 +63,8 @@ pub struct SourceContext {
     pub http_routes: Arc<HttpRoutes>,
     /// How long a stopping source waits for its inputs to settle.
     pub drain_timeout: Duration,
+    /// Contracts, for an HTTP source's `contract`.
+    pub contracts: Arc<crate::contracts::Contracts>,
 }
 
 /// The `[source]` table of a pipeline file.
