@@ -116,6 +116,9 @@ pub struct Meta {
     pub headers: Vec<(String, Vec<u8>)>,
     /// When gridflow received it.
     pub received_at: Instant,
+    /// For a synchronous request/reply source: where the pipeline's result messages are kept
+    /// for the response.
+    pub reply: Option<std::sync::Mutex<Vec<Payload>>>,
 }
 
 /// A message in flight.

@@ -105,3 +105,64 @@ async fn api_keys_quotas_and_hostile_xml() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_request_reply_returns_the_mapped_result() {
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "lookup.toml",
+        "[source]\nkind='http'\npath='/lookup'\nreply='mapped'\n[[steps]]\nkind='filter'\ncondition='meter_id'\n[[steps]]\nkind='map'\nexpression='{meter: meter_id, kwh: to_number(reading.value)}'\n[sink]\nkind='file'\npath='out/lookups.ndjson'\n",
+    );
+    write_pipeline(
+        dir.path(),
+        "as-xml.toml",
+        "[source]\nkind='http'\npath='/as-xml'\nreply='mapped'\n[[steps]]\nkind='json_to_xml'\nroot='Reading'\n[sink]\nkind='file'\npath='out/xml.ndjson'\n",
+    );
+    write_pipeline(
+        dir.path(),
+        "many.toml",
+        "[source]\nkind='http'\npath='/many'\nreply='mapped'\n[[steps]]\nkind='split'\n[sink]\nkind='file'\npath='out/many.ndjson'\n",
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let post = |path: &str, body: &'static str| {
+        http()
+            .post(gf.http_url(path))
+            .header("content-type", "application/json")
+            .header("x-correlation-id", "lookup-1")
+            .body(body)
+            .send()
+    };
+    let sample = r#"{"meter_id": "FR-1", "reading": {"value": "0.412"}}"#;
+    let r = post("/lookup", sample).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.headers()["x-correlation-id"], "lookup-1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"meter": "FR-1", "kwh": 0.412}));
+    // The result was written to the sink too, before the answer.
+    let written = std::fs::read_to_string(dir.path().join("out/lookups.ndjson")).unwrap();
+    assert_eq!(written.trim(), r#"{"kwh":0.412,"meter":"FR-1"}"#);
+
+    // Filtered out: 204; XML results keep their media type; several results are an array.
+    assert_eq!(
+        post("/lookup", r#"{"other": 1}"#).await.unwrap().status(),
+        204
+    );
+    let r = post("/as-xml", r#"{"@id": "7", "value": "1.5"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/xml");
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains(r#"<Reading id="7"><value>1.5</value></Reading>"#));
+    let r = post("/many", r#"[{"a": 1}, {"a": 2}]"#).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        serde_json::json!([{"a": 1}, {"a": 2}])
+    );
+}

@@ -256,6 +256,7 @@ mod tests {
             origin,
             key: None,
             headers: vec![("trace".into(), b"t".to_vec())],
+            reply: None,
             received_at: Instant::now(),
         }
     }

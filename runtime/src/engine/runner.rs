@@ -103,6 +103,13 @@ impl Runner {
             ack.filtered();
             return;
         }
+        if let Some(reply) = &meta.reply {
+            // A synchronous request/reply source answers with the result itself.
+            reply
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(payloads.iter().cloned());
+        }
         for payload in payloads {
             let permit = self.permit().await;
             let record = Record {

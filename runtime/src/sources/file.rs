@@ -123,6 +123,7 @@ impl FileSource {
                 },
                 key: None,
                 headers: Vec::new(),
+                reply: None,
                 received_at: Instant::now(),
             });
             downstream

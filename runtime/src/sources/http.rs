@@ -57,6 +57,21 @@ pub struct HttpSourceConfig {
     /// Contract (`name@version`) a JSON request body must conform to (`422` otherwise).
     #[serde(default)]
     pub contract: Option<String>,
+    /// `ack` (default): `202` once the sink acknowledged; `mapped`: the pipeline's result is
+    /// the response body (synchronous request/reply, for lookups).
+    #[serde(default)]
+    pub reply: ReplyMode,
+}
+
+/// What an HTTP source answers on success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyMode {
+    /// `202` with the correlation id and the number of messages written.
+    #[default]
+    Ack,
+    /// `200` with the result: one message as it is, several as a JSON array, none `204`.
+    Mapped,
 }
 
 fn default_max_body_bytes() -> usize {
@@ -403,7 +418,9 @@ async fn serve(
         key: None,
         headers: Vec::new(),
         received_at: Instant::now(),
+        reply: (route.config.reply == ReplyMode::Mapped).then(|| std::sync::Mutex::new(Vec::new())),
     });
+    let reply = Arc::clone(&meta);
     let parsed = match content_type {
         ContentType::Json => serde_json::from_slice::<Value>(&body)
             .map(Payload::Json)
@@ -455,7 +472,47 @@ async fn serve(
             "the pipeline stopped",
         ))
     });
-    respond(outcome, &route, correlation_id)
+    match (outcome, &reply.reply) {
+        (Outcome::Delivered { .. }, Some(results)) => {
+            let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+            mapped_reply(results)
+        }
+        (outcome, _) => respond(outcome, &route, correlation_id),
+    }
+}
+
+/// The synchronous reply: one message as it is, several as a JSON array, none `204`.
+fn mapped_reply(mut results: Vec<Payload>) -> Response {
+    let (content_type, body) = match results.len() {
+        0 => return StatusCode::NO_CONTENT.into_response(),
+        1 => match results.remove(0) {
+            Payload::Json(value) => ("application/json", value.to_string().into_bytes()),
+            Payload::Bytes(bytes) => (
+                match ContentType::sniff(&bytes) {
+                    ContentType::Json => "application/json",
+                    ContentType::Xml => "application/xml",
+                    ContentType::Other => "application/octet-stream",
+                },
+                bytes.to_vec(),
+            ),
+        },
+        _ => {
+            let items: Vec<Value> = results
+                .into_iter()
+                .map(|p| match p {
+                    Payload::Json(value) => value,
+                    Payload::Bytes(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                    }),
+                })
+                .collect();
+            (
+                "application/json",
+                Value::Array(items).to_string().into_bytes(),
+            )
+        }
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 fn respond(outcome: Outcome, route: &Route, correlation_id: &str) -> Response {
@@ -560,6 +617,7 @@ mod tests {
             auth: None,
             quota: None,
             contract: None,
+            reply: ReplyMode::Ack,
         };
         assert!(c("/ingest/x").check().is_ok());
         assert!(c("ingest").check().is_err());

@@ -156,6 +156,7 @@ fn to_message(
             },
             key: m.key().map(Bytes::copy_from_slice),
             headers,
+            reply: None,
             received_at: Instant::now(),
         }),
         ack,
