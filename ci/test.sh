@@ -87,6 +87,12 @@ start_broker() {
     log "broker ready: KAFKA_BROKERS=$KAFKA_BROKERS (log: $BROKER_DIR/tansu.log)"
 }
 
+# The OpenAPI document is checked by an independent validator (PyPI: openapi-spec-validator).
+if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+    log "installing openapi-spec-validator (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
+fi
+
 if [[ -n "${KAFKA_BROKERS:-}" ]]; then
     log "using existing broker KAFKA_BROKERS=$KAFKA_BROKERS"
 else

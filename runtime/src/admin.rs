@@ -1,5 +1,5 @@
 //! The admin listener: `/health/live`, `/health/ready`, `/metrics`, `GET /admin/pipelines`,
-//! `POST /admin/reload`.
+//! `POST /admin/reload`, `GET /openapi.json`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct AdminState {
     pub metrics: Option<PrometheusHandle>,
     /// The reload task, for `/admin/*`.
     pub reload: Option<ReloadHandle>,
+    /// The ingress routes, for `/openapi.json`.
+    pub routes: Option<Arc<crate::sources::HttpRoutes>>,
 }
 
 impl AdminState {
@@ -68,6 +70,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/admin/pipelines", get(pipelines))
+        .route("/openapi.json", get(openapi))
         .route("/admin/reload", axum::routing::post(reload))
         .fallback(|| async {
             problem(
@@ -112,6 +115,13 @@ async fn pipelines(State(state): State<AdminState>) -> Response {
             "reload is not enabled",
             json!({}),
         ),
+    }
+}
+
+async fn openapi(State(state): State<AdminState>) -> Response {
+    match &state.routes {
+        Some(routes) => axum::Json(crate::sources::openapi::document(routes)).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "Not Found", "no ingress", json!({})),
     }
 }
 

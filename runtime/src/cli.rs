@@ -425,6 +425,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (started, failed) = (count(Action::Started), count(Action::Failed));
     admin_state.reload = Some(reload.clone());
+    admin_state.routes = Some(Arc::clone(&routes));
     admin_state.loaded.store(true, Ordering::SeqCst);
 
     let stop_ingress = CancellationToken::new();

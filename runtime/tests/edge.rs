@@ -166,3 +166,69 @@ async fn synchronous_request_reply_returns_the_mapped_result() {
         serde_json::json!([{"a": 1}, {"a": 2}])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_passes_an_independent_validator() {
+    let dir = test_dir();
+    let contract = dir.path().join("contracts/reading/1");
+    std::fs::create_dir_all(&contract).unwrap();
+    std::fs::write(
+        contract.join("schema.json"),
+        r#"{"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "urn:test:reading:1", "type": "object", "required": ["meter_id"], "properties": {"meter_id": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("keys"), "k\n").unwrap();
+    write_pipeline(
+        dir.path(),
+        "readings.toml",
+        "[source]\nkind='http'\npath='/readings'\ncontract='reading@1'\n[source.auth]\napi_keys_file='keys'\n[source.quota]\nper_second=5\n[sink]\nkind='file'\npath='out/r.ndjson'\n",
+    );
+    write_pipeline(
+        dir.path(),
+        "lookup.toml",
+        "[source]\nkind='http'\npath='/lookup'\nreply='mapped'\n[sink]\nkind='stdout'\n",
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let doc: Value = http()
+        .get(gf.admin_url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let readings = &doc["paths"]["/readings"]["post"];
+    assert_eq!(readings["operationId"], "readings");
+    assert_eq!(
+        readings["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/reading_v1"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["reading_v1"]["required"][0],
+        "meter_id"
+    );
+    for status in ["202", "400", "401", "403", "413", "422", "429", "503"] {
+        assert!(
+            readings["responses"][status].is_object(),
+            "{status} documented"
+        );
+    }
+    assert!(doc["paths"]["/lookup"]["post"]["responses"]["200"].is_object());
+
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))\nprint('valid')",
+        ])
+        .arg(&file)
+        .output()
+        .expect("python3 runs (ci/test.sh installs openapi-spec-validator)");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -175,7 +175,33 @@ pub struct HttpRoutes {
     table: ArcSwap<HashMap<String, Route>>,
 }
 
+impl Route {
+    /// The pipeline serving this route.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// The source's config.
+    pub fn config(&self) -> &HttpSourceConfig {
+        &self.config
+    }
+
+    /// The request contract, if any.
+    pub fn contract(&self) -> Option<&Arc<crate::contracts::Contract>> {
+        self.contract.as_ref()
+    }
+}
+
 impl HttpRoutes {
+    /// Every route served now.
+    pub fn table_snapshot(&self) -> Vec<(String, Route)> {
+        self.table
+            .load()
+            .iter()
+            .map(|(path, route)| (path.clone(), route.clone()))
+            .collect()
+    }
+
     /// Pipelines currently served, by path.
     pub fn paths(&self) -> Vec<(String, Arc<str>)> {
         self.table

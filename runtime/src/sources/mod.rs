@@ -6,6 +6,7 @@ pub mod edge;
 mod file;
 pub mod http;
 mod kafka;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
