@@ -339,7 +339,7 @@ pub fn load_all(
             ));
             return false;
         }
-        if let SourceConfig::Http(http) = &file.config.source {
+        if let Some(http) = file.config.source.http() {
             if let Some(other) = routes.get(&http.path) {
                 diagnostics.push(at(
                     format!(

@@ -24,7 +24,7 @@ use crate::config::{EngineConfig, PipelineFile};
 use crate::kafka::KafkaSettings;
 use crate::metrics::PipelineMetrics;
 use crate::sinks::SinkContext;
-use crate::sources::{Downstream, HttpRoutes, SourceConfig, SourceContext};
+use crate::sources::{Downstream, HttpRoutes, SourceContext};
 use dead_letter::{DeadLetterTarget, DeadLetterWriter};
 use retry::RetryPolicy;
 use runner::{NamedStep, Runner};
@@ -156,7 +156,7 @@ impl Engine {
     /// Like [`replace`](Self::replace), the running pipeline `old` (which may have another
     /// name: a pipeline renamed in its file) handing over to `file`'s.
     pub async fn replace_as(&mut self, old: &str, file: PipelineFile) -> Result<(), StartError> {
-        if let SourceConfig::Http(http) = &file.config.source {
+        if let Some(http) = file.config.source.http() {
             if let Some(owner) = self.ctx.routes.owner(&http.path) {
                 if *owner != *file.config.name && *owner != *old {
                     return Err(StartError::Build {
@@ -174,7 +174,7 @@ impl Engine {
         let timeout = self.drain_timeout();
         match self.pipelines.remove(old) {
             None => self.launch(prepared),
-            Some(old) if matches!(old.file.config.source, SourceConfig::Http(_)) => {
+            Some(old) if old.file.config.source.http().is_some() => {
                 self.launch(prepared);
                 stop_running(old, timeout).await;
             }

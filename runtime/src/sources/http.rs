@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::edge::{ApiKeys, AuthConfig, Limiter, QuotaConfig, Refusal};
+use super::soap::SoapRoute;
 use super::{Downstream, Source, SourceContext};
 use crate::ack::{Ack, Outcome};
 use crate::error::{BuildError, ErrorCode, Failure};
@@ -61,6 +62,12 @@ pub struct HttpSourceConfig {
     /// the response body (synchronous request/reply, for lookups).
     #[serde(default)]
     pub reply: ReplyMode,
+    /// `soap` only: accepted operations (SOAPAction in 1.1, `action` in 1.2); empty: any.
+    #[serde(default)]
+    pub operations: Vec<String>,
+    /// `soap` only: a WSDL file served on `GET <path>?wsdl`.
+    #[serde(default)]
+    pub wsdl: Option<std::path::PathBuf>,
 }
 
 /// What an HTTP source answers on success.
@@ -121,7 +128,38 @@ impl HttpSourceConfig {
 
     /// Builds the source.
     pub fn build(&self, ctx: &SourceContext) -> Result<HttpSource, BuildError> {
+        if !self.operations.is_empty() || self.wsdl.is_some() {
+            return Err(BuildError::new(
+                "`operations` and `wsdl` are for `kind = \"soap\"` sources",
+            ));
+        }
+        self.build_route(ctx, None)
+    }
+
+    /// Builds a `soap` source on the same listener.
+    pub fn build_soap(&self, ctx: &SourceContext) -> Result<HttpSource, BuildError> {
+        let wsdl = match &self.wsdl {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                BuildError::at("wsdl", format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        self.build_route(
+            ctx,
+            Some(Arc::new(SoapRoute {
+                operations: self.operations.clone(),
+                wsdl,
+            })),
+        )
+    }
+
+    fn build_route(
+        &self,
+        ctx: &SourceContext,
+        soap: Option<Arc<SoapRoute>>,
+    ) -> Result<HttpSource, BuildError> {
         Ok(HttpSource {
+            soap,
             config: self.clone(),
             routes: Arc::clone(&ctx.http_routes),
             pipeline: Arc::clone(&ctx.pipeline),
@@ -167,6 +205,7 @@ pub struct Route {
     keys: Option<Arc<ApiKeys>>,
     limiter: Option<Arc<Limiter>>,
     contract: Option<Arc<crate::contracts::Contract>>,
+    soap: Option<Arc<SoapRoute>>,
 }
 
 /// The HTTP listener's route table: path → route, swapped atomically.
@@ -189,6 +228,16 @@ impl Route {
     /// The request contract, if any.
     pub fn contract(&self) -> Option<&Arc<crate::contracts::Contract>> {
         self.contract.as_ref()
+    }
+
+    /// The SOAP part of a `soap` source's route.
+    pub fn soap(&self) -> Option<&Arc<SoapRoute>> {
+        self.soap.as_ref()
+    }
+
+    /// Where the route's inputs go.
+    pub fn downstream(&self) -> &Arc<dyn Downstream> {
+        &self.downstream
     }
 }
 
@@ -248,6 +297,7 @@ pub struct HttpSource {
     keys: Option<Arc<ApiKeys>>,
     limiter: Option<Arc<Limiter>>,
     contract: Option<Arc<crate::contracts::Contract>>,
+    soap: Option<Arc<SoapRoute>>,
 }
 
 impl Source for HttpSource {
@@ -266,6 +316,7 @@ impl Source for HttpSource {
             keys: self.keys.clone(),
             limiter: self.limiter.clone(),
             contract: self.contract.clone(),
+            soap: self.soap.clone(),
         };
         self.routes.insert(&self.config.path, route);
         async move {
@@ -302,7 +353,7 @@ pub fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> R
 }
 
 /// Authentication, then quota: the client is the API key's client, or the caller's IP address.
-fn admit(route: &Route, request: &Request) -> Result<(), Refusal> {
+pub(super) fn admit(route: &Route, request: &Request) -> Result<(), Refusal> {
     let client: Arc<str> = match &route.keys {
         Some(keys) => keys.client(request.headers())?,
         None => match &route.limiter {
@@ -404,6 +455,9 @@ async fn serve(
             ids,
         );
     };
+    if route.soap.is_some() {
+        return super::soap::serve(route, request, correlation_id, path).await;
+    }
     if request.method() != Method::POST {
         let mut response = problem(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -644,6 +698,8 @@ mod tests {
             quota: None,
             contract: None,
             reply: ReplyMode::Ack,
+            operations: Vec::new(),
+            wsdl: None,
         };
         assert!(c("/ingest/x").check().is_ok());
         assert!(c("ingest").check().is_err());

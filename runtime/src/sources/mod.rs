@@ -7,6 +7,7 @@ mod file;
 pub mod http;
 mod kafka;
 pub mod openapi;
+pub mod soap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,9 @@ pub struct SourceContext {
 pub enum SourceConfig {
     /// HTTP POST on a path of the shared listener.
     Http(HttpSourceConfig),
+    /// SOAP 1.1/1.2 on a path of the shared listener (same keys as `http`, plus
+    /// `operations` and `wsdl`).
+    Soap(HttpSourceConfig),
     /// A Kafka consumer group.
     Kafka(KafkaSourceConfig),
     /// Files dropped in a directory.
@@ -86,6 +90,7 @@ impl SourceConfig {
     pub fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, de: D) -> Result<Self, D::Error> {
         Ok(match kind {
             "http" => SourceConfig::Http(Deserialize::deserialize(de)?),
+            "soap" => SourceConfig::Soap(Deserialize::deserialize(de)?),
             "kafka" => SourceConfig::Kafka(Deserialize::deserialize(de)?),
             "file" => SourceConfig::File(Deserialize::deserialize(de)?),
             other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
@@ -94,13 +99,14 @@ impl SourceConfig {
 }
 
 /// Every source kind, for hints.
-pub const KINDS: &[&str] = &["http", "kafka", "file"];
+pub const KINDS: &[&str] = &["http", "soap", "kafka", "file"];
 
 impl SourceConfig {
     /// The kind as written in pipeline files.
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::Soap(_) => "soap",
             SourceConfig::Kafka(_) => "kafka",
             SourceConfig::File(_) => "file",
         }
@@ -109,9 +115,17 @@ impl SourceConfig {
     /// Semantic checks that need no connection.
     pub fn check(&self) -> Result<(), BuildError> {
         match self {
-            SourceConfig::Http(c) => c.check(),
+            SourceConfig::Http(c) | SourceConfig::Soap(c) => c.check(),
             SourceConfig::Kafka(c) => c.check(),
             SourceConfig::File(_) => Ok(()),
+        }
+    }
+
+    /// The HTTP-level config of an `http` or `soap` source.
+    pub fn http(&self) -> Option<&HttpSourceConfig> {
+        match self {
+            SourceConfig::Http(c) | SourceConfig::Soap(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -135,6 +149,7 @@ impl SourceConfig {
         self.check()?;
         Ok(match self {
             SourceConfig::Http(c) => Box::new(c.build(ctx)?),
+            SourceConfig::Soap(c) => Box::new(c.build_soap(ctx)?),
             SourceConfig::Kafka(c) => Box::new(c.build(ctx)),
             SourceConfig::File(c) => Box::new(c.build(ctx)),
         })
