@@ -65,6 +65,10 @@ use serde_json::{Map, Value};
 /// conversion could overflow a thread's stack (128 is also serde_json's parsing limit).
 const MAX_DEPTH: usize = 128;
 
+/// Most elements accepted by [`xml_to_json`] in one document (hostile input: a small body of
+/// many empty elements must not become an unbounded JSON value).
+pub const MAX_ELEMENTS: usize = 1_000_000;
+
 /// The key under which the text of an element with attributes or children is stored.
 const TEXT_KEY: &str = "#text";
 
@@ -205,6 +209,7 @@ impl<'a> Converter<'a, '_> {
         let mut version = XmlVersion::Implicit1_0;
         let mut stack: Vec<Frame<'a>> = Vec::with_capacity(16);
         let mut root: Option<(String, Value)> = None;
+        let mut elements = 0usize;
 
         loop {
             let event_start = reader.buffer_position() as usize;
@@ -214,6 +219,15 @@ impl<'a> Converter<'a, '_> {
                     return Err(self.malformed(reader.error_position() as usize, e.to_string()))
                 }
             };
+            if matches!(event, Event::Start(_) | Event::Empty(_)) {
+                elements += 1;
+                if elements > MAX_ELEMENTS {
+                    return Err(self.malformed(
+                        event_start,
+                        format!("the document has more than {MAX_ELEMENTS} elements"),
+                    ));
+                }
+            }
             match event {
                 Event::Start(start) => {
                     let frame = self.open(&start, &stack, &root, event_start, version)?;
@@ -1313,6 +1327,15 @@ mod tests {
     }
 
     // ----- errors -----
+
+    #[test]
+    fn too_many_elements_are_refused() {
+        let many = format!("<r>{}</r>", "<a/>".repeat(MAX_ELEMENTS));
+        let e = err(many.as_bytes());
+        assert!(e.to_string().contains("more than"), "{e}");
+        let fine = format!("<r>{}</r>", "<a/>".repeat(1000));
+        assert!(xml_to_json(fine.as_bytes(), &strip()).is_ok());
+    }
 
     #[test]
     fn a_doctype_is_refused() {

@@ -48,7 +48,29 @@ async fn violations_are_422_with_pointers_and_dead_lettered() {
         "strict.toml",
         &format!("[source]\nkind='http'\npath='/strict'\ncontract='reading@1'\n[sink]\nkind='kafka'\ntopic='{topic}'\n"),
     );
+    write_pipeline(
+        dir.path(),
+        "strict-xml.toml",
+        &format!("[source]\nkind='http'\npath='/strict-xml'\ncontract='reading@1'\n[[steps]]\nkind='xml_to_json'\n[[steps]]\nkind='map'\nexpression='{{meter_id: reading.meter_id, value: to_number(reading.value)}}'\n[sink]\nkind='kafka'\ntopic='{topic}'\n"),
+    );
     let gf = Gridflow::start(dir.path(), &[]);
+
+    // On an XML body, the contract applies to the body after conversion.
+    let xml = |body: &'static str| {
+        http()
+            .post(gf.http_url("/strict-xml"))
+            .header("content-type", "application/xml")
+            .body(body)
+            .send()
+    };
+    let r = xml("<reading><value>1</value></reading>").await.unwrap();
+    assert_eq!(
+        r.status(),
+        422,
+        "the converted document is {{reading: {{...}}}}, not a reading"
+    );
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "contract_violation");
 
     // A contract on the source checks the request body itself.
     let strict = |body: &'static str| {
@@ -113,8 +135,8 @@ async fn violations_are_422_with_pointers_and_dead_lettered() {
     let out = consume(&topic, 2, Duration::from_secs(20)).await;
     let ids: Vec<Value> = out.iter().map(|r| r.json()["meter_id"].clone()).collect();
     assert_eq!(ids, vec![Value::from("m-0"), Value::from("m-1")]);
-    let dead = consume(&format!("{topic}.dlq"), 2, Duration::from_secs(20)).await;
-    assert_eq!(dead.len(), 2);
+    let dead = consume(&format!("{topic}.dlq"), 3, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 3);
     assert!(dead
         .iter()
         .all(|d| d.headers["gridflow.error.code"] == "contract_violation"));

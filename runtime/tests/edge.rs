@@ -188,6 +188,11 @@ async fn openapi_document_passes_an_independent_validator() {
         "lookup.toml",
         "[source]\nkind='http'\npath='/lookup'\nreply='mapped'\n[sink]\nkind='stdout'\n",
     );
+    write_pipeline(
+        dir.path(),
+        "soap.toml",
+        "[source]\nkind='soap'\npath='/soap'\noperations=['urn:Submit']\n[sink]\nkind='stdout'\n",
+    );
     let gf = Gridflow::start(dir.path(), &[]);
     let doc: Value = http()
         .get(gf.admin_url("/openapi.json"))
@@ -215,6 +220,9 @@ async fn openapi_document_passes_an_independent_validator() {
         );
     }
     assert!(doc["paths"]["/lookup"]["post"]["responses"]["200"].is_object());
+    assert!(
+        doc["paths"]["/soap"]["post"]["requestBody"]["content"]["application/soap+xml"].is_object()
+    );
 
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, doc.to_string()).unwrap();

@@ -162,6 +162,11 @@ impl std::fmt::Debug for Limiter {
 impl Limiter {
     /// Takes one token of `client`'s bucket.
     pub fn check(&self, client: &Arc<str>) -> Result<(), Refusal> {
+        // Forget the buckets of clients that are full again, now and then, so that memory
+        // does not grow with every caller ever seen.
+        if self.limiter.len() > 10_000 {
+            self.limiter.retain_recent();
+        }
         self.limiter.check_key(client).map_err(|not_until| {
             Refusal::OverQuota(not_until.wait_time_from(DefaultClock::default().now()))
         })

@@ -513,26 +513,11 @@ async fn serve(
             }),
         ContentType::Xml | ContentType::Other => Ok(Payload::Bytes(body)),
     };
-    // The request contract, on JSON bodies (an XML body is checked by a `validate` step
-    // after `xml_to_json`).
-    let parsed = parsed.and_then(|payload| match (&route.contract, payload.as_json()) {
-        (Some(contract), Some(document)) => match contract.validate(document) {
-            Ok(()) => Ok(payload),
-            Err(violations) => {
-                let mut failure = Failure::new(
-                    "source.http",
-                    ErrorCode::ContractViolation,
-                    format!(
-                        "{} violation(s) of {}",
-                        violations.len(),
-                        contract.reference
-                    ),
-                );
-                failure.details = Some(crate::contracts::violations_json(&violations));
-                Err(failure)
-            }
-        },
-        _ => Ok(payload),
+    // The request contract: on the JSON body, or on an XML body after conversion (the
+    // pipeline still receives the XML as sent).
+    let parsed = parsed.and_then(|payload| match &route.contract {
+        Some(contract) => check_contract(contract, payload, content_type, "source.http"),
+        None => Ok(payload),
     });
     match parsed {
         Ok(payload) => route.downstream.push(Message { payload, meta, ack }).await,
@@ -558,6 +543,41 @@ async fn serve(
             mapped_reply(results)
         }
         (outcome, _) => respond(outcome, &route, correlation_id),
+    }
+}
+
+/// Checks the request body against the source's contract.
+pub(super) fn check_contract(
+    contract: &crate::contracts::Contract,
+    payload: Payload,
+    content_type: ContentType,
+    step: &str,
+) -> Result<Payload, Failure> {
+    let converted;
+    let document = match (&payload, content_type) {
+        (Payload::Json(document), _) => document,
+        (Payload::Bytes(bytes), ContentType::Xml) => {
+            converted = crate::xml::xml_to_json(bytes, &Default::default())
+                .map_err(|e| Failure::new(step, ErrorCode::InvalidXml, e.to_string()))?;
+            &converted
+        }
+        _ => return Ok(payload),
+    };
+    match contract.validate(document) {
+        Ok(()) => Ok(payload),
+        Err(violations) => {
+            let mut failure = Failure::new(
+                step,
+                ErrorCode::ContractViolation,
+                format!(
+                    "{} violation(s) of {}",
+                    violations.len(),
+                    contract.reference
+                ),
+            );
+            failure.details = Some(crate::contracts::violations_json(&violations));
+            Err(failure)
+        }
     }
 }
 

@@ -68,6 +68,35 @@ pub fn document(routes: &HttpRoutes) -> Value {
             None => json!({}),
         };
         let mut responses = Map::new();
+        if route.soap().is_some() {
+            let envelope = json!({"schema": {"type": "string", "description": "A SOAP envelope"}});
+            let soap_content =
+                json!({"text/xml": envelope.clone(), "application/soap+xml": envelope});
+            responses.insert("200".into(), json!({"description": "An acknowledgement or the mapped result, in an envelope", "content": soap_content.clone()}));
+            responses.insert(
+                "400".into(),
+                json!({"description": "SOAP 1.2 Sender fault", "content": soap_content.clone()}),
+            );
+            responses.insert("500".into(), json!({"description": "SOAP 1.1 fault (Client or Server)", "content": soap_content.clone()}));
+            responses.insert("503".into(), json!({"description": "Server/Receiver fault: try again after Retry-After", "content": soap_content.clone()}));
+            let operations = if route.config().operations.is_empty() {
+                "any".to_string()
+            } else {
+                route.config().operations.join(", ")
+            };
+            let mut operation = json!({
+                "operationId": route.pipeline().to_string(),
+                "summary": format!("SOAP endpoint of pipeline {}", route.pipeline()),
+                "description": format!("Operations: {operations}"),
+                "requestBody": {"required": true, "content": soap_content},
+                "responses": responses,
+            });
+            if route.config().auth.is_some() {
+                operation["security"] = json!([{"apiKey": []}, {"bearer": []}]);
+            }
+            paths.insert(path, json!({"post": operation}));
+            continue;
+        }
         match route.config().reply {
             ReplyMode::Ack => {
                 responses.insert("202".into(), json!({

@@ -301,16 +301,23 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
             .then(|| std::sync::Mutex::new(Vec::new())),
     });
     let reply = Arc::clone(&meta);
-    match body_content(&body) {
-        Ok(content) => {
-            let payload = Payload::Bytes(body.slice_ref(content));
+    let payload = body_content(&body)
+        .map(|content| Payload::Bytes(body.slice_ref(content)))
+        .map_err(|reason| Failure::new("source.soap", ErrorCode::InvalidXml, reason))
+        .and_then(|payload| match route.contract() {
+            Some(contract) => {
+                super::http::check_contract(contract, payload, ContentType::Xml, "source.soap")
+            }
+            None => Ok(payload),
+        });
+    match payload {
+        Ok(payload) => {
             route
                 .downstream()
                 .push(Message { payload, meta, ack })
                 .await
         }
-        Err(reason) => {
-            let failure = Failure::new("source.soap", ErrorCode::InvalidXml, reason);
+        Err(failure) => {
             let message = Message {
                 payload: Payload::Bytes(Bytes::new()),
                 meta,
