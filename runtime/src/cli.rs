@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
@@ -429,16 +430,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     admin_state.loaded.store(true, Ordering::SeqCst);
 
     let stop_ingress = CancellationToken::new();
-    let http_server = tokio::spawn({
-        let shutdown = stop_ingress.clone();
-        let app = crate::sources::http::router(Arc::clone(&routes))
-            .into_make_service_with_connect_info::<SocketAddr>();
-        async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+    let http_server = match &config.http.tls {
+        Some(tls) => {
+            let acceptor =
+                crate::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
+            let allowed = Arc::new(tls.allowed_subjects.clone());
+            let app = crate::sources::http::router(Arc::clone(&routes));
+            tokio::spawn(
+                crate::tls::serve(http, acceptor, allowed, app, stop_ingress.clone()).map(Ok),
+            )
         }
-    });
+        None => tokio::spawn({
+            let shutdown = stop_ingress.clone();
+            let app = crate::sources::http::router(Arc::clone(&routes))
+                .into_make_service_with_connect_info::<SocketAddr>();
+            async move {
+                axum::serve(http, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        }),
+    };
     let admin_server = tokio::spawn({
         let shutdown = shutdown.clone();
         let app = admin::router(admin_state.clone());

@@ -24,6 +24,7 @@
 //! - [`contracts`]: event contracts (JSON Schema) and the topic catalog.
 //! - [`xml`]: the XML ⇄ JSON convention of `xml_to_json` and `json_to_xml`.
 //! - [`metrics`]: metrics as named events.
+//! - [`tls`]: TLS and client certificates (mTLS) on the ingress listener.
 //! - [`config`]: the file models (`gridflow.toml`, pipeline files), `${VAR}` interpolation and
 //!   diagnostics with file, line and column.
 
@@ -41,4 +42,5 @@ pub mod metrics;
 pub mod sinks;
 pub mod sources;
 pub mod steps;
+pub mod tls;
 pub mod xml;

@@ -27,6 +27,11 @@ async fn api_keys_quotas_and_hostile_xml() {
             "[source]\nkind = 'http'\npath = '/in'\n[source.auth]\napi_keys_file = 'keys'\n[source.quota]\nper_second = 1\nburst = 5\n[[steps]]\nkind = 'xml_to_json'\n[sink]\nkind = 'kafka'\ntopic = '{topic}'\n"
         ),
     );
+    write_pipeline(
+        dir.path(),
+        "limits.toml",
+        &format!("[source]\nkind = 'http'\npath = '/limits'\nmax_body_bytes = 1024\n[[steps]]\nkind = 'xml_to_json'\n[sink]\nkind = 'kafka'\ntopic = '{topic}'\n"),
+    );
     let gf = Gridflow::start(dir.path(), &[]);
     let post = |key: Option<&'static str>, bearer: bool, body: &'static str| {
         let mut request = http()
@@ -88,6 +93,38 @@ async fn api_keys_quotas_and_hostile_xml() {
     let dead = consume(&format!("{topic}.dlq"), 1, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, bomb.as_bytes());
+
+    // Oversize and hostile bodies on an open path: 413, and 400 for JSON nested too deep.
+    let big = "x".repeat(2048);
+    let r = http()
+        .post(gf.http_url("/limits"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"a\":\"{big}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let r = http()
+        .post(gf.http_url("/limits"))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_json");
+    let deep_xml = format!("{}{}", "<a>".repeat(130), "</a>".repeat(130));
+    let r = http()
+        .post(gf.http_url("/limits"))
+        .header("content-type", "application/xml")
+        .body(deep_xml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 
     // Quota rejections are counted.
     let metrics = http()

@@ -75,12 +75,15 @@ impl std::fmt::Display for PropertyValue {
 pub struct ListenerConfig {
     /// Address of the ingress listener (default `0.0.0.0:8080`).
     pub listen: SocketAddr,
+    /// `[http.tls]`: serve HTTPS, optionally with client certificates.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: None,
         }
     }
 }
