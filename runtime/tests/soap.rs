@@ -43,15 +43,16 @@ async fn soap_11_and_12_requests_replies_faults_and_wsdl() {
     );
 
     // SOAP 1.1, operation from SOAPAction: an acknowledgement envelope.
-    let r = http()
-        .post(gf.http_url("/soap/forecast"))
-        .header("content-type", "text/xml; charset=utf-8")
-        .header("soapaction", "\"urn:SubmitForecast\"")
-        .header("x-correlation-id", "soap-11")
-        .body(v11.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &gf.http_url("/soap/forecast"),
+        "text/xml; charset=utf-8",
+        &[
+            ("soapaction", "\"urn:SubmitForecast\""),
+            ("x-correlation-id", "soap-11"),
+        ],
+        v11.clone(),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
         .to_str()
@@ -68,17 +69,13 @@ async fn soap_11_and_12_requests_replies_faults_and_wsdl() {
     );
 
     // SOAP 1.2, operation from the action parameter.
-    let r = http()
-        .post(gf.http_url("/soap/forecast"))
-        .header(
-            "content-type",
-            "application/soap+xml; charset=utf-8; action=\"urn:SubmitForecast\"",
-        )
-        .header("x-correlation-id", "soap-12")
-        .body(v12.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &gf.http_url("/soap/forecast"),
+        "application/soap+xml; charset=utf-8; action=\"urn:SubmitForecast\"",
+        &[("x-correlation-id", "soap-12")],
+        v12.clone(),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
         .to_str()
@@ -100,14 +97,13 @@ async fn soap_11_and_12_requests_replies_faults_and_wsdl() {
     }
 
     // An unknown operation: a Client fault (1.1: HTTP 500).
-    let r = http()
-        .post(gf.http_url("/soap/forecast"))
-        .header("content-type", "text/xml")
-        .header("soapaction", "urn:Other")
-        .body(v11.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &gf.http_url("/soap/forecast"),
+        "text/xml",
+        &[("soapaction", "urn:Other")],
+        v11.clone(),
+    )
+    .await;
     assert_eq!(r.status(), 500);
     let text = r.text().await.unwrap();
     assert!(
@@ -118,17 +114,13 @@ async fn soap_11_and_12_requests_replies_faults_and_wsdl() {
     // A malformed 1.2 envelope: a Sender fault (HTTP 400) with the correlation id, and the
     // whole envelope dead-lettered.
     let broken = v12.replace("</soapenv:Body>", "");
-    let r = http()
-        .post(gf.http_url("/soap/forecast"))
-        .header(
-            "content-type",
-            "application/soap+xml; action=urn:SubmitForecast",
-        )
-        .header("x-correlation-id", "soap-bad")
-        .body(broken.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &gf.http_url("/soap/forecast"),
+        "application/soap+xml; action=urn:SubmitForecast",
+        &[("x-correlation-id", "soap-bad")],
+        broken.clone(),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
     assert!(
@@ -155,13 +147,7 @@ async fn soap_11_and_12_requests_replies_faults_and_wsdl() {
     assert_eq!(r.text().await.unwrap(), WSDL);
 
     // A mapped reply: the result in the Body.
-    let r = http()
-        .post(gf.http_url("/soap/lookup"))
-        .header("content-type", "text/xml")
-        .body(v11)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&gf.http_url("/soap/lookup"), "text/xml", &[], v11).await;
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(

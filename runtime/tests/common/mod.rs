@@ -296,6 +296,24 @@ pub fn http() -> reqwest::Client {
         .expect("failed to build reqwest client")
 }
 
+/// POSTs `body` to `url` with `content_type` and the extra `headers`; panics if no answer.
+pub async fn post(
+    url: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = http().post(url).header("content-type", content_type);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url} got no answer: {e}"))
+}
+
 /// Creates a temp dir with an empty `pipelines/` directory and an empty `gridflow.toml`.
 pub fn test_dir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
