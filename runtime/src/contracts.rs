@@ -86,36 +86,8 @@ impl Contracts {
     pub fn load(dir: &Path) -> (Contracts, Vec<LoadError>) {
         let mut contracts = Contracts::default();
         let mut errors = Vec::new();
-        let Ok(names) = std::fs::read_dir(dir) else {
-            return (contracts, errors);
-        };
-        let mut names: Vec<PathBuf> = names
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        names.sort();
-        for name_dir in names {
-            let name = name_dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let Ok(versions) = std::fs::read_dir(&name_dir) else {
-                continue;
-            };
-            let mut versions: Vec<PathBuf> = versions
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect();
-            versions.sort();
-            for version_dir in versions {
-                let version = version_dir
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
+        for (name, name_dir) in subdirs(dir) {
+            for (version, version_dir) in subdirs(&name_dir) {
                 let path = version_dir.join("schema.json");
                 let fail = |message: String| LoadError {
                     path: path.clone(),
@@ -242,6 +214,28 @@ pub fn consecutive_versions(contracts: &Contracts) -> Vec<(Arc<Contract>, Arc<Co
         }
     }
     pairs
+}
+
+/// The directories directly below `dir` (none when it is unreadable), sorted, with their names.
+fn subdirs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            (
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                p,
+            )
+        })
+        .collect();
+    dirs.sort();
+    dirs
 }
 
 /// Is `reference` of the form `name@version`?

@@ -179,32 +179,9 @@ impl Reloader {
                 .values()
                 .find(|f| f.path == path && self.engine.version_of(&f.config.name).is_none())
                 .map(|f| f.config.name.clone());
-            if let Some(new_name) = renamed {
-                let file = desired.remove(&new_name).expect("found above");
-                let version = file.version.clone();
-                match self.engine.replace_as(&name, file).await {
-                    Ok(()) => {
-                        self.loaded_at.remove(&name);
-                        self.loaded_at.insert(new_name.clone(), SystemTime::now());
-                        tracing::info!(pipeline = %new_name, previous = %name, version = %version, "Pipeline renamed and loaded.");
-                        crate::metrics::reload(&new_name, "success");
-                        results.push(PipelineResult {
-                            name: new_name,
-                            path,
-                            action: Action::Reloaded,
-                            version: Some(version),
-                            errors: Vec::new(),
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(pipeline = %new_name, error = %e, "Pipeline not loaded; the running version keeps running.");
-                        self.errors.insert(
-                            path.clone(),
-                            vec![format!("{}: error: {e}", path.display())],
-                        );
-                        results.push(self.failed(&name, &path));
-                    }
-                }
+            if let Some(file) = renamed.and_then(|new_name| desired.remove(&new_name)) {
+                let result = self.apply(&name, file, Action::Reloaded).await;
+                results.push(result);
                 continue;
             }
             if present.contains(&path) && invalid.contains_key(&path) {
@@ -243,28 +220,8 @@ impl Reloader {
                 Some(_) => Action::Reloaded,
                 None => Action::Started,
             };
-            match self.engine.replace(file).await {
-                Ok(()) => {
-                    self.loaded_at.insert(name.clone(), SystemTime::now());
-                    tracing::info!(pipeline = %name, version = %version, action = ?action, "Pipeline loaded.");
-                    crate::metrics::reload(&name, "success");
-                    results.push(PipelineResult {
-                        name,
-                        path,
-                        action,
-                        version: Some(version),
-                        errors: Vec::new(),
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(pipeline = %name, error = %e, "Pipeline not loaded; the running version (if any) keeps running.");
-                    self.errors.insert(
-                        path.clone(),
-                        vec![format!("{}: error: {e}", path.display())],
-                    );
-                    results.push(self.failed(&name, &path));
-                }
-            }
+            let result = self.apply(&name, file, action).await;
+            results.push(result);
         }
 
         // Invalid files that hold no running pipeline.
@@ -286,6 +243,39 @@ impl Reloader {
         ReloadReport {
             pipelines: results,
             restart_required: self.restart_required,
+        }
+    }
+
+    /// Swaps `file`'s version in for the running pipeline `old` (the same name, or the name
+    /// the file had before a rename), or starts it; a failure keeps the old version running.
+    async fn apply(&mut self, old: &str, file: PipelineFile, action: Action) -> PipelineResult {
+        let (name, path, version) = (
+            file.config.name.clone(),
+            file.path.clone(),
+            file.version.clone(),
+        );
+        match self.engine.replace_as(old, file).await {
+            Ok(()) => {
+                self.loaded_at.remove(old);
+                self.loaded_at.insert(name.clone(), SystemTime::now());
+                tracing::info!(pipeline = %name, previous = %old, version = %version, action = ?action, "Pipeline loaded.");
+                crate::metrics::reload(&name, "success");
+                PipelineResult {
+                    name,
+                    path,
+                    action,
+                    version: Some(version),
+                    errors: Vec::new(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %e, "Pipeline not loaded; the running version (if any) keeps running.");
+                self.errors.insert(
+                    path.clone(),
+                    vec![format!("{}: error: {e}", path.display())],
+                );
+                self.failed(old, &path)
+            }
         }
     }
 

@@ -18,6 +18,14 @@ use crate::sinks::{Record, Sink};
 use crate::sources::Downstream;
 use crate::steps::Step;
 
+/// The acknowledgement of one send attempt: the delivery's result, or the send's error.
+async fn settle(sent: Result<crate::sinks::Delivery, SinkError>) -> Result<(), SinkError> {
+    match sent {
+        Ok(delivery) => delivery.await,
+        Err(e) => Err(e),
+    }
+}
+
 /// A step with the name used in errors (`steps[1].map`).
 pub struct NamedStep {
     /// `steps[<index>].<kind>`.
@@ -138,10 +146,7 @@ impl Runner {
         permit: OwnedSemaphorePermit,
     ) {
         let mut attempts = 1;
-        let mut result = match first {
-            Ok(delivery) => delivery.await,
-            Err(e) => Err(e),
-        };
+        let mut result = settle(first).await;
         let failure = loop {
             match result {
                 Ok(()) => {
@@ -172,10 +177,7 @@ impl Runner {
                     self.metrics.retried();
                     tokio::time::sleep(self.retry.backoff(attempts)).await;
                     attempts += 1;
-                    result = match self.sink.send(&record).await {
-                        Ok(delivery) => delivery.await,
-                        Err(e) => Err(e),
-                    };
+                    result = settle(self.sink.send(&record).await).await;
                 }
             }
         };
