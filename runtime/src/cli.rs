@@ -268,7 +268,12 @@ fn contracts_check(args: ValidateArgs) -> ExitCode {
     problems.extend(diagnostics.iter().map(ToString::to_string));
     for file in &files {
         let at = file.path.display().to_string();
-        for step in &file.config.steps {
+        for step in file
+            .config
+            .steps
+            .iter()
+            .flat_map(crate::steps::StepConfig::all)
+        {
             if let crate::steps::StepConfig::Validate(v) = step {
                 if contracts.get(&v.contract).is_none() {
                     problems.push(format!("{at}: unknown contract `{}`", v.contract));

@@ -37,6 +37,14 @@ pub enum ErrorCode {
     StepPanicked,
     /// Transient faults went on past `on_error.max_attempts`.
     RetriesExhausted,
+    /// An `enrich` call was answered with an error, or with a body that is not JSON or XML.
+    EnrichmentFailed,
+    /// An `enrich` call was answered `404` and the step says `on_missing = "fail"`.
+    NotFound,
+    /// An `enrich` upstream is unavailable (its breaker is open, or its retries ran out):
+    /// not a fault of the message. A Kafka input waits and is processed again; an HTTP input
+    /// is answered `503` with `Retry-After`.
+    Unavailable,
     /// A message was dropped inside gridflow before it was acknowledged (a bug, or a forced
     /// shutdown): reported so that nothing vanishes silently.
     Dropped,
@@ -56,6 +64,9 @@ impl ErrorCode {
             ErrorCode::StepPanicked => "step_panicked",
             ErrorCode::ContractViolation => "contract_violation",
             ErrorCode::RetriesExhausted => "retries_exhausted",
+            ErrorCode::EnrichmentFailed => "enrichment_failed",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Dropped => "dropped",
         }
     }
@@ -126,6 +137,8 @@ pub struct Failure {
     pub attempts: u32,
     /// Structured details for the caller (contract violations).
     pub details: Option<serde_json::Value>,
+    /// For a transient failure (code `unavailable`): when to try again.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
@@ -137,6 +150,19 @@ impl Failure {
             message: message.into(),
             attempts: 1,
             details: None,
+            retry_after: None,
+        }
+    }
+
+    /// A transient failure at `step`: try again after `retry_after`.
+    pub fn unavailable(
+        step: impl Into<String>,
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        Failure {
+            retry_after: Some(retry_after),
+            ..Failure::new(step, ErrorCode::Unavailable, message)
         }
     }
 }

@@ -1,8 +1,104 @@
 //! JMESPath, compiled once when a pipeline loads and evaluated per message.
+//!
+//! Expressions run on gridflow's own runtime: the standard functions plus `meta()`, which
+//! returns the metadata of the message being processed (see [`meta_value`]). The engine sets
+//! that message with [`with_scope`] around each step call.
 
-use serde_json::Value;
+use std::sync::{Arc, LazyLock};
 
-use crate::error::{ErrorCode, StepError};
+use bytes::Bytes;
+use jmespath::{Rcvar, Runtime, Variable};
+use serde_json::{json, Map, Value};
+
+use crate::error::{ErrorCode, Failure, StepError};
+use crate::message::{Headers, Meta, Origin};
+
+/// The message whose metadata `meta()` returns.
+pub struct Scope {
+    /// The input's facts.
+    pub meta: Arc<Meta>,
+    /// The message's headers.
+    pub headers: Headers,
+    /// The message's key.
+    pub key: Option<Bytes>,
+    /// The failure a `catch` block handles.
+    pub error: Option<Arc<Failure>>,
+}
+
+scoped_tls::scoped_thread_local!(static SCOPE: Scope);
+
+/// Runs `f` with `scope` as the message `meta()` describes.
+pub fn with_scope<R>(scope: &Scope, f: impl FnOnce() -> R) -> R {
+    SCOPE.set(scope, f)
+}
+
+fn text(bytes: &[u8]) -> Value {
+    Value::String(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// What `meta()` returns for `scope`:
+///
+/// ```json
+/// {"correlation_id": "...", "key": "..." | null,
+///  "headers": {"name": "value"},
+///  "source": {"kind": "kafka", "topic": "...", "partition": 0, "offset": 42}
+///          | {"kind": "http", "path": "/...", "headers": {"content-type": "..."}}
+///          | {"kind": "file", "path": "...", "line": 3},
+///  "error": {"code": "...", "step": "...", "message": "...", "attempts": 1} | null}
+/// ```
+pub fn meta_value(scope: &Scope) -> Value {
+    let mut headers = Map::new();
+    for (k, v) in scope.headers.iter() {
+        headers.insert(k.clone(), text(v));
+    }
+    let source = match &scope.meta.origin {
+        Origin::Kafka {
+            topic,
+            partition,
+            offset,
+        } => json!({"kind": "kafka", "topic": topic, "partition": partition, "offset": offset}),
+        Origin::Http { path } => {
+            let mut request = Map::new();
+            for (k, v) in &scope.meta.request_headers {
+                request.insert(k.clone(), Value::String(v.clone()));
+            }
+            json!({"kind": "http", "path": path, "headers": request})
+        }
+        Origin::File { path, line } => json!({"kind": "file", "path": path, "line": line}),
+    };
+    let error = scope.error.as_ref().map(|f| {
+        json!({"code": f.code.as_str(), "step": f.step, "message": f.message, "attempts": f.attempts})
+    });
+    json!({
+        "correlation_id": scope.meta.correlation_id,
+        "key": scope.key.as_deref().map(text),
+        "headers": headers,
+        "source": source,
+        "error": error,
+    })
+}
+
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    let mut runtime = Runtime::new();
+    runtime.register_builtin_functions();
+    runtime.register_function(
+        "meta",
+        Box::new(|args: &[Rcvar], _ctx: &mut jmespath::Context<'_>| {
+            if !args.is_empty() {
+                return Ok(Rcvar::new(Variable::Null));
+            }
+            let value = if SCOPE.is_set() {
+                SCOPE.with(meta_value)
+            } else {
+                Value::Null
+            };
+            Ok(Rcvar::new(
+                Variable::from_serializable(value).unwrap_or(Variable::Null),
+            ))
+        }),
+    );
+    runtime
+});
 
 /// A compiled JMESPath expression.
 pub struct Expr {
@@ -29,7 +125,7 @@ pub struct CompileError {
 impl Expr {
     /// Compiles `source`.
     pub fn compile(source: &str) -> Result<Expr, CompileError> {
-        let compiled = jmespath::compile(source).map_err(|e| CompileError {
+        let compiled = RUNTIME.compile(source).map_err(|e| CompileError {
             offset: e.offset,
             reason: e.reason.to_string(),
         })?;
@@ -96,6 +192,45 @@ mod tests {
             .unwrap();
         let err = e.search(&json!({"a": "x"})).unwrap_err();
         assert_eq!(err.code, ErrorCode::MappingError);
+    }
+
+    #[test]
+    fn meta_shows_the_message_in_scope() {
+        let meta = Arc::new(Meta {
+            original: Bytes::new(),
+            correlation_id: "c-1".into(),
+            content_type: crate::message::ContentType::Json,
+            origin: Origin::Kafka {
+                topic: "t".into(),
+                partition: 2,
+                offset: 7,
+            },
+            key: None,
+            headers: Vec::new(),
+            request_headers: Vec::new(),
+            received_at: std::time::Instant::now(),
+            reply: None,
+        });
+        let scope = Scope {
+            meta,
+            headers: Arc::new(vec![("region".into(), Bytes::from_static(b"north"))]),
+            key: Some(Bytes::from_static(b"k")),
+            error: Some(Arc::new(Failure::new(
+                "steps[0].map",
+                ErrorCode::MappingError,
+                "bad",
+            ))),
+        };
+        let e = Expr::compile("[meta().correlation_id, meta().headers.region, meta().key, meta().source.offset, meta().error.code, a]").unwrap();
+        assert_eq!(
+            with_scope(&scope, || e.search(&json!({"a": 1}))).unwrap(),
+            json!(["c-1", "north", "k", 7, "mapping_error", 1])
+        );
+        // Outside a message: null, not a failure.
+        assert_eq!(
+            e.search(&json!({"a": 1})).unwrap(),
+            json!([null, null, null, null, null, 1])
+        );
     }
 
     #[test]

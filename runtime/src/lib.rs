@@ -39,6 +39,7 @@ pub mod jmes;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod retry;
 pub mod sinks;
 pub mod sources;
 pub mod steps;

@@ -114,11 +114,70 @@ pub struct Meta {
     pub key: Option<Bytes>,
     /// Headers received with the input (Kafka headers), passed on as they are.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The HTTP request's headers (names in lower case, credentials left out), for `meta()`
+    /// in expressions; empty for other sources.
+    pub request_headers: Vec<(String, String)>,
     /// When gridflow received it.
     pub received_at: Instant,
     /// For a synchronous request/reply source: where the pipeline's result messages are kept
     /// for the response.
     pub reply: Option<std::sync::Mutex<Vec<Payload>>>,
+}
+
+/// A message's headers: name and value, in order, names may repeat (Kafka headers). Shared
+/// until a step changes them.
+pub type Headers = Arc<Vec<(String, Bytes)>>;
+
+/// A message as it passes through steps: its body and the metadata steps may read and change
+/// (`meta()` in JMESPath; the `set`, `remove` and `rename` steps).
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The body.
+    pub payload: Payload,
+    /// Headers the sink writes (Kafka record headers, HTTP request headers). A Kafka input's
+    /// headers to start with; none for other inputs.
+    pub headers: Headers,
+    /// The record key a Kafka sink without `key` writes: the Kafka input's key to start with.
+    pub key: Option<Bytes>,
+    /// Inside and after a `try` block's `catch` steps: the failure that was caught.
+    pub error: Option<Arc<crate::error::Failure>>,
+}
+
+impl Item {
+    /// The first item of an input.
+    pub fn from_input(payload: Payload, meta: &Meta) -> Item {
+        Item {
+            payload,
+            headers: Arc::new(
+                meta.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Bytes::copy_from_slice(v)))
+                    .collect(),
+            ),
+            key: meta.key.clone(),
+            error: None,
+        }
+    }
+
+    /// Another item with the same metadata and `payload` as its body.
+    pub fn with_payload(&self, payload: Payload) -> Item {
+        Item {
+            payload,
+            headers: Arc::clone(&self.headers),
+            key: self.key.clone(),
+            error: self.error.clone(),
+        }
+    }
+
+    /// A message with only a body (tests, benchmarks).
+    pub fn new(payload: Payload) -> Item {
+        Item {
+            payload,
+            headers: Arc::default(),
+            key: None,
+            error: None,
+        }
+    }
 }
 
 /// A message in flight.
@@ -130,6 +189,25 @@ pub struct Message {
     pub meta: Arc<Meta>,
     /// Its share of the input's acknowledgement.
     pub ack: Ack,
+}
+
+/// Headers never shown to expressions: credentials.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "cookie",
+];
+
+/// The headers of an HTTP request as [`Meta::request_headers`] keeps them.
+pub fn request_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !SECRET_HEADERS.contains(&name.as_str()))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect()
 }
 
 /// A fresh correlation id: a UUID v7, so ids sort by creation time.

@@ -35,6 +35,65 @@ pub fn quota_rejected(pipeline: &str) {
     counter!("gridflow_quota_rejections_total", "pipeline" => pipeline.to_string()).increment(1);
 }
 
+/// The state of one `enrich` step's circuit breaker: 0 closed, 1 open, 2 half-open.
+pub struct BreakerGauge {
+    step: String,
+    gauge: metrics::Gauge,
+}
+
+impl BreakerGauge {
+    /// Registers the gauge of `step` in `pipeline`.
+    pub fn new(pipeline: &str, step: &str) -> Self {
+        BreakerGauge {
+            step: format!("{pipeline}/{step}"),
+            gauge: gauge!("gridflow_enrich_breaker_state", "pipeline" => pipeline.to_string(), "step" => step.to_string()),
+        }
+    }
+
+    /// Sets the state.
+    pub fn set(&self, state: u8) {
+        self.gauge.set(f64::from(state));
+    }
+
+    /// `pipeline/step`, for logs.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+}
+
+/// The counters of one `enrich` step.
+pub struct EnrichMetrics {
+    hits: Counter,
+    misses: Counter,
+    calls: Histogram,
+}
+
+impl EnrichMetrics {
+    /// Registers the handles of `step` in `pipeline`.
+    pub fn new(pipeline: &str, step: &str) -> Self {
+        let (p, s) = (pipeline.to_string(), step.to_string());
+        EnrichMetrics {
+            hits: counter!("gridflow_enrich_cache_hits_total", "pipeline" => p.clone(), "step" => s.clone()),
+            misses: counter!("gridflow_enrich_cache_misses_total", "pipeline" => p.clone(), "step" => s.clone()),
+            calls: histogram!("gridflow_enrich_call_duration_seconds", "pipeline" => p, "step" => s),
+        }
+    }
+
+    /// A cache lookup.
+    pub fn cache(&self, hit: bool) {
+        if hit {
+            self.hits.increment(1)
+        } else {
+            self.misses.increment(1)
+        }
+    }
+
+    /// An upstream call (one attempt) took `elapsed`.
+    pub fn call(&self, elapsed: Duration) {
+        self.calls.record(elapsed.as_secs_f64());
+    }
+}
+
 /// The counters of one pipeline.
 #[derive(Clone)]
 pub struct PipelineMetrics {
@@ -69,6 +128,11 @@ impl PipelineMetrics {
     pub fn sent(&self, latency: Duration) {
         self.sent.increment(1);
         self.end_to_end.record(latency.as_secs_f64());
+    }
+
+    /// An input waited for an unavailable upstream.
+    pub fn waited(&self) {
+        counter!("gridflow_upstream_waits_total", "pipeline" => self.pipeline.clone()).increment(1);
     }
 
     /// A step dropped a message on purpose.

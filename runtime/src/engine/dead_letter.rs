@@ -257,6 +257,7 @@ mod tests {
             key: None,
             headers: vec![("trace".into(), b"t".to_vec())],
             reply: None,
+            request_headers: Vec::new(),
             received_at: Instant::now(),
         }
     }

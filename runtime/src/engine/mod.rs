@@ -6,8 +6,9 @@
 //! it took in, then waits (bounded) until nothing is in flight.
 
 pub mod dead_letter;
+pub mod program;
 pub mod reload;
-pub mod retry;
+pub use crate::retry;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use crate::sinks::SinkContext;
 use crate::sources::{Downstream, HttpRoutes, SourceContext};
 use dead_letter::{DeadLetterTarget, DeadLetterWriter};
 use retry::RetryPolicy;
-use runner::{NamedStep, Runner};
+use runner::Runner;
 
 /// Why a pipeline could not start.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -121,6 +122,13 @@ impl Engine {
         let config = &file.config;
         let mut topics: Vec<String> = config.source.topics().to_vec();
         topics.extend(config.sink.topic().map(str::to_string));
+        topics.extend(
+            config
+                .steps
+                .iter()
+                .flat_map(crate::steps::StepConfig::sinks)
+                .filter_map(|s| s.topic().map(str::to_string)),
+        );
         if let DeadLetterTarget::Topic(t) = DeadLetterTarget::resolve(config, dead_letters_dir) {
             topics.push(t);
         }
@@ -236,24 +244,20 @@ impl Engine {
 
         let pipeline: Arc<str> = Arc::from(name.as_str());
         let version: Arc<str> = Arc::from(file.version.as_str());
-        let mut steps = Vec::with_capacity(config.steps.len());
-        for (i, step) in config.steps.iter().enumerate() {
-            let id = format!("steps[{i}].{}", step.kind());
-            let built = step
-                .build_in(&crate::steps::StepContext {
-                    contracts: Some(Arc::clone(&self.ctx.contracts)),
-                })
-                .map_err(|e| build_error(&id, e.to_string()))?;
-            steps.push(NamedStep { id, step: built });
-        }
-        let sink = config
-            .sink
-            .build(&SinkContext {
+        let program = program::Program::build(
+            &name,
+            &config.steps,
+            &config.sink,
+            &crate::steps::StepContext {
+                contracts: Some(Arc::clone(&self.ctx.contracts)),
+            },
+            &SinkContext {
                 pipeline: Arc::clone(&pipeline),
                 version: Arc::clone(&version),
                 producer: Some(self.ctx.producer.clone()),
-            })
-            .map_err(|e| build_error("sink", e.to_string()))?;
+            },
+        )
+        .map_err(|(component, e)| build_error(&component, e.to_string()))?;
         let target = DeadLetterTarget::resolve(config, &self.ctx.dead_letters_dir);
         let dead_letter = DeadLetterWriter::new(
             target,
@@ -278,14 +282,14 @@ impl Engine {
         let max_in_flight = self.ctx.limits.max_in_flight.max(1);
         let runner = Arc::new(Runner {
             name: Arc::clone(&pipeline),
-            steps,
-            sink,
-            sink_id: format!("sink.{}", config.sink.kind()),
+            program,
             dead_letter,
             retry: RetryPolicy::from(&config.on_error),
             source_redelivers: config.source.redelivers(),
+            processing: Arc::new(Semaphore::new(max_in_flight)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            stopped: CancellationToken::new(),
             metrics: PipelineMetrics::new(&name),
         });
         Ok(Prepared {

@@ -7,16 +7,17 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::DeadLetterWriter;
+use super::program::{Outcome, Program};
 use super::retry::RetryPolicy;
 use crate::ack::Ack;
 use crate::error::{ErrorCode, Failure, SinkError};
-use crate::message::{Message, Meta, Payload};
+use crate::message::{Item, Message, Meta};
 use crate::metrics::PipelineMetrics;
-use crate::sinks::{Record, Sink};
+use crate::sinks::Record;
 use crate::sources::Downstream;
-use crate::steps::Step;
 
 /// The acknowledgement of one send attempt: the delivery's result, or the send's error.
 async fn settle(sent: Result<crate::sinks::Delivery, SinkError>) -> Result<(), SinkError> {
@@ -26,87 +27,106 @@ async fn settle(sent: Result<crate::sinks::Delivery, SinkError>) -> Result<(), S
     }
 }
 
-/// A step with the name used in errors (`steps[1].map`).
-pub struct NamedStep {
-    /// `steps[<index>].<kind>`.
-    pub id: String,
-    /// The running step.
-    pub step: Box<dyn Step>,
-}
-
 /// The part of a pipeline after its source.
 pub struct Runner {
     /// The pipeline's name.
     pub name: Arc<str>,
-    pub(super) steps: Vec<NamedStep>,
-    pub(super) sink: Arc<dyn Sink>,
-    /// `sink.<kind>`.
-    pub(super) sink_id: String,
+    pub(super) program: Program,
     pub(super) dead_letter: DeadLetterWriter,
     pub(super) retry: RetryPolicy,
     /// False for sources that cannot offer an input again (Kafka): the dead-letter write is
-    /// then retried until it succeeds instead of failing the input.
+    /// then retried until it succeeds instead of failing the input, and an input whose
+    /// upstream is unavailable waits instead of being refused.
     pub(super) source_redelivers: bool,
+    /// Inputs between their arrival and the hand-over of their messages to the sinks.
+    pub(super) processing: Arc<Semaphore>,
+    /// Messages between the hand-over and their sink's acknowledgement.
     pub(super) in_flight: Arc<Semaphore>,
     pub(super) max_in_flight: usize,
+    /// Cancelled when the pipeline is stopped for good: inputs waiting for an upstream give
+    /// up (their acknowledgement fails, so the source offers them again).
+    pub(super) stopped: CancellationToken,
     pub(super) metrics: PipelineMetrics,
 }
 
+/// Longest wait before an input whose upstream is unavailable is tried again.
+const MAX_UNAVAILABLE_WAIT: Duration = Duration::from_secs(30);
+
 impl Runner {
-    /// Runs every step on `payload`. All of an input's messages pass every step before any
-    /// is handed to the sink, so a step failure dead-letters the input with nothing of it
-    /// delivered.
-    fn apply_steps(&self, payload: Payload) -> Result<Vec<Payload>, Failure> {
-        let mut current = vec![payload];
-        for named in &self.steps {
-            let mut next = Vec::with_capacity(current.len());
-            for payload in current {
-                // A bug in a step or a library under it (jmespath panics on some slices) must
-                // fail this message, not the pipeline: the input is dead-lettered.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    named.step.process(payload, &mut next)
-                }));
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        let mut failure = Failure::new(&named.id, e.code, e.message);
-                        failure.details = e.details;
-                        return Err(failure);
+    /// Runs the program, waiting out an unavailable upstream for sources that cannot offer
+    /// the input again. `Err` carries the failure and whether the input is refused (HTTP
+    /// `503`, file left in place) rather than dead-lettered; `None` when the pipeline stopped.
+    async fn run_program(
+        &self,
+        item: Item,
+        meta: &Arc<Meta>,
+    ) -> Option<Result<Outcome, (Failure, bool)>> {
+        let mut waits = 0u32;
+        loop {
+            let input = if self.program.may_wait {
+                Some(item.clone())
+            } else {
+                None
+            };
+            let result = self
+                .program
+                .run(input.unwrap_or_else(|| item.clone()), meta)
+                .await;
+            match result {
+                Ok(outcome) => return Some(Ok(outcome)),
+                Err(f) if f.code == ErrorCode::Unavailable && self.source_redelivers => {
+                    return Some(Err((f, true)))
+                }
+                Err(f) if f.code == ErrorCode::Unavailable => {
+                    waits += 1;
+                    let wait = f
+                        .retry_after
+                        .unwrap_or_else(|| self.retry.backoff(waits))
+                        .clamp(Duration::from_millis(10), MAX_UNAVAILABLE_WAIT);
+                    if waits == 1 {
+                        tracing::warn!(pipeline = %self.name, step = %f.step, correlation_id = %meta.correlation_id, wait_ms = wait.as_millis() as u64, error = %f.message, "Upstream unavailable; the input waits.");
                     }
-                    Err(panic) => {
-                        let reason = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".into());
-                        return Err(Failure::new(
-                            &named.id,
-                            ErrorCode::StepPanicked,
-                            format!("the step panicked: {reason}"),
-                        ));
+                    self.metrics.waited();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stopped.cancelled() => return None,
                     }
                 }
-            }
-            current = next;
-            if current.is_empty() {
-                break;
+                Err(f) => return Some(Err((f, false))),
             }
         }
-        Ok(current)
     }
 
     async fn handle(self: Arc<Self>, message: Message) {
         self.metrics.received();
         let Message { payload, meta, ack } = message;
-        let payloads = match self.apply_steps(payload) {
-            Ok(payloads) => payloads,
-            Err(failure) => {
+        let busy = Arc::clone(&self.processing)
+            .acquire_owned()
+            .await
+            .expect("the processing semaphore is never closed");
+        let item = Item::from_input(payload, &meta);
+        let outcome = match self.run_program(item, &meta).await {
+            // Stopped while waiting: the dropped ack fails the input; it is offered again.
+            None => return,
+            Some(Ok(outcome)) => outcome,
+            Some(Err((failure, true))) => {
+                tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, error = %failure.message, "Input refused: upstream unavailable.");
+                self.metrics.failed();
+                ack.failed(failure);
+                return;
+            }
+            Some(Err((failure, false))) => {
                 let permit = self.permit().await;
+                drop(busy);
                 tokio::spawn(self.clone().dead_letter(meta, ack, failure, permit));
                 return;
             }
         };
-        if payloads.is_empty() {
+        let Outcome {
+            deliveries,
+            rethrown,
+        } = outcome;
+        if deliveries.is_empty() && rethrown.is_none() {
             self.metrics.filtered();
             ack.filtered();
             return;
@@ -116,17 +136,30 @@ impl Runner {
             reply
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .extend(payloads.iter().cloned());
+                .extend(deliveries.iter().map(|(_, item)| item.payload.clone()));
         }
-        for payload in payloads {
+        for (sink, item) in deliveries {
             let permit = self.permit().await;
             let record = Record {
-                payload,
+                payload: item.payload,
                 meta: Arc::clone(&meta),
+                headers: item.headers,
+                key: item.key,
             };
-            let first = self.sink.send(&record).await;
-            tokio::spawn(self.clone().deliver(record, ack.fork(), first, permit));
+            let first = self.program.sinks[sink].sink.send(&record).await;
+            tokio::spawn(
+                self.clone()
+                    .deliver(sink, record, ack.fork(), first, permit),
+            );
         }
+        if let Some(failure) = rethrown {
+            let permit = self.permit().await;
+            tokio::spawn(
+                self.clone()
+                    .dead_letter(Arc::clone(&meta), ack.fork(), failure, permit),
+            );
+        }
+        drop(busy);
         ack.filtered();
     }
 
@@ -140,6 +173,7 @@ impl Runner {
     /// Awaits the sink's acknowledgement, retrying transient faults as the policy says.
     async fn deliver(
         self: Arc<Self>,
+        sink: usize,
         record: Record,
         ack: Ack,
         first: Result<crate::sinks::Delivery, SinkError>,
@@ -156,20 +190,22 @@ impl Runner {
                 }
                 Err(SinkError::Permanent { code, message }) => {
                     break Failure {
-                        step: self.sink_id.clone(),
+                        step: self.program.sinks[sink].id.clone(),
                         code,
                         message,
                         attempts,
                         details: None,
+                        retry_after: None,
                     };
                 }
                 Err(SinkError::Transient(message)) if attempts >= self.retry.max_attempts => {
                     break Failure {
-                        step: self.sink_id.clone(),
+                        step: self.program.sinks[sink].id.clone(),
                         code: ErrorCode::RetriesExhausted,
                         message,
                         attempts,
                         details: None,
+                        retry_after: None,
                     };
                 }
                 Err(SinkError::Transient(message)) => {
@@ -177,7 +213,7 @@ impl Runner {
                     self.metrics.retried();
                     tokio::time::sleep(self.retry.backoff(attempts)).await;
                     attempts += 1;
-                    result = settle(self.sink.send(&record).await).await;
+                    result = settle(self.program.sinks[sink].sink.send(&record).await).await;
                 }
             }
         };
@@ -222,6 +258,7 @@ impl Runner {
                         message: format!("{failure}; the dead-letter write failed too: {e}"),
                         attempts: attempt,
                         details: None,
+                        retry_after: None,
                     });
                     return;
                 }
@@ -233,16 +270,19 @@ impl Runner {
         }
     }
 
-    /// Waits until nothing is in flight, at most `timeout`; true when drained.
+    /// Waits until nothing is in flight, at most `timeout`; true when drained. Then inputs
+    /// still waiting for an upstream give up.
     pub async fn drain(&self, timeout: Duration) -> bool {
         let all = self.max_in_flight as u32;
-        match tokio::time::timeout(timeout, self.in_flight.acquire_many(all)).await {
-            Ok(Ok(permits)) => {
-                drop(permits);
-                true
-            }
-            _ => false,
-        }
+        let drained = tokio::time::timeout(timeout, async {
+            let processing = self.processing.acquire_many(all).await;
+            let in_flight = self.in_flight.acquire_many(all).await;
+            drop((processing, in_flight));
+        })
+        .await
+        .is_ok();
+        self.stopped.cancel();
+        drained
     }
 }
 

@@ -71,9 +71,17 @@ impl Sink for HttpSink {
                 ContentType::Other => "application/octet-stream",
             },
         };
-        let request = self
-            .client
-            .post(&self.url)
+        let mut request = self.client.post(&self.url);
+        for (name, value) in record.headers.iter() {
+            // Kafka header names that are not valid HTTP header names are left out.
+            if let (Ok(n), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_bytes(value),
+            ) {
+                request = request.header(n, v);
+            }
+        }
+        let request = request
             .header("content-type", content_type)
             .header("x-correlation-id", &record.meta.correlation_id)
             .header("x-gridflow-pipeline-version", &self.version)

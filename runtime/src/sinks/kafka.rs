@@ -85,7 +85,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     fn key(&self, record: &Record) -> Result<Option<Vec<u8>>, SinkError> {
         let Some(expr) = &self.key else {
-            return Ok(record.meta.key.as_ref().map(|k| k.to_vec()));
+            return Ok(record.key.as_ref().map(|k| k.to_vec()));
         };
         let payload = &record.payload;
         let invalid = |message: String| SinkError::Permanent {
@@ -112,12 +112,12 @@ impl KafkaSink {
     }
 
     fn headers(&self, record: &Record) -> OwnedHeaders {
-        let mut headers = OwnedHeaders::new_with_capacity(record.meta.headers.len() + 2);
-        for (k, v) in &record.meta.headers {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 3);
+        for (k, v) in record.headers.iter() {
             if !k.starts_with("gridflow.") {
                 headers = headers.insert(Header {
                     key: k,
-                    value: Some(v),
+                    value: Some(v.as_ref()),
                 });
             }
         }

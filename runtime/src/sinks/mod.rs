@@ -21,15 +21,19 @@ pub use kafka::KafkaSinkConfig;
 pub use stdout::StdoutSinkConfig;
 
 use crate::error::{BuildError, SinkError};
-use crate::message::{Meta, Payload};
+use crate::message::{Headers, Meta, Payload};
 
 /// A message ready for a sink.
 #[derive(Debug, Clone)]
 pub struct Record {
     /// The body.
     pub payload: Payload,
-    /// Facts about the input it came from (correlation id, original headers).
+    /// Facts about the input it came from (correlation id).
     pub meta: Arc<Meta>,
+    /// The message's headers, written with it.
+    pub headers: Headers,
+    /// The message's key (a Kafka sink without `key` writes it).
+    pub key: Option<bytes::Bytes>,
 }
 
 /// The acknowledgement of one record: resolves when the destination confirmed it.

@@ -124,6 +124,7 @@ impl FileSource {
                 key: None,
                 headers: Vec::new(),
                 reply: None,
+                request_headers: Vec::new(),
                 received_at: Instant::now(),
             });
             downstream

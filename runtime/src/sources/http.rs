@@ -497,6 +497,7 @@ async fn serve(
         },
         key: None,
         headers: Vec::new(),
+        request_headers: crate::message::request_headers(&parts.headers),
         received_at: Instant::now(),
         reply: (route.config.reply == ReplyMode::Mapped).then(|| std::sync::Mutex::new(Vec::new())),
     });
@@ -662,9 +663,18 @@ fn unavailable(
     );
     response.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(route.config.retry_after_secs),
+        HeaderValue::from(retry_after_secs(failure, route.config.retry_after_secs)),
     );
     response
+}
+
+/// Seconds for `Retry-After`: the failure's own (an upstream's breaker cool-down), rounded
+/// up, else the route's default.
+pub(crate) fn retry_after_secs(failure: &Failure, default: u64) -> u64 {
+    failure
+        .retry_after
+        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        .map_or(default, |s| s.max(1))
 }
 
 fn failure_fields(

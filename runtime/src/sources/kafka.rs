@@ -2,7 +2,15 @@
 //!
 //! At-least-once: an offset is stored for commit only when its record's acknowledgement
 //! resolved (delivered, filtered or dead-lettered) *and* every earlier offset of the same
-//! partition did. Records are handed downstream one at a time, in partition order.
+//! partition did.
+//!
+//! Concurrency: records go to `concurrency` lanes, each handing its records downstream one at
+//! a time; a partition (or, with `order_by = "key"`, a key within a partition) always goes to
+//! the same lane, so order is kept per partition (per key) while partitions (keys) are
+//! processed at once. Backpressure: when a lane is full (a slow sink, an upstream whose
+//! breaker is open) the record's partition is paused and its records are held in order; the
+//! consumer keeps polling (so it stays in its group) and resumes the partition once the lane
+//! has room.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use metrics::gauge;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message as _;
@@ -32,13 +41,50 @@ pub struct KafkaSourceConfig {
     pub topics: Vec<String>,
     /// Consumer group id; replicas of gridflow with the same group share the partitions.
     pub group: String,
+    /// Records processed at once, at most (lanes; default 16).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// What keeps its order: `partition` (default) or `key` (records of one key, within a
+    /// partition; records without a key keep partition order).
+    #[serde(default)]
+    pub order_by: OrderBy,
 }
+
+fn default_concurrency() -> usize {
+    16
+}
+
+/// The unit whose records are processed in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderBy {
+    /// Records of one partition, in offset order.
+    #[default]
+    Partition,
+    /// Records of one key within a partition, in offset order.
+    Key,
+}
+
+/// Records of a paused partition, in offset order: lane, offset, message.
+type Held = std::collections::VecDeque<(usize, i64, Message)>;
+
+/// Records a lane holds.
+const LANE_CAPACITY: usize = 64;
+
+/// How long a full lane is waited for before its partition is paused.
+const PAUSE_AFTER: Duration = Duration::from_millis(250);
 
 impl KafkaSourceConfig {
     /// Checks topics and group.
     pub fn check(&self) -> Result<(), BuildError> {
         if self.topics.is_empty() {
             return Err(BuildError::at("topics", "at least one topic is needed"));
+        }
+        if self.concurrency == 0 {
+            return Err(BuildError::at(
+                "concurrency",
+                "concurrency must be at least 1",
+            ));
         }
         if self.group.trim().is_empty() {
             return Err(BuildError::at(
@@ -55,6 +101,7 @@ impl KafkaSourceConfig {
             config: self.clone(),
             settings: ctx.kafka.clone(),
             drain_timeout: ctx.drain_timeout,
+            paused: gauge!("gridflow_kafka_paused_partitions", "pipeline" => ctx.pipeline.to_string()),
         }
     }
 }
@@ -64,6 +111,53 @@ pub struct KafkaSource {
     config: KafkaSourceConfig,
     settings: KafkaSettings,
     drain_timeout: Duration,
+    paused: metrics::Gauge,
+}
+
+/// The lane of a record: by partition, or by partition and key.
+fn lane_of(
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    order_by: OrderBy,
+    lanes: usize,
+) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    partition.hash(&mut h);
+    if order_by == OrderBy::Key {
+        key.hash(&mut h);
+    }
+    (h.finish() % lanes as u64) as usize
+}
+
+/// A lane: hands its records downstream one at a time, until the source stops. Records still
+/// queued then are dropped, so their acknowledgements fail and they are not committed.
+fn spawn_lane(
+    downstream: Arc<dyn Downstream>,
+    shutdown: CancellationToken,
+) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Message>(LANE_CAPACITY);
+    let task = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            // Waiting for room (backpressure) must not hide a stop: a record abandoned here
+            // is not committed and is read again by the successor.
+            tokio::select! {
+                _ = downstream.push(message) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    });
+    (tx, task)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,8 +195,12 @@ impl PartitionTracker {
         committable
     }
 
+    /// Offsets whose record is still being processed (failed ones are not waited for).
     fn pending(&self) -> usize {
-        self.offsets.len()
+        self.offsets
+            .values()
+            .filter(|p| **p == Progress::Pending)
+            .count()
     }
 }
 
@@ -157,6 +255,7 @@ fn to_message(
             key: m.key().map(Bytes::copy_from_slice),
             headers,
             reply: None,
+            request_headers: Vec::new(),
             received_at: Instant::now(),
         }),
         ack,
@@ -197,25 +296,99 @@ impl KafkaSource {
                     }
                 }
             };
+
+        let lane_stop = shutdown.child_token();
+        let lane_count = self.config.concurrency.max(1);
+        let (lanes, lane_tasks): (Vec<_>, Vec<_>) = (0..lane_count)
+            .map(|_| spawn_lane(Arc::clone(&downstream), lane_stop.clone()))
+            .unzip();
+        // Records of paused partitions, in offset order, with their lane.
+        let mut held: HashMap<(Arc<str>, i32), Held> = HashMap::new();
+        let order_by = self.config.order_by;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pause = |consumer: &StreamConsumer, topic: &str, partition: i32, on: bool| {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            let result = if on {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            };
+            if let Err(e) = result {
+                tracing::debug!(topic, partition, error = %e, "Pause or resume failed (partition revoked?).");
+            }
+        };
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = finished_rx.recv() => store(&consumer, &done, &mut trackers),
+                _ = tick.tick(), if !held.is_empty() => {
+                    // Move held records into their lanes while there is room; resume the
+                    // partitions whose records all went.
+                    held.retain(|(topic, partition), queue| {
+                        while let Some((lane, offset, message)) = queue.pop_front() {
+                            match lanes[lane].try_send(message) {
+                                Ok(()) => trackers.entry((Arc::clone(topic), *partition)).or_default().start(offset),
+                                Err(mpsc::error::TrySendError::Full(message)) | Err(mpsc::error::TrySendError::Closed(message)) => {
+                                    queue.push_front((lane, offset, message));
+                                    return true;
+                                }
+                            }
+                        }
+                        pause(&consumer, topic, *partition, false);
+                        tracing::debug!(topic = %topic, partition, "Kafka partition resumed.");
+                        false
+                    });
+                    self.paused.set(held.len() as f64);
+                }
                 received = consumer.recv() => match received {
                     Ok(m) => {
                         let topic = topic_names
                             .entry(m.topic().to_string())
                             .or_insert_with(|| Arc::from(m.topic()))
                             .clone();
-                        trackers.entry((Arc::clone(&topic), m.partition())).or_default().start(m.offset());
+                        let (partition, offset) = (m.partition(), m.offset());
+                        let lane = lane_of(&topic, partition, m.key(), order_by, lane_count);
                         let message = to_message(&m, &topic, &finished_tx);
                         drop(m);
-                        // Waiting for room (backpressure) must not hide a stop: a record
-                        // abandoned here is not committed and is read again by the successor.
-                        tokio::select! {
-                            _ = downstream.push(message) => {}
+                        let at = (Arc::clone(&topic), partition);
+                        if let Some(queue) = held.get_mut(&at) {
+                            // Its partition is paused: after the records before it.
+                            queue.push_back((lane, offset, message));
+                            continue;
+                        }
+                        let message = match lanes[lane].try_send(message) {
+                            Ok(()) => {
+                                trackers.entry(at).or_default().start(offset);
+                                continue;
+                            }
+                            Err(mpsc::error::TrySendError::Full(message)) => message,
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                return Err("a processing lane stopped unexpectedly".into());
+                            }
+                        };
+                        // A full lane is ordinary backpressure while catching up: wait a
+                        // little for room. Only a lane that stays full (a stalled sink, an
+                        // upstream whose breaker is open) pauses the partition, since a
+                        // resumed partition is fetched again from the broker.
+                        let room = tokio::select! {
+                            room = tokio::time::timeout(PAUSE_AFTER, lanes[lane].reserve()) => room,
                             _ = shutdown.cancelled() => break,
+                        };
+                        match room {
+                            Ok(Ok(slot)) => {
+                                slot.send(message);
+                                trackers.entry(at).or_default().start(offset);
+                            }
+                            Ok(Err(_)) => return Err("a processing lane stopped unexpectedly".into()),
+                            Err(_) => {
+                                pause(&consumer, &topic, partition, true);
+                                tracing::debug!(topic = %topic, partition, "Kafka partition paused: downstream is full.");
+                                held.entry(at).or_default().push_back((lane, offset, message));
+                                self.paused.set(held.len() as f64);
+                            }
                         }
                     }
                     Err(e) => {
@@ -224,6 +397,13 @@ impl KafkaSource {
                     }
                 },
             }
+        }
+        // Held records were never started: dropping them fails their acks (not committed).
+        held.clear();
+        self.paused.set(0.0);
+        drop(lanes);
+        for task in lane_tasks {
+            let _ = task.await;
         }
 
         // Drain: wait (bounded) for what was taken in, then commit what is done.
@@ -285,7 +465,8 @@ mod tests {
         t.start(1);
         t.start(2);
         assert_eq!(t.finish(1, false), None);
-        assert_eq!(t.finish(2, true), None);
-        assert_eq!(t.pending(), 2);
+        assert_eq!(t.pending(), 1);
+        assert_eq!(t.finish(2, true), None, "2 waits behind the failed 1");
+        assert_eq!(t.pending(), 0);
     }
 }

@@ -270,6 +270,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         return fault(version, true, Some(status), &reason, correlation_id, None);
     }
     let limit = route.config().max_body_bytes;
+    let request_headers = crate::message::request_headers(request.headers());
     let body: Bytes = match axum::body::to_bytes(Body::new(request.into_body()), limit).await {
         Ok(body) => body,
         Err(_) => {
@@ -296,6 +297,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
             .iter()
             .map(|a| ("soap.action".to_string(), a.clone().into_bytes()))
             .collect(),
+        request_headers,
         received_at: Instant::now(),
         reply: (route.config().reply == ReplyMode::Mapped)
             .then(|| std::sync::Mutex::new(Vec::new())),
@@ -362,7 +364,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         }
         Outcome::DeadLettered(f) | Outcome::Failed(f) => {
             let mut response = fault(version, false, Some(StatusCode::SERVICE_UNAVAILABLE), &format!("the message could not be written; try again later ({})", f.message), correlation_id, Some(&f));
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(route.config().retry_after_secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(super::http::retry_after_secs(&f, route.config().retry_after_secs)));
             response
         }
     }

@@ -3,6 +3,9 @@
 //! Every step kind is registered in [`StepConfig`], the one registry: a closed enum tagged by
 //! `kind`, whose `build` returns the running [`Step`].
 
+pub mod blocks;
+pub mod enrich;
+pub mod fields;
 mod filter;
 mod json_to_xml;
 mod map;
@@ -12,6 +15,9 @@ mod xml_to_json;
 
 use serde::Deserialize;
 
+pub use blocks::{BranchConfig, ParallelConfig, TryConfig};
+pub use enrich::EnrichConfig;
+pub use fields::{RemoveConfig, RenameConfig, SetConfig};
 pub use filter::FilterConfig;
 pub use json_to_xml::JsonToXmlConfig;
 pub use map::MapConfig;
@@ -20,7 +26,7 @@ pub use validate::ValidateConfig;
 pub use xml_to_json::XmlToJsonConfig;
 
 use crate::error::{BuildError, StepError};
-use crate::message::Payload;
+use crate::message::{Item, Payload};
 
 /// A transformation of one message into zero, one or several messages.
 ///
@@ -32,6 +38,27 @@ pub trait Step: Send + Sync {
     /// Processes `payload`, pushing what it produces to `out` (nothing: the message is
     /// filtered out).
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError>;
+
+    /// Processes a whole message, body and metadata. By default the body goes through
+    /// [`process`](Self::process) and every result keeps the message's metadata; steps that
+    /// change metadata (`set`, `remove`, `rename`) override it.
+    fn process_item(&self, item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
+        let mut bodies = Vec::with_capacity(1);
+        let Item {
+            payload,
+            headers,
+            key,
+            error,
+        } = item;
+        self.process(payload, &mut bodies)?;
+        out.extend(bodies.into_iter().map(|payload| Item {
+            payload,
+            headers: headers.clone(),
+            key: key.clone(),
+            error: error.clone(),
+        }));
+        Ok(())
+    }
 }
 
 /// One `[[steps]]` table of a pipeline file.
@@ -50,6 +77,20 @@ pub enum StepConfig {
     Split(SplitConfig),
     /// The message must conform to a contract.
     Validate(ValidateConfig),
+    /// Sets body fields, headers and the key.
+    Set(SetConfig),
+    /// Removes body fields and headers.
+    Remove(RemoveConfig),
+    /// Renames body fields and headers.
+    Rename(RenameConfig),
+    /// An HTTP call whose answer goes into the message.
+    Enrich(EnrichConfig),
+    /// `enrich` steps run at once.
+    Parallel(ParallelConfig),
+    /// Steps with `catch` steps run on failure.
+    Try(TryConfig),
+    /// Routes, each with its steps and sink.
+    Branch(BranchConfig),
 }
 
 /// What steps may need from the process when they are built.
@@ -69,7 +110,48 @@ impl StepConfig {
             StepConfig::Filter(_) => "filter",
             StepConfig::Split(_) => "split",
             StepConfig::Validate(_) => "validate",
+            StepConfig::Set(_) => "set",
+            StepConfig::Remove(_) => "remove",
+            StepConfig::Rename(_) => "rename",
+            StepConfig::Enrich(_) => "enrich",
+            StepConfig::Parallel(_) => "parallel",
+            StepConfig::Try(_) => "try",
+            StepConfig::Branch(_) => "branch",
         }
+    }
+
+    /// This step and every step inside it, at any depth.
+    pub fn all(&self) -> Vec<&StepConfig> {
+        let inner: Vec<&StepConfig> = match self {
+            StepConfig::Parallel(p) => p.steps.iter().collect(),
+            StepConfig::Try(t) => t.steps.iter().chain(&t.catch).collect(),
+            StepConfig::Branch(b) => b
+                .routes
+                .iter()
+                .flat_map(|r| &r.steps)
+                .chain(b.default.iter().flat_map(|d| &d.steps))
+                .collect(),
+            _ => Vec::new(),
+        };
+        std::iter::once(self)
+            .chain(inner.into_iter().flat_map(StepConfig::all))
+            .collect()
+    }
+
+    /// Sinks declared inside this step (branch routes, at any depth).
+    pub fn sinks(&self) -> Vec<&crate::sinks::SinkConfig> {
+        self.all()
+            .into_iter()
+            .flat_map(|s| match s {
+                StepConfig::Branch(b) => b
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.sink.as_ref())
+                    .chain(b.default.iter().filter_map(|d| d.sink.as_ref()))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
     }
 
     /// Builds the running step (compiles its expressions) with no contracts loaded.
@@ -77,7 +159,8 @@ impl StepConfig {
         self.build_in(&StepContext::default())
     }
 
-    /// Builds the running step.
+    /// Builds the running step of a plain (synchronous, message-by-message) kind; the engine
+    /// builds `enrich` and the blocks itself.
     pub fn build_in(&self, ctx: &StepContext) -> Result<Box<dyn Step>, BuildError> {
         Ok(match self {
             StepConfig::XmlToJson(c) => Box::new(c.build()?),
@@ -86,6 +169,21 @@ impl StepConfig {
             StepConfig::Filter(c) => Box::new(c.build()?),
             StepConfig::Split(c) => Box::new(c.build()?),
             StepConfig::Validate(c) => Box::new(c.build(ctx)?),
+            StepConfig::Set(c) => Box::new(c.build()?),
+            StepConfig::Remove(c) => Box::new(c.build()?),
+            StepConfig::Rename(c) => Box::new(c.build()?),
+            StepConfig::Enrich(_)
+            | StepConfig::Parallel(_)
+            | StepConfig::Try(_)
+            | StepConfig::Branch(_) => {
+                return Err(BuildError::at(
+                    "kind",
+                    format!(
+                        "`{}` is run by the engine, not built as a plain step",
+                        self.kind()
+                    ),
+                ))
+            }
         })
     }
 
@@ -93,6 +191,10 @@ impl StepConfig {
     pub fn check(&self) -> Result<(), BuildError> {
         match self {
             StepConfig::Validate(c) => c.check(),
+            StepConfig::Enrich(c) => c.check(),
+            StepConfig::Parallel(c) => c.check(),
+            StepConfig::Try(c) => c.check(),
+            StepConfig::Branch(c) => c.check(),
             other => other.build().map(drop),
         }
     }
@@ -109,6 +211,13 @@ impl StepConfig {
             "filter" => StepConfig::Filter(Deserialize::deserialize(de)?),
             "split" => StepConfig::Split(Deserialize::deserialize(de)?),
             "validate" => StepConfig::Validate(Deserialize::deserialize(de)?),
+            "set" => StepConfig::Set(Deserialize::deserialize(de)?),
+            "remove" => StepConfig::Remove(Deserialize::deserialize(de)?),
+            "rename" => StepConfig::Rename(Deserialize::deserialize(de)?),
+            "enrich" => StepConfig::Enrich(Deserialize::deserialize(de)?),
+            "parallel" => StepConfig::Parallel(Deserialize::deserialize(de)?),
+            "try" => StepConfig::Try(Deserialize::deserialize(de)?),
+            "branch" => StepConfig::Branch(Deserialize::deserialize(de)?),
             other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
         })
     }
@@ -122,6 +231,13 @@ pub const KINDS: &[&str] = &[
     "filter",
     "split",
     "validate",
+    "set",
+    "remove",
+    "rename",
+    "enrich",
+    "parallel",
+    "try",
+    "branch",
 ];
 
 #[cfg(test)]

@@ -1,0 +1,838 @@
+//! `enrich`: an HTTP call per message (webMethods' INVOKE), its answer placed into the message.
+//!
+//! The request is rendered from the message (URL template, optional JMESPath body); the call
+//! has a timeout, is retried for transient faults only (connect errors, timeouts, `408`,
+//! `429` and `5xx`, waiting `Retry-After` when the upstream gives one), goes through a TTL
+//! cache keyed on the rendered request, a concurrency limit and a circuit breaker.
+//!
+//! Outcomes: the answer (JSON, or XML converted like `xml_to_json`) is set at `target`; a
+//! `404` follows `on_missing`; another `4xx` fails the message (`enrichment_failed`,
+//! dead-lettered); an unavailable upstream (breaker open, retries used up) is *not* a fault of
+//! the message: the engine makes a Kafka input wait and answers an HTTP input `503` with
+//! `Retry-After`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::fields::FieldPath;
+use crate::error::{BuildError, ErrorCode, Failure, StepError};
+use crate::jmes::Expr;
+use crate::retry::RetryPolicy;
+use crate::xml::{self, Namespaces, XmlToJsonOptions};
+
+/// What to do when the upstream answers `404`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// The message fails with `not_found` (dead-lettered).
+    #[default]
+    Fail,
+    /// The message goes on unchanged.
+    Skip,
+    /// `target` is set to null.
+    Null,
+}
+
+/// HTTP method of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// GET (default).
+    #[default]
+    Get,
+    /// POST, with `body` as JSON.
+    Post,
+}
+
+/// `[steps.cache]`: answers kept for `ttl_ms`, at most `max_entries`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long an answer is reused, in milliseconds.
+    pub ttl_ms: u64,
+    /// Most answers kept (default 10000); the least used go first.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+}
+
+fn default_max_entries() -> u64 {
+    10_000
+}
+
+/// `[steps.breaker]`: after `failures` consecutive failed calls the step fails fast for
+/// `cooldown_ms`, then lets one trial call through.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls that open the breaker (default 5).
+    pub failures: u32,
+    /// How long it stays open, in milliseconds (default 30000).
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// `kind = "enrich"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// URL template: `{expression}` is replaced by the JMESPath result on the message,
+    /// percent-encoded (`{{` and `}}` are literal braces). `${VAR}` is read from the
+    /// environment when the file loads.
+    pub url: String,
+    /// `GET` (default) or `POST`.
+    #[serde(default)]
+    pub method: Method,
+    /// JMESPath giving the JSON body of a `POST`.
+    pub body: Option<String>,
+    /// Request headers (static values; `${VAR}` for secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Field path where the answer goes (`asset`, `meter.asset`).
+    pub target: String,
+    /// Timeout of one attempt, in milliseconds (default 5000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts for transient faults, the first included (default 3).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff, in milliseconds (default 100), doubled per retry, with jitter.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest backoff, in milliseconds (default 5000).
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Longest `Retry-After` honoured, in milliseconds (default 30000).
+    #[serde(default = "default_max_retry_after_ms")]
+    pub max_retry_after_ms: u64,
+    /// `404`: `fail` (default), `skip` or `null`.
+    #[serde(default)]
+    pub on_missing: OnMissing,
+    /// Calls in flight at once from this step (default 32).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Largest answer accepted, in bytes (default 10 MiB).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// XML answers: element names that always become arrays.
+    #[serde(default)]
+    pub arrays: Vec<String>,
+    /// Answer cache; none by default.
+    pub cache: Option<CacheConfig>,
+    /// Circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_initial_backoff_ms() -> u64 {
+    100
+}
+fn default_max_backoff_ms() -> u64 {
+    5_000
+}
+fn default_max_retry_after_ms() -> u64 {
+    30_000
+}
+fn default_max_concurrency() -> usize {
+    32
+}
+fn default_max_response_bytes() -> usize {
+    10 * 1024 * 1024
+}
+
+/// One piece of a URL template.
+#[derive(Debug)]
+enum Part {
+    Text(String),
+    Expr(Expr),
+}
+
+/// Parses `text{expr}text`; `{{`/`}}` are literal braces; an expression may hold balanced
+/// braces (a multi-select hash).
+fn parse_template(url: &str) -> Result<Vec<Part>, BuildError> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut chars = url.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' if chars.peek().map(|p| p.1) == Some('{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek().map(|p| p.1) == Some('}') => {
+                chars.next();
+                text.push('}');
+            }
+            '{' => {
+                let start = i + 1;
+                let mut depth = 1;
+                let mut end = None;
+                for (j, c) in chars.by_ref() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = Some(j);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let Some(end) = end else {
+                    return Err(
+                        BuildError::at("url", format!("unclosed `{{` at character {i}"))
+                            .with_hint("close the expression with `}`, or write `{{` for a brace"),
+                    );
+                };
+                let source = url[start..end].trim();
+                let expr = Expr::compile(source).map_err(|e| {
+                    let mut err = BuildError::jmespath("url", e);
+                    err.offset = err.offset.map(|o| o + start);
+                    err
+                })?;
+                if !text.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut text)));
+                }
+                parts.push(Part::Expr(expr));
+            }
+            '}' => {
+                return Err(
+                    BuildError::at("url", format!("unmatched `}}` at character {i}"))
+                        .with_hint("write `}}` for a literal brace"),
+                )
+            }
+            c => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        parts.push(Part::Text(text));
+    }
+    Ok(parts)
+}
+
+/// Characters a template value keeps as they are: RFC 3986 unreserved.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+impl EnrichConfig {
+    /// Compiles the template and the body expression, checks the numbers.
+    pub fn check(&self) -> Result<(), BuildError> {
+        self.parts().map(drop)
+    }
+
+    fn parts(&self) -> Result<(Vec<Part>, Option<Expr>, FieldPath), BuildError> {
+        let parts = parse_template(&self.url)?;
+        if !parts
+            .iter()
+            .any(|p| matches!(p, Part::Text(t) if t.contains("://")))
+            && !matches!(parts.first(), Some(Part::Expr(_)))
+        {
+            return Err(BuildError::at("url", "the URL has no scheme")
+                .with_hint("write an absolute URL such as `http://registry:8080/meters/{id}`"));
+        }
+        let body = match (&self.body, self.method) {
+            (Some(_), Method::Get) => {
+                return Err(BuildError::at("body", "a GET request has no body")
+                    .with_hint("set `method = \"POST\"`, or remove `body`"))
+            }
+            (Some(b), Method::Post) => {
+                Some(Expr::compile(b).map_err(|e| BuildError::jmespath("body", e))?)
+            }
+            (None, _) => None,
+        };
+        let target = FieldPath::parse(&self.target).map_err(|m| BuildError::at("target", m))?;
+        if self.max_attempts == 0 {
+            return Err(BuildError::at(
+                "max_attempts",
+                "max_attempts must be at least 1",
+            ));
+        }
+        if self.max_concurrency == 0 {
+            return Err(BuildError::at(
+                "max_concurrency",
+                "max_concurrency must be at least 1",
+            ));
+        }
+        if self.breaker.failures == 0 {
+            return Err(BuildError::at(
+                "breaker",
+                "breaker.failures must be at least 1",
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(BuildError::at(
+                "timeout_ms",
+                "timeout_ms must be at least 1",
+            ));
+        }
+        Ok((parts, body, target))
+    }
+
+    /// Builds the step; `id` names it in errors and metrics, `pipeline` in metrics.
+    pub fn build(&self, id: &str, pipeline: &str) -> Result<Enrich, BuildError> {
+        let (parts, body, target) = self.parts()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &self.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| BuildError::at("headers", format!("header `{name}`: {e}")))?;
+            let value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|e| BuildError::at("headers", format!("header `{name}`: {e}")))?;
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| BuildError::at("url", format!("cannot build the HTTP client: {e}")))?;
+        let cache = self.cache.as_ref().map(|c| {
+            moka::future::Cache::builder()
+                .max_capacity(c.max_entries)
+                .time_to_live(Duration::from_millis(c.ttl_ms))
+                .build()
+        });
+        Ok(Enrich {
+            id: id.to_string(),
+            parts,
+            body,
+            target,
+            method: self.method,
+            client,
+            on_missing: self.on_missing,
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                initial_backoff: Duration::from_millis(self.initial_backoff_ms),
+                max_backoff: Duration::from_millis(self.max_backoff_ms),
+            },
+            max_retry_after: Duration::from_millis(self.max_retry_after_ms),
+            max_response_bytes: self.max_response_bytes,
+            xml: XmlToJsonOptions {
+                arrays: self.arrays.iter().cloned().collect(),
+                namespaces: Namespaces::Strip,
+            },
+            permits: Semaphore::new(self.max_concurrency),
+            cache,
+            breaker: Breaker::new(
+                self.breaker.failures,
+                Duration::from_millis(self.breaker.cooldown_ms),
+                crate::metrics::BreakerGauge::new(pipeline, id),
+            ),
+            metrics: crate::metrics::EnrichMetrics::new(pipeline, id),
+        })
+    }
+}
+
+/// A rendered request: what the cache is keyed on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Request {
+    url: String,
+    body: Option<Bytes>,
+}
+
+/// What the upstream said about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `2xx`: the body as JSON (null when empty).
+    Found(Value),
+    /// `404`.
+    Missing,
+}
+
+/// State of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BreakerState {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One trial call is out.
+    HalfOpen,
+}
+
+/// A circuit breaker over consecutive failed calls.
+struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<BreakerState>,
+    gauge: crate::metrics::BreakerGauge,
+}
+
+impl Breaker {
+    fn new(threshold: u32, cooldown: Duration, gauge: crate::metrics::BreakerGauge) -> Breaker {
+        gauge.set(0);
+        Breaker {
+            threshold,
+            cooldown,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            gauge,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// May a call go out? `Err(wait)` while open (or while the trial call is out).
+    fn admit(&self) -> Result<(), Duration> {
+        let mut state = self.lock();
+        match *state {
+            BreakerState::Closed { .. } => Ok(()),
+            BreakerState::Open { until } => {
+                let now = Instant::now();
+                if now < until {
+                    Err(until - now)
+                } else {
+                    *state = BreakerState::HalfOpen;
+                    self.gauge.set(2);
+                    Ok(())
+                }
+            }
+            BreakerState::HalfOpen => Err(self.cooldown.min(Duration::from_secs(1))),
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut state = self.lock();
+        if *state != (BreakerState::Closed { failures: 0 }) {
+            if !matches!(*state, BreakerState::Closed { .. }) {
+                tracing::info!(step = %self.gauge.step(), "Enrichment breaker closed.");
+            }
+            *state = BreakerState::Closed { failures: 0 };
+            self.gauge.set(0);
+        }
+    }
+
+    /// Records a failed call; the time until the next call may go, when it opened.
+    fn failed(&self) -> Option<Duration> {
+        let mut state = self.lock();
+        let open = match *state {
+            BreakerState::Closed { failures } if failures + 1 >= self.threshold => true,
+            BreakerState::Closed { failures } => {
+                *state = BreakerState::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            BreakerState::HalfOpen => true,
+            BreakerState::Open { until } => {
+                return Some(until.saturating_duration_since(Instant::now()))
+            }
+        };
+        if open {
+            *state = BreakerState::Open {
+                until: Instant::now() + self.cooldown,
+            };
+            self.gauge.set(1);
+            tracing::warn!(step = %self.gauge.step(), cooldown_ms = self.cooldown.as_millis() as u64, "Enrichment breaker opened.");
+            return Some(self.cooldown);
+        }
+        None
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Done(Answer),
+    /// Worth another attempt, after `retry_after` if the upstream said so.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The upstream refused this request.
+    Refused(String),
+}
+
+/// The running `enrich` step.
+pub struct Enrich {
+    id: String,
+    parts: Vec<Part>,
+    body: Option<Expr>,
+    target: FieldPath,
+    method: Method,
+    client: reqwest::Client,
+    on_missing: OnMissing,
+    retry: RetryPolicy,
+    max_retry_after: Duration,
+    max_response_bytes: usize,
+    xml: XmlToJsonOptions,
+    permits: Semaphore,
+    cache: Option<moka::future::Cache<Request, Answer>>,
+    breaker: Breaker,
+    metrics: crate::metrics::EnrichMetrics,
+}
+
+impl Enrich {
+    /// The step's name (`steps[2].enrich`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Renders the request for `input` (a missing template value is an error of the message).
+    pub fn render(&self, input: &Value) -> Result<Request, StepError> {
+        let mut url = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => url.push_str(t),
+                Part::Expr(e) => match e.search(input)? {
+                    Value::Null => {
+                        return Err(StepError::new(
+                            ErrorCode::MappingError,
+                            format!("enrich: `{}` is null or missing in the message", e.source()),
+                        ))
+                    }
+                    Value::String(s) => {
+                        url.extend(percent_encoding::utf8_percent_encode(&s, COMPONENT))
+                    }
+                    other => url.extend(percent_encoding::utf8_percent_encode(
+                        &other.to_string(),
+                        COMPONENT,
+                    )),
+                },
+            }
+        }
+        let body = match &self.body {
+            Some(expr) => Some(Bytes::from(expr.search(input)?.to_string())),
+            None => None,
+        };
+        Ok(Request { url, body })
+    }
+
+    /// Places `answer` into `value` as `on_missing` says; false when the message goes on
+    /// unchanged.
+    pub fn apply(&self, value: &mut Value, answer: Answer) -> Result<(), Failure> {
+        let fail = |e: StepError| Failure::new(&self.id, e.code, e.message);
+        match answer {
+            Answer::Found(v) => self.target.set(value, v).map_err(fail),
+            Answer::Missing => match self.on_missing {
+                OnMissing::Fail => Err(Failure::new(
+                    &self.id,
+                    ErrorCode::NotFound,
+                    "enrich: the upstream answered 404 Not Found",
+                )),
+                OnMissing::Skip => Ok(()),
+                OnMissing::Null => self.target.set(value, Value::Null).map_err(fail),
+            },
+        }
+    }
+
+    /// The answer to `request`: from the cache, or from the upstream.
+    pub async fn fetch(&self, request: Request) -> Result<Answer, Failure> {
+        let Some(cache) = &self.cache else {
+            return self.call(&request).await;
+        };
+        if let Some(answer) = cache.get(&request).await {
+            self.metrics.cache(true);
+            return Ok(answer);
+        }
+        self.metrics.cache(false);
+        // Concurrent identical requests share one call.
+        cache
+            .try_get_with(request.clone(), self.call(&request))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.retry.backoff(attempt)
+    }
+
+    /// Calls the upstream, retrying transient faults.
+    async fn call(&self, request: &Request) -> Result<Answer, Failure> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if let Err(wait) = self.breaker.admit() {
+                return Err(Failure::unavailable(
+                    &self.id,
+                    "enrich: the upstream's circuit breaker is open",
+                    wait,
+                ));
+            }
+            let started = Instant::now();
+            let outcome = {
+                let _permit = self.permits.acquire().await.expect("never closed");
+                self.attempt(request).await
+            };
+            self.metrics.call(started.elapsed());
+            match outcome {
+                Attempt::Done(answer) => {
+                    self.breaker.succeeded();
+                    return Ok(answer);
+                }
+                Attempt::Refused(reason) => {
+                    self.breaker.succeeded();
+                    return Err(Failure::new(&self.id, ErrorCode::EnrichmentFailed, reason));
+                }
+                Attempt::Transient {
+                    reason,
+                    retry_after,
+                } => {
+                    let opened = self.breaker.failed();
+                    let wait = retry_after
+                        .map(|r| r.min(self.max_retry_after))
+                        .unwrap_or_else(|| self.backoff(attempt));
+                    if attempt >= self.retry.max_attempts || opened.is_some() {
+                        let mut failure = Failure::unavailable(
+                            &self.id,
+                            format!("enrich: {reason}"),
+                            opened.unwrap_or(wait).max(wait),
+                        );
+                        failure.attempts = attempt;
+                        return Err(failure);
+                    }
+                    tracing::debug!(step = %self.id, attempt, error = %reason, wait_ms = wait.as_millis() as u64, "Enrichment call failed; retrying.");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, request: &Request) -> Attempt {
+        let builder = match (&request.body, self.method) {
+            (Some(body), _) => self
+                .client
+                .post(&request.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone()),
+            (None, Method::Post) => self.client.post(&request.url),
+            (None, Method::Get) => self.client.get(&request.url),
+        };
+        let response = match builder.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Transient {
+                    reason: describe(&e),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Attempt::Done(Answer::Missing);
+        }
+        if status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        {
+            return Attempt::Transient {
+                reason: format!("the upstream answered {status}"),
+                retry_after: retry_after(response.headers()),
+            };
+        }
+        if !status.is_success() {
+            return Attempt::Refused(format!("enrich: the upstream answered {status}"));
+        }
+        let is_xml = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("xml"));
+        let body = match read_limited(response, self.max_response_bytes).await {
+            Ok(body) => body,
+            Err(Limited::TooLarge) => {
+                return Attempt::Refused(format!(
+                    "enrich: the answer exceeds {} bytes",
+                    self.max_response_bytes
+                ))
+            }
+            Err(Limited::Failed(e)) => {
+                return Attempt::Transient {
+                    reason: format!("reading the answer failed: {}", describe(&e)),
+                    retry_after: None,
+                }
+            }
+        };
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Attempt::Done(Answer::Found(Value::Null));
+        }
+        let parsed = if is_xml
+            || crate::message::ContentType::sniff(&body) == crate::message::ContentType::Xml
+        {
+            xml::xml_to_json(&body, &self.xml).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_slice(&body).map_err(|e| e.to_string())
+        };
+        match parsed {
+            Ok(v) => Attempt::Done(Answer::Found(v)),
+            Err(e) => Attempt::Refused(format!("enrich: the answer is neither JSON nor XML: {e}")),
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the call timed out".into()
+    } else if e.is_connect() {
+        "cannot connect to the upstream".into()
+    } else {
+        format!("the call failed: {e}")
+    }
+}
+
+enum Limited {
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Bytes, Limited> {
+    if response
+        .content_length()
+        .is_some_and(|n| n as usize > limit)
+    {
+        return Err(Limited::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Limited::Failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Limited::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(extra: &str) -> EnrichConfig {
+        toml::from_str(&format!(
+            "url = 'http://h/meters/{{meter.id}}/x'\ntarget = 'asset'\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn templates_render_percent_encoded_values() {
+        let step = config("").build("steps[0].enrich", "p").unwrap();
+        let r = step.render(&json!({"meter": {"id": "a b/c"}})).unwrap();
+        assert_eq!(r.url, "http://h/meters/a%20b%2Fc/x");
+        let r = step.render(&json!({"meter": {"id": 42}})).unwrap();
+        assert_eq!(r.url, "http://h/meters/42/x");
+        let err = step.render(&json!({})).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MappingError);
+        assert!(err.message.contains("meter.id"), "{err}");
+    }
+
+    #[test]
+    fn template_errors_point_into_the_url() {
+        let c: EnrichConfig = toml::from_str("url = 'http://h/{a.[}'\ntarget = 't'\n").unwrap();
+        let err = c.check().unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("url"));
+        assert!(err.offset.unwrap() >= 10, "{err:?}");
+        let c: EnrichConfig = toml::from_str("url = 'http://h/{a'\ntarget = 't'\n").unwrap();
+        assert!(c.check().unwrap_err().message.contains("unclosed"));
+        let c: EnrichConfig =
+            toml::from_str("url = 'http://h/{{literal}}/{a}'\ntarget = 't'\n").unwrap();
+        let step = c.build("s", "p").unwrap();
+        assert_eq!(
+            step.render(&json!({"a": 1})).unwrap().url,
+            "http://h/{literal}/1"
+        );
+        let c: EnrichConfig = toml::from_str("url = 'h/{a}'\ntarget = 't'\n").unwrap();
+        assert!(c.check().unwrap_err().message.contains("scheme"));
+        let c: EnrichConfig =
+            toml::from_str("url = 'http://h'\ntarget = 't'\nbody = 'a'\n").unwrap();
+        assert!(c.check().unwrap_err().message.contains("GET"));
+    }
+
+    #[test]
+    fn on_missing_modes() {
+        let mut v = json!({"a": 1});
+        let step = config("on_missing = 'null'").build("s", "p").unwrap();
+        step.apply(&mut v, Answer::Missing).unwrap();
+        assert_eq!(v, json!({"a": 1, "asset": null}));
+        let step = config("on_missing = 'skip'").build("s", "p").unwrap();
+        let mut v = json!({"a": 1});
+        step.apply(&mut v, Answer::Missing).unwrap();
+        assert_eq!(v, json!({"a": 1}));
+        let step = config("").build("s", "p").unwrap();
+        assert_eq!(
+            step.apply(&mut v, Answer::Missing).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+    }
+
+    #[test]
+    fn breaker_opens_after_consecutive_failures_and_half_opens() {
+        let b = Breaker::new(
+            2,
+            Duration::from_millis(50),
+            crate::metrics::BreakerGauge::new("p", "s"),
+        );
+        assert!(b.admit().is_ok());
+        assert_eq!(b.failed(), None);
+        b.succeeded();
+        assert_eq!(b.failed(), None, "the success reset the count");
+        assert!(b.failed().is_some(), "second consecutive failure opens it");
+        assert!(b.admit().is_err());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.admit().is_ok(), "half-open: one trial call");
+        assert!(b.admit().is_err(), "only one trial at a time");
+        assert!(b.failed().is_some(), "a failed trial opens it again");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.admit().is_ok());
+        b.succeeded();
+        assert!(b.admit().is_ok() && b.admit().is_ok(), "closed again");
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            httpdate::fmt_http_date(later).parse().unwrap(),
+        );
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+    }
+}
