@@ -26,6 +26,8 @@ struct Upstream {
     healthy: AtomicBool,
     posts: Mutex<Vec<Value>>,
     post_failures_left: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl Upstream {
@@ -82,6 +84,18 @@ async fn asset(
     }
 }
 
+/// Answers after 300 ms, counting the calls in flight at once.
+async fn lookup(
+    State(up): State<Arc<Upstream>>,
+    UrlPath(id): UrlPath<String>,
+) -> axum::Json<Value> {
+    let now = up.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    up.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.in_flight.fetch_sub(1, Ordering::SeqCst);
+    axum::Json(json!({"looked_up": id}))
+}
+
 async fn hook(State(up): State<Arc<Upstream>>, body: String) -> StatusCode {
     up.calls
         .lock()
@@ -107,6 +121,7 @@ async fn start_upstream() -> (Arc<Upstream>, String) {
     up.healthy.store(true, Ordering::SeqCst);
     let app = Router::new()
         .route("/assets/{id}", get(asset))
+        .route("/lookup/{id}", get(lookup))
         .route("/hook", axum::routing::post(hook))
         .with_state(Arc::clone(&up));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -226,6 +241,31 @@ async fn enrich_caches_answers_until_they_expire_and_handles_404_and_xml() {
     assert!(
         dlq.contains("not_found") && dlq.contains("enrichment_failed"),
         "{dlq}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_block_runs_its_calls_at_once() {
+    let (up, base) = start_upstream().await;
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "both.toml",
+        &format!(
+            "[source]\nkind='http'\npath='/both'\nreply='mapped'\n[[steps]]\nkind='parallel'\n[[steps.steps]]\nkind='enrich'\nurl='{base}/lookup/{{id}}-asset'\ntarget='asset'\n[[steps.steps]]\nkind='enrich'\nurl='{base}/lookup/{{id}}-tariff'\ntarget='tariff.current'\n[sink]\nkind='file'\npath='out.ndjson'\n"
+        ),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let (status, _, body) = post_json(&gf, "/both", json!({"id": "m7"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"id": "m7", "asset": {"looked_up": "m7-asset"}, "tariff": {"current": {"looked_up": "m7-tariff"}}})
+    );
+    assert_eq!(
+        up.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "both calls were in flight at once"
     );
 }
 

@@ -159,34 +159,13 @@ pub fn parse_pipeline(
         .as_ref()
         .and_then(|v| doc.section_tagged(v, "[sink]", sinks::KINDS, SinkConfig::variant));
 
-    let mut steps = Vec::new();
-    let mut steps_ok = true;
-    let step_values: Vec<Spanned<DeValue<'_>>> = match table.get("steps") {
-        None => Vec::new(),
-        Some(v) => match v.get_ref().as_array() {
-            Some(items) => items.iter().cloned().collect(),
-            None => {
-                doc.error(
-                    Some(v.span()),
-                    "`steps` must be an array of tables",
-                    Some("write each step as a `[[steps]]` table".into()),
-                );
-                Vec::new()
-            }
+    let (steps, steps_ok) = match table.get("steps") {
+        None => (Vec::new(), true),
+        Some(v) => match parse_steps(&mut doc, v, "steps") {
+            Some(steps) => (steps, true),
+            None => (Vec::new(), false),
         },
     };
-    for (i, v) in step_values.iter().enumerate() {
-        let context = format!("steps[{i}]");
-        match doc.section_tagged(v, &context, steps::KINDS, StepConfig::variant) {
-            Some(step) => {
-                if let Err(e) = step.check() {
-                    report(&mut doc, v, &context, e);
-                }
-                steps.push(step);
-            }
-            None => steps_ok = false,
-        }
-    }
 
     let on_error_v = table.get("on_error").cloned();
     let on_error = match &on_error_v {
@@ -230,6 +209,255 @@ pub fn parse_pipeline(
             Err(diagnostics)
         }
     }
+}
+
+/// Parses an array of step tables (`steps`, a block's `steps` or `catch`, a route's `steps`),
+/// reporting every problem with its position; `None` when one of them is wrong.
+fn parse_steps<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    prefix: &str,
+) -> Option<Vec<StepConfig>> {
+    let Some(items) = value.get_ref().as_array() else {
+        doc.error(
+            Some(value.span()),
+            format!("`{prefix}` must be an array of tables"),
+            Some(format!("write each step as a `[[{prefix}]]` table")),
+        );
+        return None;
+    };
+    let mut steps = Vec::new();
+    let mut ok = true;
+    for (i, v) in items.iter().enumerate() {
+        match parse_step(doc, v, &format!("{prefix}[{i}]")) {
+            Some(step) => steps.push(step),
+            None => ok = false,
+        }
+    }
+    ok.then_some(steps)
+}
+
+/// Parses one step table; blocks (`branch`, `try`, `parallel`) are parsed part by part so
+/// that a fault deep inside one is reported where it is.
+fn parse_step<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    context: &str,
+) -> Option<StepConfig> {
+    let kind = value
+        .get_ref()
+        .as_table()
+        .and_then(|t| t.get("kind"))
+        .and_then(|k| k.get_ref().as_str())
+        .map(str::to_string);
+    let step = match kind.as_deref() {
+        Some("branch") => parse_branch(doc, value, context),
+        Some("try") => parse_try(doc, value, context),
+        Some("parallel") => parse_parallel(doc, value, context),
+        _ => {
+            let step = doc.section_tagged(value, context, steps::KINDS, StepConfig::variant)?;
+            if let Err(e) = step.check() {
+                report(doc, value, context, e);
+            }
+            Some(step)
+        }
+    }?;
+    Some(step)
+}
+
+/// The table of `value` without `keys`, and the removed values.
+fn split_table<'i>(
+    value: &Spanned<DeValue<'i>>,
+    keys: &[&str],
+) -> (Spanned<DeValue<'i>>, Vec<Option<Spanned<DeValue<'i>>>>) {
+    let mut table = value.get_ref().as_table().cloned().unwrap_or_default();
+    let removed = keys.iter().map(|k| table.remove(*k)).collect();
+    (Spanned::new(value.span(), DeValue::Table(table)), removed)
+}
+
+fn nested_steps<'i>(
+    doc: &mut Document<'i>,
+    value: Option<Spanned<DeValue<'i>>>,
+    prefix: &str,
+) -> Option<Vec<StepConfig>> {
+    match value {
+        Some(v) => parse_steps(doc, &v, prefix),
+        None => Some(Vec::new()),
+    }
+}
+
+fn parse_try<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    context: &str,
+) -> Option<StepConfig> {
+    let (shell, mut removed) = split_table(value, &["steps", "catch"]);
+    let catch_v = removed.pop().flatten();
+    let steps_v = removed.pop().flatten();
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Shell {
+        #[allow(dead_code)]
+        kind: String,
+        #[serde(default)]
+        rethrow: bool,
+    }
+    let shell: Option<Shell> = doc.section(&shell, context, &[]);
+    let missing = |doc: &mut Document<'_>, key: &str, hint: &str| {
+        doc.error(
+            Some(value.span()),
+            format!("{context}: a try block needs `{key}`"),
+            Some(hint.to_string()),
+        );
+    };
+    if steps_v.is_none() {
+        missing(
+            doc,
+            "steps",
+            "add `[[steps.steps]]` tables: the steps to guard",
+        );
+    }
+    if catch_v.is_none() {
+        missing(
+            doc,
+            "catch",
+            "add `[[steps.catch]]` tables: the steps run on failure",
+        );
+    }
+    let steps = nested_steps(doc, steps_v, &format!("{context}.steps"));
+    let catch = nested_steps(doc, catch_v, &format!("{context}.catch"));
+    Some(StepConfig::Try(crate::steps::TryConfig {
+        steps: steps?,
+        catch: catch?,
+        rethrow: shell?.rethrow,
+    }))
+}
+
+fn parse_parallel<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    context: &str,
+) -> Option<StepConfig> {
+    let (shell, mut removed) = split_table(value, &["steps"]);
+    let steps_v = removed.pop().flatten();
+    if let Some(t) = shell.get_ref().as_table() {
+        doc.check_keys(t, &["kind", "steps"], context);
+    }
+    let config = crate::steps::ParallelConfig {
+        steps: nested_steps(doc, steps_v, &format!("{context}.steps"))?,
+    };
+    if let Err(e) = config.check() {
+        report(doc, value, context, e);
+    }
+    Some(StepConfig::Parallel(config))
+}
+
+fn parse_branch<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    context: &str,
+) -> Option<StepConfig> {
+    use crate::steps::blocks::{BranchMode, DefaultRouteConfig, RouteConfig};
+    let (shell, mut removed) = split_table(value, &["routes", "default"]);
+    let default_v = removed.pop().flatten();
+    let routes_v = removed.pop().flatten();
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Shell {
+        #[allow(dead_code)]
+        kind: String,
+        #[serde(default)]
+        mode: BranchMode,
+    }
+    let shell: Option<Shell> = doc.section(&shell, context, &[]);
+    let mut ok = true;
+    let mut routes = Vec::new();
+    match routes_v.as_ref().and_then(|v| v.get_ref().as_array()) {
+        Some(items) if !items.is_empty() => {
+            for (i, route_v) in items.iter().enumerate() {
+                let at = format!("{context}.routes[{i}]");
+                let (route_shell, mut parts) = split_table(route_v, &["steps", "sink"]);
+                let sink_v = parts.pop().flatten();
+                let steps_v = parts.pop().flatten();
+                let route: Option<RouteConfig> = doc.section(&route_shell, &at, &[]);
+                if let Some(route) = &route {
+                    if let Err(e) = crate::jmes::Expr::compile(&route.when) {
+                        report(doc, route_v, &at, BuildError::jmespath("when", e));
+                    }
+                }
+                let steps = nested_steps(doc, steps_v, &format!("{at}.steps"));
+                let sink = sink_v
+                    .as_ref()
+                    .map(|v| parse_sink(doc, v, &format!("{at}.sink")));
+                match (route, steps, sink) {
+                    (Some(mut route), Some(steps), None) => {
+                        route.steps = steps;
+                        routes.push(route);
+                    }
+                    (Some(mut route), Some(steps), Some(Some(sink))) => {
+                        route.steps = steps;
+                        route.sink = Some(sink);
+                        routes.push(route);
+                    }
+                    _ => ok = false,
+                }
+            }
+        }
+        _ => {
+            doc.error(
+                Some(routes_v.as_ref().map_or(value.span(), |v| v.span())),
+                format!("{context}: a branch needs at least one route"),
+                Some("add `[[steps.routes]]` tables, each with `when`".into()),
+            );
+            ok = false;
+        }
+    }
+    let default = match default_v {
+        None => None,
+        Some(v) => {
+            let at = format!("{context}.default");
+            let (default_shell, mut parts) = split_table(&v, &["steps", "sink"]);
+            let sink_v = parts.pop().flatten();
+            let steps_v = parts.pop().flatten();
+            if let Some(t) = default_shell.get_ref().as_table() {
+                doc.check_keys(t, &["steps", "sink"], &at);
+            }
+            let steps = nested_steps(doc, steps_v, &format!("{at}.steps"));
+            let sink = match sink_v
+                .as_ref()
+                .map(|v| parse_sink(doc, v, &format!("{at}.sink")))
+            {
+                None => Some(None),
+                Some(Some(sink)) => Some(Some(sink)),
+                Some(None) => None,
+            };
+            match (steps, sink) {
+                (Some(steps), Some(sink)) => Some(DefaultRouteConfig { steps, sink }),
+                _ => {
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
+    let mode = shell?.mode;
+    ok.then_some(StepConfig::Branch(crate::steps::BranchConfig {
+        mode,
+        routes,
+        default,
+    }))
+}
+
+fn parse_sink<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    context: &str,
+) -> Option<SinkConfig> {
+    let sink = doc.section_tagged(value, context, sinks::KINDS, SinkConfig::variant)?;
+    if let Err(e) = sink.check() {
+        report(doc, value, context, e);
+    }
+    Some(sink)
 }
 
 fn report(doc: &mut Document<'_>, value: &Spanned<DeValue<'_>>, context: &str, e: BuildError) {
@@ -496,5 +724,71 @@ max_attempts = 3
             "{all}"
         );
         assert!(all.contains("[on_error] `max_attempts`"), "{all}");
+    }
+
+    const NESTED_FAULTS: &str = r#"[source]
+kind = "http"
+path = "/x"
+
+[[steps]]
+kind = "branch"
+[[steps.routes]]
+when = "a == `1`"
+[[steps.routes.steps]]
+kind = "mapp"
+expression = "a"
+[[steps.routes]]
+when = "b.["
+[steps.routes.sink]
+kind = "kafka"
+topic = "x.y.z.v1"
+
+[[steps]]
+kind = "try"
+[[steps.steps]]
+kind = "map"
+expresion = "a"
+[[steps.catch]]
+kind = "map"
+expression = "{a: ["
+
+[[steps]]
+kind = "enrich"
+url = "http://h/{id.[}"
+target = "a"
+
+[sink]
+kind = "stdout"
+"#;
+
+    #[test]
+    fn faults_inside_blocks_are_reported_where_they_are() {
+        let errs = parse(NESTED_FAULTS).unwrap_err();
+        let at: Vec<(usize, usize)> = errs.iter().map(|d| (d.line, d.column)).collect();
+        assert_eq!(at, [(10, 8), (13, 12), (22, 1), (25, 20), (29, 22)], "{errs:?}");
+        let all: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert!(all[0].contains("unknown kind `mapp` in steps[0].routes[0].steps[0]"), "{all:?}");
+        assert!(all[1].contains("steps[0].routes[1] `when`"), "{all:?}");
+        assert!(all[2].contains("unknown key `expresion` in steps[1].steps[0]"), "{all:?}");
+        assert!(all[3].contains("steps[1].catch[0] `expression`"), "{all:?}");
+    }
+
+    #[test]
+    fn blocks_parse_with_their_nested_steps_and_sinks() {
+        let text = "[source]\nkind='http'\npath='/x'\n[[steps]]\nkind='try'\nrethrow=true\n[[steps.steps]]\nkind='map'\nexpression='a'\n[[steps.catch]]\nkind='branch'\nmode='all'\n[[steps.catch.routes]]\nwhen='b'\n[steps.catch.routes.sink]\nkind='kafka'\ntopic='x.y.z.v1'\n[steps.catch.default]\n[[steps.catch.default.steps]]\nkind='set'\n[steps.catch.default.steps.fields]\nc='`1`'\n[sink]\nkind='stdout'\n";
+        let p = parse(text).unwrap();
+        let StepConfig::Try(t) = &p.steps[0] else { panic!("{:?}", p.steps) };
+        assert!(t.rethrow);
+        let StepConfig::Branch(b) = &t.catch[0] else { panic!("{:?}", t.catch) };
+        assert_eq!(b.mode, crate::steps::blocks::BranchMode::All);
+        assert_eq!(b.routes[0].sink.as_ref().and_then(|s| s.topic()), Some("x.y.z.v1"));
+        assert_eq!(b.default.as_ref().unwrap().steps[0].kind(), "set");
+        assert_eq!(p.steps[0].sinks().len(), 1);
+        // A try block without catch steps, a branch without routes, a parallel block with
+        // another kind of step: each is an error at the block.
+        let all = errors("[source]\nkind='http'\npath='/x'\n[[steps]]\nkind='try'\n[[steps.steps]]\nkind='map'\nexpression='a'\n[[steps]]\nkind='branch'\n[[steps]]\nkind='parallel'\n[[steps.steps]]\nkind='map'\nexpression='a'\n[sink]\nkind='stdout'\n").join("\n");
+        assert!(all.contains("steps[0]: a try block needs `catch`"), "{all}");
+        assert!(all.contains("steps[1]: a branch needs at least one route"), "{all}");
+        assert!(all.contains("a parallel block holds only `enrich` steps"), "{all}");
     }
 }

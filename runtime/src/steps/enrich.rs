@@ -338,6 +338,7 @@ impl EnrichConfig {
             breaker: Breaker::new(
                 self.breaker.failures,
                 Duration::from_millis(self.breaker.cooldown_ms),
+                Duration::from_millis(self.timeout_ms) + Duration::from_secs(1),
                 crate::metrics::BreakerGauge::new(pipeline, id),
             ),
             metrics: crate::metrics::EnrichMetrics::new(pipeline, id),
@@ -370,24 +371,35 @@ enum BreakerState {
     Open {
         until: Instant,
     },
-    /// One trial call is out.
-    HalfOpen,
+    /// One trial call is out, since then.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// A circuit breaker over consecutive failed calls.
 struct Breaker {
     threshold: u32,
     cooldown: Duration,
+    /// A trial call that has not ended after this long was abandoned (its caller went away):
+    /// another may go.
+    trial_timeout: Duration,
     state: Mutex<BreakerState>,
     gauge: crate::metrics::BreakerGauge,
 }
 
 impl Breaker {
-    fn new(threshold: u32, cooldown: Duration, gauge: crate::metrics::BreakerGauge) -> Breaker {
+    fn new(
+        threshold: u32,
+        cooldown: Duration,
+        trial_timeout: Duration,
+        gauge: crate::metrics::BreakerGauge,
+    ) -> Breaker {
         gauge.set(0);
         Breaker {
             threshold,
             cooldown,
+            trial_timeout,
             state: Mutex::new(BreakerState::Closed { failures: 0 }),
             gauge,
         }
@@ -407,12 +419,18 @@ impl Breaker {
                 if now < until {
                     Err(until - now)
                 } else {
-                    *state = BreakerState::HalfOpen;
+                    *state = BreakerState::HalfOpen { since: now };
                     self.gauge.set(2);
                     Ok(())
                 }
             }
-            BreakerState::HalfOpen => Err(self.cooldown.min(Duration::from_secs(1))),
+            BreakerState::HalfOpen { since } if since.elapsed() > self.trial_timeout => {
+                *state = BreakerState::HalfOpen {
+                    since: Instant::now(),
+                };
+                Ok(())
+            }
+            BreakerState::HalfOpen { .. } => Err(self.cooldown.min(Duration::from_secs(1))),
         }
     }
 
@@ -438,7 +456,7 @@ impl Breaker {
                 };
                 false
             }
-            BreakerState::HalfOpen => true,
+            BreakerState::HalfOpen { .. } => true,
             BreakerState::Open { until } => {
                 return Some(until.saturating_duration_since(Instant::now()))
             }
@@ -801,6 +819,7 @@ mod tests {
         let b = Breaker::new(
             2,
             Duration::from_millis(50),
+            Duration::from_millis(200),
             crate::metrics::BreakerGauge::new("p", "s"),
         );
         assert!(b.admit().is_ok());
@@ -812,6 +831,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(b.admit().is_ok(), "half-open: one trial call");
         assert!(b.admit().is_err(), "only one trial at a time");
+        std::thread::sleep(Duration::from_millis(210));
+        assert!(
+            b.admit().is_ok(),
+            "an abandoned trial does not block for ever"
+        );
         assert!(b.failed().is_some(), "a failed trial opens it again");
         std::thread::sleep(Duration::from_millis(60));
         assert!(b.admit().is_ok());
