@@ -765,11 +765,21 @@ kind = "stdout"
     fn faults_inside_blocks_are_reported_where_they_are() {
         let errs = parse(NESTED_FAULTS).unwrap_err();
         let at: Vec<(usize, usize)> = errs.iter().map(|d| (d.line, d.column)).collect();
-        assert_eq!(at, [(10, 8), (13, 12), (22, 1), (25, 20), (29, 22)], "{errs:?}");
+        assert_eq!(
+            at,
+            [(10, 8), (13, 12), (22, 1), (25, 20), (29, 22)],
+            "{errs:?}"
+        );
         let all: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
-        assert!(all[0].contains("unknown kind `mapp` in steps[0].routes[0].steps[0]"), "{all:?}");
+        assert!(
+            all[0].contains("unknown kind `mapp` in steps[0].routes[0].steps[0]"),
+            "{all:?}"
+        );
         assert!(all[1].contains("steps[0].routes[1] `when`"), "{all:?}");
-        assert!(all[2].contains("unknown key `expresion` in steps[1].steps[0]"), "{all:?}");
+        assert!(
+            all[2].contains("unknown key `expresion` in steps[1].steps[0]"),
+            "{all:?}"
+        );
         assert!(all[3].contains("steps[1].catch[0] `expression`"), "{all:?}");
     }
 
@@ -777,18 +787,31 @@ kind = "stdout"
     fn blocks_parse_with_their_nested_steps_and_sinks() {
         let text = "[source]\nkind='http'\npath='/x'\n[[steps]]\nkind='try'\nrethrow=true\n[[steps.steps]]\nkind='map'\nexpression='a'\n[[steps.catch]]\nkind='branch'\nmode='all'\n[[steps.catch.routes]]\nwhen='b'\n[steps.catch.routes.sink]\nkind='kafka'\ntopic='x.y.z.v1'\n[steps.catch.default]\n[[steps.catch.default.steps]]\nkind='set'\n[steps.catch.default.steps.fields]\nc='`1`'\n[sink]\nkind='stdout'\n";
         let p = parse(text).unwrap();
-        let StepConfig::Try(t) = &p.steps[0] else { panic!("{:?}", p.steps) };
+        let StepConfig::Try(t) = &p.steps[0] else {
+            panic!("{:?}", p.steps)
+        };
         assert!(t.rethrow);
-        let StepConfig::Branch(b) = &t.catch[0] else { panic!("{:?}", t.catch) };
+        let StepConfig::Branch(b) = &t.catch[0] else {
+            panic!("{:?}", t.catch)
+        };
         assert_eq!(b.mode, crate::steps::blocks::BranchMode::All);
-        assert_eq!(b.routes[0].sink.as_ref().and_then(|s| s.topic()), Some("x.y.z.v1"));
+        assert_eq!(
+            b.routes[0].sink.as_ref().and_then(|s| s.topic()),
+            Some("x.y.z.v1")
+        );
         assert_eq!(b.default.as_ref().unwrap().steps[0].kind(), "set");
         assert_eq!(p.steps[0].sinks().len(), 1);
         // A try block without catch steps, a branch without routes, a parallel block with
         // another kind of step: each is an error at the block.
         let all = errors("[source]\nkind='http'\npath='/x'\n[[steps]]\nkind='try'\n[[steps.steps]]\nkind='map'\nexpression='a'\n[[steps]]\nkind='branch'\n[[steps]]\nkind='parallel'\n[[steps.steps]]\nkind='map'\nexpression='a'\n[sink]\nkind='stdout'\n").join("\n");
         assert!(all.contains("steps[0]: a try block needs `catch`"), "{all}");
-        assert!(all.contains("steps[1]: a branch needs at least one route"), "{all}");
-        assert!(all.contains("a parallel block holds only `enrich` steps"), "{all}");
+        assert!(
+            all.contains("steps[1]: a branch needs at least one route"),
+            "{all}"
+        );
+        assert!(
+            all.contains("a parallel block holds only `enrich` steps"),
+            "{all}"
+        );
     }
 }
