@@ -35,15 +35,17 @@ pub enum ErrorCode {
     /// A step panicked on this message (a bug in gridflow or a library it uses); the
     /// message is dead-lettered and the pipeline goes on.
     StepPanicked,
-    /// Transient faults went on past `on_error.max_attempts`.
+    /// Transient faults went on past `on_error.max_attempts` (a sink), or past an `enrich`
+    /// step's `max_attempts` (with `retry_after` set: an HTTP input is answered `503`, a
+    /// Kafka input runs again up to `on_error.max_attempts` times, then is dead-lettered).
     RetriesExhausted,
     /// An `enrich` call was answered with an error, or with a body that is not JSON or XML.
     EnrichmentFailed,
     /// An `enrich` call was answered `404` and the step says `on_missing = "fail"`.
     NotFound,
-    /// An `enrich` upstream is unavailable (its breaker is open, or its retries ran out):
-    /// not a fault of the message. A Kafka input waits and is processed again; an HTTP input
-    /// is answered `503` with `Retry-After`.
+    /// An `enrich` upstream is unavailable (its circuit breaker is open): not a fault of the
+    /// message. A Kafka input waits and is processed again; an HTTP input is answered `503`
+    /// with `Retry-After`.
     Unavailable,
     /// A message was dropped inside gridflow before it was acknowledged (a bug, or a forced
     /// shutdown): reported so that nothing vanishes silently.
@@ -151,6 +153,15 @@ impl Failure {
             attempts: 1,
             details: None,
             retry_after: None,
+        }
+    }
+
+    /// This transient failure, as the end of the message's own retries
+    /// ([`ErrorCode::RetriesExhausted`]) rather than of an open breaker.
+    pub fn exhausted(self) -> Self {
+        Failure {
+            code: ErrorCode::RetriesExhausted,
+            ..self
         }
     }
 

@@ -142,21 +142,30 @@ impl Expr {
 
     /// Evaluates the expression on `data`.
     pub fn search(&self, data: &Value) -> Result<Value, StepError> {
-        let result = self
-            .compiled
-            .search(data)
-            .map_err(|e| self.error(e.reason.to_string()))?;
+        let result = self.run(data)?;
         serde_json::to_value(&*result).map_err(|e| self.error(e.to_string()))
     }
 
     /// Evaluates the expression as a condition, with JMESPath truthiness (false, null, empty
     /// string, array or object are false).
     pub fn is_truthy(&self, data: &Value) -> Result<bool, StepError> {
-        let result = self
-            .compiled
-            .search(data)
-            .map_err(|e| self.error(e.reason.to_string()))?;
-        Ok(result.is_truthy())
+        Ok(self.run(data)?.is_truthy())
+    }
+
+    /// Runs the expression; a panic inside jmespath (it overflows on some slices, such as
+    /// `[1::2147483647]`) is this message's failure, wherever the expression is used.
+    fn run(&self, data: &Value) -> Result<Rcvar, StepError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compiled.search(data)))
+        {
+            Ok(result) => result.map_err(|e| self.error(e.reason.to_string())),
+            Err(_) => Err(StepError::new(
+                ErrorCode::StepPanicked,
+                format!(
+                    "JMESPath `{}` panicked (a jmespath library defect)",
+                    self.source
+                ),
+            )),
+        }
     }
 
     fn error(&self, reason: String) -> StepError {
@@ -231,6 +240,15 @@ mod tests {
             e.search(&json!({"a": 1})).unwrap(),
             json!([null, null, null, null, null, 1])
         );
+    }
+
+    #[test]
+    fn a_panic_inside_jmespath_is_an_error() {
+        let e = Expr::compile("a[1::`2147483647`]")
+            .or_else(|_| Expr::compile("a[1::2147483647]"))
+            .unwrap();
+        let err = e.search(&json!({"a": [1, 2, 3]})).unwrap_err();
+        assert_eq!(err.code, ErrorCode::StepPanicked);
     }
 
     #[test]

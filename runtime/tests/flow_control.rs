@@ -59,6 +59,7 @@ async fn asset(
     };
     match id.as_str() {
         "missing" => StatusCode::NOT_FOUND.into_response(),
+        "poison" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         "refused" => StatusCode::BAD_REQUEST.into_response(),
         // Slower than the step's timeout the first time, fast after.
         "slow" if seen == 1 => {
@@ -173,7 +174,7 @@ async fn enrich_caches_answers_until_they_expire_and_handles_404_and_xml() {
     write_pipeline(
         dir.path(),
         "cached.toml",
-        &enrich("/cached", "[steps.cache]\nttl_ms=1500\nmax_entries=100"),
+        &enrich("/cached", "[steps.cache]\nttl_ms=1500\nmax_bytes=100000"),
     );
     write_pipeline(
         dir.path(),
@@ -307,7 +308,7 @@ async fn enrich_retries_timeouts_and_honours_retry_after() {
     up.healthy.store(false, Ordering::SeqCst);
     let (status, headers, body) = post_json(&gf, "/r", json!({"id": "down"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["code"], "unavailable", "{body}");
+    assert_eq!(body["code"], "retries_exhausted", "{body}");
     assert!(headers.contains_key("retry-after"));
     assert_eq!(up.calls_to("/assets/down").len(), 3, "max_attempts calls");
     assert!(!dir.path().join("out.ndjson.dlq").exists());
@@ -611,4 +612,167 @@ async fn metadata_is_readable_and_writable_from_steps() {
     assert_eq!(r.headers["x-region"], "north");
     assert!(!r.headers.contains_key("region") && !r.headers.contains_key("drop-me"));
     assert_eq!(r.headers["gridflow.correlation_id"], "corr-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_one_partition_are_processed_at_once_in_order_per_key() {
+    let (up, base) = start_upstream().await;
+    let input = unique("grid.meter.keyed.v1");
+    let output = unique("grid.meter.keyed-out.v1");
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    create_topic(&format!("{output}.dlq"), 1).await;
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "keyed.toml",
+        &format!(
+            "[source]\nkind='kafka'\ntopics=['{input}']\ngroup='{}'\nconcurrency=8\norder_by='key'\n[[steps]]\nkind='enrich'\nurl='{base}/lookup/{{meter}}'\ntarget='asset'\n[sink]\nkind='kafka'\ntopic='{output}'\n",
+            unique("g")
+        ),
+    );
+    let _gf = Gridflow::start(dir.path(), &[]);
+    // One partition, 8 keys, 5 records each; every lookup takes 300 ms.
+    let records: Vec<(Option<String>, Vec<u8>)> = (0..40)
+        .map(|i| {
+            let key = format!("k{}", i % 8);
+            let body = json!({"meter": format!("{key}-{}", i / 8), "key": key, "seq": i / 8});
+            (Some(key), body.to_string().into_bytes())
+        })
+        .collect();
+    produce_many(&input, records).await;
+    let out = consume(&output, 40, Duration::from_secs(60)).await;
+    assert_eq!(out.len(), 40);
+    let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &out {
+        let v = r.json();
+        per_key
+            .entry(v["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v["seq"].as_u64().unwrap());
+    }
+    assert_eq!(per_key.len(), 8);
+    for (key, seqs) in &per_key {
+        assert_eq!(*seqs, [0, 1, 2, 3, 4], "order of {key}");
+    }
+    // Records of one partition were processed at once (one lane per key here), so the
+    // lookups overlapped.
+    assert!(
+        up.max_in_flight.load(Ordering::SeqCst) >= 2,
+        "records of one partition were processed one at a time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_matching_route_wins_and_the_default_takes_the_rest() {
+    let (up, base) = start_upstream().await;
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "routed.toml",
+        &format!(
+            "[source]\nkind='http'\npath='/route'\nreply='mapped'\n[[steps]]\nkind='split'\nexpression='items'\n[[steps]]\nkind='branch'\n[[steps.routes]]\nname='urgent'\nwhen=\"priority == 'high'\"\n[[steps.routes.steps]]\nkind='set'\n[steps.routes.steps.fields]\nroute=\"'urgent'\"\n[steps.routes.sink]\nkind='file'\npath='urgent.ndjson'\n[[steps.routes]]\nname='regional'\nwhen=\"meta().source.headers.\\\"x-region\\\" == 'north'\"\n[[steps.routes.steps]]\nkind='set'\n[steps.routes.steps.fields]\nroute=\"'north'\"\nauth='meta().source.headers.authorization'\n[steps.default]\n[[steps.default.steps]]\nkind='enrich'\nurl='{base}/lookup/{{id}}'\ntarget='looked'\nmax_concurrency=2\n[[steps.default.steps]]\nkind='set'\n[steps.default.steps.fields]\nroute=\"'default'\"\n[sink]\nkind='file'\npath='main.ndjson'\n"
+        ),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let items: Vec<Value> = (0..6)
+        .map(|i| json!({"id": format!("i{i}"), "priority": if i == 0 { "high" } else { "low" }}))
+        .collect();
+    let response = post(
+        &gf.http_url("/route"),
+        "application/json",
+        &[("x-region", "north"), ("authorization", "Bearer secret")],
+        json!({"items": items}).to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let routes: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["route"].as_str().unwrap())
+        .collect();
+    // i0 is urgent (first route; the second would match too but the first wins); the rest
+    // match the regional route, which has no sink: they continue to the pipeline's sink.
+    assert_eq!(
+        routes,
+        ["urgent", "north", "north", "north", "north", "north"]
+    );
+    assert!(
+        body[1].get("auth").is_some_and(Value::is_null),
+        "credentials are not shown: {body}"
+    );
+    let urgent = std::fs::read_to_string(dir.path().join("urgent.ndjson")).unwrap();
+    assert_eq!(urgent.lines().count(), 1);
+    let main = std::fs::read_to_string(dir.path().join("main.ndjson")).unwrap();
+    assert_eq!(main.lines().count(), 5);
+
+    // Without the header, the low-priority items take the default route: one lookup each,
+    // at most two at once (max_concurrency).
+    let response = post(
+        &gf.http_url("/route"),
+        "application/json",
+        &[],
+        json!({"items": items}).to_string(),
+    )
+    .await;
+    let body: Value = response.json().await.unwrap();
+    let routes: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        routes,
+        ["urgent", "default", "default", "default", "default", "default"]
+    );
+    assert_eq!(body[1]["looked"]["looked_up"], "i1");
+    assert_eq!(
+        up.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "max_concurrency bounds the calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_upstream_always_fails_is_dead_lettered_not_waited_for_ever() {
+    let (up, base) = start_upstream().await;
+    let input = unique("grid.meter.mixed.v1");
+    let output = unique("grid.meter.mixed-out.v1");
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    create_topic(&format!("{output}.dlq"), 1).await;
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "mixed.toml",
+        &format!(
+            "[source]\nkind='kafka'\ntopics=['{input}']\ngroup='{}'\n[[steps]]\nkind='enrich'\nurl='{base}/assets/{{meter}}'\ntarget='asset'\nmax_attempts=2\ninitial_backoff_ms=10\n[steps.breaker]\nfailures=100\n[sink]\nkind='kafka'\ntopic='{output}'\n[on_error]\nmax_attempts=3\ninitial_backoff_ms=10\nmax_backoff_ms=50\n",
+            unique("g")
+        ),
+    );
+    let _gf = Gridflow::start(dir.path(), &[]);
+    for meter in ["ok1", "poison", "ok2"] {
+        produce(
+            &input,
+            Some(meter),
+            json!({"meter": meter}).to_string().as_bytes(),
+            &[],
+        )
+        .await;
+    }
+    let out = consume(&output, 2, Duration::from_secs(60)).await;
+    let meters: Vec<Value> = out.iter().map(|r| r.json()["meter"].clone()).collect();
+    assert_eq!(
+        meters,
+        [json!("ok1"), json!("ok2")],
+        "the partition went on after the poison record"
+    );
+    let dlq = consume(&format!("{output}.dlq"), 1, Duration::from_secs(30)).await;
+    assert_eq!(dlq[0].json()["meter"], "poison");
+    assert_eq!(dlq[0].headers["gridflow.error.code"], "retries_exhausted");
+    // Three runs of the program, two calls each.
+    assert_eq!(up.calls_to("/assets/poison").len(), 6);
 }

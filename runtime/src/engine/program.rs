@@ -267,7 +267,9 @@ fn run_nodes<'a>(
                     let mut next = Vec::with_capacity(current.len());
                     for item in current {
                         let scope = scope(meta, &item);
-                        guarded(id, || with_scope(&scope, || step.process_item(item, &mut next)))?;
+                        guarded(id, || {
+                            with_scope(&scope, || step.process_item(item, &mut next))
+                        })?;
                     }
                     next
                 }
@@ -281,7 +283,9 @@ fn run_nodes<'a>(
                 }
                 Node::Parallel(calls) => {
                     futures::future::try_join_all(
-                        current.into_iter().map(|item| enrich_item(calls, item, meta)),
+                        current
+                            .into_iter()
+                            .map(|item| enrich_item(calls, item, meta)),
                     )
                     .await?
                 }
@@ -290,32 +294,10 @@ fn run_nodes<'a>(
                     catch,
                     rethrow,
                 } => {
-                    let mut next = Vec::new();
-                    for item in current {
-                        let mut inner = Outcome::default();
-                        match run_nodes(body, vec![item.clone()], meta, &mut inner).await {
-                            Ok(items) => {
-                                out.deliveries.append(&mut inner.deliveries);
-                                if out.rethrown.is_none() {
-                                    out.rethrown = inner.rethrown;
-                                }
-                                next.extend(items);
-                            }
-                            // An unavailable upstream is not a fault of the message: the
-                            // runner waits (or answers 503); catch steps are for failures.
-                            Err(f) if f.code == ErrorCode::Unavailable => return Err(f),
-                            Err(failure) => {
-                                tracing::debug!(step = %failure.step, code = %failure.code, correlation_id = %meta.correlation_id, "Failure caught.");
-                                if *rethrow && out.rethrown.is_none() {
-                                    out.rethrown = Some(failure.clone());
-                                }
-                                let mut caught = item;
-                                caught.error = Some(Arc::new(failure));
-                                next.extend(run_nodes(catch, vec![caught], meta, out).await?);
-                            }
-                        }
-                    }
-                    next
+                    let runs = current
+                        .into_iter()
+                        .map(|item| try_item(body, catch, *rethrow, item, meta));
+                    merge(out, futures::future::try_join_all(runs).await?)
                 }
                 Node::Branch {
                     id,
@@ -323,49 +305,109 @@ fn run_nodes<'a>(
                     routes,
                     default,
                 } => {
-                    let mut next = Vec::new();
-                    for item in current {
-                        let mut chosen = Vec::new();
-                        let value = item.payload.as_json().cloned().map_or_else(
-                            || guarded(id, || item.payload.clone().into_json()),
-                            Ok,
-                        )?;
-                        let scope = scope(meta, &item);
-                        for route in routes {
-                            let when = route.when.as_ref().expect("routes have conditions");
-                            if guarded(id, || with_scope(&scope, || when.is_truthy(&value)))? {
-                                chosen.push(route);
-                                if !*all {
-                                    break;
-                                }
-                            }
-                        }
-                        if chosen.is_empty() {
-                            match default {
-                                Some(d) => chosen.push(d),
-                                None => {
-                                    next.push(item);
-                                    continue;
-                                }
-                            }
-                        }
-                        // The body is parsed once for the conditions; routes start from it.
-                        let parsed = item.with_payload(Payload::Json(value));
-                        for route in chosen {
-                            let items = run_nodes(&route.nodes, vec![parsed.clone()], meta, out).await?;
-                            match route.sink {
-                                Some(sink) => out.deliveries.extend(items.into_iter().map(|i| (sink, i))),
-                                None => next.extend(items),
-                            }
-                        }
-                    }
-                    next
+                    let runs = current
+                        .into_iter()
+                        .map(|item| branch_item(id, *all, routes, default.as_ref(), item, meta));
+                    merge(out, futures::future::try_join_all(runs).await?)
                 }
             };
         }
         Ok(current)
     }
     .boxed()
+}
+
+/// What one message's run through a block gave: its deliveries and the messages that
+/// continue after the block.
+type Partial = (Outcome, Vec<Item>);
+
+/// Adds the messages' partial outcomes to `out`, in message order; the messages that continue.
+fn merge(out: &mut Outcome, partials: Vec<Partial>) -> Vec<Item> {
+    let mut next = Vec::new();
+    for (mut outcome, items) in partials {
+        out.deliveries.append(&mut outcome.deliveries);
+        if out.rethrown.is_none() {
+            out.rethrown = outcome.rethrown;
+        }
+        next.extend(items);
+    }
+    next
+}
+
+/// One message through a `try` block. The messages of an input go through at once (their
+/// order is kept by [`merge`]).
+async fn try_item(
+    body: &[Node],
+    catch: &[Node],
+    rethrow: bool,
+    item: Item,
+    meta: &Arc<Meta>,
+) -> Result<Partial, Failure> {
+    let mut inner = Outcome::default();
+    match run_nodes(body, vec![item.clone()], meta, &mut inner).await {
+        Ok(items) => Ok((inner, items)),
+        // An unavailable upstream is not a fault of the message: the runner waits (or
+        // answers 503); catch steps are for failures. What the body produced is discarded.
+        Err(f) if f.retry_after.is_some() => Err(f),
+        Err(failure) => {
+            tracing::debug!(step = %failure.step, code = %failure.code, correlation_id = %meta.correlation_id, "Failure caught.");
+            let mut caught_outcome = Outcome {
+                deliveries: Vec::new(),
+                rethrown: rethrow.then(|| failure.clone()),
+            };
+            let mut caught = item;
+            caught.error = Some(Arc::new(failure));
+            let items = run_nodes(catch, vec![caught], meta, &mut caught_outcome).await?;
+            Ok((caught_outcome, items))
+        }
+    }
+}
+
+/// One message through a `branch`: down the first matching route (or every one, `all`), else
+/// the default, else on unchanged.
+async fn branch_item(
+    id: &str,
+    all: bool,
+    routes: &[Route],
+    default: Option<&Route>,
+    item: Item,
+    meta: &Arc<Meta>,
+) -> Result<Partial, Failure> {
+    let value = match item.payload.as_json() {
+        Some(v) => v.clone(),
+        None => guarded(id, || item.payload.clone().into_json())?,
+    };
+    let scope = scope(meta, &item);
+    let mut chosen = Vec::new();
+    for route in routes {
+        let when = route.when.as_ref().expect("routes have conditions");
+        if guarded(id, || with_scope(&scope, || when.is_truthy(&value)))? {
+            chosen.push(route);
+            if !all {
+                break;
+            }
+        }
+    }
+    if chosen.is_empty() {
+        match default {
+            Some(d) => chosen.push(d),
+            None => return Ok((Outcome::default(), vec![item])),
+        }
+    }
+    // The body is parsed once for the conditions; the routes start from it.
+    let parsed = item.with_payload(Payload::Json(value));
+    let mut outcome = Outcome::default();
+    let mut next = Vec::new();
+    for route in chosen {
+        let items = run_nodes(&route.nodes, vec![parsed.clone()], meta, &mut outcome).await?;
+        match route.sink {
+            Some(sink) => outcome
+                .deliveries
+                .extend(items.into_iter().map(|i| (sink, i))),
+            None => next.extend(items),
+        }
+    }
+    Ok((outcome, next))
 }
 
 /// Runs `calls` (one `enrich` step, or a parallel block's) for one message.

@@ -53,46 +53,47 @@ pub struct Runner {
 const MAX_UNAVAILABLE_WAIT: Duration = Duration::from_secs(30);
 
 impl Runner {
-    /// Runs the program, waiting out an unavailable upstream for sources that cannot offer
-    /// the input again. `Err` carries the failure and whether the input is refused (HTTP
-    /// `503`, file left in place) rather than dead-lettered; `None` when the pipeline stopped.
+    /// Runs the program. A transient failure (an `enrich` upstream that is unavailable) is
+    /// not a fault of the message: for sources that can offer the input again the input is
+    /// refused (HTTP `503`, file left in place); a Kafka input waits and runs again: without
+    /// end while the upstream's breaker is open (`unavailable`: the upstream is down, the
+    /// flow pauses), at most `on_error.max_attempts` runs when its own calls keep failing
+    /// (`retries_exhausted`: then it is dead-lettered, so that one message the upstream
+    /// always fails on cannot block its partition). `Err` carries the failure and whether the
+    /// input is refused rather than dead-lettered; `None` when the pipeline stopped.
     async fn run_program(
         &self,
         item: Item,
         meta: &Arc<Meta>,
     ) -> Option<Result<Outcome, (Failure, bool)>> {
-        let mut waits = 0u32;
+        if !self.program.may_wait {
+            return Some(self.program.run(item, meta).await.map_err(|f| (f, false)));
+        }
+        let (mut waits, mut runs) = (0u32, 0u32);
         loop {
-            let input = if self.program.may_wait {
-                Some(item.clone())
-            } else {
-                None
-            };
-            let result = self
-                .program
-                .run(input.unwrap_or_else(|| item.clone()), meta)
-                .await;
-            match result {
+            runs += 1;
+            let failure = match self.program.run(item.clone(), meta).await {
                 Ok(outcome) => return Some(Ok(outcome)),
-                Err(f) if f.code == ErrorCode::Unavailable && self.source_redelivers => {
-                    return Some(Err((f, true)))
-                }
-                Err(f) if f.code == ErrorCode::Unavailable => {
-                    waits += 1;
-                    let wait = f
-                        .retry_after
-                        .unwrap_or_else(|| self.retry.backoff(waits))
-                        .clamp(Duration::from_millis(10), MAX_UNAVAILABLE_WAIT);
-                    if waits == 1 {
-                        tracing::warn!(pipeline = %self.name, step = %f.step, correlation_id = %meta.correlation_id, wait_ms = wait.as_millis() as u64, error = %f.message, "Upstream unavailable; the input waits.");
-                    }
-                    self.metrics.waited();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.stopped.cancelled() => return None,
-                    }
-                }
-                Err(f) => return Some(Err((f, false))),
+                Err(f) => f,
+            };
+            let Some(retry_after) = failure.retry_after else {
+                return Some(Err((failure, false)));
+            };
+            if self.source_redelivers {
+                return Some(Err((failure, true)));
+            }
+            if failure.code != ErrorCode::Unavailable && runs >= self.retry.max_attempts {
+                return Some(Err((failure, false)));
+            }
+            waits += 1;
+            let wait = retry_after.clamp(Duration::from_millis(10), MAX_UNAVAILABLE_WAIT);
+            if waits == 1 {
+                tracing::warn!(pipeline = %self.name, step = %failure.step, code = %failure.code, correlation_id = %meta.correlation_id, wait_ms = wait.as_millis() as u64, error = %failure.message, "Upstream unavailable; the input waits.");
+            }
+            self.metrics.waited();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopped.cancelled() => return None,
             }
         }
     }

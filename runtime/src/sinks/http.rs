@@ -73,6 +73,9 @@ impl Sink for HttpSink {
         };
         let mut request = self.client.post(&self.url);
         for (name, value) in record.headers.iter() {
+            if !forwarded(name) {
+                continue;
+            }
             // Kafka header names that are not valid HTTP header names are left out.
             if let (Ok(n), Ok(v)) = (
                 reqwest::header::HeaderName::from_bytes(name.as_bytes()),
@@ -107,5 +110,44 @@ impl Sink for HttpSink {
             }
         });
         async move { Ok(delivery) }.boxed()
+    }
+}
+
+/// Message headers that become request headers: not the ones HTTP itself or gridflow sets
+/// (framing, hop-by-hop, content type, correlation), nor gridflow's own `gridflow.*`.
+fn forwarded(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "x-correlation-id",
+        "x-gridflow-pipeline-version",
+    ];
+    let lower = name.to_ascii_lowercase();
+    !lower.starts_with("gridflow.") && !RESERVED.contains(&lower.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn framing_and_gridflow_headers_are_not_forwarded() {
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "Host",
+            "gridflow.pipeline",
+            "x-correlation-id",
+        ] {
+            assert!(!super::forwarded(name), "{name}");
+        }
+        assert!(super::forwarded("x-region"));
     }
 }

@@ -114,6 +114,46 @@ pub struct KafkaSource {
     paused: metrics::Gauge,
 }
 
+/// What the consumer's rebalance callbacks tell the source loop.
+enum Rebalanced {
+    Revoked(Vec<(String, i32)>),
+    Assigned(Vec<(String, i32)>),
+}
+
+/// The consumer's context: forwards rebalances to the source loop.
+struct Rebalances(mpsc::UnboundedSender<Rebalanced>);
+
+impl rdkafka::ClientContext for Rebalances {}
+
+impl rdkafka::consumer::ConsumerContext for Rebalances {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
+            let _ = self.0.send(Rebalanced::Revoked(partitions(list)));
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
+            let _ = self.0.send(Rebalanced::Assigned(partitions(list)));
+        }
+    }
+}
+
+fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
 /// The lane of a record: by partition, or by partition and key.
 fn lane_of(
     topic: &str,
@@ -150,9 +190,13 @@ fn spawn_lane(
                 },
             };
             // Waiting for room (backpressure) must not hide a stop: a record abandoned here
-            // is not committed and is read again by the successor.
+            // is not committed and is read again by the successor. A panic (a defect) fails
+            // this record (not committed), not the lane.
+            let push = std::panic::AssertUnwindSafe(downstream.push(message)).catch_unwind();
             tokio::select! {
-                _ = downstream.push(message) => {}
+                pushed = push => if pushed.is_err() {
+                    tracing::error!("A record's processing panicked; its offset is not committed.");
+                },
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -269,10 +313,11 @@ impl KafkaSource {
         shutdown: CancellationToken,
     ) -> Result<(), String> {
         let group = &self.config.group;
-        let consumer: StreamConsumer = self
+        let (rebalance_tx, mut rebalances) = mpsc::unbounded_channel();
+        let consumer: StreamConsumer<Rebalances> = self
             .settings
             .consumer_config(group)
-            .create()
+            .create_with_context(Rebalances(rebalance_tx))
             .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
@@ -284,7 +329,7 @@ impl KafkaSource {
         let mut trackers: HashMap<(Arc<str>, i32), PartitionTracker> = HashMap::new();
         let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
         let store =
-            |consumer: &StreamConsumer,
+            |consumer: &StreamConsumer<Rebalances>,
              done: &Finished,
              trackers: &mut HashMap<(Arc<str>, i32), PartitionTracker>| {
                 if let Some(tracker) = trackers.get_mut(&(Arc::clone(&done.topic), done.partition))
@@ -307,7 +352,10 @@ impl KafkaSource {
         let order_by = self.config.order_by;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let pause = |consumer: &StreamConsumer, topic: &str, partition: i32, on: bool| {
+        let pause = |consumer: &StreamConsumer<Rebalances>,
+                     topic: &str,
+                     partition: i32,
+                     on: bool| {
             let mut tpl = rdkafka::TopicPartitionList::new();
             tpl.add_partition(topic, partition);
             let result = if on {
@@ -324,15 +372,43 @@ impl KafkaSource {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = finished_rx.recv() => store(&consumer, &done, &mut trackers),
+                Some(event) = rebalances.recv() => match event {
+                    // Records of a partition this member no longer owns are not processed
+                    // (held ones) and their offsets not stored (the new owner consumes from
+                    // the last commit): duplicates at worst, never a rewound commit.
+                    Rebalanced::Revoked(partitions) => {
+                        for (topic, partition) in partitions {
+                            let at = (Arc::from(topic.as_str()), partition);
+                            trackers.remove(&at);
+                            if held.remove(&at).is_some() {
+                                pause(&consumer, &topic, partition, false);
+                            }
+                        }
+                        self.paused.set(held.len() as f64);
+                    }
+                    // A partition assigned again starts unpaused.
+                    Rebalanced::Assigned(partitions) => {
+                        for (topic, partition) in partitions {
+                            if !held.contains_key(&(Arc::from(topic.as_str()), partition)) {
+                                pause(&consumer, &topic, partition, false);
+                            }
+                        }
+                    }
+                },
                 _ = tick.tick(), if !held.is_empty() => {
                     // Move held records into their lanes while there is room; resume the
                     // partitions whose records all went.
+                    let mut lane_gone = false;
                     held.retain(|(topic, partition), queue| {
                         while let Some((lane, offset, message)) = queue.pop_front() {
                             match lanes[lane].try_send(message) {
                                 Ok(()) => trackers.entry((Arc::clone(topic), *partition)).or_default().start(offset),
-                                Err(mpsc::error::TrySendError::Full(message)) | Err(mpsc::error::TrySendError::Closed(message)) => {
+                                Err(mpsc::error::TrySendError::Full(message)) => {
                                     queue.push_front((lane, offset, message));
+                                    return true;
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => {
+                                    lane_gone = true;
                                     return true;
                                 }
                             }
@@ -341,6 +417,9 @@ impl KafkaSource {
                         tracing::debug!(topic = %topic, partition, "Kafka partition resumed.");
                         false
                     });
+                    if lane_gone {
+                        return Err("a processing lane stopped unexpectedly".into());
+                    }
                     self.paused.set(held.len() as f64);
                 }
                 received = consumer.recv() => match received {

@@ -50,19 +50,19 @@ pub enum Method {
     Post,
 }
 
-/// `[steps.cache]`: answers kept for `ttl_ms`, at most `max_entries`.
+/// `[steps.cache]`: answers kept for `ttl_ms`, at most `max_bytes` of them.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// How long an answer is reused, in milliseconds.
     pub ttl_ms: u64,
-    /// Most answers kept (default 10000); the least used go first.
-    #[serde(default = "default_max_entries")]
-    pub max_entries: u64,
+    /// Most bytes of answers kept (default 67108864, 64 MiB); the least used go first.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
 }
 
-fn default_max_entries() -> u64 {
-    10_000
+fn default_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// `[steps.breaker]`: after `failures` consecutive failed calls the step fails fast for
@@ -246,13 +246,10 @@ impl EnrichConfig {
 
     fn parts(&self) -> Result<(Vec<Part>, Option<Expr>, FieldPath), BuildError> {
         let parts = parse_template(&self.url)?;
-        if !parts
-            .iter()
-            .any(|p| matches!(p, Part::Text(t) if t.contains("://")))
-            && !matches!(parts.first(), Some(Part::Expr(_)))
-        {
-            return Err(BuildError::at("url", "the URL has no scheme")
-                .with_hint("write an absolute URL such as `http://registry:8080/meters/{id}`"));
+        // Placeholder values are percent-encoded: the scheme and host must be written out.
+        if !matches!(parts.first(), Some(Part::Text(t)) if t.contains("://")) {
+            return Err(BuildError::at("url", "the URL must start with its scheme and host")
+                .with_hint("write an absolute URL such as `http://registry:8080/meters/{id}` (placeholders go in the path or query; use ${VAR} for the base URL)"));
         }
         let body = match (&self.body, self.method) {
             (Some(_), Method::Get) => {
@@ -310,7 +307,13 @@ impl EnrichConfig {
             .map_err(|e| BuildError::at("url", format!("cannot build the HTTP client: {e}")))?;
         let cache = self.cache.as_ref().map(|c| {
             moka::future::Cache::builder()
-                .max_capacity(c.max_entries)
+                .max_capacity(c.max_bytes)
+                .weigher(|request: &Request, cached: &Cached| {
+                    let bytes = request.url.len()
+                        + request.body.as_ref().map_or(0, Bytes::len)
+                        + cached.bytes;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
                 .time_to_live(Duration::from_millis(c.ttl_ms))
                 .build()
         });
@@ -360,6 +363,13 @@ pub enum Answer {
     Found(Value),
     /// `404`.
     Missing,
+}
+
+/// A cached answer, with the size of the body it came from (its weight in the cache).
+#[derive(Debug, Clone)]
+struct Cached {
+    answer: Answer,
+    bytes: usize,
 }
 
 /// State of a circuit breaker.
@@ -475,7 +485,8 @@ impl Breaker {
 
 /// How one attempt ended.
 enum Attempt {
-    Done(Answer),
+    /// The answer, and the size of its body.
+    Done(Answer, usize),
     /// Worth another attempt, after `retry_after` if the upstream said so.
     Transient {
         reason: String,
@@ -499,7 +510,7 @@ pub struct Enrich {
     max_response_bytes: usize,
     xml: XmlToJsonOptions,
     permits: Semaphore,
-    cache: Option<moka::future::Cache<Request, Answer>>,
+    cache: Option<moka::future::Cache<Request, Cached>>,
     breaker: Breaker,
     metrics: crate::metrics::EnrichMetrics,
 }
@@ -533,6 +544,12 @@ impl Enrich {
                 },
             }
         }
+        if let Err(e) = reqwest::Url::parse(&url) {
+            return Err(StepError::new(
+                ErrorCode::MappingError,
+                format!("enrich: the rendered URL is not valid ({e})"),
+            ));
+        }
         let body = match &self.body {
             Some(expr) => Some(Bytes::from(expr.search(input)?.to_string())),
             None => None,
@@ -561,17 +578,18 @@ impl Enrich {
     /// The answer to `request`: from the cache, or from the upstream.
     pub async fn fetch(&self, request: Request) -> Result<Answer, Failure> {
         let Some(cache) = &self.cache else {
-            return self.call(&request).await;
+            return self.call(&request).await.map(|c| c.answer);
         };
-        if let Some(answer) = cache.get(&request).await {
+        if let Some(cached) = cache.get(&request).await {
             self.metrics.cache(true);
-            return Ok(answer);
+            return Ok(cached.answer);
         }
         self.metrics.cache(false);
         // Concurrent identical requests share one call.
         cache
             .try_get_with(request.clone(), self.call(&request))
             .await
+            .map(|c| c.answer)
             .map_err(|e| (*e).clone())
     }
 
@@ -580,7 +598,7 @@ impl Enrich {
     }
 
     /// Calls the upstream, retrying transient faults.
-    async fn call(&self, request: &Request) -> Result<Answer, Failure> {
+    async fn call(&self, request: &Request) -> Result<Cached, Failure> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -598,9 +616,9 @@ impl Enrich {
             };
             self.metrics.call(started.elapsed());
             match outcome {
-                Attempt::Done(answer) => {
+                Attempt::Done(answer, bytes) => {
                     self.breaker.succeeded();
-                    return Ok(answer);
+                    return Ok(Cached { answer, bytes });
                 }
                 Attempt::Refused(reason) => {
                     self.breaker.succeeded();
@@ -611,17 +629,25 @@ impl Enrich {
                     retry_after,
                 } => {
                     let opened = self.breaker.failed();
-                    let wait = retry_after
-                        .map(|r| r.min(self.max_retry_after))
-                        .unwrap_or_else(|| self.backoff(attempt));
-                    if attempt >= self.retry.max_attempts || opened.is_some() {
+                    if let Some(cooldown) = opened {
                         let mut failure = Failure::unavailable(
                             &self.id,
-                            format!("enrich: {reason}"),
-                            opened.unwrap_or(wait).max(wait),
+                            format!("enrich: {reason}; the upstream's circuit breaker opened"),
+                            cooldown.max(retry_after.unwrap_or_default()),
                         );
                         failure.attempts = attempt;
                         return Err(failure);
+                    }
+                    // An upstream asking for more than we wait is not retried now: the
+                    // input is offered again after what it asked.
+                    let too_long = retry_after.filter(|r| *r > self.max_retry_after);
+                    let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                    if attempt >= self.retry.max_attempts || too_long.is_some() {
+                        return Err(Failure {
+                            attempts: attempt,
+                            ..Failure::unavailable(&self.id, format!("enrich: {reason}"), wait)
+                        }
+                        .exhausted());
                     }
                     tracing::debug!(step = %self.id, attempt, error = %reason, wait_ms = wait.as_millis() as u64, "Enrichment call failed; retrying.");
                     tokio::time::sleep(wait).await;
@@ -642,6 +668,11 @@ impl Enrich {
         };
         let response = match builder.send().await {
             Ok(r) => r,
+            // A request that cannot be built or redirects without end fails the same way
+            // every time: a fault of this message, not of the upstream.
+            Err(e) if e.is_builder() || e.is_redirect() => {
+                return Attempt::Refused(format!("enrich: {}", describe(&e)))
+            }
             Err(e) => {
                 return Attempt::Transient {
                     reason: describe(&e),
@@ -651,7 +682,7 @@ impl Enrich {
         };
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Attempt::Done(Answer::Missing);
+            return Attempt::Done(Answer::Missing, 0);
         }
         if status.is_server_error()
             || status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -686,7 +717,7 @@ impl Enrich {
             }
         };
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Attempt::Done(Answer::Found(Value::Null));
+            return Attempt::Done(Answer::Found(Value::Null), body.len());
         }
         let parsed = if is_xml
             || crate::message::ContentType::sniff(&body) == crate::message::ContentType::Xml
@@ -696,7 +727,7 @@ impl Enrich {
             serde_json::from_slice(&body).map_err(|e| e.to_string())
         };
         match parsed {
-            Ok(v) => Attempt::Done(Answer::Found(v)),
+            Ok(v) => Attempt::Done(Answer::Found(v), body.len()),
             Err(e) => Attempt::Refused(format!("enrich: the answer is neither JSON nor XML: {e}")),
         }
     }
@@ -773,6 +804,12 @@ mod tests {
         let err = step.render(&json!({})).unwrap_err();
         assert_eq!(err.code, ErrorCode::MappingError);
         assert!(err.message.contains("meter.id"), "{err}");
+        // A placeholder in the host that gives no valid host fails the message.
+        let c: EnrichConfig =
+            toml::from_str("url = 'http://{region}.reg:8080/x'\ntarget = 't'\n").unwrap();
+        let step = c.build("s", "p").unwrap();
+        let err = step.render(&json!({"region": "eu west"})).unwrap_err();
+        assert!(err.message.contains("not valid"), "{err}");
     }
 
     #[test]
@@ -791,6 +828,8 @@ mod tests {
             "http://h/{literal}/1"
         );
         let c: EnrichConfig = toml::from_str("url = 'h/{a}'\ntarget = 't'\n").unwrap();
+        assert!(c.check().unwrap_err().message.contains("scheme"));
+        let c: EnrichConfig = toml::from_str("url = '{base}/x'\ntarget = 't'\n").unwrap();
         assert!(c.check().unwrap_err().message.contains("scheme"));
         let c: EnrichConfig =
             toml::from_str("url = 'http://h'\ntarget = 't'\nbody = 'a'\n").unwrap();
