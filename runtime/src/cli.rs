@@ -47,6 +47,53 @@ enum Command {
     /// Event contracts and the topic catalog.
     #[command(subcommand)]
     Contracts(ContractsCommand),
+    /// Re-inject dead letters, with their original bytes, into a topic or a pipeline.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The dead-letter topic to read.
+    #[arg(long)]
+    from: String,
+    /// Send to this topic (default: the topic each record was consumed from, its
+    /// `gridflow.source.topic`).
+    #[arg(long, conflicts_with = "to_pipeline")]
+    to: Option<String>,
+    /// Send to this pipeline: its source topic (Kafka source) or its HTTP endpoint (POST).
+    #[arg(long)]
+    to_pipeline: Option<String>,
+    /// JMESPath condition on each dead letter: `error.code == 'mapping_error'`,
+    /// `pipeline == 'meter-readings'`, `body.meter_id == 'M-1'`, `headers.\"x-region\"`.
+    #[arg(long = "where")]
+    filter: Option<String>,
+    /// Only dead letters written at or after this time (RFC 3339, or an age: 30m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only dead letters written before this time (RFC 3339, or an age).
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many records per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Print what would be sent; send and commit nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Consumer group of the replay (default `gridflow-replay.<from>.<hash of the selection>`):
+    /// the same command run again resumes where it stopped; records it read and left out are
+    /// not read again by it.
+    #[arg(long)]
+    group: Option<String>,
+    /// Base URL of gridflow's HTTP listener, for `--to-pipeline` with an HTTP source (default
+    /// from `[http] listen`).
+    #[arg(long)]
+    http_url: Option<String>,
+    /// Runtime configuration file (brokers, Kafka properties, pipelines directory).
+    #[arg(long, default_value = "gridflow.toml")]
+    config: PathBuf,
+    /// Kafka bootstrap servers (overrides `[kafka] brokers`).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +139,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Contracts(ContractsCommand::Check(args)) => contracts_check(args),
+        Command::Replay(args) => replay(args),
         Command::Run(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -172,6 +220,143 @@ fn validate(args: ValidateArgs) -> ExitCode {
         eprintln!("{} error(s) in {} file(s).", diagnostics.len(), paths.len());
         ExitCode::FAILURE
     }
+}
+
+fn replay(args: ReplayArgs) -> ExitCode {
+    match replay_options(&args) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        Ok((settings, options)) => {
+            let mut out = std::io::stdout();
+            let result = crate::replay::replay(&settings, &options, &mut out);
+            let dry = if options.dry_run {
+                " (dry run: nothing sent, nothing committed)"
+            } else {
+                ""
+            };
+            let summary = match &result {
+                Ok(s) | Err((_, s)) => s,
+            };
+            let already = if summary.already_sent > 0 {
+                format!(", already sent {}", summary.already_sent)
+            } else {
+                String::new()
+            };
+            println!(
+                "{}: read {}, matched {}, {} {}, skipped {} (where {}, time {}, no target {}), refused {}{already}{dry}",
+                options.from,
+                summary.read,
+                summary.matched,
+                if options.dry_run { "would send" } else { "sent" },
+                summary.sent,
+                summary.skipped_filter + summary.skipped_time + summary.skipped_no_target,
+                summary.skipped_filter,
+                summary.skipped_time,
+                summary.skipped_no_target,
+                summary.refused,
+            );
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err((e, _)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// `gridflow-replay.<from>.<8 hex>`: one group per dead-letter topic and selection (`--to`,
+/// `--to-pipeline`, `--where`, `--since`, `--until` as written), so that running the same
+/// command again resumes it, and another selection starts from the beginning.
+fn default_replay_group(args: &ReplayArgs) -> String {
+    let selection = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}",
+        args.to, args.to_pipeline, args.filter, args.since, args.until
+    );
+    let digest = crate::config::pipeline::version_of(selection.as_bytes());
+    format!("gridflow-replay.{}.{}", args.from, &digest[..8])
+}
+
+/// The Kafka settings and replay options `args` give.
+fn replay_options(
+    args: &ReplayArgs,
+) -> Result<(crate::kafka::KafkaSettings, crate::replay::Options), String> {
+    use crate::replay::{parse_time, Options, Target};
+    let mut config = RuntimeConfig::load(&args.config, false).map_err(|d| {
+        d.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    if let Some(brokers) = &args.brokers {
+        config.kafka.brokers = brokers.clone();
+    }
+    if config.kafka.brokers.trim().is_empty() {
+        return Err("no Kafka brokers: give --brokers, KAFKA_BROKERS or [kafka] brokers".into());
+    }
+    let target = match (&args.to, &args.to_pipeline) {
+        (Some(topic), _) => Target::Topic(topic.clone()),
+        (None, None) => Target::SourceTopic,
+        (None, Some(name)) => {
+            let paths = pipeline_paths(&config.paths.pipelines)
+                .map_err(|e| format!("cannot read {}: {e}", config.paths.pipelines.display()))?;
+            let (files, _) = load_all(&paths, &interpolate::from_env);
+            let file = files
+                .iter()
+                .find(|f| f.config.name == *name)
+                .ok_or_else(|| {
+                    format!(
+                        "no valid pipeline named `{name}` in {}",
+                        config.paths.pipelines.display()
+                    )
+                })?;
+            if let Some(topic) = file.config.source.topics().first() {
+                Target::Topic(topic.clone())
+            } else if let Some(http) = file.config.source.http() {
+                let base = match &args.http_url {
+                    Some(url) => url.trim_end_matches('/').to_string(),
+                    None => {
+                        let mut addr = config.http.listen;
+                        if addr.ip().is_unspecified() {
+                            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                        }
+                        format!("http://{addr}")
+                    }
+                };
+                Target::Http(format!("{base}{}", http.path))
+            } else {
+                return Err(format!(
+                    "pipeline `{name}` has a `{}` source: replay to a Kafka or HTTP pipeline, or give --to",
+                    file.config.source.kind()
+                ));
+            }
+        }
+    };
+    let filter = args
+        .filter
+        .as_deref()
+        .map(crate::jmes::Expr::compile)
+        .transpose()
+        .map_err(|e| format!("--where: {e}"))?;
+    Ok((
+        config.kafka_settings(),
+        Options {
+            group: args
+                .group
+                .clone()
+                .unwrap_or_else(|| default_replay_group(args)),
+            from: args.from.clone(),
+            target,
+            filter,
+            since: args.since.as_deref().map(parse_time).transpose()?,
+            until: args.until.as_deref().map(parse_time).transpose()?,
+            rate: args.rate,
+            dry_run: args.dry_run,
+        },
+    ))
 }
 
 fn contracts_check(args: ValidateArgs) -> ExitCode {

@@ -8,7 +8,8 @@
 //!
 //! Layers only point down: nothing below imports anything above it.
 //!
-//! - [`cli`]: the `gridflow` command line (clap): `run`, `validate`.
+//! - [`cli`]: the `gridflow` command line (clap): `run`, `validate`, `contracts check`, `replay`.
+//! - [`replay`]: `gridflow replay`, dead letters re-injected (exactly-once to a topic).
 //! - [`admin`]: the admin HTTP listener (`/health/live`, `/health/ready`, `/metrics`).
 //! - [`engine`]: builds pipelines from their configs, runs them (source → steps → sink), retries
 //!   transient faults ([`engine::retry`]) and routes failed inputs to the dead-letter
@@ -39,6 +40,7 @@ pub mod jmes;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod replay;
 pub mod retry;
 pub mod sinks;
 pub mod sources;

@@ -162,7 +162,9 @@ impl DeadLetterWriter {
                 let mut kafka_headers =
                     OwnedHeaders::new_with_capacity(meta.headers.len() + headers.len());
                 for (k, v) in &meta.headers {
-                    if !k.starts_with("gridflow.") {
+                    // gridflow's own headers are written anew below; a replayed input keeps
+                    // its replay count (`gridflow.replay.count`, `gridflow.replayed_from`).
+                    if !k.starts_with("gridflow.") || k.starts_with("gridflow.replay") {
                         kafka_headers = kafka_headers.insert(Header {
                             key: k,
                             value: Some(v),
@@ -175,9 +177,13 @@ impl DeadLetterWriter {
                         value: Some(v),
                     });
                 }
-                let record = FutureRecord::<[u8], [u8]>::to(topic)
+                let mut record = FutureRecord::<[u8], [u8]>::to(topic)
                     .payload(meta.original.as_ref())
                     .headers(kafka_headers);
+                // The input's key, so that a replay to the source topic keeps its partition.
+                if let Some(key) = &meta.key {
+                    record = record.key(key.as_ref());
+                }
                 let fail = |e: rdkafka::error::KafkaError| {
                     let message = format!("writing to dead-letter topic `{topic}` failed: {e}");
                     if crate::kafka::is_transient(&e) {
