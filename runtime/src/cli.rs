@@ -653,7 +653,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(pipelines = started, failed, "Gridflow started.");
 
     wait_for_signal().await;
-    tracing::info!("Shutting down.");
+    tracing::info!("Shutting down; a second signal forces the exit.");
+    // A second SIGTERM/SIGINT does not wait for the drain: what is in flight is not settled
+    // (Kafka offsets not committed: consumed again after the restart; HTTP callers get no
+    // answer and send again).
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::error!("Second signal: exiting now, without waiting for in-flight messages.");
+        std::process::exit(130);
+    });
     // Not ready any more; no more reloads; the ingress stops accepting and finishes the
     // requests it has (their pipelines still run); then the pipelines drain; then the admin
     // listener stops.
