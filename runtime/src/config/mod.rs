@@ -135,6 +135,10 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// How long a stopping pipeline waits for its in-flight messages, in ms (default 30000).
     pub drain_timeout_ms: u64,
+    /// How long an HTTP or SOAP request waits for room in a saturated pipeline before it is
+    /// answered `503` with `Retry-After`, in ms (default 5000). Kafka and file sources wait
+    /// as long as it takes (their consumer pauses).
+    pub max_queue_wait_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -142,6 +146,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_in_flight: 10_000,
             drain_timeout_ms: 30_000,
+            max_queue_wait_ms: 5_000,
         }
     }
 }

@@ -289,6 +289,10 @@ impl Engine {
             processing: Arc::new(Semaphore::new(max_in_flight)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            queue_wait: config
+                .source
+                .http()
+                .map(|_| Duration::from_millis(self.ctx.limits.max_queue_wait_ms)),
             stopped: CancellationToken::new(),
             metrics: PipelineMetrics::new(&name),
         });

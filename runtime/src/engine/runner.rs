@@ -43,6 +43,9 @@ pub struct Runner {
     /// Messages between the hand-over and their sink's acknowledgement.
     pub(super) in_flight: Arc<Semaphore>,
     pub(super) max_in_flight: usize,
+    /// For sources whose caller can come back (HTTP, SOAP): how long an input waits for room
+    /// before it is refused.
+    pub(super) queue_wait: Option<Duration>,
     /// Cancelled when the pipeline is stopped for good: inputs waiting for an upstream give
     /// up (their acknowledgement fails, so the source offers them again).
     pub(super) stopped: CancellationToken,
@@ -101,10 +104,29 @@ impl Runner {
     async fn handle(self: Arc<Self>, message: Message) {
         self.metrics.received();
         let Message { payload, meta, ack } = message;
-        let busy = Arc::clone(&self.processing)
-            .acquire_owned()
-            .await
-            .expect("the processing semaphore is never closed");
+        let acquire = Arc::clone(&self.processing).acquire_owned();
+        let busy = match self.queue_wait {
+            None => acquire.await,
+            Some(wait) => match tokio::time::timeout(wait, acquire).await {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // A saturated pipeline (a slow sink) refuses rather than queue without
+                    // bound: the HTTP caller is told to come back.
+                    tracing::warn!(pipeline = %self.name, correlation_id = %meta.correlation_id, wait_ms = wait.as_millis() as u64, "Input refused: the pipeline is saturated.");
+                    self.metrics.failed();
+                    ack.failed(Failure::unavailable(
+                        "source",
+                        format!(
+                            "the pipeline is saturated (no room within {} ms)",
+                            wait.as_millis()
+                        ),
+                        Duration::from_secs(1),
+                    ));
+                    return;
+                }
+            },
+        }
+        .expect("the processing semaphore is never closed");
         let item = Item::from_input(payload, &meta);
         let outcome = match self.run_program(item, &meta).await {
             // Stopped while waiting: the dropped ack fails the input; it is offered again.
