@@ -342,7 +342,7 @@ fn replay_options(
         .transpose()
         .map_err(|e| format!("--where: {e}"))?;
     Ok((
-        config.kafka_settings(),
+        config.kafka_settings()?,
         Options {
             group: args
                 .group
@@ -535,7 +535,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!(brokers = %config.kafka.brokers, "No Kafka brokers configured: using the embedded mock broker. It is for development only and keeps nothing across a restart.");
         embedded = Some(broker);
     }
-    let kafka = config.kafka_settings();
+    let kafka = config.kafka_settings().map_err(|e| anyhow::anyhow!(e))?;
 
     let paths = pipeline_paths(&config.paths.pipelines).map_err(|e| {
         anyhow::anyhow!(
@@ -573,6 +573,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
 
     let producer = kafka.producer()?;
+    // Secret files are re-read every second; rotated SASL credentials reach the shared
+    // producer here and every Kafka source's consumer in the source.
+    let secrets_watch = tokio::spawn(
+        kafka
+            .secrets
+            .clone()
+            .watch(Duration::from_secs(1), shutdown.clone()),
+    );
+    let credentials_task = {
+        let (kafka, producer) = (kafka.clone(), producer.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let Some(mut changes) = kafka.secrets.subscribe() else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = stop.cancelled() => return,
+                }
+                if let Some((user, password)) = kafka.sasl_credentials() {
+                    use rdkafka::producer::Producer;
+                    if let Err(e) =
+                        crate::secrets::set_sasl_credentials(producer.client(), &user, &password)
+                    {
+                        tracing::error!(error = %e, "New SASL credentials not applied to the producer.");
+                    }
+                }
+            }
+        })
+    };
     let (contracts, contract_errors) = Contracts::load(&config.paths.contracts);
     for e in &contract_errors {
         tracing::error!(path = %e.path.display(), "{}", e.message);
@@ -683,6 +714,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = admin_server.await;
     let _ = broker_watch.await;
+    let _ = secrets_watch.await;
+    let _ = credentials_task.await;
     drop(embedded);
     tracing::info!("Gridflow stopped cleanly.");
     Ok(())

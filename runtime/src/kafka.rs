@@ -11,14 +11,40 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
+use crate::secrets::Secrets;
+
 /// How gridflow talks to Kafka: the bootstrap servers and any librdkafka property
-/// (`security.protocol`, `sasl.*`, `ssl.*`, ...).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// (`security.protocol`, `sasl.*`, `ssl.*`, ...). Its `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Default)]
 pub struct KafkaSettings {
     /// Comma-separated `host:port` list.
     pub brokers: String,
     /// librdkafka properties applied to every client; they override gridflow's defaults.
     pub properties: BTreeMap<String, String>,
+    /// Properties read from files (re-read when they change).
+    pub secrets: Secrets,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if crate::secrets::is_secret(k) {
+                    crate::secrets::REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("properties", &shown)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
 }
 
 /// Properties gridflow sets on producers unless the configuration overrides them.
@@ -54,7 +80,17 @@ impl KafkaSettings {
         for (k, v) in &self.properties {
             config.set(k, v);
         }
+        for (k, v) in self.secrets.values() {
+            config.set(k, v);
+        }
         config
+    }
+
+    /// The SASL username and password clients use now, when both are set.
+    pub fn sasl_credentials(&self) -> Option<(String, String)> {
+        let secrets = self.secrets.values();
+        let get = |k: &str| secrets.get(k).or_else(|| self.properties.get(k)).cloned();
+        Some((get("sasl.username")?, get("sasl.password")?))
     }
 
     /// Settings of an idempotent producer.
@@ -208,7 +244,7 @@ mod tests {
     fn user_properties_override_defaults_but_not_the_offset_store() {
         let mut settings = KafkaSettings {
             brokers: "b:9092".into(),
-            properties: BTreeMap::new(),
+            ..KafkaSettings::default()
         };
         settings.properties.insert("linger.ms".into(), "50".into());
         settings
@@ -220,6 +256,24 @@ mod tests {
         let c = settings.consumer_config("g");
         assert_eq!(c.get("group.id"), Some("g"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let mut settings = KafkaSettings::default();
+        settings
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        settings
+            .properties
+            .insert("sasl.username".into(), "alice".into());
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert_eq!(
+            settings.sasl_credentials(),
+            Some(("alice".into(), "hunter2".into()))
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! - [`contracts`]: event contracts (JSON Schema) and the topic catalog.
 //! - [`xml`]: the XML ⇄ JSON convention of `xml_to_json` and `json_to_xml`.
 //! - [`metrics`]: metrics as named events.
+//! - [`secrets`]: Kafka secrets from files, re-read when they change, never shown.
 //! - [`tls`]: TLS and client certificates (mTLS) on the ingress listener.
 //! - [`config`]: the file models (`gridflow.toml`, pipeline files), `${VAR}` interpolation and
 //!   diagnostics with file, line and column.
@@ -42,6 +43,7 @@ pub mod message;
 pub mod metrics;
 pub mod replay;
 pub mod retry;
+pub mod secrets;
 pub mod sinks;
 pub mod sources;
 pub mod steps;

@@ -59,6 +59,7 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
     let settings = KafkaSettings {
         brokers: cluster.bootstrap_servers(),
         properties,
+        ..KafkaSettings::default()
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("faulty.toml");

@@ -34,14 +34,35 @@ pub struct RuntimeConfig {
     pub engine: EngineConfig,
 }
 
-/// `[kafka]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+/// `[kafka]`. Its `Debug` never shows a secret property.
+#[derive(Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers (`host:port,...`); empty: the embedded development broker.
     pub brokers: String,
     /// Any librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
     pub properties: BTreeMap<String, PropertyValue>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: BTreeMap<&str, String> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    PropertyValue::File { file } => format!("{{ file = {} }}", file.display()),
+                    _ if crate::secrets::is_secret(k) => crate::secrets::REDACTED.to_string(),
+                    other => other.to_string(),
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("properties", &shown)
+            .finish()
+    }
 }
 
 /// A librdkafka property value as written in TOML.
@@ -56,6 +77,12 @@ pub enum PropertyValue {
     Bool(bool),
     /// `0.5`
     Float(f64),
+    /// `{ file = "/run/secrets/kafka-password" }`: the file's content (without its trailing
+    /// line break), re-read when the file changes.
+    File {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 impl std::fmt::Display for PropertyValue {
@@ -65,6 +92,7 @@ impl std::fmt::Display for PropertyValue {
             PropertyValue::Integer(i) => write!(f, "{i}"),
             PropertyValue::Bool(b) => write!(f, "{b}"),
             PropertyValue::Float(x) => write!(f, "{x}"),
+            PropertyValue::File { file } => write!(f, "{}", file.display()),
         }
     }
 }
@@ -201,17 +229,25 @@ impl RuntimeConfig {
         }
     }
 
-    /// The Kafka settings of every client.
-    pub fn kafka_settings(&self) -> KafkaSettings {
-        KafkaSettings {
-            brokers: self.kafka.brokers.clone(),
-            properties: self
-                .kafka
-                .properties
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect(),
+    /// The Kafka settings of every client (secret files read now).
+    pub fn kafka_settings(&self) -> Result<KafkaSettings, String> {
+        let mut properties = BTreeMap::new();
+        let mut files = BTreeMap::new();
+        for (k, v) in &self.kafka.properties {
+            match v {
+                PropertyValue::File { file } => {
+                    files.insert(k.clone(), file.clone());
+                }
+                other => {
+                    properties.insert(k.clone(), other.to_string());
+                }
+            }
         }
+        Ok(KafkaSettings {
+            brokers: self.kafka.brokers.clone(),
+            properties,
+            secrets: crate::secrets::Secrets::load(files)?,
+        })
     }
 }
 
@@ -239,12 +275,40 @@ mod tests {
         let text = "[kafka]\nbrokers = '${B:-localhost:9092}'\nproperties = { 'security.protocol' = 'SASL_SSL', 'linger.ms' = 5 }\n[http]\nlisten = '127.0.0.1:8081'\n";
         let c = RuntimeConfig::parse(Path::new("gridflow.toml"), text, &|_| None).unwrap();
         assert_eq!(c.kafka.brokers, "localhost:9092");
-        let s = c.kafka_settings();
+        let s = c.kafka_settings().unwrap();
         assert_eq!(s.properties["security.protocol"], "SASL_SSL");
         assert_eq!(s.properties["linger.ms"], "5");
         assert_eq!(c.http.listen.port(), 8081);
         assert_eq!(c.admin.listen.port(), 9090);
         assert_eq!(c.engine.max_in_flight, 10_000);
+    }
+
+    #[test]
+    fn secret_properties_from_files_and_never_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let text = format!(
+            "[kafka.properties]\n'sasl.username' = 'alice'\n'sasl.password' = {{ file = '{}' }}\n'ssl.key.password' = 'inline-secret'\n",
+            file.display()
+        );
+        let c = RuntimeConfig::parse(Path::new("gridflow.toml"), &text, &|_| None).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("inline-secret"), "{shown}");
+        let s = c.kafka_settings().unwrap();
+        assert_eq!(
+            s.sasl_credentials(),
+            Some(("alice".into(), "from-the-file".into()))
+        );
+        assert!(!format!("{s:?}").contains("from-the-file"));
+        assert!(!format!("{s:?}").contains("inline-secret"));
+        assert_eq!(
+            s.producer_config().get("sasl.password"),
+            Some("from-the-file")
+        );
+        // A secret file that cannot be read is an error at start.
+        std::fs::remove_file(&file).unwrap();
+        assert!(c.kafka_settings().unwrap_err().contains("secret file"));
     }
 
     #[test]

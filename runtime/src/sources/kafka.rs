@@ -350,6 +350,8 @@ impl KafkaSource {
         // Records of paused partitions, in offset order, with their lane.
         let mut held: HashMap<(Arc<str>, i32), Held> = HashMap::new();
         let order_by = self.config.order_by;
+        // Rotated SASL credentials (secret files re-read) for this consumer's next connection.
+        let mut credentials = self.settings.secrets.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pause = |consumer: &StreamConsumer<Rebalances>,
@@ -372,6 +374,18 @@ impl KafkaSource {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = finished_rx.recv() => store(&consumer, &done, &mut trackers),
+                Some(Ok(())) = async {
+                    match credentials.as_mut() {
+                        Some(c) => Some(c.changed().await),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((user, password)) = self.settings.sasl_credentials() {
+                        if let Err(e) = crate::secrets::set_sasl_credentials(consumer.client(), &user, &password) {
+                            tracing::error!(group = %group, error = %e, "New SASL credentials not applied to the consumer.");
+                        }
+                    }
+                }
                 Some(event) = rebalances.recv() => match event {
                     // Records of a partition this member no longer owns are not processed
                     // (held ones) and their offsets not stored (the new owner consumes from
