@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # The project's single test command: ensures tansu (a Kafka-protocol broker) is installed,
 # starts one on a free loopback port unless KAFKA_BROKERS is set, then runs the workspace
-# tests. Extra arguments are passed to `cargo test`.
+# tests and the fuzz targets (20 s each).
+#
+#   ci/test.sh            the whole suite (what CI runs)
+#   ci/test.sh --long     the long variants too: the crash suite with 100,000 records and
+#                         five SIGKILLs (against Apache Kafka: set KAFKA_BROKERS), 300 s of
+#                         fuzzing per target
+#   ci/test.sh ARGS...    other arguments go to `cargo test` (no fuzzing then), e.g.
+#                         ci/test.sh --test replay
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -93,10 +100,23 @@ if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
 
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+FUZZ=1
+if [[ "${1:-}" == "--long" ]]; then
+    shift
+    export GRIDFLOW_CRASH_RECORDS="${GRIDFLOW_CRASH_RECORDS:-100000}"
+    export GRIDFLOW_CRASH_KILLS="${GRIDFLOW_CRASH_KILLS:-5}"
+    FUZZ_SECONDS=300
+fi
+if (($# > 0)); then
+    FUZZ=0
+fi
+
+# tansu is needed even with KAFKA_BROKERS set: the SASL test starts its own, authenticating.
+ensure_tansu
 if [[ -n "${KAFKA_BROKERS:-}" ]]; then
     log "using existing broker KAFKA_BROKERS=$KAFKA_BROKERS"
 else
-    ensure_tansu
     start_broker
 fi
 
@@ -105,5 +125,8 @@ cargo test --workspace --locked "$@" || status=$?
 if ((status != 0)) && [[ -n "$BROKER_DIR" ]]; then
     log "tests failed (status $status); broker log tail:"
     tail -n 30 "$BROKER_DIR/tansu.log" >&2 || true
+fi
+if ((status == 0 && FUZZ == 1)); then
+    ci/fuzz.sh "$FUZZ_SECONDS" || status=$?
 fi
 exit "$status"
