@@ -7,72 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-
-struct Tansu {
-    child: Child,
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_tansu(dir: &Path, port: u16, authentication: bool) -> Tansu {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut cmd = Command::new("tansu");
-    cmd.args([
-        "broker",
-        "--listener-url",
-        &url,
-        "--advertised-listener-url",
-        &url,
-    ])
-    .args(["--storage-engine", "sqlite://tansu.db"])
-    .current_dir(dir)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    if authentication {
-        cmd.arg("--authentication");
-    }
-    let child = cmd.spawn().expect("tansu is installed by ci/test.sh");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Tansu { child }
-}
-
-fn tansu(port: u16, args: &[&str]) {
-    let broker = format!("tcp://127.0.0.1:{port}");
-    let out = Command::new("tansu")
-        .args(args)
-        .args(["--broker", &broker])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tansu {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn sasl_client(port: u16, password: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -107,13 +47,13 @@ async fn sasl_password_rotated_in_its_file_without_restart_and_never_printed() {
     let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
     {
         let _setup = start_tansu(broker_dir.path(), port, false);
-        tansu(port, &["user", "create", "alice", &password]);
+        tansu_cli(port, &["user", "create", "alice", &password]);
         for topic in [
             "sec.reading.in.v1",
             "sec.reading.out.v1",
             "sec.reading.out.v1.dlq",
         ] {
-            tansu(port, &["topic", "create", "--partitions", "1", topic]);
+            tansu_cli(port, &["topic", "create", "--partitions", "1", topic]);
         }
     }
     let _broker = start_tansu(broker_dir.path(), port, true);

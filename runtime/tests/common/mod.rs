@@ -255,6 +255,28 @@ pub async fn consume(topic: &str, expected: usize, timeout: Duration) -> Vec<Rec
     out
 }
 
+/// Reads `topic` from the start of each of its `partitions`, without a consumer group (so no
+/// group coordination is involved), until `expected` records or `timeout`.
+pub async fn consume_assigned(
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let c = consumer(&unique("test-assigned"));
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("valid offset");
+    }
+    c.assign(&tpl)
+        .unwrap_or_else(|e| panic!("assign({topic}) failed: {e}"));
+    drop(tpl);
+    let out = read_records(&c, Some(expected), timeout).await;
+    close_consumer(c).await;
+    out
+}
+
 /// Reads everything arriving on `topic` (from the earliest offset, fresh group) within `duration`.
 pub async fn consume_for(topic: &str, duration: Duration) -> Vec<Record> {
     let c = consumer(&unique("test-consume-for"));
@@ -633,4 +655,85 @@ fn slash(path: &str) -> String {
     } else {
         format!("/{path}")
     }
+}
+
+/// A tansu broker process of a test's own (stopped when dropped).
+pub struct Tansu {
+    child: Child,
+}
+
+impl Tansu {
+    /// Stops the broker with SIGTERM and waits for it.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts tansu on `port` with sqlite storage in `dir` (kept across restarts), requiring
+/// SASL authentication when `authentication`; waits until it listens.
+pub fn start_tansu(dir: &Path, port: u16, authentication: bool) -> Tansu {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new("tansu");
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ])
+    .args(["--storage-engine", "sqlite://tansu.db"])
+    .current_dir(dir)
+    .stdout(Stdio::null())
+    .stderr(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .expect("tansu log file"),
+    );
+    if authentication {
+        cmd.arg("--authentication");
+    }
+    let child = cmd.spawn().expect("tansu is installed by ci/test.sh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Tansu { child }
+}
+
+/// Runs the tansu command line (`topic create`, `user create`) against the broker on `port`.
+pub fn tansu_cli(port: u16, args: &[&str]) {
+    let broker = format!("tcp://127.0.0.1:{port}");
+    let out = Command::new("tansu")
+        .args(args)
+        .args(["--broker", &broker])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tansu {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
