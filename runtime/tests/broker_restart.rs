@@ -3,13 +3,13 @@
 //! gridflow does not crash, reports not-ready while the broker is away and ready after, and
 //! every input record is delivered or dead-lettered (duplicates are counted).
 //!
-//! Ignored for now: tansu 0.6.0 does not survive its own restart. After it, its storage
-//! panics on the idempotent producer's next request (`lite.rs:503` "more or less than one
-//! row", in `idempotent_message_check`) and on consumer-group heartbeats (`service.rs:337`,
-//! `update_group`), so produce and group requests fail until every client is recreated.
-//! Run it with `cargo test --test broker_restart -- --ignored` once tansu is fixed (its
-//! `tansu.log` is kept in the broker's directory, printed at the start). The same outage on
-//! librdkafka's mock cluster (broker down, then up) is `kafka_faults.rs`.
+//! gridflow's producer runs without idempotence here: tansu 0.6.0 does not keep an idempotent
+//! producer's state across its own restart (its storage panics on that producer's next
+//! request, `lite.rs:503` "more or less than one row" in `idempotent_message_check`), so an
+//! idempotent producer stays refused until it is recreated. Apache Kafka keeps that state in
+//! its log; this is a tansu defect, not a gridflow choice. Its log is kept in the broker's
+//! directory (printed at the start). The same outage on librdkafka's mock cluster, with the
+//! default idempotent producer, is `kafka_faults.rs`.
 
 mod common;
 
@@ -61,7 +61,6 @@ async fn read_all(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 panics in its storage after a restart (see the module doc)"]
 async fn broker_restarted_mid_stream_nothing_lost() {
     let broker_dir = tempfile::tempdir().unwrap();
     eprintln!("broker dir: {}", broker_dir.path().display());
@@ -83,6 +82,12 @@ async fn broker_restarted_mid_stream_nothing_lost() {
     );
 
     let dir = test_dir();
+    // See the module doc: tansu 0.6.0 forgets idempotent producers when it restarts.
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[kafka.properties]\n\"enable.idempotence\" = false\n",
+    )
+    .unwrap();
     write_pipeline(
         dir.path(),
         "relay.toml",
@@ -151,11 +156,12 @@ async fn broker_restarted_mid_stream_nothing_lost() {
     wait_ready(&gf, true, Duration::from_secs(60)).await;
     producing.await.unwrap();
 
+    // Everything that arrives within 40 s (duplicates included).
     let out = read_all(
         &brokers,
         "fault.reading.out.v1",
-        Some(TOTAL),
-        Duration::from_secs(90),
+        None,
+        Duration::from_secs(40),
     )
     .await;
     let dead = read_all(
