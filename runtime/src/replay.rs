@@ -89,6 +89,24 @@ struct Journal {
     done: bool,
 }
 
+/// Produces `record` and waits until the broker has it.
+fn send(
+    runtime: &tokio::runtime::Runtime,
+    producer: &FutureProducer,
+    record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<(), String> {
+    runtime.block_on(async {
+        match crate::kafka::enqueue(producer, record).await {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("the producer was closed".to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
 /// Writes the group's journal record and waits until the broker has it.
 fn write_journal(
     runtime: &tokio::runtime::Runtime,
@@ -100,17 +118,7 @@ fn write_journal(
     let record = FutureRecord::<[u8], [u8]>::to(JOURNAL_TOPIC)
         .key(group.as_bytes())
         .payload(&value);
-    runtime
-        .block_on(async {
-            match crate::kafka::enqueue(producer, record).await {
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(e.to_string()),
-                    Err(_) => Err("the producer was closed".to_string()),
-                },
-                Err(e) => Err(e.to_string()),
-            }
-        })
+    send(runtime, producer, record)
         .map_err(|e| format!("cannot write the replay journal to `{JOURNAL_TOPIC}`: {e}"))
 }
 
@@ -759,17 +767,7 @@ fn run(
                     if let Some(key) = &o.key {
                         record = record.key(key);
                     }
-                    let delivered = runtime.block_on(async {
-                        match crate::kafka::enqueue(producer, record).await {
-                            Ok(delivery) => match delivery.await {
-                                Ok(Ok(_)) => Ok(()),
-                                Ok(Err((e, _))) => Err(e.to_string()),
-                                Err(_) => Err("the producer was closed".to_string()),
-                            },
-                            Err(e) => Err(e.to_string()),
-                        }
-                    });
-                    delivered.map_err(|e| {
+                    send(&runtime, producer, record).map_err(|e| {
                         format!(
                             "sending {} to `{}` failed: {e}; run the replay again to resume",
                             o.at, o.target

@@ -25,17 +25,9 @@ use rdkafka::ClientConfig;
 
 const TOTAL: usize = 1500;
 
-async fn ready(gf: &Gridflow) -> bool {
-    http()
-        .get(gf.admin_url("/health/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
 async fn wait_ready(gf: &Gridflow, want: bool, within: Duration) {
     let deadline = Instant::now() + within;
-    while ready(gf).await != want {
+    while gf.is_ready().await != want {
         assert!(Instant::now() < deadline, "readiness did not become {want}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

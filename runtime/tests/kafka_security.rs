@@ -31,14 +31,6 @@ fn write_secret(dir: &Path, value: &str) {
     std::fs::rename(&tmp, dir.join("secrets/kafka-password")).unwrap();
 }
 
-async fn ready(gf: &Gridflow) -> bool {
-    http()
-        .get(gf.admin_url("/health/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_password_rotated_in_its_file_without_restart_and_never_printed() {
     let broker_dir = tempfile::tempdir().unwrap();
@@ -76,7 +68,7 @@ async fn sasl_password_rotated_in_its_file_without_restart_and_never_printed() {
 
     // Wrong password: the broker refuses gridflow.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert!(!ready(&gf).await, "ready with a wrong password");
+    assert!(!gf.is_ready().await, "ready with a wrong password");
 
     // Rotation: the file gets the right password; no restart.
     write_secret(dir.path(), &password);
@@ -85,7 +77,7 @@ async fn sasl_password_rotated_in_its_file_without_restart_and_never_printed() {
             .await
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready(&gf).await {
+    while !gf.is_ready().await {
         assert!(Instant::now() < deadline, "not ready after the rotation");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -106,6 +106,14 @@ fn to_bytes(value: Value) -> Option<Bytes> {
     }
 }
 
+/// `process` of a step that works on whole messages: the body alone, without metadata.
+fn body_only(step: &dyn Step, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
+    let mut items = Vec::with_capacity(1);
+    step.process_item(Item::new(payload), &mut items)?;
+    out.extend(items.into_iter().map(|i| i.payload));
+    Ok(())
+}
+
 fn set_header(headers: &mut Vec<(String, Bytes)>, name: &str, value: Option<Bytes>) {
     headers.retain(|(k, _)| k != name);
     if let Some(value) = value {
@@ -164,10 +172,7 @@ pub struct SetStep {
 
 impl Step for SetStep {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        let mut items = Vec::with_capacity(1);
-        self.process_item(Item::new(payload), &mut items)?;
-        out.extend(items.into_iter().map(|i| i.payload));
-        Ok(())
+        body_only(self, payload, out)
     }
 
     fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
@@ -244,10 +249,7 @@ pub struct RemoveStep {
 
 impl Step for RemoveStep {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        let mut items = Vec::with_capacity(1);
-        self.process_item(Item::new(payload), &mut items)?;
-        out.extend(items.into_iter().map(|i| i.payload));
-        Ok(())
+        body_only(self, payload, out)
     }
 
     fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
@@ -310,10 +312,7 @@ pub struct RenameStep {
 
 impl Step for RenameStep {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        let mut items = Vec::with_capacity(1);
-        self.process_item(Item::new(payload), &mut items)?;
-        out.extend(items.into_iter().map(|i| i.payload));
-        Ok(())
+        body_only(self, payload, out)
     }
 
     fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {

@@ -575,6 +575,15 @@ impl Gridflow {
         }
     }
 
+    /// True when `/health/ready` answers 2xx.
+    pub async fn is_ready(&self) -> bool {
+        http()
+            .get(self.admin_url("/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
