@@ -532,7 +532,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if config.kafka.brokers.trim().is_empty() {
         let broker = EmbeddedBroker::start()?;
         config.kafka.brokers = broker.bootstrap_servers();
-        tracing::warn!(brokers = %config.kafka.brokers, "No Kafka brokers configured: using the embedded mock broker. It is for development only and keeps nothing across a restart.");
+        tracing::warn!(brokers = %config.kafka.brokers, "No Kafka brokers configured: using the embedded mock broker. It is for development only: it keeps nothing across a restart, and at most 5 MiB per partition (older records are dropped).");
         embedded = Some(broker);
     }
     let kafka = config.kafka_settings().map_err(|e| anyhow::anyhow!(e))?;
@@ -554,7 +554,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         topics.sort();
         topics.dedup();
         for topic in topics {
-            broker.create_topic(&topic, 3)?;
+            broker.create_topic(&topic, i32::from(config.kafka.embedded_partitions.max(1)))?;
         }
     }
 

@@ -43,11 +43,21 @@ async fn sigkill_at_random_points_loses_nothing() {
     let output = unique("t.out.v1");
     let group = unique("g");
     // GRIDFLOW_CRASH_BROKER=embedded: the broker is the embedded mock cluster of a second
-    // gridflow process that is never killed (for volumes tansu 0.6.0 cannot take).
-    let _broker_host = if std::env::var("GRIDFLOW_CRASH_BROKER").as_deref() == Ok("embedded") {
+    // gridflow process that is never killed (for volumes tansu 0.6.0 cannot take). The mock
+    // cluster keeps at most 5 MiB per partition and drops older record batches beyond that,
+    // so its topics get enough partitions to hold the whole run (checked below through the
+    // low watermarks).
+    let embedded = std::env::var("GRIDFLOW_CRASH_BROKER").as_deref() == Ok("embedded");
+    let partitions: i32 = if embedded { 24 } else { 3 };
+    let _broker_host = if embedded {
         let host = test_dir();
-        // Pipelines that declare the topics, so that the embedded broker creates them
-        // (3 partitions each); they consume nothing.
+        std::fs::write(
+            host.path().join("gridflow.toml"),
+            format!("[kafka]\nembedded_partitions = {partitions}\n"),
+        )
+        .unwrap();
+        // Pipelines that declare the topics, so that the embedded broker creates them; they
+        // consume nothing.
         for (name, topic) in [("a", &input), ("b", &output)] {
             write_pipeline(
                 host.path(),
@@ -66,8 +76,8 @@ async fn sigkill_at_random_points_loses_nothing() {
         std::env::set_var("KAFKA_BROKERS", &address);
         Some((host, gf))
     } else {
-        create_topic(&input, 3).await;
-        create_topic(&output, 3).await;
+        create_topic(&input, partitions).await;
+        create_topic(&output, partitions).await;
         create_topic(&format!("{output}.dlq"), 1).await;
         None
     };
@@ -149,22 +159,39 @@ key = "site"
     eprintln!("{kills} SIGKILLs, after {killed_at:?} output records of each run");
     producing.await.unwrap();
 
-    // Read until every id is there; duplicates mean more than `total` records.
-    let mut expected = total;
-    let (records, counts) = loop {
-        // Read without a consumer group: tansu 0.6.0 was seen to leave a fresh group waiting
-        // for minutes after the crashed members of another group.
-        let wait = Duration::from_secs((total as u64 / 100).max(180));
-        let records = consume_assigned(&output, 3, expected, wait).await;
-        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-        for r in &records {
-            *counts.entry(r.json()["id"].as_u64().unwrap()).or_default() += 1;
+    // Nothing was dropped by the broker's retention: every output partition still starts at
+    // offset 0, so a missing id below is a record gridflow lost.
+    let (low, high) = watermarks(&output, partitions);
+    assert!(
+        low.iter().all(|&l| l == 0),
+        "the broker dropped output records by retention (low watermarks {low:?}): the run cannot be verified"
+    );
+    let written: i64 = high.iter().sum();
+    eprintln!("output topic: {written} records in {partitions} partitions");
+
+    // Read every record the topic holds (`written`, from the watermarks). A reader may be
+    // handed a record twice (seen with the mock cluster): records are counted once per
+    // partition and offset, so a duplicate below is a record gridflow wrote twice.
+    let written = written as usize;
+    let wait = Duration::from_secs((total as u64 / 100).max(180));
+    let mut expected = written;
+    let records = loop {
+        let mut records = consume_assigned(&output, partitions, expected, wait).await;
+        let read = records.len();
+        records.sort_by_key(|r| (r.partition, r.offset));
+        records.dedup_by_key(|r| (r.partition, r.offset));
+        if records.len() >= written || read < expected {
+            if read > records.len() {
+                eprintln!("the reader was handed {} records twice", read - records.len());
+            }
+            break records;
         }
-        if counts.len() == total || records.len() < expected {
-            break (records, counts);
-        }
-        expected = records.len() + (total - counts.len());
+        expected = read + (written - records.len());
     };
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in &records {
+        *counts.entry(r.json()["id"].as_u64().unwrap()).or_default() += 1;
+    }
     let ids: BTreeSet<u64> = counts.keys().copied().collect();
     let missing: Vec<u64> = (0..total as u64).filter(|i| !ids.contains(i)).collect();
     let duplicates: usize = counts.values().map(|c| c - 1).sum();

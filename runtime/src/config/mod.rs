@@ -35,13 +35,25 @@ pub struct RuntimeConfig {
 }
 
 /// `[kafka]`. Its `Debug` never shows a secret property.
-#[derive(Clone, PartialEq, Deserialize, Default)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers (`host:port,...`); empty: the embedded development broker.
     pub brokers: String,
     /// Any librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
     pub properties: BTreeMap<String, PropertyValue>,
+    /// Partitions of each topic the embedded broker creates (only without `brokers`).
+    pub embedded_partitions: u16,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            properties: BTreeMap::new(),
+            embedded_partitions: 3,
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -61,6 +73,7 @@ impl std::fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("properties", &shown)
+            .field("embedded_partitions", &self.embedded_partitions)
             .finish()
     }
 }

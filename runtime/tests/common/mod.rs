@@ -76,6 +76,20 @@ pub fn topic_partitions(topic: &str) -> Option<usize> {
     Some(t.partitions().len())
 }
 
+/// The low and high watermarks of partitions `0..partitions` of `topic` (blocking).
+pub fn watermarks(topic: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
+    let c = consumer(&unique("test-watermarks"));
+    let (mut low, mut high) = (Vec::new(), Vec::new());
+    for p in 0..partitions {
+        let (l, h) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+        low.push(l);
+        high.push(h);
+    }
+    (low, high)
+}
+
 /// Creates `name` with `partitions` partitions (replication 1) and waits until metadata shows it.
 pub async fn create_topic(name: &str, partitions: i32) {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
