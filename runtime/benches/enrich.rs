@@ -18,6 +18,7 @@ use gridflow::engine::program::Program;
 use gridflow::message::{ContentType, Item, Meta, Origin, Payload};
 use gridflow::sinks::{SinkConfig, SinkContext};
 use gridflow::steps::{StepConfig, StepContext};
+use gridflow::telemetry::Trace;
 use serde_json::json;
 
 async fn upstream() -> String {
@@ -106,10 +107,15 @@ fn bench(c: &mut Criterion) {
     for (name, program) in &cases {
         let item = Item::new(Payload::Json(message.clone()));
         // Warm the cache (and the connection pool).
-        rt.block_on(program.run(item.clone(), &meta)).unwrap();
+        rt.block_on(program.run(item.clone(), &meta, &Trace::default()))
+            .unwrap();
         group.bench_function(*name, |b| {
-            b.to_async(&rt)
-                .iter(|| async { program.run(item.clone(), &meta).await.unwrap() })
+            b.to_async(&rt).iter(|| async {
+                program
+                    .run(item.clone(), &meta, &Trace::default())
+                    .await
+                    .unwrap()
+            })
         });
     }
     group.finish();

@@ -44,6 +44,7 @@ impl AdminState {
         tokio::spawn(async move {
             loop {
                 let ok = kafka.reachable(Duration::from_secs(3)).await;
+                crate::metrics::broker_reachable(ok);
                 if flag.swap(ok, Ordering::SeqCst) != ok {
                     if ok {
                         tracing::info!("Broker reachable.");

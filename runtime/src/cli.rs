@@ -1,6 +1,5 @@
 //! The `gridflow` command line.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
@@ -27,15 +26,9 @@ use crate::sources::HttpRoutes;
 pub struct Cli {
     /// Log format; default `json` when stderr is not a terminal, `pretty` otherwise.
     #[arg(long, value_enum, global = true)]
-    log_format: Option<LogFormat>,
+    log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Pretty,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,7 +128,7 @@ struct ValidateArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    crate::logging::init(cli.log_format, None::<tracing_subscriber::layer::Identity>);
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Contracts(ContractsCommand::Check(args)) => contracts_check(args),
@@ -159,24 +152,6 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-fn init_logging(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match format {
-        Some(LogFormat::Json) => true,
-        Some(LogFormat::Pretty) => false,
-        None => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 
@@ -606,9 +581,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (contracts, contract_errors) = Contracts::load(&config.paths.contracts);
     for e in &contract_errors {
-        tracing::error!(path = %e.path.display(), "{}", e.message);
+        tracing::error!(path = %e.path.display(), error = %e.message, "Contract rejected.");
+    }
+    let traces = config.traces.start().map_err(|e| anyhow::anyhow!(e))?;
+    if traces.is_some() {
+        tracing::info!(endpoint = %config.traces.otlp_endpoint, "Traces exported over OTLP.");
     }
     let engine = Engine::new(EngineContext {
+        tracer: traces.as_ref().map(|t| t.tracer()),
         contracts: Arc::new(contracts),
         kafka: kafka.clone(),
         producer,
@@ -716,6 +696,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = broker_watch.await;
     let _ = secrets_watch.await;
     let _ = credentials_task.await;
+    if let Some(traces) = traces {
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     drop(embedded);
     tracing::info!("Gridflow stopped cleanly.");
     Ok(())

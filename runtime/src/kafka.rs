@@ -10,6 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 
 use crate::secrets::Secrets;
 
@@ -108,9 +109,19 @@ impl KafkaSettings {
         config
     }
 
-    /// A new producer.
-    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
-        self.producer_config().create()
+    /// A new producer, reporting its queue depth in the metrics.
+    pub fn producer(&self) -> Result<Producer, KafkaError> {
+        self.with_statistics(self.producer_config())
+            .create_with_context(ProducerStats)
+    }
+
+    /// `config` with librdkafka's statistics every 5 s, unless the configuration sets their
+    /// interval (`statistics.interval.ms`; 0 turns them and the metrics made of them off).
+    pub fn with_statistics(&self, mut config: ClientConfig) -> ClientConfig {
+        if !self.properties.contains_key(STATISTICS_INTERVAL) {
+            config.set(STATISTICS_INTERVAL, "5000");
+        }
+        config
     }
 
     /// Topics among `topics` that the broker does not have.
@@ -174,10 +185,24 @@ impl KafkaSettings {
     }
 }
 
+const STATISTICS_INTERVAL: &str = "statistics.interval.ms";
+
+/// The process's producer (sinks, dead letters, replay).
+pub type Producer = FutureProducer<ProducerStats>;
+
+/// The producer's client context: its statistics become the producer queue gauges.
+pub struct ProducerStats;
+
+impl rdkafka::ClientContext for ProducerStats {
+    fn stats(&self, statistics: Statistics) {
+        crate::metrics::producer_queue(statistics.msg_cnt, statistics.msg_size);
+    }
+}
+
 /// Hands `record` to the producer's queue, waiting for room when the queue is full (so the
 /// order of calls is the order of records), and returns the delivery to await.
 pub async fn enqueue<'a>(
-    producer: &FutureProducer,
+    producer: &Producer,
     mut record: FutureRecord<'a, [u8], [u8]>,
 ) -> Result<DeliveryFuture, KafkaError> {
     loop {

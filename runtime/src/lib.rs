@@ -25,6 +25,8 @@
 //! - [`contracts`]: event contracts (JSON Schema) and the topic catalog.
 //! - [`xml`]: the XML ⇄ JSON convention of `xml_to_json` and `json_to_xml`.
 //! - [`metrics`]: metrics as named events.
+//! - [`telemetry`]: OpenTelemetry traces (OTLP), a span per input and per step.
+//! - [`logging`]: the log subscriber, its style, and a throttle for repeated warnings.
 //! - [`secrets`]: Kafka secrets from files, re-read when they change, never shown.
 //! - [`tls`]: TLS and client certificates (mTLS) on the ingress listener.
 //! - [`config`]: the file models (`gridflow.toml`, pipeline files), `${VAR}` interpolation and
@@ -39,6 +41,7 @@ pub mod engine;
 pub mod error;
 pub mod jmes;
 pub mod kafka;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod replay;
@@ -47,5 +50,6 @@ pub mod secrets;
 pub mod sinks;
 pub mod sources;
 pub mod steps;
+pub mod telemetry;
 pub mod tls;
 pub mod xml;

@@ -7,20 +7,156 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
 
 /// Histogram buckets for latencies, in seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Installs the Prometheus recorder; returns the handle `/metrics` renders.
+/// Installs the Prometheus recorder and describes every metric; returns the handle
+/// `/metrics` renders.
 pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
         .install_recorder()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    describe();
+    // Process-wide gauges exist from the start, before the first statistics arrive.
+    producer_queue(0, 0);
+    Ok(handle)
+}
+
+/// Every metric gridflow exports, with its type, unit and help text: the reference
+/// (`ops/metrics.txt` lists the same names; the suite checks a live scrape against both).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    ("gridflow_messages_received_total", Kind::Counter, "Inputs that entered the pipeline."),
+    ("gridflow_messages_sent_total", Kind::Counter, "Messages the sink acknowledged."),
+    ("gridflow_messages_filtered_total", Kind::Counter, "Messages a step dropped on purpose (filter, an empty split)."),
+    ("gridflow_messages_dead_lettered_total", Kind::Counter, "Inputs written to the dead-letter destination, by the step that failed and the error code."),
+    ("gridflow_messages_failed_total", Kind::Counter, "Inputs neither delivered nor dead-lettered: refused to the caller (HTTP 503) or written to the fallback file."),
+    ("gridflow_sink_retries_total", Kind::Counter, "Sends retried after a transient sink fault."),
+    ("gridflow_end_to_end_latency_seconds", Kind::Histogram, "Time from an input's arrival to its message's acknowledgement by the sink."),
+    ("gridflow_step_duration_seconds", Kind::Histogram, "Time a step took for one message."),
+    ("gridflow_step_errors_total", Kind::Counter, "Messages a step failed, by error code."),
+    ("gridflow_messages_in_flight", Kind::Gauge, "Messages handed to a sink or the dead-letter destination and not acknowledged yet."),
+    ("gridflow_upstream_waits_total", Kind::Counter, "Waits of Kafka inputs for an unavailable enrich upstream, one per wait."),
+    ("gridflow_http_requests_total", Kind::Counter, "HTTP and SOAP requests answered, by status code."),
+    ("gridflow_http_request_duration_seconds", Kind::Histogram, "Time from an HTTP or SOAP request's arrival to its answer."),
+    ("gridflow_quota_rejections_total", Kind::Counter, "Requests refused for being over their client's quota (HTTP 429)."),
+    ("gridflow_enrich_cache_hits_total", Kind::Counter, "enrich answers taken from the step's cache."),
+    ("gridflow_enrich_cache_misses_total", Kind::Counter, "enrich lookups that found no answer in the cache."),
+    ("gridflow_enrich_call_duration_seconds", Kind::Histogram, "Duration of each attempt of an enrich call."),
+    ("gridflow_enrich_breaker_state", Kind::Gauge, "State of an enrich step's circuit breaker: 0 closed, 1 open, 2 half-open."),
+    ("gridflow_kafka_consumer_lag", Kind::Gauge, "Records between a partition's high watermark and the pipeline's committed offset."),
+    ("gridflow_kafka_paused_partitions", Kind::Gauge, "Partitions of the pipeline's kafka source paused because their lane stayed full."),
+    ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in the Kafka producer's queues (not acknowledged by the broker yet)."),
+    ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in the Kafka producer's queues."),
+    ("gridflow_kafka_broker_reachable", Kind::Gauge, "1 when the Kafka brokers answered the last metadata probe, else 0."),
+    ("gridflow_reloads_total", Kind::Counter, "Pipeline reloads, by result (success, failure, stopped, restart_required)."),
+    ("gridflow_pipeline_info", Kind::Gauge, "1 for the running version of a pipeline, 0 for a replaced or stopped one."),
+];
+
+/// The type of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution, in seconds.
+    Histogram,
+}
+
+fn describe() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => describe_counter!(name, Unit::Count, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Histogram => describe_histogram!(name, Unit::Seconds, help),
+        }
+    }
+}
+
+/// The Kafka brokers answered the last probe (or did not).
+pub fn broker_reachable(up: bool) {
+    gauge!("gridflow_kafka_broker_reachable").set(if up { 1.0 } else { 0.0 });
+}
+
+/// The shared producer's queues hold `messages` messages of `bytes` bytes in all.
+pub fn producer_queue(messages: u64, bytes: u64) {
+    gauge!("gridflow_kafka_producer_queue_messages").set(messages as f64);
+    gauge!("gridflow_kafka_producer_queue_bytes").set(bytes as f64);
+}
+
+/// The consumer of `pipeline` is `lag` records behind on `topic`/`partition`.
+pub fn consumer_lag(pipeline: &str, topic: &str, partition: i32, lag: i64) {
+    gauge!("gridflow_kafka_consumer_lag", "pipeline" => pipeline.to_string(), "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(lag.max(0) as f64);
+}
+
+/// The metrics of one step (`steps[0].map`) of a pipeline.
+pub struct StepMetrics {
+    pipeline: String,
+    step: String,
+    duration: Histogram,
+    filtered: Counter,
+}
+
+impl StepMetrics {
+    /// Registers the handles of `step` in `pipeline`.
+    pub fn new(pipeline: &str, step: &str) -> Self {
+        let (p, s) = (pipeline.to_string(), step.to_string());
+        StepMetrics {
+            duration: histogram!("gridflow_step_duration_seconds", "pipeline" => p.clone(), "step" => s.clone()),
+            filtered: counter!("gridflow_messages_filtered_total", "pipeline" => p.clone(), "step" => s.clone()),
+            pipeline: p,
+            step: s,
+        }
+    }
+
+    /// The step took `elapsed` for one message and produced `produced` messages (none: the
+    /// message was filtered out).
+    pub fn processed(&self, elapsed: Duration, produced: usize) {
+        self.duration.record(elapsed.as_secs_f64());
+        if produced == 0 {
+            self.filtered.increment(1);
+        }
+    }
+
+    /// The step's name (`steps[0].map`).
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// The step failed a message with `code`.
+    pub fn failed(&self, elapsed: Duration, code: &str) {
+        self.duration.record(elapsed.as_secs_f64());
+        counter!("gridflow_step_errors_total", "pipeline" => self.pipeline.clone(), "step" => self.step.clone(), "code" => code.to_string()).increment(1);
+    }
+}
+
+/// The HTTP or SOAP answers of one pipeline.
+pub fn http_request(pipeline: &str, status: u16, elapsed: Duration) {
+    counter!("gridflow_http_requests_total", "pipeline" => pipeline.to_string(), "code" => status.to_string()).increment(1);
+    histogram!("gridflow_http_request_duration_seconds", "pipeline" => pipeline.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A message handed to a sink (or the dead-letter destination) and not acknowledged yet;
+/// counted in `gridflow_messages_in_flight` until dropped.
+pub struct InFlight {
+    gauge: Gauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
 }
 
 /// A reload ended with `result` (`success`, `failure`, `stopped`, `restart_required`) for
@@ -100,9 +236,9 @@ pub struct PipelineMetrics {
     pipeline: String,
     received: Counter,
     sent: Counter,
-    filtered: Counter,
     retries: Counter,
     end_to_end: Histogram,
+    in_flight: Gauge,
 }
 
 impl PipelineMetrics {
@@ -112,9 +248,9 @@ impl PipelineMetrics {
         PipelineMetrics {
             received: counter!("gridflow_messages_received_total", "pipeline" => p.clone()),
             sent: counter!("gridflow_messages_sent_total", "pipeline" => p.clone()),
-            filtered: counter!("gridflow_messages_filtered_total", "pipeline" => p.clone()),
             retries: counter!("gridflow_sink_retries_total", "pipeline" => p.clone()),
             end_to_end: histogram!("gridflow_end_to_end_latency_seconds", "pipeline" => p.clone()),
+            in_flight: gauge!("gridflow_messages_in_flight", "pipeline" => p.clone()),
             pipeline: p,
         }
     }
@@ -135,9 +271,12 @@ impl PipelineMetrics {
         counter!("gridflow_upstream_waits_total", "pipeline" => self.pipeline.clone()).increment(1);
     }
 
-    /// A step dropped a message on purpose.
-    pub fn filtered(&self) {
-        self.filtered.increment(1);
+    /// A message was handed to a sink or the dead-letter destination.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight {
+            gauge: self.in_flight.clone(),
+        }
     }
 
     /// A transient sink fault will be retried.
@@ -160,5 +299,38 @@ impl PipelineMetrics {
     pub fn running(&self, version: &str, up: bool) {
         gauge!("gridflow_pipeline_info", "pipeline" => self.pipeline.clone(), "version" => version.to_string())
             .set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for &(name, kind, help) in METRICS {
+            assert!(name.starts_with("gridflow_"), "{name}");
+            assert!(!help.is_empty(), "{name} has no help");
+            match kind {
+                Kind::Counter => assert!(name.ends_with("_total"), "{name}"),
+                Kind::Histogram => assert!(name.ends_with("_seconds"), "{name}"),
+                Kind::Gauge => assert!(!name.ends_with("_total"), "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_ops_catalog_lists_exactly_these_metrics() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/metrics.txt");
+        let text = std::fs::read_to_string(path).expect("ops/metrics.txt");
+        let mut listed: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let mut here: Vec<&str> = METRICS.iter().map(|(name, _, _)| *name).collect();
+        listed.sort_unstable();
+        here.sort_unstable();
+        assert_eq!(listed, here);
     }
 }

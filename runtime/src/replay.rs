@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
@@ -92,7 +92,7 @@ struct Journal {
 /// Produces `record` and waits until the broker has it.
 fn send(
     runtime: &tokio::runtime::Runtime,
-    producer: &FutureProducer,
+    producer: &crate::kafka::Producer,
     record: FutureRecord<'_, [u8], [u8]>,
 ) -> Result<(), String> {
     runtime.block_on(async {
@@ -110,7 +110,7 @@ fn send(
 /// Writes the group's journal record and waits until the broker has it.
 fn write_journal(
     runtime: &tokio::runtime::Runtime,
-    producer: &FutureProducer,
+    producer: &crate::kafka::Producer,
     group: &str,
     journal: &Journal,
 ) -> Result<(), String> {
@@ -620,7 +620,7 @@ fn run(
         .map_err(|e| e.to_string())?;
     let to_kafka =
         matches!(options.target, Target::Topic(_) | Target::SourceTopic) && !options.dry_run;
-    let producer: Option<FutureProducer> = if to_kafka {
+    let producer: Option<crate::kafka::Producer> = if to_kafka {
         Some(
             settings
                 .producer()

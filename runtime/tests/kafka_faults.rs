@@ -77,6 +77,7 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
         dead_letters_dir: dir.path().join("dl"),
         limits: EngineConfig::default(),
         contracts: Default::default(),
+        tracer: None,
     });
     engine
         .start(load_file(&path, &|_| None).unwrap())
@@ -184,9 +185,10 @@ async fn injected_request_errors_are_retried_and_delivered_once() {
         dead_letters_dir: dir.path().join("dl"),
         limits: EngineConfig::default(),
         contracts: Default::default(),
+        tracer: None,
     });
 
-    let producer: rdkafka::producer::FutureProducer = settings.producer().unwrap();
+    let producer: gridflow::kafka::Producer = settings.producer().unwrap();
     for n in 0..20 {
         producer
             .send(

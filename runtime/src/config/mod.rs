@@ -32,6 +32,8 @@ pub struct RuntimeConfig {
     pub paths: PathsConfig,
     /// `[engine]`: limits of the pipeline runner.
     pub engine: EngineConfig,
+    /// `[traces]`: OpenTelemetry traces (off unless an OTLP endpoint is set).
+    pub traces: crate::telemetry::TracesConfig,
 }
 
 /// `[kafka]`. Its `Debug` never shows a secret property.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -103,7 +103,7 @@ pub fn envelope_headers(
 /// that can be neither delivered nor dead-lettered.
 pub struct DeadLetterWriter {
     target: DeadLetterTarget,
-    producer: Option<FutureProducer>,
+    producer: Option<crate::kafka::Producer>,
     pipeline: Arc<str>,
     version: String,
     file: tokio::sync::Mutex<Option<tokio::fs::File>>,
@@ -116,7 +116,7 @@ impl DeadLetterWriter {
     /// when the topic refuses a record for good.
     pub fn new(
         target: DeadLetterTarget,
-        producer: Option<FutureProducer>,
+        producer: Option<crate::kafka::Producer>,
         pipeline: Arc<str>,
         version: String,
         fallback: PathBuf,
@@ -142,7 +142,7 @@ impl DeadLetterWriter {
         let headers = envelope_headers(&self.pipeline, &self.version, meta, failure);
         match self.write_target(meta, &headers).await {
             Err(SinkError::Permanent { message, .. }) => {
-                tracing::error!(pipeline = %self.pipeline, correlation_id = %meta.correlation_id, error = %message, fallback = %self.fallback.display(), "Dead-letter destination refused the record; writing it to the fallback file.");
+                tracing::error!(pipeline = %self.pipeline, step = %failure.step, correlation_id = %meta.correlation_id, error = %message, fallback = %self.fallback.display(), "Dead-letter destination refused the record; writing it to the fallback file.");
                 write_file(&self.fallback_file, &self.fallback, &headers, meta).await
             }
             other => other,

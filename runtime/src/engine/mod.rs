@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,7 @@ pub struct EngineContext {
     /// Kafka settings of every client.
     pub kafka: KafkaSettings,
     /// The process's shared producer (sinks and dead letters).
-    pub producer: FutureProducer,
+    pub producer: crate::kafka::Producer,
     /// The HTTP listener's route table.
     pub routes: Arc<HttpRoutes>,
     /// Where dead-letter files of non-Kafka pipelines go.
@@ -70,6 +70,8 @@ pub struct EngineContext {
     pub limits: EngineConfig,
     /// Contracts for `validate` steps.
     pub contracts: Arc<crate::contracts::Contracts>,
+    /// Starts the spans of every input when tracing is on.
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 /// A pipeline built and not started yet.
@@ -295,6 +297,8 @@ impl Engine {
                 .map(|_| Duration::from_millis(self.ctx.limits.max_queue_wait_ms)),
             stopped: CancellationToken::new(),
             metrics: PipelineMetrics::new(&name),
+            dead_letter_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
+            tracer: self.ctx.tracer.clone(),
         });
         Ok(Prepared {
             file,

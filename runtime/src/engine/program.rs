@@ -11,6 +11,7 @@
 //! delivered (except what a `try` block with `rethrow` produced on purpose).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -18,18 +19,21 @@ use futures::FutureExt;
 use crate::error::{BuildError, ErrorCode, Failure, StepError};
 use crate::jmes::{with_scope, Expr, Scope};
 use crate::message::{Item, Meta, Payload};
+use crate::metrics::StepMetrics;
 use crate::sinks::{Sink, SinkConfig, SinkContext};
 use crate::steps::enrich::{Answer, Enrich};
 use crate::steps::{Step, StepConfig, StepContext};
+use crate::telemetry::Trace;
 
 /// One node of the tree.
 enum Node {
     Step {
         id: String,
         step: Box<dyn Step>,
+        metrics: StepMetrics,
     },
-    Enrich(Box<Enrich>),
-    Parallel(Vec<Enrich>),
+    Enrich(Box<Enrich>, StepMetrics),
+    Parallel(Vec<Enrich>, StepMetrics),
     Try {
         body: Vec<Node>,
         catch: Vec<Node>,
@@ -109,9 +113,10 @@ impl Builder<'_> {
         Ok(match step {
             StepConfig::Enrich(c) => {
                 self.may_wait = true;
-                Node::Enrich(Box::new(
-                    c.build(&id, self.pipeline).map_err(|e| (id.clone(), e))?,
-                ))
+                Node::Enrich(
+                    Box::new(c.build(&id, self.pipeline).map_err(|e| (id.clone(), e))?),
+                    StepMetrics::new(self.pipeline, &id),
+                )
             }
             StepConfig::Parallel(c) => {
                 c.check().map_err(|e| (id.clone(), e))?;
@@ -124,7 +129,7 @@ impl Builder<'_> {
                     let sub = format!("{id}.steps[{i}].enrich");
                     calls.push(e.build(&sub, self.pipeline).map_err(|e| (sub.clone(), e))?);
                 }
-                Node::Parallel(calls)
+                Node::Parallel(calls, StepMetrics::new(self.pipeline, &id))
             }
             StepConfig::Try(c) => Node::Try {
                 body: self.nodes(&format!("{id}.steps"), &c.steps)?,
@@ -173,6 +178,7 @@ impl Builder<'_> {
             }
             plain => Node::Step {
                 step: plain.build_in(self.steps).map_err(|e| (id.clone(), e))?,
+                metrics: StepMetrics::new(self.pipeline, &id),
                 id,
             },
         })
@@ -206,9 +212,14 @@ impl Program {
     }
 
     /// Runs the program on an input's first message.
-    pub async fn run(&self, item: Item, meta: &Arc<Meta>) -> Result<Outcome, Failure> {
+    pub async fn run(
+        &self,
+        item: Item,
+        meta: &Arc<Meta>,
+        trace: &Trace,
+    ) -> Result<Outcome, Failure> {
         let mut outcome = Outcome::default();
-        let rest = run_nodes(&self.nodes, vec![item], meta, &mut outcome).await?;
+        let rest = run_nodes(&self.nodes, vec![item], meta, trace, &mut outcome).await?;
         outcome
             .deliveries
             .extend(rest.into_iter().map(|item| (0, item)));
@@ -254,6 +265,7 @@ fn run_nodes<'a>(
     nodes: &'a [Node],
     items: Vec<Item>,
     meta: &'a Arc<Meta>,
+    trace: &'a Trace,
     out: &'a mut Outcome,
 ) -> BoxFuture<'a, Result<Vec<Item>, Failure>> {
     async move {
@@ -263,29 +275,42 @@ fn run_nodes<'a>(
                 break;
             }
             current = match node {
-                Node::Step { id, step } => {
+                Node::Step { id, step, metrics } => {
                     let mut next = Vec::with_capacity(current.len());
                     for item in current {
                         let scope = scope(meta, &item);
-                        guarded(id, || {
+                        let (started, wall, before) = (Instant::now(), trace.now(), next.len());
+                        match guarded(id, || {
                             with_scope(&scope, || step.process_item(item, &mut next))
-                        })?;
+                        }) {
+                            Ok(()) => {
+                                metrics.processed(started.elapsed(), next.len() - before);
+                                trace.child(id, wall, None);
+                            }
+                            Err(f) => {
+                                metrics.failed(started.elapsed(), f.code.as_str());
+                                trace.child(id, wall, Some(&f));
+                                return Err(f);
+                            }
+                        }
                     }
                     next
                 }
-                Node::Enrich(enrich) => {
-                    futures::future::try_join_all(
-                        current
-                            .into_iter()
-                            .map(|item| enrich_item(std::slice::from_ref(&**enrich), item, meta)),
-                    )
+                Node::Enrich(enrich, metrics) => {
+                    futures::future::try_join_all(current.into_iter().map(|item| {
+                        measured(
+                            metrics,
+                            trace,
+                            enrich_item(std::slice::from_ref(&**enrich), item, meta),
+                        )
+                    }))
                     .await?
                 }
-                Node::Parallel(calls) => {
+                Node::Parallel(calls, metrics) => {
                     futures::future::try_join_all(
                         current
                             .into_iter()
-                            .map(|item| enrich_item(calls, item, meta)),
+                            .map(|item| measured(metrics, trace, enrich_item(calls, item, meta))),
                     )
                     .await?
                 }
@@ -296,7 +321,7 @@ fn run_nodes<'a>(
                 } => {
                     let runs = current
                         .into_iter()
-                        .map(|item| try_item(body, catch, *rethrow, item, meta));
+                        .map(|item| try_item(body, catch, *rethrow, item, meta, trace));
                     merge(out, futures::future::try_join_all(runs).await?)
                 }
                 Node::Branch {
@@ -305,9 +330,9 @@ fn run_nodes<'a>(
                     routes,
                     default,
                 } => {
-                    let runs = current
-                        .into_iter()
-                        .map(|item| branch_item(id, *all, routes, default.as_ref(), item, meta));
+                    let runs = current.into_iter().map(|item| {
+                        branch_item(id, *all, routes, default.as_ref(), item, meta, trace)
+                    });
                     merge(out, futures::future::try_join_all(runs).await?)
                 }
             };
@@ -342,9 +367,10 @@ async fn try_item(
     rethrow: bool,
     item: Item,
     meta: &Arc<Meta>,
+    trace: &Trace,
 ) -> Result<Partial, Failure> {
     let mut inner = Outcome::default();
-    match run_nodes(body, vec![item.clone()], meta, &mut inner).await {
+    match run_nodes(body, vec![item.clone()], meta, trace, &mut inner).await {
         Ok(items) => Ok((inner, items)),
         // An unavailable upstream is not a fault of the message: the runner waits (or
         // answers 503); catch steps are for failures. What the body produced is discarded.
@@ -357,7 +383,7 @@ async fn try_item(
             };
             let mut caught = item;
             caught.error = Some(Arc::new(failure));
-            let items = run_nodes(catch, vec![caught], meta, &mut caught_outcome).await?;
+            let items = run_nodes(catch, vec![caught], meta, trace, &mut caught_outcome).await?;
             Ok((caught_outcome, items))
         }
     }
@@ -372,6 +398,7 @@ async fn branch_item(
     default: Option<&Route>,
     item: Item,
     meta: &Arc<Meta>,
+    trace: &Trace,
 ) -> Result<Partial, Failure> {
     let value = match item.payload.as_json() {
         Some(v) => v.clone(),
@@ -399,7 +426,14 @@ async fn branch_item(
     let mut outcome = Outcome::default();
     let mut next = Vec::new();
     for route in chosen {
-        let items = run_nodes(&route.nodes, vec![parsed.clone()], meta, &mut outcome).await?;
+        let items = run_nodes(
+            &route.nodes,
+            vec![parsed.clone()],
+            meta,
+            trace,
+            &mut outcome,
+        )
+        .await?;
         match route.sink {
             Some(sink) => outcome
                 .deliveries
@@ -408,6 +442,22 @@ async fn branch_item(
         }
     }
     Ok((outcome, next))
+}
+
+/// Runs one message through an `enrich` node, counted in the node's metrics.
+async fn measured(
+    metrics: &StepMetrics,
+    trace: &Trace,
+    run: impl std::future::Future<Output = Result<Item, Failure>>,
+) -> Result<Item, Failure> {
+    let (started, wall) = (Instant::now(), trace.now());
+    let result = run.await;
+    match &result {
+        Ok(_) => metrics.processed(started.elapsed(), 1),
+        Err(f) => metrics.failed(started.elapsed(), f.code.as_str()),
+    }
+    trace.child(metrics.step(), wall, result.as_ref().err());
+    result
 }
 
 /// Runs `calls` (one `enrich` step, or a parallel block's) for one message.

@@ -149,7 +149,7 @@ impl Reloader {
         let (files, diagnostics) = load_all(&paths, &interpolate::from_env);
         let mut invalid: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
         for d in diagnostics {
-            tracing::error!(path = %d.path.display(), line = d.line, column = d.column, hint = d.hint.as_deref().unwrap_or(""), "{}", d.message);
+            tracing::error!(path = %d.path.display(), line = d.line, column = d.column, hint = d.hint.as_deref().unwrap_or(""), error = %d.message, "Pipeline file rejected.");
             invalid.entry(d.path.clone()).or_default().push(d);
         }
         self.errors = invalid

@@ -18,6 +18,28 @@ use crate::message::{Item, Message, Meta};
 use crate::metrics::PipelineMetrics;
 use crate::sinks::Record;
 use crate::sources::Downstream;
+use crate::telemetry::Trace;
+
+/// The W3C trace context header written on records when tracing is on.
+const TRACEPARENT: &str = "traceparent";
+
+/// `headers` with `name` set to `value` (replacing an earlier value).
+fn with_header(
+    headers: &crate::message::Headers,
+    name: &str,
+    value: &str,
+) -> crate::message::Headers {
+    let mut out: Vec<_> = headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect();
+    out.push((
+        name.to_string(),
+        bytes::Bytes::copy_from_slice(value.as_bytes()),
+    ));
+    Arc::new(out)
+}
 
 /// The acknowledgement of one send attempt: the delivery's result, or the send's error.
 async fn settle(sent: Result<crate::sinks::Delivery, SinkError>) -> Result<(), SinkError> {
@@ -50,6 +72,17 @@ pub struct Runner {
     /// up (their acknowledgement fails, so the source offers them again).
     pub(super) stopped: CancellationToken,
     pub(super) metrics: PipelineMetrics,
+    /// Rate limit of the "dead-letter write failed" warning.
+    pub(super) dead_letter_warnings: crate::logging::Throttle,
+    /// Starts each input's trace when tracing is on.
+    pub(super) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+}
+
+/// Room for one message between its hand-over to a sink and its acknowledgement, counted
+/// in `gridflow_messages_in_flight`.
+struct Permit {
+    _room: OwnedSemaphorePermit,
+    _counted: crate::metrics::InFlight,
 }
 
 /// Longest wait before an input whose upstream is unavailable is tried again.
@@ -68,14 +101,20 @@ impl Runner {
         &self,
         item: Item,
         meta: &Arc<Meta>,
+        trace: &Trace,
     ) -> Option<Result<Outcome, (Failure, bool)>> {
         if !self.program.may_wait {
-            return Some(self.program.run(item, meta).await.map_err(|f| (f, false)));
+            return Some(
+                self.program
+                    .run(item, meta, trace)
+                    .await
+                    .map_err(|f| (f, false)),
+            );
         }
         let (mut waits, mut runs) = (0u32, 0u32);
         loop {
             runs += 1;
-            let failure = match self.program.run(item.clone(), meta).await {
+            let failure = match self.program.run(item.clone(), meta, trace).await {
                 Ok(outcome) => return Some(Ok(outcome)),
                 Err(f) => f,
             };
@@ -112,7 +151,7 @@ impl Runner {
                 Err(_) => {
                     // A saturated pipeline (a slow sink) refuses rather than queue without
                     // bound: the HTTP caller is told to come back.
-                    tracing::warn!(pipeline = %self.name, correlation_id = %meta.correlation_id, wait_ms = wait.as_millis() as u64, "Input refused: the pipeline is saturated.");
+                    tracing::warn!(pipeline = %self.name, step = "source", correlation_id = %meta.correlation_id, wait_ms = wait.as_millis() as u64, "Input refused: the pipeline is saturated.");
                     self.metrics.failed();
                     ack.failed(Failure::unavailable(
                         "source",
@@ -128,20 +167,29 @@ impl Runner {
         }
         .expect("the processing semaphore is never closed");
         let item = Item::from_input(payload, &meta);
-        let outcome = match self.run_program(item, &meta).await {
+        let trace = Trace::start(self.tracer.as_ref(), &self.name, &meta);
+        let outcome = match self.run_program(item, &meta, &trace).await {
             // Stopped while waiting: the dropped ack fails the input; it is offered again.
-            None => return,
-            Some(Ok(outcome)) => outcome,
+            None => {
+                trace.end(None);
+                return;
+            }
+            Some(Ok(outcome)) => {
+                trace.end(outcome.rethrown.as_ref());
+                outcome
+            }
             Some(Err((failure, true))) => {
+                trace.end(Some(&failure));
                 tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, error = %failure.message, "Input refused: upstream unavailable.");
                 self.metrics.failed();
                 ack.failed(failure);
                 return;
             }
             Some(Err((failure, false))) => {
+                trace.end(Some(&failure));
                 let permit = self.permit().await;
                 drop(busy);
-                tokio::spawn(self.clone().dead_letter(meta, ack, failure, permit));
+                tokio::spawn(self.clone().dead_letter(meta, ack, failure, permit, trace));
                 return;
             }
         };
@@ -150,7 +198,7 @@ impl Runner {
             rethrown,
         } = outcome;
         if deliveries.is_empty() && rethrown.is_none() {
-            self.metrics.filtered();
+            // Every message was dropped by a step (counted there).
             ack.filtered();
             return;
         }
@@ -161,36 +209,53 @@ impl Runner {
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(deliveries.iter().map(|(_, item)| item.payload.clone()));
         }
+        let traceparent = trace.traceparent();
         for (sink, item) in deliveries {
             let permit = self.permit().await;
+            let headers = match &traceparent {
+                Some(value) => with_header(&item.headers, TRACEPARENT, value),
+                None => item.headers,
+            };
             let record = Record {
                 payload: item.payload,
                 meta: Arc::clone(&meta),
-                headers: item.headers,
+                headers,
                 key: item.key,
             };
+            let started = trace.now();
             let first = self.program.sinks[sink].sink.send(&record).await;
-            tokio::spawn(
-                self.clone()
-                    .deliver(sink, record, ack.fork(), first, permit),
-            );
+            tokio::spawn(self.clone().deliver(
+                sink,
+                record,
+                ack.fork(),
+                first,
+                permit,
+                (trace.clone(), started),
+            ));
         }
         if let Some(failure) = rethrown {
             let permit = self.permit().await;
-            tokio::spawn(
-                self.clone()
-                    .dead_letter(Arc::clone(&meta), ack.fork(), failure, permit),
-            );
+            tokio::spawn(self.clone().dead_letter(
+                Arc::clone(&meta),
+                ack.fork(),
+                failure,
+                permit,
+                trace,
+            ));
         }
         drop(busy);
         ack.filtered();
     }
 
-    async fn permit(&self) -> OwnedSemaphorePermit {
-        Arc::clone(&self.in_flight)
+    async fn permit(&self) -> Permit {
+        let room = Arc::clone(&self.in_flight)
             .acquire_owned()
             .await
-            .expect("the in-flight semaphore is never closed")
+            .expect("the in-flight semaphore is never closed");
+        Permit {
+            _room: room,
+            _counted: self.metrics.in_flight(),
+        }
     }
 
     /// Awaits the sink's acknowledgement, retrying transient faults as the policy says.
@@ -200,14 +265,17 @@ impl Runner {
         record: Record,
         ack: Ack,
         first: Result<crate::sinks::Delivery, SinkError>,
-        permit: OwnedSemaphorePermit,
+        permit: Permit,
+        (trace, started): (Trace, Option<std::time::SystemTime>),
     ) {
         let mut attempts = 1;
         let mut result = settle(first).await;
+        let span = format!("deliver {}", self.program.sinks[sink].id);
         let failure = loop {
             match result {
                 Ok(()) => {
                     self.metrics.sent(record.meta.received_at.elapsed());
+                    trace.child(&span, started, None);
                     ack.delivered();
                     return;
                 }
@@ -232,7 +300,7 @@ impl Runner {
                     };
                 }
                 Err(SinkError::Transient(message)) => {
-                    tracing::debug!(pipeline = %self.name, correlation_id = %record.meta.correlation_id, attempts, error = %message, "Sink fault; retrying.");
+                    tracing::debug!(pipeline = %self.name, step = %self.program.sinks[sink].id, correlation_id = %record.meta.correlation_id, attempts, error = %message, "Sink fault; retrying.");
                     self.metrics.retried();
                     tokio::time::sleep(self.retry.backoff(attempts)).await;
                     attempts += 1;
@@ -240,7 +308,9 @@ impl Runner {
                 }
             }
         };
-        self.dead_letter(record.meta, ack, failure, permit).await;
+        trace.child(&span, started, Some(&failure));
+        self.dead_letter(record.meta, ack, failure, permit, trace)
+            .await;
     }
 
     /// Writes the input to the dead-letter destination (once per input) and settles `ack`.
@@ -249,8 +319,10 @@ impl Runner {
         meta: Arc<Meta>,
         ack: Ack,
         failure: Failure,
-        _permit: OwnedSemaphorePermit,
+        _permit: Permit,
+        trace: Trace,
     ) {
+        let started = trace.now();
         tracing::warn!(
             pipeline = %self.name,
             step = %failure.step,
@@ -269,11 +341,12 @@ impl Runner {
                 Ok(()) => {
                     self.metrics
                         .dead_lettered(&failure.step, failure.code.as_str());
+                    trace.child("dead_letter", started, None);
                     ack.dead_lettered(failure);
                     return;
                 }
                 Err(e) if self.source_redelivers && attempt >= self.retry.max_attempts => {
-                    tracing::error!(pipeline = %self.name, correlation_id = %meta.correlation_id, error = %e, "Dead-letter write failed; the input is refused.");
+                    tracing::error!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, error = %e, "Dead-letter write failed; the input is refused.");
                     self.metrics.failed();
                     ack.failed(Failure {
                         step: "dead_letter".into(),
@@ -286,7 +359,11 @@ impl Runner {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(pipeline = %self.name, correlation_id = %meta.correlation_id, attempt, error = %e, "Dead-letter write failed; retrying.");
+                    // During a broker outage every waiting input retries: one warning per
+                    // pipeline per interval, with the count of the others.
+                    if let Some(suppressed) = self.dead_letter_warnings.allow() {
+                        tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, suppressed, error = %e, "Dead-letter write failed; retrying.");
+                    }
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                 }
             }
@@ -319,8 +396,10 @@ impl Downstream for Arc<Runner> {
         async move {
             runner.metrics.received();
             let permit = runner.permit().await;
+            let trace = Trace::start(runner.tracer.as_ref(), &runner.name, &message.meta);
+            trace.end(Some(&failure));
             runner
-                .dead_letter(message.meta, message.ack, failure, permit)
+                .dead_letter(message.meta, message.ack, failure, permit, trace)
                 .await
         }
         .boxed()

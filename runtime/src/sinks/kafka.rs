@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -77,7 +77,7 @@ impl KafkaSinkConfig {
 pub struct KafkaSink {
     topic: String,
     key: Option<Expr>,
-    producer: FutureProducer,
+    producer: crate::kafka::Producer,
     pipeline: Arc<str>,
     version: Arc<str>,
 }

@@ -12,7 +12,6 @@ pub(crate) use file::append_to_file;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 
 pub use file::FileSinkConfig;
@@ -60,7 +59,7 @@ pub struct SinkContext {
     /// The pipeline's version (sha256 of its file), written to `gridflow.pipeline.version`.
     pub version: Arc<str>,
     /// The process's shared Kafka producer, when a Kafka sink needs it.
-    pub producer: Option<FutureProducer>,
+    pub producer: Option<crate::kafka::Producer>,
 }
 
 /// The `[sink]` table of a pipeline file.

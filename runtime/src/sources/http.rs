@@ -433,7 +433,16 @@ async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Resp
             .map(str::to_string)
             .unwrap_or_else(new_correlation_id)
     };
+    let started = std::time::Instant::now();
     let mut response = serve(&routes, &path, request, &correlation_id).await;
+    // Counted for the pipeline owning the path now (requests to no route are not counted).
+    if let Some(route) = routes.table.load().get(&path) {
+        crate::metrics::http_request(
+            &route.pipeline,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+    }
     if let Ok(value) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
     }

@@ -102,6 +102,7 @@ impl KafkaSourceConfig {
             settings: ctx.kafka.clone(),
             drain_timeout: ctx.drain_timeout,
             paused: gauge!("gridflow_kafka_paused_partitions", "pipeline" => ctx.pipeline.to_string()),
+            pipeline: Arc::clone(&ctx.pipeline),
         }
     }
 }
@@ -112,6 +113,7 @@ pub struct KafkaSource {
     settings: KafkaSettings,
     drain_timeout: Duration,
     paused: metrics::Gauge,
+    pipeline: Arc<str>,
 }
 
 /// What the consumer's rebalance callbacks tell the source loop.
@@ -120,10 +122,43 @@ enum Rebalanced {
     Assigned(Vec<(String, i32)>),
 }
 
-/// The consumer's context: forwards rebalances to the source loop.
-struct Rebalances(mpsc::UnboundedSender<Rebalanced>);
+/// The consumer's context: forwards rebalances to the source loop and turns librdkafka's
+/// statistics into the consumer lag gauges.
+struct Rebalances {
+    rebalances: mpsc::UnboundedSender<Rebalanced>,
+    pipeline: Arc<str>,
+    /// Partitions whose lag was reported: one that is no longer assigned is set to 0, so a
+    /// revoked partition's last lag does not stay on the dashboard.
+    reported: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+}
 
-impl rdkafka::ClientContext for Rebalances {}
+impl rdkafka::ClientContext for Rebalances {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let mut now = std::collections::HashSet::new();
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if partition < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
+                }
+                // Behind the committed offset; before the first commit, the stored one (the
+                // records delivered or dead-lettered); before any, the whole partition (the
+                // source starts from the earliest offset).
+                let lag = [p.consumer_lag, p.consumer_lag_stored]
+                    .into_iter()
+                    .find(|&lag| lag >= 0)
+                    .unwrap_or(p.hi_offset - p.lo_offset.max(0));
+                crate::metrics::consumer_lag(&self.pipeline, topic, partition, lag);
+                now.insert((topic.clone(), partition));
+            }
+        }
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, partition) in reported.difference(&now) {
+            crate::metrics::consumer_lag(&self.pipeline, topic, *partition, 0);
+        }
+        *reported = now;
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for Rebalances {
     fn pre_rebalance(
@@ -132,7 +167,7 @@ impl rdkafka::consumer::ConsumerContext for Rebalances {
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
-            let _ = self.0.send(Rebalanced::Revoked(partitions(list)));
+            let _ = self.rebalances.send(Rebalanced::Revoked(partitions(list)));
         }
     }
 
@@ -142,7 +177,7 @@ impl rdkafka::consumer::ConsumerContext for Rebalances {
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
-            let _ = self.0.send(Rebalanced::Assigned(partitions(list)));
+            let _ = self.rebalances.send(Rebalanced::Assigned(partitions(list)));
         }
     }
 }
@@ -316,8 +351,12 @@ impl KafkaSource {
         let (rebalance_tx, mut rebalances) = mpsc::unbounded_channel();
         let consumer: StreamConsumer<Rebalances> = self
             .settings
-            .consumer_config(group)
-            .create_with_context(Rebalances(rebalance_tx))
+            .with_statistics(self.settings.consumer_config(group))
+            .create_with_context(Rebalances {
+                rebalances: rebalance_tx,
+                pipeline: Arc::clone(&self.pipeline),
+                reported: Default::default(),
+            })
             .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
