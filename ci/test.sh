@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command: ensures tansu (a Kafka-protocol broker) is installed,
-# starts one on a free loopback port unless KAFKA_BROKERS is set, then runs the workspace
-# tests and the fuzz targets (20 s each).
+# starts one on a free loopback port unless KAFKA_BROKERS is set, then checks ops/ (promtool:
+# alert rules and their unit tests), runs the workspace tests and the fuzz targets (20 s each).
 #
 #   ci/test.sh            the whole suite (what CI runs)
 #   ci/test.sh --long     the long variants too: the crash suite with 100,000 records and
@@ -100,6 +100,19 @@ if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
 
+# promtool (Debian package prometheus) checks the alert rules and their unit tests
+# (ops/check.sh) and a live /metrics scrape (runtime/tests/runbooks.rs).
+if ! command -v promtool >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing promtool (apt-get install prometheus)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        log "promtool is missing: install the Debian package prometheus (or put promtool on PATH)"
+        exit 1
+    fi
+fi
+
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 FUZZ=1
 if [[ "${1:-}" == "--long" ]]; then
@@ -126,7 +139,11 @@ else
 fi
 
 status=0
-cargo test --workspace --locked "$@" || status=$?
+if (($# == 0)); then
+    log "checking ops/ (alert rules and their tests, dashboard, runbook links)"
+    ops/check.sh || status=$?
+fi
+((status == 0)) && { cargo test --workspace --locked "$@" || status=$?; }
 if ((status != 0)) && [[ -n "$BROKER_DIR" ]]; then
     log "tests failed (status $status); broker log tail:"
     tail -n 30 "$BROKER_DIR/tansu.log" >&2 || true
