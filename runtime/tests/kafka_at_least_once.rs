@@ -182,7 +182,10 @@ key = "site"
         records.dedup_by_key(|r| (r.partition, r.offset));
         if records.len() >= written || read < expected {
             if read > records.len() {
-                eprintln!("the reader was handed {} records twice", read - records.len());
+                eprintln!(
+                    "the reader was handed {} records twice",
+                    read - records.len()
+                );
             }
             break records;
         }
