@@ -320,7 +320,12 @@ impl Engine {
         let cancel = CancellationToken::new();
         let downstream: Arc<dyn Downstream> = Arc::new(Arc::clone(&runner));
         let task_name = Arc::clone(&runner.name);
-        let future = source.run(downstream, cancel.clone());
+        // The source's own log lines (a file it could not move, a consumer error) name the
+        // pipeline through this span.
+        let future = tracing::Instrument::instrument(
+            source.run(downstream, cancel.clone()),
+            tracing::info_span!("source", pipeline = %name),
+        );
         let task = tokio::spawn(async move {
             if let Err(e) = future.await {
                 tracing::error!(pipeline = %task_name, error = %e, "Pipeline source stopped with an error.");
