@@ -159,9 +159,29 @@ key = "site"
     eprintln!("{kills} SIGKILLs, after {killed_at:?} output records of each run");
     producing.await.unwrap();
 
-    // Nothing was dropped by the broker's retention: every output partition still starts at
-    // offset 0, so a missing id below is a record gridflow lost.
-    let (low, high) = watermarks(&output, partitions);
+    // Wait until the last process has caught up: the output holds at least `total` records
+    // and has not grown for 15 s. Then nothing was dropped by the broker's retention: every
+    // output partition still starts at offset 0, so a missing id below is a record gridflow
+    // lost.
+    let settle_deadline =
+        std::time::Instant::now() + Duration::from_secs((total as u64 / 100).max(180));
+    let (mut last, mut since) = (-1i64, std::time::Instant::now());
+    let (low, high) = loop {
+        let output = output.clone();
+        let (low, high) = tokio::task::spawn_blocking(move || watermarks(&output, partitions))
+            .await
+            .unwrap();
+        let sum: i64 = high.iter().sum();
+        if sum != last {
+            (last, since) = (sum, std::time::Instant::now());
+        } else if sum >= total as i64 && since.elapsed() >= Duration::from_secs(15) {
+            break (low, high);
+        }
+        if std::time::Instant::now() > settle_deadline {
+            break (low, high);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(
         low.iter().all(|&l| l == 0),
         "the broker dropped output records by retention (low watermarks {low:?}): the run cannot be verified"
