@@ -42,6 +42,36 @@ enum Command {
     Contracts(ContractsCommand),
     /// Re-inject dead letters, with their original bytes, into a topic or a pipeline.
     Replay(ReplayArgs),
+    /// Kafka topics of the catalog (`contracts/topics.toml`).
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the catalog's topics and their dead-letter topics, or bring them up to date
+    /// (partitions added, retention changed); idempotent. `--dry-run` prints the plan only.
+    Apply(TopicsApplyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TopicsApplyArgs {
+    /// The catalog (default: `topics.toml` in the contracts directory of `[paths]`).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Runtime configuration file (brokers, Kafka properties, contracts directory).
+    #[arg(long, default_value = "gridflow.toml")]
+    config: PathBuf,
+    /// Kafka bootstrap servers (overrides `[kafka] brokers`).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+    /// Replication factor of the topics created; -1: the broker's default
+    /// (`default.replication.factor`).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    replication_factor: i32,
+    /// Print what would change; change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate(args),
         Command::Contracts(ContractsCommand::Check(args)) => contracts_check(args),
         Command::Replay(args) => replay(args),
+        Command::Topics(TopicsCommand::Apply(args)) => topics_apply(args),
         Command::Run(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -194,6 +225,82 @@ fn validate(args: ValidateArgs) -> ExitCode {
     } else {
         eprintln!("{} error(s) in {} file(s).", diagnostics.len(), paths.len());
         ExitCode::FAILURE
+    }
+}
+
+fn topics_apply(args: TopicsApplyArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let mut config = match RuntimeConfig::load(&args.config, false) {
+        Ok(c) => c,
+        Err(d) => {
+            print_diagnostics(&d);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(brokers) = args.brokers {
+        config.kafka.brokers = brokers;
+    }
+    if config.kafka.brokers.trim().is_empty() {
+        return fail("no Kafka brokers: give --brokers, KAFKA_BROKERS or [kafka] brokers".into());
+    }
+    let path = args
+        .catalog
+        .unwrap_or_else(|| config.paths.contracts.join("topics.toml"));
+    let catalog: crate::contracts::TopicCatalog = match std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+        .and_then(|text| toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())))
+    {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let settings = match config.kafka_settings() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let options = crate::topics::ApplyOptions {
+        replication_factor: args.replication_factor,
+        dry_run: args.dry_run,
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(crate::topics::apply(
+        &settings, &catalog, &options, &mut out,
+    )) {
+        Err(e) => fail(e),
+        Ok(s) => {
+            let note = if args.dry_run {
+                " (dry run: nothing changed)"
+            } else if s.conflicts > 0 {
+                " (nothing changed: resolve the conflicts first)"
+            } else {
+                ""
+            };
+            println!(
+                "{}: {} created, {} updated, {} unchanged, {} conflicts{note}",
+                path.display(),
+                s.created,
+                s.updated,
+                s.unchanged,
+                s.conflicts
+            );
+            if s.configs_unknown {
+                eprintln!("warning: the broker did not describe the topics' settings; their retention was not compared");
+            }
+            if s.conflicts > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
     }
 }
 

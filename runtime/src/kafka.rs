@@ -109,6 +109,11 @@ impl KafkaSettings {
         config
     }
 
+    /// Settings of an admin client (or a metadata-only consumer).
+    pub fn admin_config(&self) -> ClientConfig {
+        self.base(&[])
+    }
+
     /// A new producer, reporting its queue depth in the metrics.
     pub fn producer(&self) -> Result<Producer, KafkaError> {
         self.with_statistics(self.producer_config())

@@ -9,6 +9,7 @@
 //! Layers only point down: nothing below imports anything above it.
 //!
 //! - [`cli`]: the `gridflow` command line (clap): `run`, `validate`, `contracts check`, `replay`.
+//! - [`topics`]: `gridflow topics apply`, the topic catalog applied through the admin API.
 //! - [`replay`]: `gridflow replay`, dead letters re-injected (exactly-once to a topic).
 //! - [`admin`]: the admin HTTP listener (`/health/live`, `/health/ready`, `/metrics`).
 //! - [`engine`]: builds pipelines from their configs, runs them (source → steps → sink), retries
@@ -52,4 +53,5 @@ pub mod sources;
 pub mod steps;
 pub mod telemetry;
 pub mod tls;
+pub mod topics;
 pub mod xml;

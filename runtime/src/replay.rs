@@ -385,18 +385,10 @@ pub fn parse_time(text: &str) -> Result<SystemTime, String> {
     {
         return Ok(SystemTime::from(at));
     }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: u64 = number.parse().map_err(|_| {
+    let age = crate::config::parse_age(text).map_err(|_| {
         format!("`{text}` is neither an RFC 3339 time nor an age such as 30m, 2h or 7d")
     })?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("`{text}`: the unit of an age is s, m, h or d")),
-    };
-    Ok(SystemTime::now() - Duration::from_secs(seconds))
+    Ok(SystemTime::now() - age)
 }
 
 fn header_map(m: &BorrowedMessage<'_>) -> BTreeMap<String, String> {

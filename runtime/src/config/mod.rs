@@ -18,6 +18,23 @@ pub use pipeline::{OnErrorConfig, PipelineConfig, PipelineFile};
 use crate::kafka::KafkaSettings;
 use document::Document;
 
+/// Parses an age or a period: a whole number and a unit, `90s`, `30m`, `2h`, `7d`.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 30m, 2h or 7d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{text}`: the unit of a duration is s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 /// `gridflow.toml`: what the process needs, shared by every pipeline.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
