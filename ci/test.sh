@@ -142,6 +142,8 @@ status=0
 if (($# == 0)); then
     log "checking ops/ (alert rules and their tests, dashboard, runbook links)"
     ops/check.sh || status=$?
+    log "checking the delivery kit (ci/templates, local-dev compose, ops/deploy)"
+    ci/check-templates.sh || status=$?
 fi
 ((status == 0)) && { cargo test --workspace --locked "$@" || status=$?; }
 if ((status != 0)) && [[ -n "$BROKER_DIR" ]]; then
