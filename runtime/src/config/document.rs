@@ -28,6 +28,20 @@ impl<'i> Document<'i> {
         text: &'i str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Document<'i>, Vec<Diagnostic>> {
+        Self::parse_with(path, text, Some(lookup))
+    }
+
+    /// Parses `text` with its strings as written (no `${VAR}` interpolation): test files,
+    /// whose bodies are data.
+    pub fn parse_literal(path: &'i Path, text: &'i str) -> Result<Document<'i>, Vec<Diagnostic>> {
+        Self::parse_with(path, text, None)
+    }
+
+    fn parse_with(
+        path: &'i Path,
+        text: &'i str,
+        lookup: Option<&dyn Fn(&str) -> Option<String>>,
+    ) -> Result<Document<'i>, Vec<Diagnostic>> {
         let (mut root, errors) = DeTable::parse_recoverable(text);
         if !errors.is_empty() {
             return Err(errors
@@ -44,6 +58,14 @@ impl<'i> Document<'i> {
                 .collect());
         }
         let mut diagnostics = Vec::new();
+        let Some(lookup) = lookup else {
+            return Ok(Document {
+                path,
+                text,
+                root,
+                diagnostics,
+            });
+        };
         for (_, value) in root.get_mut().iter_mut() {
             interpolate_value(value, lookup, &mut |span, message| {
                 diagnostics.push(
