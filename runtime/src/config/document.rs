@@ -11,6 +11,9 @@ use toml::Spanned;
 use super::diagnostic::{did_you_mean, Diagnostic};
 use super::interpolate::interpolate;
 
+/// Where `${VAR}` values come from.
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// A parsed file and the diagnostics found so far.
 pub struct Document<'i> {
     path: &'i Path,
@@ -40,7 +43,7 @@ impl<'i> Document<'i> {
     fn parse_with(
         path: &'i Path,
         text: &'i str,
-        lookup: Option<&dyn Fn(&str) -> Option<String>>,
+        lookup: Option<Lookup<'_>>,
     ) -> Result<Document<'i>, Vec<Diagnostic>> {
         let (mut root, errors) = DeTable::parse_recoverable(text);
         if !errors.is_empty() {

@@ -272,3 +272,32 @@ sink = "sink.http"
     assert!(text.contains(":1:12: error: no pipeline file"), "{text}");
     assert!(text.contains("at least one `[[case]]`"), "{text}");
 }
+
+#[test]
+fn recorded_answers_go_through_the_step_as_real_ones() {
+    let f = Fixture::new(HTTP_PIPELINE);
+    let results = f.run(&format!(
+        r#"{HEAD}
+[[case]]
+name = "an XML answer is converted"
+input = {{ json = {{ id = "x", n = "1" }} }}
+[[case.http]]
+url = "http://registry.test/things/x"
+body = "<thing><site>S-7</site></thing>"
+content_type = "application/xml"
+[case.expect]
+assert = ["[0].thing.thing.site == 'S-7'"]
+
+[[case]]
+name = "a 403 is a refusal of the message"
+input = {{ json = {{ id = "x", n = "1" }} }}
+[[case.http]]
+url = "http://registry.test/things/x"
+status = 403
+[case.expect]
+dead_letter = {{ code = "enrichment_failed", step = "steps[2].enrich", message = "403" }}
+"#
+    ));
+    assert!(results[0].is_empty(), "{:?}", results[0]);
+    assert!(results[1].is_empty(), "{:?}", results[1]);
+}
