@@ -60,6 +60,7 @@ fn program(steps: &str) -> Program {
             pipeline: Arc::from("bench"),
             version: Arc::from("0"),
             producer: None,
+            dry: false,
         },
     )
     .map_err(|(at, e)| format!("{at}: {e}"))

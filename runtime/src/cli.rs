@@ -45,6 +45,23 @@ enum Command {
     /// Kafka topics of the catalog (`contracts/topics.toml`).
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Run pipeline tests (`*.test.toml`: inputs and expected outputs), without Kafka and
+    /// without network; prints one line per case and exits 1 on a failure, 2 on a test file
+    /// that cannot be loaded.
+    Test(TestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Test files, or directories whose `*.test.toml` files are run (default: `tests/` of
+    /// the pipelines directory, `pipelines/tests`).
+    paths: Vec<PathBuf>,
+    /// Contracts directory, for `validate` steps (overrides `[paths] contracts`).
+    #[arg(long)]
+    contracts: Option<PathBuf>,
+    /// Runtime configuration file (for the default directories).
+    #[arg(long, default_value = "gridflow.toml")]
+    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +181,7 @@ pub fn main() -> ExitCode {
         Command::Contracts(ContractsCommand::Check(args)) => contracts_check(args),
         Command::Replay(args) => replay(args),
         Command::Topics(TopicsCommand::Apply(args)) => topics_apply(args),
+        Command::Test(args) => test(args),
         Command::Run(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -225,6 +243,86 @@ fn validate(args: ValidateArgs) -> ExitCode {
     } else {
         eprintln!("{} error(s) in {} file(s).", diagnostics.len(), paths.len());
         ExitCode::FAILURE
+    }
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    use crate::pipeline_test;
+    let config = match RuntimeConfig::load(&args.config, false) {
+        Ok(c) => c,
+        Err(d) => {
+            print_diagnostics(&d);
+            return ExitCode::from(2);
+        }
+    };
+    let inputs = if args.paths.is_empty() {
+        vec![config.paths.pipelines.join("tests")]
+    } else {
+        args.paths
+    };
+    let contracts_dir = args.contracts.unwrap_or(config.paths.contracts);
+    let (contracts, errors) = Contracts::load(&contracts_dir);
+    for e in &errors {
+        eprintln!(
+            "warning: {}: contract not loaded: {}",
+            e.path.display(),
+            e.message
+        );
+    }
+    let contracts = Arc::new(contracts);
+    // One thread is enough: a case is one input; recorded answers come at once.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (paths, mut diagnostics) = pipeline_test::test_paths(&inputs);
+    let (mut passed, mut failed, mut unloadable) = (0, 0, 0);
+    for path in &paths {
+        let file = match pipeline_test::load(path, &contracts) {
+            Ok(file) => file,
+            Err(mut d) => {
+                unloadable += 1;
+                diagnostics.append(&mut d);
+                continue;
+            }
+        };
+        let results: Vec<_> = file
+            .cases
+            .iter()
+            .map(|case| runtime.block_on(pipeline_test::run_case(&file, case, &contracts)))
+            .collect();
+        passed += results.iter().filter(|r| r.passed()).count();
+        failed += results.iter().filter(|r| !r.passed()).count();
+        print!(
+            "{}",
+            pipeline_test::Report {
+                path,
+                results: &results
+            }
+        );
+    }
+    print_diagnostics(&diagnostics);
+    let not_loaded = if diagnostics.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} error(s), {unloadable} test file(s) not loaded",
+            diagnostics.len()
+        )
+    };
+    println!("{passed} passed, {failed} failed{not_loaded}");
+    if !diagnostics.is_empty() {
+        ExitCode::from(2)
+    } else if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -53,6 +53,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for lookups by name and hints.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidXml,
+        ErrorCode::MappingError,
+        ErrorCode::UnexpectedShape,
+        ErrorCode::XmlEncoding,
+        ErrorCode::InvalidKey,
+        ErrorCode::SinkRejected,
+        ErrorCode::ContractViolation,
+        ErrorCode::StepPanicked,
+        ErrorCode::RetriesExhausted,
+        ErrorCode::EnrichmentFailed,
+        ErrorCode::NotFound,
+        ErrorCode::Unavailable,
+        ErrorCode::Dropped,
+    ];
+
+    /// The code whose wire name is `name`.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == name)
+    }
+
     /// The stable wire name (snake case).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -8,9 +8,13 @@
 //!
 //! Layers only point down: nothing below imports anything above it.
 //!
-//! - [`cli`]: the `gridflow` command line (clap): `run`, `validate`, `contracts check`, `replay`.
+//! - [`cli`]: the `gridflow` command line (clap): `run`, `validate`, `contracts check`, `replay`,
+//!   `test`, `topics apply`.
 //! - [`topics`]: `gridflow topics apply`, the topic catalog applied through the admin API.
 //! - [`replay`]: `gridflow replay`, dead letters re-injected (exactly-once to a topic).
+//! - [`pipeline_test`]: `gridflow test`, pipeline tests as TOML files (an input, recorded
+//!   `enrich` answers, the expected outcome) run through the built program, without Kafka or
+//!   network.
 //! - [`admin`]: the admin HTTP listener (`/health/live`, `/health/ready`, `/metrics`).
 //! - [`engine`]: builds pipelines from their configs, runs them (source → steps → sink), retries
 //!   transient faults ([`engine::retry`]) and routes failed inputs to the dead-letter
@@ -45,6 +49,7 @@ pub mod kafka;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod pipeline_test;
 pub mod replay;
 pub mod retry;
 pub mod secrets;

@@ -11,6 +11,9 @@ use toml::Spanned;
 use super::diagnostic::{did_you_mean, Diagnostic};
 use super::interpolate::interpolate;
 
+/// Where `${VAR}` values come from.
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// A parsed file and the diagnostics found so far.
 pub struct Document<'i> {
     path: &'i Path,
@@ -28,6 +31,20 @@ impl<'i> Document<'i> {
         text: &'i str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Document<'i>, Vec<Diagnostic>> {
+        Self::parse_with(path, text, Some(lookup))
+    }
+
+    /// Parses `text` with its strings as written (no `${VAR}` interpolation): test files,
+    /// whose bodies are data.
+    pub fn parse_literal(path: &'i Path, text: &'i str) -> Result<Document<'i>, Vec<Diagnostic>> {
+        Self::parse_with(path, text, None)
+    }
+
+    fn parse_with(
+        path: &'i Path,
+        text: &'i str,
+        lookup: Option<Lookup<'_>>,
+    ) -> Result<Document<'i>, Vec<Diagnostic>> {
         let (mut root, errors) = DeTable::parse_recoverable(text);
         if !errors.is_empty() {
             return Err(errors
@@ -44,6 +61,14 @@ impl<'i> Document<'i> {
                 .collect());
         }
         let mut diagnostics = Vec::new();
+        let Some(lookup) = lookup else {
+            return Ok(Document {
+                path,
+                text,
+                root,
+                diagnostics,
+            });
+        };
         for (_, value) in root.get_mut().iter_mut() {
             interpolate_value(value, lookup, &mut |span, message| {
                 diagnostics.push(

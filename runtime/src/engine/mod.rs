@@ -252,11 +252,13 @@ impl Engine {
             &config.sink,
             &crate::steps::StepContext {
                 contracts: Some(Arc::clone(&self.ctx.contracts)),
+                upstream: None,
             },
             &SinkContext {
                 pipeline: Arc::clone(&pipeline),
                 version: Arc::clone(&version),
                 producer: Some(self.ctx.producer.clone()),
+                dry: false,
             },
         )
         .map_err(|(component, e)| build_error(&component, e.to_string()))?;

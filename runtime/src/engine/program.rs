@@ -97,6 +97,17 @@ impl Builder<'_> {
         Ok(self.built.len() - 1)
     }
 
+    fn enrich(
+        &self,
+        id: &str,
+        config: &crate::steps::enrich::EnrichConfig,
+    ) -> Result<Enrich, (String, BuildError)> {
+        Ok(config
+            .build(id, self.pipeline)
+            .map_err(|e| (id.to_string(), e))?
+            .with_upstream(self.steps.upstream.clone()))
+    }
+
     fn nodes(
         &mut self,
         prefix: &str,
@@ -114,7 +125,7 @@ impl Builder<'_> {
             StepConfig::Enrich(c) => {
                 self.may_wait = true;
                 Node::Enrich(
-                    Box::new(c.build(&id, self.pipeline).map_err(|e| (id.clone(), e))?),
+                    Box::new(self.enrich(&id, c)?),
                     StepMetrics::new(self.pipeline, &id),
                 )
             }
@@ -127,7 +138,7 @@ impl Builder<'_> {
                         unreachable!("checked: parallel holds enrich steps only")
                     };
                     let sub = format!("{id}.steps[{i}].enrich");
-                    calls.push(e.build(&sub, self.pipeline).map_err(|e| (sub.clone(), e))?);
+                    calls.push(self.enrich(&sub, e)?);
                 }
                 Node::Parallel(calls, StepMetrics::new(self.pipeline, &id))
             }

@@ -60,6 +60,23 @@ pub struct SinkContext {
     pub version: Arc<str>,
     /// The process's shared Kafka producer, when a Kafka sink needs it.
     pub producer: Option<crate::kafka::Producer>,
+    /// Build every sink checked but unconnected, a [`DrySink`] that contacts nothing
+    /// (`gridflow test`, which takes the messages from [`Program::run`](crate::engine::program::Program::run)).
+    pub dry: bool,
+}
+
+/// A sink built without its destination: every `send` is refused, nothing is contacted.
+pub struct DrySink;
+
+impl Sink for DrySink {
+    fn send<'a>(&'a self, _record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
+        Box::pin(async {
+            Err(SinkError::Permanent {
+                code: crate::error::ErrorCode::SinkRejected,
+                message: "a dry sink delivers nothing".into(),
+            })
+        })
+    }
 }
 
 /// The `[sink]` table of a pipeline file.
@@ -123,6 +140,10 @@ impl SinkConfig {
 
     /// Builds the running sink.
     pub fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
+        if ctx.dry {
+            self.check()?;
+            return Ok(Arc::new(DrySink));
+        }
         Ok(match self {
             SinkConfig::Kafka(c) => Arc::new(c.build(ctx)?),
             SinkConfig::Http(c) => Arc::new(c.build(ctx)?),

@@ -60,6 +60,25 @@ fn is_candidate(path: &Path) -> bool {
     !(name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part"))
 }
 
+/// The [`Meta`] of one input read from `path` (of its `line` for `.ndjson` files): the media
+/// type from the file's extension. The source and `gridflow test` both read files through it.
+pub fn file_meta(path: &Path, line: Option<usize>, body: Bytes, correlation_id: String) -> Meta {
+    Meta {
+        original: body,
+        correlation_id,
+        content_type: content_type(path),
+        origin: Origin::File {
+            path: path.display().to_string(),
+            line,
+        },
+        key: None,
+        headers: Vec::new(),
+        reply: None,
+        request_headers: Vec::new(),
+        received_at: Instant::now(),
+    }
+}
+
 fn content_type(path: &Path) -> ContentType {
     match path.extension().and_then(|e| e.to_str()) {
         Some("xml") => ContentType::Xml,
@@ -90,7 +109,6 @@ impl FileSource {
         downstream: &Arc<dyn Downstream>,
     ) -> std::io::Result<Option<&'static str>> {
         let content = Bytes::from(tokio::fs::read(path).await?);
-        let content_type = content_type(path);
         let parts: Vec<(Option<usize>, Bytes)> = if path.extension().is_some_and(|e| e == "ndjson")
         {
             let mut parts = Vec::new();
@@ -113,20 +131,7 @@ impl FileSource {
             let ack = Ack::new(move |outcome| {
                 let _ = tx.send(outcome);
             });
-            let meta = Arc::new(Meta {
-                original: body.clone(),
-                correlation_id: new_correlation_id(),
-                content_type,
-                origin: Origin::File {
-                    path: path.display().to_string(),
-                    line,
-                },
-                key: None,
-                headers: Vec::new(),
-                reply: None,
-                request_headers: Vec::new(),
-                received_at: Instant::now(),
-            });
+            let meta = Arc::new(file_meta(path, line, body.clone(), new_correlation_id()));
             downstream
                 .push(Message {
                     payload: Payload::Bytes(body),

@@ -421,18 +421,66 @@ fn content_type(headers: &HeaderMap, body: &[u8]) -> ContentType {
     }
 }
 
+/// The correlation id a request carries: `X-Correlation-ID`, else the trace id of a W3C
+/// `traceparent`.
+pub fn correlation_id_of(headers: &HeaderMap) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    header(CORRELATION_HEADER)
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .or_else(|| header("traceparent").and_then(trace_id))
+        .map(str::to_string)
+}
+
+/// What a request gives the pipeline: its [`Meta`] and first payload, or the failure the
+/// source rejects it with (a JSON body that does not parse, a body that breaks the route's
+/// contract). The listener and `gridflow test` both read requests through it.
+pub fn request_input(
+    config: &HttpSourceConfig,
+    contract: Option<&crate::contracts::Contract>,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    correlation_id: &str,
+) -> (Arc<Meta>, Result<Payload, Failure>) {
+    let content_type = content_type(headers, &body);
+    let meta = Arc::new(Meta {
+        original: body.clone(),
+        correlation_id: correlation_id.to_string(),
+        content_type,
+        origin: Origin::Http {
+            path: path.to_string(),
+        },
+        key: None,
+        headers: Vec::new(),
+        request_headers: crate::message::request_headers(headers),
+        received_at: Instant::now(),
+        reply: (config.reply == ReplyMode::Mapped).then(|| std::sync::Mutex::new(Vec::new())),
+    });
+    let parsed = match content_type {
+        ContentType::Json => serde_json::from_slice::<Value>(&body)
+            .map(Payload::Json)
+            .map_err(|e| {
+                Failure::new(
+                    "source.http",
+                    ErrorCode::InvalidJson,
+                    format!("the body is not valid JSON: {e}"),
+                )
+            }),
+        ContentType::Xml | ContentType::Other => Ok(Payload::Bytes(body)),
+    };
+    // The request contract: on the JSON body, or on an XML body after conversion (the
+    // pipeline still receives the XML as sent).
+    let parsed = parsed.and_then(|payload| match contract {
+        Some(contract) => check_contract(contract, payload, content_type, "source.http"),
+        None => Ok(payload),
+    });
+    (meta, parsed)
+}
+
 async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
     // X-Correlation-ID, else the trace id of a W3C traceparent, else a new UUID v7.
-    let correlation_id = {
-        let headers = request.headers();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        header(CORRELATION_HEADER)
-            .filter(|v| !v.is_empty() && v.len() <= 256)
-            .or_else(|| header("traceparent").and_then(trace_id))
-            .map(str::to_string)
-            .unwrap_or_else(new_correlation_id)
-    };
+    let correlation_id = correlation_id_of(request.headers()).unwrap_or_else(new_correlation_id);
     let started = std::time::Instant::now();
     let mut response = serve(&routes, &path, request, &correlation_id).await;
     // Counted for the pipeline owning the path now (requests to no route are not counted).
@@ -495,40 +543,16 @@ async fn serve(
             )
         }
     };
-    let content_type = content_type(&parts.headers, &body);
     let (ack, outcome) = Ack::channel();
-    let meta = Arc::new(Meta {
-        original: body.clone(),
-        correlation_id: correlation_id.to_string(),
-        content_type,
-        origin: Origin::Http {
-            path: path.to_string(),
-        },
-        key: None,
-        headers: Vec::new(),
-        request_headers: crate::message::request_headers(&parts.headers),
-        received_at: Instant::now(),
-        reply: (route.config.reply == ReplyMode::Mapped).then(|| std::sync::Mutex::new(Vec::new())),
-    });
+    let (meta, parsed) = request_input(
+        &route.config,
+        route.contract.as_deref(),
+        path,
+        &parts.headers,
+        body,
+        correlation_id,
+    );
     let reply = Arc::clone(&meta);
-    let parsed = match content_type {
-        ContentType::Json => serde_json::from_slice::<Value>(&body)
-            .map(Payload::Json)
-            .map_err(|e| {
-                Failure::new(
-                    "source.http",
-                    ErrorCode::InvalidJson,
-                    format!("the body is not valid JSON: {e}"),
-                )
-            }),
-        ContentType::Xml | ContentType::Other => Ok(Payload::Bytes(body)),
-    };
-    // The request contract: on the JSON body, or on an XML body after conversion (the
-    // pipeline still receives the XML as sent).
-    let parsed = parsed.and_then(|payload| match &route.contract {
-        Some(contract) => check_contract(contract, payload, content_type, "source.http"),
-        None => Ok(payload),
-    });
     match parsed {
         Ok(payload) => route.downstream.push(Message { payload, meta, ack }).await,
         Err(failure) => {

@@ -290,6 +290,40 @@ struct Finished {
     ok: bool,
 }
 
+/// The [`Meta`] of a record: its bytes, key and headers, the correlation id from its
+/// `gridflow.correlation_id` header (else `fallback_id()`), the media type sniffed from the
+/// bytes. The consumer and `gridflow test` both read records through it.
+pub fn record_meta(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Bytes,
+    fallback_id: impl FnOnce() -> String,
+) -> Meta {
+    let correlation_id = headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "gridflow.correlation_id")
+        .and_then(|(_, v)| String::from_utf8(v.clone()).ok());
+    Meta {
+        original: body.clone(),
+        correlation_id: correlation_id.unwrap_or_else(fallback_id),
+        content_type: ContentType::sniff(&body),
+        origin: Origin::Kafka {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        },
+        key: key.map(Bytes::copy_from_slice),
+        headers,
+        reply: None,
+        request_headers: Vec::new(),
+        received_at: Instant::now(),
+    }
+}
+
 fn to_message(
     m: &BorrowedMessage<'_>,
     topic: &Arc<str>,
@@ -297,17 +331,12 @@ fn to_message(
 ) -> Message {
     let body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
     let mut headers = Vec::new();
-    let mut correlation_id = None;
     if let Some(h) = m.headers() {
         for header in h.iter() {
             let value = header.value.unwrap_or_default().to_vec();
-            if header.key == "gridflow.correlation_id" {
-                correlation_id = String::from_utf8(value.clone()).ok();
-            }
             headers.push((header.key.to_string(), value));
         }
     }
-    let content_type = ContentType::sniff(&body);
     let (partition, offset) = (m.partition(), m.offset());
     let tx = finished.clone();
     let topic_for_ack = Arc::clone(topic);
@@ -322,21 +351,15 @@ fn to_message(
     });
     Message {
         payload: Payload::Bytes(body.clone()),
-        meta: Arc::new(Meta {
-            original: body,
-            correlation_id: correlation_id.unwrap_or_else(new_correlation_id),
-            content_type,
-            origin: Origin::Kafka {
-                topic: topic.to_string(),
-                partition,
-                offset,
-            },
-            key: m.key().map(Bytes::copy_from_slice),
+        meta: Arc::new(record_meta(
+            topic,
+            partition,
+            offset,
+            m.key(),
             headers,
-            reply: None,
-            request_headers: Vec::new(),
-            received_at: Instant::now(),
-        }),
+            body,
+            new_correlation_id,
+        )),
         ack,
     }
 }

@@ -16,9 +16,9 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use file::FileSourceConfig;
+pub use file::{file_meta, FileSourceConfig};
 pub use http::{HttpRoutes, HttpSourceConfig};
-pub use kafka::KafkaSourceConfig;
+pub use kafka::{record_meta, KafkaSourceConfig};
 
 use crate::error::{BuildError, Failure};
 use crate::kafka::KafkaSettings;

@@ -345,6 +345,7 @@ impl EnrichConfig {
                 crate::metrics::BreakerGauge::new(pipeline, id),
             ),
             metrics: crate::metrics::EnrichMetrics::new(pipeline, id),
+            upstream: None,
         })
     }
 }
@@ -513,9 +514,38 @@ pub struct Enrich {
     cache: Option<moka::future::Cache<Request, Cached>>,
     breaker: Breaker,
     metrics: crate::metrics::EnrichMetrics,
+    /// Answers the calls instead of the network (`gridflow test`).
+    upstream: Option<std::sync::Arc<dyn Upstream>>,
+}
+
+/// An upstream's answer as it came over the wire: what an [`Upstream`] hands back.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code.
+    pub status: reqwest::StatusCode,
+    /// The response headers (`Content-Type`, `Retry-After`).
+    pub headers: reqwest::header::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Answers an `enrich` step's calls in place of the network (`gridflow test` answers them
+/// from recordings). The answer goes through the same handling as a real one: `404` follows
+/// `on_missing`, `5xx`, `408` and `429` are retried then reported as transient, the body is
+/// parsed as JSON or XML.
+pub trait Upstream: Send + Sync + std::fmt::Debug {
+    /// The answer to `method url` (with the JSON `body` of a POST); `Err` when there is none:
+    /// the call is refused with that reason (not retried).
+    fn answer(&self, method: &str, url: &str, body: Option<&[u8]>) -> Result<Response, String>;
 }
 
 impl Enrich {
+    /// Sends every call of this step to `upstream` instead of the network.
+    pub fn with_upstream(mut self, upstream: Option<std::sync::Arc<dyn Upstream>>) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
     /// The step's name (`steps[2].enrich`).
     pub fn id(&self) -> &str {
         &self.id
@@ -650,13 +680,37 @@ impl Enrich {
                         .exhausted());
                     }
                     tracing::debug!(step = %self.id, attempt, error = %reason, wait_ms = wait.as_millis() as u64, "Enrichment call failed; retrying.");
-                    tokio::time::sleep(wait).await;
+                    // Recorded answers (`gridflow test`) are there at once: waiting would
+                    // change nothing but the time a test takes.
+                    if self.upstream.is_none() {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
         }
     }
 
     async fn attempt(&self, request: &Request) -> Attempt {
+        if let Some(upstream) = &self.upstream {
+            let method = match (&request.body, self.method) {
+                (Some(_), _) | (None, Method::Post) => "POST",
+                (None, Method::Get) => "GET",
+            };
+            return match upstream.answer(method, &request.url, request.body.as_deref()) {
+                Err(reason) => Attempt::Refused(format!("enrich: {reason}")),
+                Ok(response) => {
+                    if let Some(done) = judge(response.status, &response.headers) {
+                        return done;
+                    }
+                    let body = if response.body.len() > self.max_response_bytes {
+                        Err(Limited::TooLarge)
+                    } else {
+                        Ok(response.body)
+                    };
+                    self.parse_answer(is_xml(&response.headers), body)
+                }
+            };
+        }
         let builder = match (&request.body, self.method) {
             (Some(body), _) => self
                 .client
@@ -680,28 +734,17 @@ impl Enrich {
                 }
             }
         };
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Attempt::Done(Answer::Missing, 0);
+        if let Some(done) = judge(response.status(), response.headers()) {
+            return done;
         }
-        if status.is_server_error()
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-            || status == reqwest::StatusCode::REQUEST_TIMEOUT
-        {
-            return Attempt::Transient {
-                reason: format!("the upstream answered {status}"),
-                retry_after: retry_after(response.headers()),
-            };
-        }
-        if !status.is_success() {
-            return Attempt::Refused(format!("enrich: the upstream answered {status}"));
-        }
-        let is_xml = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("xml"));
-        let body = match read_limited(response, self.max_response_bytes).await {
+        let is_xml = is_xml(response.headers());
+        let body = read_limited(response, self.max_response_bytes).await;
+        self.parse_answer(is_xml, body)
+    }
+
+    /// The answer a successful response's body gives.
+    fn parse_answer(&self, is_xml: bool, body: Result<Bytes, Limited>) -> Attempt {
+        let body = match body {
             Ok(body) => body,
             Err(Limited::TooLarge) => {
                 return Attempt::Refused(format!(
@@ -731,6 +774,36 @@ impl Enrich {
             Err(e) => Attempt::Refused(format!("enrich: the answer is neither JSON nor XML: {e}")),
         }
     }
+}
+
+/// What a response's status says before its body is read: `404` is an answer, `5xx`, `408`
+/// and `429` are transient, another non-success status is a refusal; `None` for a success.
+fn judge(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> Option<Attempt> {
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Some(Attempt::Done(Answer::Missing, 0));
+    }
+    if status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    {
+        return Some(Attempt::Transient {
+            reason: format!("the upstream answered {status}"),
+            retry_after: retry_after(headers),
+        });
+    }
+    if !status.is_success() {
+        return Some(Attempt::Refused(format!(
+            "enrich: the upstream answered {status}"
+        )));
+    }
+    None
+}
+
+fn is_xml(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("xml"))
 }
 
 fn describe(e: &reqwest::Error) -> String {

@@ -98,6 +98,8 @@ pub enum StepConfig {
 pub struct StepContext {
     /// The contracts loaded from the contracts directory.
     pub contracts: Option<std::sync::Arc<crate::contracts::Contracts>>,
+    /// Answers `enrich` calls instead of the network (`gridflow test`); `None`: real calls.
+    pub upstream: Option<std::sync::Arc<dyn enrich::Upstream>>,
 }
 
 impl StepConfig {
