@@ -347,10 +347,7 @@ fn topics_apply(args: TopicsApplyArgs) -> ExitCode {
     let path = args
         .catalog
         .unwrap_or_else(|| config.paths.contracts.join("topics.toml"));
-    let catalog: crate::contracts::TopicCatalog = match std::fs::read_to_string(&path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
-        .and_then(|text| toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())))
-    {
+    let catalog = match crate::contracts::TopicCatalog::load(&path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -602,25 +599,26 @@ fn contracts_check(args: ValidateArgs) -> ExitCode {
     // The catalog.
     let catalog_path = dir.join("topics.toml");
     let mut topics: Vec<(String, String)> = Vec::new();
-    match std::fs::read_to_string(&catalog_path) {
-        Ok(text) => match toml::from_str::<crate::contracts::TopicCatalog>(&text) {
-            Ok(catalog) => {
-                for t in catalog.topics {
-                    let at = format!("{} (topic `{}`)", catalog_path.display(), t.name);
-                    topics.push((t.name.clone(), at.clone()));
-                    if let Some(dlq) = &t.dead_letter {
-                        topics.push((dlq.clone(), at.clone()));
-                    }
-                    if let Some(reference) = &t.contract {
-                        if contracts.get(reference).is_none() {
-                            problems.push(format!("{at}: unknown contract `{reference}`"));
-                        }
+    match crate::contracts::TopicCatalog::load(&catalog_path) {
+        Ok(catalog) => {
+            // What `topics apply` would refuse (a bad retention, a topic twice).
+            if let Err(e) = crate::topics::desired(&catalog) {
+                problems.push(format!("{}: {e}", catalog_path.display()));
+            }
+            for t in catalog.topics {
+                let at = format!("{} (topic `{}`)", catalog_path.display(), t.name);
+                topics.push((t.name.clone(), at.clone()));
+                if let Some(dlq) = &t.dead_letter {
+                    topics.push((dlq.clone(), at.clone()));
+                }
+                if let Some(reference) = &t.contract {
+                    if contracts.get(reference).is_none() {
+                        problems.push(format!("{at}: unknown contract `{reference}`"));
                     }
                 }
             }
-            Err(e) => problems.push(format!("{}: {e}", catalog_path.display())),
-        },
-        Err(e) => problems.push(format!("{}: cannot read: {e}", catalog_path.display())),
+        }
+        Err(e) => problems.push(e),
     }
     // The pipelines.
     let pipelines_dir = args

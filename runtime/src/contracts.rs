@@ -259,6 +259,15 @@ pub struct TopicCatalog {
     pub topics: Vec<CatalogTopic>,
 }
 
+impl TopicCatalog {
+    /// Reads and parses the catalog at `path`; the error names the file.
+    pub fn load(path: &Path) -> Result<TopicCatalog, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
 /// One `[[topic]]` of the catalog.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -129,26 +129,39 @@ impl KafkaSettings {
         config
     }
 
-    /// Topics among `topics` that the broker does not have.
-    pub async fn missing_topics(&self, topics: &[String]) -> Result<Vec<String>, KafkaError> {
+    /// Every topic of the cluster with its partition count, or the error its metadata has.
+    pub async fn topic_partitions(
+        &self,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, Result<i32, RDKafkaErrorCode>>, KafkaError> {
         let config = self.base(&[("allow.auto.create.topics", "false")]);
-        let topics = topics.to_vec();
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = config.create()?;
-            let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
-            let present: std::collections::HashSet<&str> = metadata
+            let metadata = consumer.fetch_metadata(None, timeout)?;
+            Ok(metadata
                 .topics()
                 .iter()
-                .filter(|t| t.error().is_none())
-                .map(|t| t.name())
-                .collect();
-            Ok(topics
-                .into_iter()
-                .filter(|t| !present.contains(t.as_str()))
+                .map(|t| {
+                    let partitions = match t.error() {
+                        None => Ok(t.partitions().len() as i32),
+                        Some(e) => Err(RDKafkaErrorCode::from(e)),
+                    };
+                    (t.name().to_string(), partitions)
+                })
                 .collect())
         })
         .await
         .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// Topics among `topics` that the broker does not have.
+    pub async fn missing_topics(&self, topics: &[String]) -> Result<Vec<String>, KafkaError> {
+        let present = self.topic_partitions(Duration::from_secs(10)).await?;
+        Ok(topics
+            .iter()
+            .filter(|t| !matches!(present.get(t.as_str()), Some(Ok(_))))
+            .cloned()
+            .collect())
     }
 
     /// Is a broker reachable? (metadata within `timeout`)

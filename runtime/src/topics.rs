@@ -18,7 +18,6 @@ use rdkafka::admin::{
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::contracts::TopicCatalog;
 use crate::kafka::KafkaSettings;
@@ -69,8 +68,11 @@ pub struct Current {
     /// Its settings as the broker describes them, defaults included; `None` when the
     /// broker does not answer `DescribeConfigs`.
     pub configs: Option<BTreeMap<String, String>>,
-    /// Its settings that are not the broker's defaults (what an alter must send back).
+    /// The settings set on the topic itself (what an alter must send back).
     pub overrides: BTreeMap<String, String>,
+    /// Settings set on the topic whose value the broker does not show (secrets): an alter
+    /// would delete them, so none is made.
+    pub unreadable: Vec<String>,
 }
 
 /// What applying does to one topic.
@@ -163,6 +165,15 @@ pub fn plan(desired: &[Desired], current: &BTreeMap<String, Current>) -> Vec<Cha
                     }
                 }
             }
+            if !configs.is_empty() && !c.unreadable.is_empty() {
+                return Change::Conflict {
+                    name: d.name.clone(),
+                    reason: format!(
+                        "its settings {} are secret and an alter would delete them; change the retention with the broker's own tools",
+                        c.unreadable.join(", ")
+                    ),
+                };
+            }
             if partitions.is_none() && configs.is_empty() {
                 Change::Unchanged(d.name.clone())
             } else {
@@ -204,76 +215,97 @@ pub struct Summary {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the broker has of the `names` topics.
+/// What the broker has of the `names` topics. `Err`: a topic's metadata is in error, or the
+/// broker refused to describe the topics' settings for another reason than not supporting it.
 async fn current(
     settings: &KafkaSettings,
     admin: &AdminClient<DefaultClientContext>,
     names: &[String],
 ) -> Result<BTreeMap<String, Current>, String> {
-    let config = settings.admin_config();
-    let partitions = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-        let metadata = consumer
-            .fetch_metadata(None, TIMEOUT)
-            .map_err(|e| format!("cannot read the broker's metadata: {e}"))?;
-        Ok::<_, String>(
-            metadata
-                .topics()
-                .iter()
-                .filter(|t| t.error().is_none())
-                .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-                .collect::<BTreeMap<_, _>>(),
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let present: Vec<&String> = names
-        .iter()
-        .filter(|n| partitions.contains_key(*n))
-        .collect();
-    type Described = Option<(BTreeMap<String, String>, BTreeMap<String, String>)>;
-    let mut configs: BTreeMap<String, Described> = BTreeMap::new();
+    use rdkafka::admin::{ConfigSource, OwnedResourceSpecifier};
+    let partitions = settings
+        .topic_partitions(TIMEOUT)
+        .await
+        .map_err(|e| format!("cannot read the broker's metadata: {e}"))?;
+    let mut present = Vec::new();
+    for name in names {
+        match partitions.get(name) {
+            None | Some(Err(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Some(Err(code)) => {
+                return Err(format!("topic `{name}`: its metadata has an error: {code}"))
+            }
+            Some(Ok(n)) => present.push((name, *n)),
+        }
+    }
+    type Described = (
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+        Vec<String>,
+    );
+    let mut described: BTreeMap<String, Described> = BTreeMap::new();
     if !present.is_empty() {
         let specifiers: Vec<ResourceSpecifier<'_>> = present
             .iter()
-            .map(|n| ResourceSpecifier::Topic(n.as_str()))
+            .map(|(n, _)| ResourceSpecifier::Topic(n.as_str()))
             .collect();
-        let described = admin
-            .describe_configs(&specifiers, &options())
-            .await
-            .map_err(|e| e.to_string());
-        for (name, result) in present.iter().zip(described.into_iter().flatten()) {
-            tracing::debug!(topic = %name, described = ?result, "Topic settings described.");
-            let described = result.ok().map(|resource| {
-                let values: BTreeMap<String, String> = resource
-                    .entries
-                    .iter()
-                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                    .collect();
-                let overrides: BTreeMap<String, String> = resource
-                    .entries
-                    .iter()
-                    .filter(|e| !e.is_default && !e.is_read_only && !e.is_sensitive)
-                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                    .collect();
-                (values, overrides)
-            });
-            configs.insert((*name).clone(), described);
+        let results = match admin.describe_configs(&specifiers, &options()).await {
+            Ok(results) => results,
+            Err(rdkafka::error::KafkaError::AdminOp(
+                rdkafka::types::RDKafkaErrorCode::UnsupportedFeature,
+            )) => Vec::new(),
+            Err(e) => return Err(format!("cannot describe the topics' settings: {e}")),
+        };
+        for result in results {
+            let resource =
+                result.map_err(|code| format!("cannot describe the topics' settings: {code}"))?;
+            tracing::debug!(resource = ?resource, "Topic settings described.");
+            let OwnedResourceSpecifier::Topic(name) = &resource.specifier else {
+                continue;
+            };
+            let values = resource
+                .entries
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect();
+            // What is set on the topic itself: sent back with a change, since AlterConfigs
+            // replaces the topic's whole set. Inherited broker settings are not (they would
+            // become topic overrides); a broker without sources says only "not default".
+            let mut overrides = BTreeMap::new();
+            let mut secrets = Vec::new();
+            for e in &resource.entries {
+                let own = match e.source {
+                    ConfigSource::DynamicTopic => true,
+                    ConfigSource::Unknown => !e.is_default,
+                    _ => false,
+                };
+                if !own || e.is_read_only {
+                    continue;
+                }
+                match (&e.value, e.is_sensitive) {
+                    (Some(v), false) => {
+                        overrides.insert(e.name.clone(), v.clone());
+                    }
+                    // Not readable: an alter would delete it.
+                    _ => secrets.push(e.name.clone()),
+                }
+            }
+            described.insert(name.clone(), (values, overrides, secrets));
         }
     }
     Ok(present
         .into_iter()
-        .map(|name| {
-            let (values, overrides) = match configs.get(name).cloned().flatten() {
-                Some((values, overrides)) => (Some(values), overrides),
-                None => (None, BTreeMap::new()),
+        .map(|(name, partitions)| {
+            let (configs, overrides, unreadable) = match described.remove(name) {
+                Some((values, overrides, secrets)) => (Some(values), overrides, secrets),
+                None => (None, BTreeMap::new(), Vec::new()),
             };
             (
                 name.clone(),
                 Current {
-                    partitions: partitions[name],
-                    configs: values,
+                    partitions,
+                    configs,
                     overrides,
+                    unreadable,
                 },
             )
         })
@@ -461,6 +493,7 @@ owner = "grid"
                     ("cleanup.policy".to_string(), "delete".to_string()),
                 ])),
                 overrides: BTreeMap::new(),
+                unreadable: Vec::new(),
             },
         );
         // Fewer partitions and the default retention.
@@ -470,6 +503,7 @@ owner = "grid"
                 partitions: 2,
                 configs: Some(BTreeMap::new()),
                 overrides: BTreeMap::new(),
+                unreadable: Vec::new(),
             },
         );
         let changes = plan(&d, &current);
@@ -502,6 +536,7 @@ owner = "grid"
                 partitions: 8,
                 configs: None,
                 overrides: BTreeMap::new(),
+                unreadable: Vec::new(),
             },
         );
         assert!(matches!(&plan(&d, &current)[2], Change::Conflict { .. }));
@@ -522,8 +557,19 @@ owner = "grid"
                     ("retention.ms".to_string(), "1000".to_string()),
                     ("cleanup.policy".to_string(), "compact".to_string()),
                 ]),
+                unreadable: vec!["ssl.secret".to_string()],
             },
         )]);
+        // A secret setting the broker does not show would be deleted: no alter.
+        assert!(
+            matches!(&plan(&d[..1], &current)[0], Change::Conflict { reason, .. } if reason.contains("ssl.secret"))
+        );
+        let mut current = current;
+        current
+            .get_mut("energy.load.actual.v1")
+            .unwrap()
+            .unreadable
+            .clear();
         let Change::Update { all_configs, .. } = &plan(&d[..1], &current)[0] else {
             panic!()
         };

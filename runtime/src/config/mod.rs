@@ -21,18 +21,21 @@ use document::Document;
 /// Parses an age or a period: a whole number and a unit, `90s`, `30m`, `2h`, `7d`.
 pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let unit = text.chars().last().unwrap_or(' ');
+    let number = &text[..text.len() - unit.len_utf8().min(text.len())];
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration such as 90s, 30m, 2h or 7d"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => return Err(format!("`{text}`: the unit of a duration is s, m, h or d")),
     };
-    Ok(std::time::Duration::from_secs(seconds))
+    n.checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// `gridflow.toml`: what the process needs, shared by every pipeline.
@@ -301,6 +304,23 @@ fn key_span(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_parse_and_bad_ones_are_errors_not_panics() {
+        assert_eq!(parse_age("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_age(" 7d ").unwrap().as_secs(), 7 * 86_400);
+        for bad in [
+            "",
+            "d",
+            "7д",
+            "7 days",
+            "-1h",
+            "99999999999999999999d",
+            "213503982334602d",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_with_defaults_properties_and_interpolation() {
