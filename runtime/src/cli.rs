@@ -175,7 +175,7 @@ struct ValidateArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init(cli.log_format, None::<tracing_subscriber::layer::Identity>);
+    crate::logging::init(cli.log_format);
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Contracts(ContractsCommand::Check(args)) => contracts_check(args),

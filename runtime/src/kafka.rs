@@ -109,6 +109,14 @@ impl KafkaSettings {
         config
     }
 
+    /// Does a consumer without a committed offset start from the earliest one
+    /// (`auto.offset.reset`, gridflow's default `earliest`)?
+    pub fn starts_from_earliest(&self) -> bool {
+        self.properties
+            .get("auto.offset.reset")
+            .is_none_or(|v| matches!(v.as_str(), "earliest" | "smallest" | "beginning"))
+    }
+
     /// Settings of an admin client (or a metadata-only consumer).
     pub fn admin_config(&self) -> ClientConfig {
         self.base(&[])

@@ -19,11 +19,8 @@ pub enum LogFormat {
 }
 
 /// Installs the subscriber: `RUST_LOG` filters (default `info`); `format` or, when not given,
-/// JSON unless stderr is a terminal. `layer` (OpenTelemetry) is added when present.
-pub fn init<L>(format: Option<LogFormat>, layer: Option<L>)
-where
-    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
-{
+/// JSON unless stderr is a terminal.
+pub fn init(format: Option<LogFormat>) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -42,7 +39,7 @@ where
     } else {
         fmt.with_filter(filter).boxed()
     };
-    tracing_subscriber::registry().with(layer).with(fmt).init();
+    tracing_subscriber::registry().with(fmt).init();
 }
 
 /// Lets one log line through per interval and counts the ones it held back.

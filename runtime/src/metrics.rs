@@ -17,11 +17,23 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Histogram buckets for one step's time on one message, in seconds: in-process steps take
+/// microseconds, `enrich` calls milliseconds.
+pub const STEP_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// Installs the Prometheus recorder and describes every metric; returns the handle
 /// `/metrics` renders.
 pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("gridflow_step_duration_seconds".into()),
+            STEP_BUCKETS,
+        )
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
@@ -133,18 +145,58 @@ impl StepMetrics {
         &self.step
     }
 
-    /// The step failed a message with `code`.
-    pub fn failed(&self, elapsed: Duration, code: &str) {
+    /// The step failed a message with `failure`. A transient failure (an unavailable
+    /// upstream: the input waits and runs again) is not a step error and is not timed: it is
+    /// counted in `gridflow_upstream_waits_total`.
+    pub fn failed(&self, elapsed: Duration, failure: &crate::error::Failure) {
+        if failure.retry_after.is_some() {
+            return;
+        }
         self.duration.record(elapsed.as_secs_f64());
-        counter!("gridflow_step_errors_total", "pipeline" => self.pipeline.clone(), "step" => self.step.clone(), "code" => code.to_string()).increment(1);
+        counter!("gridflow_step_errors_total", "pipeline" => self.pipeline.clone(), "step" => self.step.clone(), "code" => failure.code.as_str()).increment(1);
     }
 }
 
-/// The HTTP or SOAP answers of one pipeline.
-pub fn http_request(pipeline: &str, status: u16, elapsed: Duration) {
-    counter!("gridflow_http_requests_total", "pipeline" => pipeline.to_string(), "code" => status.to_string()).increment(1);
-    histogram!("gridflow_http_request_duration_seconds", "pipeline" => pipeline.to_string())
-        .record(elapsed.as_secs_f64());
+/// The HTTP or SOAP answers of one pipeline. The statuses gridflow answers are registered
+/// at once (so their series exist, at 0, before the first request); others when they occur.
+pub struct HttpMetrics {
+    pipeline: String,
+    duration: Histogram,
+    statuses: Vec<(u16, Counter)>,
+}
+
+impl HttpMetrics {
+    /// The statuses gridflow's ingress answers.
+    const STATUSES: [u16; 14] = [
+        200, 202, 204, 400, 401, 403, 404, 405, 413, 415, 422, 429, 500, 503,
+    ];
+
+    /// Registers the handles of `pipeline`.
+    pub fn new(pipeline: &str) -> Self {
+        let p = pipeline.to_string();
+        HttpMetrics {
+            duration: histogram!("gridflow_http_request_duration_seconds", "pipeline" => p.clone()),
+            statuses: Self::STATUSES
+                .iter()
+                .map(|&code| {
+                    (
+                        code,
+                        counter!("gridflow_http_requests_total", "pipeline" => p.clone(), "code" => code.to_string()),
+                    )
+                })
+                .collect(),
+            pipeline: p,
+        }
+    }
+
+    /// A request was answered with `status`, `elapsed` after it arrived.
+    pub fn answered(&self, status: u16, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        match self.statuses.iter().find(|(code, _)| *code == status) {
+            Some((_, counter)) => counter.increment(1),
+            None => counter!("gridflow_http_requests_total", "pipeline" => self.pipeline.clone(), "code" => status.to_string()).increment(1),
+        }
+    }
 }
 
 /// A message handed to a sink (or the dead-letter destination) and not acknowledged yet;

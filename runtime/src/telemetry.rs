@@ -4,10 +4,15 @@
 //! Each input gets a span `process <pipeline>` (its parent is the caller's W3C `traceparent`:
 //! the HTTP request header, or the Kafka record header), with one child span per step it went
 //! through (named by the step, `steps[2].map`), one per sink delivery (`deliver
-//! sink.kafka`, from the hand-over to the sink's acknowledgement) and one per dead-letter
-//! write. Every span carries `gridflow.pipeline` and `gridflow.correlation_id`; a failed
-//! step's span has an error status and `gridflow.error.code`. Records a Kafka sink writes carry
-//! the `traceparent` of their input's span, so a downstream consumer continues the trace.
+//! sink.kafka`, kind producer for Kafka, client for HTTP, from the hand-over to the sink's
+//! acknowledgement) and one per dead-letter write. Every span carries `gridflow.pipeline` and
+//! `gridflow.correlation_id`; a failed step's span has an error status and
+//! `gridflow.error.code`. A record a sink writes carries the `traceparent` (and `tracestate`)
+//! of its delivery span, so a downstream consumer continues the trace.
+//!
+//! Sampling: `[traces] sample_ratio` of the traces that start here; an input whose caller
+//! sent a `traceparent` follows the caller's decision. An input not sampled makes no span
+//! but still passes its context on.
 //!
 //! With tracing off, a [`Trace`] is `None` inside and every call on it returns at once.
 
@@ -21,7 +26,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use serde::Deserialize;
 
 use crate::error::Failure;
@@ -36,6 +41,8 @@ pub struct TracesConfig {
     pub otlp_endpoint: String,
     /// The `service.name` of the spans.
     pub service_name: String,
+    /// The share of traces started here that are recorded, `0.0` to `1.0`.
+    pub sample_ratio: f64,
 }
 
 impl Default for TracesConfig {
@@ -43,6 +50,7 @@ impl Default for TracesConfig {
         TracesConfig {
             otlp_endpoint: String::new(),
             service_name: "gridflow".into(),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -54,6 +62,12 @@ impl TracesConfig {
         if endpoint.is_empty() {
             return Ok(None);
         }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(format!(
+                "[traces] sample_ratio is {}; it must be between 0.0 and 1.0",
+                self.sample_ratio
+            ));
+        }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -63,6 +77,9 @@ impl TracesConfig {
             .map_err(|e| format!("cannot start the OTLP exporter for {endpoint}: {e}"))?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                self.sample_ratio,
+            ))))
             .with_resource(
                 opentelemetry_sdk::Resource::builder()
                     .with_service_name(self.service_name.clone())
@@ -104,6 +121,8 @@ struct Inner {
     /// Holds the `process` span.
     cx: Context,
     attributes: [KeyValue; 2],
+    /// False when the trace is not sampled: no child spans, the context is still passed on.
+    recording: bool,
 }
 
 /// The caller's `traceparent`/`tracestate`: HTTP request headers or Kafka record headers.
@@ -166,16 +185,21 @@ impl Trace {
                 .with_attributes(attributes.to_vec()),
             &parent,
         );
+        let recording = span.is_recording();
         Trace(Some(Arc::new(Inner {
             tracer: tracer.clone(),
             cx: parent.with_span(span),
             attributes,
+            recording,
         })))
     }
 
-    /// The wall-clock time now when tracing is on (for a step's span).
+    /// The wall-clock time now when this trace is recorded (for a step's span).
     pub fn now(&self) -> Option<SystemTime> {
-        self.0.as_ref().map(|_| SystemTime::now())
+        self.0
+            .as_ref()
+            .filter(|inner| inner.recording)
+            .map(|_| SystemTime::now())
     }
 
     /// Records a finished child span `name` from `started` to now, failed with `failure`.
@@ -183,6 +207,9 @@ impl Trace {
         let (Some(inner), Some(started)) = (&self.0, started) else {
             return;
         };
+        if !inner.recording {
+            return;
+        }
         let mut span = inner.tracer.build_with_context(
             SpanBuilder::from_name(name.to_string())
                 .with_start_time(started)
@@ -210,18 +237,96 @@ impl Trace {
         span.end();
     }
 
-    /// The W3C `traceparent` of the `process` span, for records sent downstream.
-    pub fn traceparent(&self) -> Option<String> {
-        let inner = self.0.as_ref()?;
-        let span = inner.cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| {
-            format!(
-                "00-{}-{}-{:02x}",
-                sc.trace_id(),
-                sc.span_id(),
-                sc.trace_flags().to_u8()
-            )
-        })
+    /// Ends the `process` span of an input given up because its pipeline stopped (it is
+    /// offered again).
+    pub fn end_stopped(&self) {
+        if let Some(inner) = &self.0 {
+            let span = inner.cx.span();
+            span.set_status(Status::error(
+                "the pipeline stopped; the input is offered again",
+            ));
+            span.end();
+        }
+    }
+
+    /// Starts the delivery span of one message to a sink, and the trace context headers the
+    /// record carries downstream (`traceparent`, `tracestate`): the delivery span's, or the
+    /// `process` span's when the trace is not recorded. Nothing when tracing is off.
+    pub fn deliver(&self, sink: &Outgoing) -> Delivery {
+        let Some(inner) = &self.0 else {
+            return Delivery::default();
+        };
+        let cx = inner.recording.then(|| {
+            let span = inner.tracer.build_with_context(
+                SpanBuilder::from_name(sink.name.clone())
+                    .with_kind(sink.kind.clone())
+                    .with_attributes(inner.attributes.to_vec()),
+                &inner.cx,
+            );
+            inner.cx.with_span(span)
+        });
+        let mut headers = Vec::new();
+        TraceContextPropagator::new()
+            .inject_context(cx.as_ref().unwrap_or(&inner.cx), &mut Headers(&mut headers));
+        Delivery { cx, headers }
+    }
+}
+
+/// A sink as traces see it: its span's name and kind, made once when the pipeline is built.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    name: String,
+    kind: SpanKind,
+}
+
+impl Outgoing {
+    /// The span `name` of a sink of `kind` (`kafka`, `http`, ...).
+    pub fn new(name: String, kind: &str) -> Outgoing {
+        let kind = match kind {
+            "kafka" => SpanKind::Producer,
+            "http" => SpanKind::Client,
+            _ => SpanKind::Internal,
+        };
+        Outgoing { name, kind }
+    }
+}
+
+/// One message's delivery span (none when not traced) and the trace context headers its
+/// record carries.
+#[derive(Default)]
+pub struct Delivery {
+    cx: Option<Context>,
+    /// `traceparent` and, when set, `tracestate`.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Delivery {
+    /// Ends the span when the sink acknowledged (or finally refused) the message.
+    pub fn end(&self, failure: Option<&Failure>) {
+        let Some(cx) = &self.cx else {
+            return;
+        };
+        let span = cx.span();
+        if let Some(f) = failure {
+            span.set_attribute(KeyValue::new("gridflow.error.code", f.code.as_str()));
+            span.set_status(Status::error(f.message.clone()));
+        }
+        span.end();
+    }
+}
+
+/// Collects what the propagator injects.
+struct Headers<'a>(&'a mut Vec<(&'static str, String)>);
+
+impl opentelemetry::propagation::Injector for Headers<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let key = match key {
+            "traceparent" => "traceparent",
+            "tracestate" => "tracestate",
+            _ => return,
+        };
+        if !value.is_empty() {
+            self.0.push((key, value));
+        }
     }
 }

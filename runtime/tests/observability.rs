@@ -204,7 +204,7 @@ topic = "{out}"
     );
     assert_eq!(process.attributes["gridflow.pipeline"], "traced-http");
     assert!(process.error.is_none(), "{process:?}");
-    receiver
+    let deliver = receiver
         .wait_for("deliver", |s| {
             s.name == "deliver sink.kafka" && s.parent_span_id == process.span_id
         })
@@ -216,12 +216,13 @@ topic = "{out}"
         .iter()
         .all(|c| c.attributes["gridflow.correlation_id"] == "trace-corr-1"));
 
-    // The record written carries the traceparent of the process span.
+    // The record written carries the traceparent of its delivery span (a producer span, the
+    // parent of whatever consumes it downstream).
     let records = consume(&out, 1, Duration::from_secs(30)).await;
     assert_eq!(records.len(), 1);
     assert_eq!(
         records[0].headers.get("traceparent").map(String::as_str),
-        Some(format!("00-{TRACE_ID}-{}-01", process.span_id).as_str()),
+        Some(format!("00-{TRACE_ID}-{}-01", deliver.span_id).as_str()),
         "{:?}",
         records[0].headers
     );

@@ -23,7 +23,7 @@ use crate::metrics::StepMetrics;
 use crate::sinks::{Sink, SinkConfig, SinkContext};
 use crate::steps::enrich::{Answer, Enrich};
 use crate::steps::{Step, StepConfig, StepContext};
-use crate::telemetry::Trace;
+use crate::telemetry::{Outgoing, Trace};
 
 /// One node of the tree.
 enum Node {
@@ -60,6 +60,8 @@ pub struct ProgramSink {
     pub id: String,
     /// The running sink.
     pub sink: Arc<dyn Sink>,
+    /// Its span: `deliver <id>`, of the kind its protocol gives.
+    pub span: Outgoing,
 }
 
 /// The built steps of a pipeline and every sink they send to.
@@ -93,7 +95,8 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn sink(&mut self, id: String, config: &SinkConfig) -> Result<usize, (String, BuildError)> {
         let sink = config.build(self.sinks).map_err(|e| (id.clone(), e))?;
-        self.built.push(ProgramSink { id, sink });
+        let span = Outgoing::new(format!("deliver {id}"), config.kind());
+        self.built.push(ProgramSink { id, sink, span });
         Ok(self.built.len() - 1)
     }
 
@@ -299,7 +302,7 @@ fn run_nodes<'a>(
                                 trace.child(id, wall, None);
                             }
                             Err(f) => {
-                                metrics.failed(started.elapsed(), f.code.as_str());
+                                metrics.failed(started.elapsed(), &f);
                                 trace.child(id, wall, Some(&f));
                                 return Err(f);
                             }
@@ -465,7 +468,7 @@ async fn measured(
     let result = run.await;
     match &result {
         Ok(_) => metrics.processed(started.elapsed(), 1),
-        Err(f) => metrics.failed(started.elapsed(), f.code.as_str()),
+        Err(f) => metrics.failed(started.elapsed(), f),
     }
     trace.child(metrics.step(), wall, result.as_ref().err());
     result

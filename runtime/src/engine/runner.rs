@@ -20,24 +20,22 @@ use crate::sinks::Record;
 use crate::sources::Downstream;
 use crate::telemetry::Trace;
 
-/// The W3C trace context header written on records when tracing is on.
-const TRACEPARENT: &str = "traceparent";
-
-/// `headers` with `name` set to `value` (replacing an earlier value).
-fn with_header(
+/// `headers` with the trace context headers of `set` (replacing earlier values of them).
+fn with_headers(
     headers: &crate::message::Headers,
-    name: &str,
-    value: &str,
+    set: &[(&'static str, String)],
 ) -> crate::message::Headers {
     let mut out: Vec<_> = headers
         .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+        .filter(|(k, _)| !set.iter().any(|(name, _)| k.eq_ignore_ascii_case(name)))
         .cloned()
         .collect();
-    out.push((
-        name.to_string(),
-        bytes::Bytes::copy_from_slice(value.as_bytes()),
-    ));
+    out.extend(set.iter().map(|(name, value)| {
+        (
+            name.to_string(),
+            bytes::Bytes::copy_from_slice(value.as_bytes()),
+        )
+    }));
     Arc::new(out)
 }
 
@@ -171,7 +169,7 @@ impl Runner {
         let outcome = match self.run_program(item, &meta, &trace).await {
             // Stopped while waiting: the dropped ack fails the input; it is offered again.
             None => {
-                trace.end(None);
+                trace.end_stopped();
                 return;
             }
             Some(Ok(outcome)) => {
@@ -209,12 +207,13 @@ impl Runner {
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(deliveries.iter().map(|(_, item)| item.payload.clone()));
         }
-        let traceparent = trace.traceparent();
         for (sink, item) in deliveries {
             let permit = self.permit().await;
-            let headers = match &traceparent {
-                Some(value) => with_header(&item.headers, TRACEPARENT, value),
-                None => item.headers,
+            let delivery = trace.deliver(&self.program.sinks[sink].span);
+            let headers = if delivery.headers.is_empty() {
+                item.headers
+            } else {
+                with_headers(&item.headers, &delivery.headers)
             };
             let record = Record {
                 payload: item.payload,
@@ -222,7 +221,6 @@ impl Runner {
                 headers,
                 key: item.key,
             };
-            let started = trace.now();
             let first = self.program.sinks[sink].sink.send(&record).await;
             tokio::spawn(self.clone().deliver(
                 sink,
@@ -230,7 +228,7 @@ impl Runner {
                 ack.fork(),
                 first,
                 permit,
-                (trace.clone(), started),
+                (trace.clone(), delivery),
             ));
         }
         if let Some(failure) = rethrown {
@@ -266,16 +264,15 @@ impl Runner {
         ack: Ack,
         first: Result<crate::sinks::Delivery, SinkError>,
         permit: Permit,
-        (trace, started): (Trace, Option<std::time::SystemTime>),
+        (trace, delivery): (Trace, crate::telemetry::Delivery),
     ) {
         let mut attempts = 1;
         let mut result = settle(first).await;
-        let span = format!("deliver {}", self.program.sinks[sink].id);
         let failure = loop {
             match result {
                 Ok(()) => {
                     self.metrics.sent(record.meta.received_at.elapsed());
-                    trace.child(&span, started, None);
+                    delivery.end(None);
                     ack.delivered();
                     return;
                 }
@@ -308,7 +305,7 @@ impl Runner {
                 }
             }
         };
-        trace.child(&span, started, Some(&failure));
+        delivery.end(Some(&failure));
         self.dead_letter(record.meta, ack, failure, permit, trace)
             .await;
     }

@@ -206,6 +206,7 @@ pub struct Route {
     limiter: Option<Arc<Limiter>>,
     contract: Option<Arc<crate::contracts::Contract>>,
     soap: Option<Arc<SoapRoute>>,
+    metrics: Arc<crate::metrics::HttpMetrics>,
 }
 
 /// The HTTP listener's route table: path → route, swapped atomically.
@@ -317,6 +318,7 @@ impl Source for HttpSource {
             limiter: self.limiter.clone(),
             contract: self.contract.clone(),
             soap: self.soap.clone(),
+            metrics: Arc::new(crate::metrics::HttpMetrics::new(&self.pipeline)),
         };
         self.routes.insert(&self.config.path, route);
         async move {
@@ -482,14 +484,12 @@ async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Resp
     // X-Correlation-ID, else the trace id of a W3C traceparent, else a new UUID v7.
     let correlation_id = correlation_id_of(request.headers()).unwrap_or_else(new_correlation_id);
     let started = std::time::Instant::now();
-    let mut response = serve(&routes, &path, request, &correlation_id).await;
-    // Counted for the pipeline owning the path now (requests to no route are not counted).
-    if let Some(route) = routes.table.load().get(&path) {
-        crate::metrics::http_request(
-            &route.pipeline,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
+    // Counted for the pipeline whose route answered (requests to no route are not counted).
+    let route = routes.table.load().get(&path).cloned();
+    let metrics = route.as_ref().map(|r| Arc::clone(&r.metrics));
+    let mut response = serve(route, &path, request, &correlation_id).await;
+    if let Some(metrics) = metrics {
+        metrics.answered(response.status().as_u16(), started.elapsed());
     }
     if let Ok(value) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
@@ -498,13 +498,13 @@ async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Resp
 }
 
 async fn serve(
-    routes: &HttpRoutes,
+    route: Option<Route>,
     path: &str,
     request: Request,
     correlation_id: &str,
 ) -> Response {
     let ids = json!({ "correlation_id": correlation_id });
-    let Some(route) = routes.table.load().get(path).cloned() else {
+    let Some(route) = route else {
         return problem(
             StatusCode::NOT_FOUND,
             "Not Found",

@@ -128,8 +128,21 @@ struct Rebalances {
     rebalances: mpsc::UnboundedSender<Rebalanced>,
     pipeline: Arc<str>,
     /// Partitions whose lag was reported: one that is no longer assigned is set to 0, so a
-    /// revoked partition's last lag does not stay on the dashboard.
+    /// revoked partition's last lag does not stay on the dashboard; all of them when the
+    /// consumer closes (the pipeline stopped or was replaced).
     reported: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    /// The consumer starts from the earliest offset where it has none: before the first
+    /// commit, the whole partition is its lag.
+    from_earliest: bool,
+}
+
+impl Drop for Rebalances {
+    fn drop(&mut self) {
+        let reported = self.reported.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (topic, partition) in reported.drain() {
+            crate::metrics::consumer_lag(&self.pipeline, &topic, partition, 0);
+        }
+    }
 }
 
 impl rdkafka::ClientContext for Rebalances {
@@ -142,12 +155,16 @@ impl rdkafka::ClientContext for Rebalances {
                     continue;
                 }
                 // Behind the committed offset; before the first commit, the stored one (the
-                // records delivered or dead-lettered); before any, the whole partition (the
-                // source starts from the earliest offset).
-                let lag = [p.consumer_lag, p.consumer_lag_stored]
+                // records delivered or dead-lettered); before any, the whole partition when
+                // the source starts from the earliest offset, else unknown (not reported).
+                let known = [p.consumer_lag, p.consumer_lag_stored]
                     .into_iter()
-                    .find(|&lag| lag >= 0)
-                    .unwrap_or(p.hi_offset - p.lo_offset.max(0));
+                    .find(|&lag| lag >= 0);
+                let Some(lag) =
+                    known.or_else(|| self.from_earliest.then(|| p.hi_offset - p.lo_offset.max(0)))
+                else {
+                    continue;
+                };
                 crate::metrics::consumer_lag(&self.pipeline, topic, partition, lag);
                 now.insert((topic.clone(), partition));
             }
@@ -379,6 +396,7 @@ impl KafkaSource {
                 rebalances: rebalance_tx,
                 pipeline: Arc::clone(&self.pipeline),
                 reported: Default::default(),
+                from_earliest: self.settings.starts_from_earliest(),
             })
             .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
