@@ -271,15 +271,8 @@ fn test(args: TestArgs) -> ExitCode {
     }
     let contracts = Arc::new(contracts);
     // One thread is enough: a case is one input; recorded answers come at once.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     let (paths, mut diagnostics) = pipeline_test::test_paths(&inputs);
     let (mut passed, mut failed, mut unloadable) = (0, 0, 0);
@@ -326,6 +319,15 @@ fn test(args: TestArgs) -> ExitCode {
     }
 }
 
+/// A single-threaded async runtime for a command; `None` (said on stderr) when it cannot start.
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
+        .ok()
+}
+
 fn topics_apply(args: TopicsApplyArgs) -> ExitCode {
     let fail = |e: String| {
         eprintln!("error: {e}");
@@ -355,12 +357,8 @@ fn topics_apply(args: TopicsApplyArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     let options = crate::topics::ApplyOptions {
         replication_factor: args.replication_factor,

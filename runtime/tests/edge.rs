@@ -127,14 +127,7 @@ async fn api_keys_quotas_and_hostile_xml() {
     assert_eq!(r.status(), 400);
 
     // Quota rejections are counted.
-    let metrics = http()
-        .get(gf.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gf.metrics().await;
     assert!(
         metrics
             .lines()

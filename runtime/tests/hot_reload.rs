@@ -70,19 +70,8 @@ fn save_atomically(dir: &Path, file: &str, text: &str) {
     std::fs::rename(&tmp, dir.join("pipelines").join(file)).unwrap();
 }
 
-async fn pipelines(gf: &Gridflow) -> Value {
-    http()
-        .get(gf.admin_url("/admin/pipelines"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn view(gf: &Gridflow, name: &str) -> Option<Value> {
-    pipelines(gf).await["pipelines"]
+    gf.admin_pipelines().await["pipelines"]
         .as_array()
         .unwrap()
         .iter()
@@ -460,7 +449,7 @@ async fn invalid_edits_deletions_new_files_sighup_and_the_admin_api() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let all = pipelines(&gf).await;
+        let all = gf.admin_pipelines().await;
         let clash = all["pipelines"]
             .as_array()
             .unwrap()
@@ -539,7 +528,7 @@ async fn invalid_edits_deletions_new_files_sighup_and_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(report["restart_required"], true);
-    assert_eq!(pipelines(&gf).await["restart_required"], true);
+    assert_eq!(gf.admin_pipelines().await["restart_required"], true);
     assert_eq!(post("/a").await.unwrap().status(), 202);
 }
 

@@ -286,17 +286,6 @@ fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-async fn scrape(gf: &Gridflow) -> String {
-    http()
-        .get(gf.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_the_traffic_of_each_pipeline_and_step() {
     let out = unique("t.metrics.out.v1");
@@ -362,7 +351,7 @@ topic = "{out}"
     // librdkafka's statistics come every 5 s: wait for the lag of both partitions to be 0.
     let mut text = String::new();
     for _ in 0..200 {
-        text = scrape(&gf).await;
+        text = gf.metrics().await;
         let lags: Vec<f64> = (0..2)
             .filter_map(|p| {
                 sample(
@@ -494,14 +483,7 @@ topic = "{out}"
 }
 
 async fn gf_version(gf: &Gridflow, pipeline: &str) -> String {
-    let view: serde_json::Value = http()
-        .get(gf.admin_url("/admin/pipelines"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = gf.admin_pipelines().await;
     view["pipelines"]
         .as_array()
         .unwrap()

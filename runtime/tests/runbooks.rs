@@ -16,7 +16,6 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 /// How long one runbook block may run (a dry-run replay reads the dead-letter topic).
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -161,20 +160,9 @@ async fn wait_ready(gf: &Gridflow) {
     }
 }
 
-async fn admin_pipelines(gf: &Gridflow) -> Value {
-    http()
-        .get(gf.admin_url("/admin/pipelines"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Asserts that every pipeline of `names` is running.
 async fn assert_running(gf: &Gridflow, names: &[&str]) {
-    let view = admin_pipelines(gf).await;
+    let view = gf.admin_pipelines().await;
     for name in names {
         let running = view["pipelines"]
             .as_array()
@@ -277,8 +265,8 @@ async fn every_runbook_test_block_passes_against_a_healthy_gridflow() {
     );
 }
 
-/// A tiny HTTP upstream for `enrich` steps: `GET /down/...` answers `503`, anything else
-/// `200` with a JSON object. One connection per request.
+/// A tiny HTTP upstream for `enrich` steps: `GET /down/...` answers `503`, `GET /bad/...`
+/// `400`, anything else `200` with a JSON object. One connection per request.
 fn upstream() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -296,6 +284,8 @@ fn upstream() -> String {
                 }
                 let (status, body) = if head.starts_with(b"GET /down") {
                     ("503 Service Unavailable", r#"{"error":"down"}"#)
+                } else if head.starts_with(b"GET /bad") {
+                    ("400 Bad Request", r#"{"error":"bad request"}"#)
                 } else {
                     ("200 OK", r#"{"site":"substation-7"}"#)
                 };
@@ -403,6 +393,8 @@ async fn metrics_pass_promtool_and_name_every_metric_of_the_contract() {
     let filtered = send(r#"{"id": "m-2", "mode": "skip"}"#).await;
     let invalid = send(r#"{"id": "#).await;
     let down = send(r#"{"id": "m-3", "mode": "down"}"#).await;
+    // A step error (the upstream refuses the request: enrich_failed, dead-lettered).
+    assert_eq!(send(r#"{"id": "m-5", "mode": "bad"}"#).await, 422);
     // Then over the quota (1 a second after a burst of 6).
     let mut refused = false;
     for _ in 0..20 {

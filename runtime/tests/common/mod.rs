@@ -589,6 +589,30 @@ impl Gridflow {
         }
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics body: {e}"))
+    }
+
+    /// The JSON of `GET /admin/pipelines`.
+    pub async fn admin_pipelines(&self) -> serde_json::Value {
+        http()
+            .get(self.admin_url("/admin/pipelines"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /admin/pipelines: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET /admin/pipelines body: {e}"))
+    }
+
     /// True when `/health/ready` answers 2xx.
     pub async fn is_ready(&self) -> bool {
         http()
