@@ -116,7 +116,12 @@ fn http_origin() -> Origin {
 }
 
 /// Runs one input through `program`; the number of messages it produced.
-fn run_once(rt: &tokio::runtime::Runtime, program: &Program, item: Item, meta: &Arc<Meta>) -> usize {
+fn run_once(
+    rt: &tokio::runtime::Runtime,
+    program: &Program,
+    item: Item,
+    meta: &Arc<Meta>,
+) -> usize {
     let outcome = rt
         .block_on(program.run(item, meta, &Trace::default()))
         .map_err(|f| format!("{}: {}", f.step, f.message))
@@ -250,9 +255,15 @@ fn bench(c: &mut Criterion) {
     group.bench_function("parse_1k_only", |b| {
         b.iter(|| serde_json::from_slice::<Value>(&reading).unwrap())
     });
-    let mapped = messages_after(&rt, &meter[..1], &ctx, Payload::Bytes(reading.clone()), &reading_meta)
-        .pop()
-        .unwrap();
+    let mapped = messages_after(
+        &rt,
+        &meter[..1],
+        &ctx,
+        Payload::Bytes(reading.clone()),
+        &reading_meta,
+    )
+    .pop()
+    .unwrap();
     group.bench_function("serialize_output_only", |b| {
         b.iter(|| Payload::Json(mapped.clone()).to_bytes())
     });
@@ -275,7 +286,15 @@ fn bench(c: &mut Criterion) {
     // The ENTSO-E document as JSON, and its intermediate messages.
     let a65 = fixture("A65-actual-total-load-BE.xml");
     let a65_meta = meta(a65.clone(), ContentType::Xml, http_origin());
-    let after = |n: usize| messages_after(&rt, &entsoe[..n], &ctx, Payload::Bytes(a65.clone()), &a65_meta);
+    let after = |n: usize| {
+        messages_after(
+            &rt,
+            &entsoe[..n],
+            &ctx,
+            Payload::Bytes(a65.clone()),
+            &a65_meta,
+        )
+    };
     let document = after(1).pop().unwrap();
     let periods = after(5);
     assert_eq!(periods.len(), 1, "one period in A65");

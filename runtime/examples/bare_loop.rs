@@ -102,9 +102,12 @@ async fn produce(topic: &str, count: usize, file: &str) {
                     pending.push(delivery);
                     break;
                 }
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
                     if let Some(done) = pending.next().await {
                         done.unwrap().unwrap();
                     }
@@ -119,7 +122,9 @@ async fn produce(topic: &str, count: usize, file: &str) {
     while let Some(done) = pending.next().await {
         done.unwrap().map_err(|(e, _)| e).unwrap();
     }
-    producer.flush(Timeout::After(Duration::from_secs(30))).unwrap();
+    producer
+        .flush(Timeout::After(Duration::from_secs(30)))
+        .unwrap();
     eprintln!(
         "produced {count} records to {topic} in {:.2} s",
         started.elapsed().as_secs_f64()
@@ -166,6 +171,10 @@ async fn bare_loop(input: &str, output: &str, count: usize, timeout: Duration) {
     let seconds = first.map_or(0.0, |f| (last - f).as_secs_f64());
     println!(
         "records={done} seconds={seconds:.3} per_second={:.0}",
-        if seconds > 0.0 { done as f64 / seconds } else { 0.0 }
+        if seconds > 0.0 {
+            done as f64 / seconds
+        } else {
+            0.0
+        }
     );
 }

@@ -34,7 +34,9 @@ async fn main() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let latencies = Arc::new(Mutex::new(Vec::<f64>::with_capacity((rate * seconds) as usize)));
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::with_capacity(
+        (rate * seconds) as usize,
+    )));
     let errors = Arc::new(Mutex::new(0u64));
     let mut interval = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
     interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
