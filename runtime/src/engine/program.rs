@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::error::{BuildError, ErrorCode, Failure, StepError};
-use crate::jmes::{with_scope, Expr, Scope};
+use crate::jmes::{needs, with_scope, Doc, Expr, Need, Scope};
 use crate::message::{Item, Meta, Payload};
 use crate::metrics::StepMetrics;
 use crate::sinks::{Sink, SinkConfig, SinkContext};
@@ -44,6 +44,8 @@ enum Node {
         all: bool,
         routes: Vec<Route>,
         default: Option<Route>,
+        /// What the routes' conditions read.
+        need: Need,
     },
 }
 
@@ -186,6 +188,7 @@ impl Builder<'_> {
                 Node::Branch {
                     id,
                     all: c.mode == crate::steps::blocks::BranchMode::All,
+                    need: needs(routes.iter().filter_map(|r| r.when.as_ref())),
                     routes,
                     default,
                 }
@@ -343,9 +346,11 @@ fn run_nodes<'a>(
                     all,
                     routes,
                     default,
+                    need,
                 } => {
                     let runs = current.into_iter().map(|item| {
-                        branch_item(id, *all, routes, default.as_ref(), item, meta, trace)
+                        let node = (id.as_str(), *all, need);
+                        branch_item(node, routes, default.as_ref(), item, meta, trace)
                     });
                     merge(out, futures::future::try_join_all(runs).await?)
                 }
@@ -406,23 +411,21 @@ async fn try_item(
 /// One message through a `branch`: down the first matching route (or every one, `all`), else
 /// the default, else on unchanged.
 async fn branch_item(
-    id: &str,
-    all: bool,
+    (id, all, need): (&str, bool, &Need),
     routes: &[Route],
     default: Option<&Route>,
     item: Item,
     meta: &Arc<Meta>,
     trace: &Trace,
 ) -> Result<Partial, Failure> {
-    let value = match item.payload.as_json() {
-        Some(v) => v.clone(),
-        None => guarded(id, || item.payload.clone().into_json())?,
-    };
+    // The conditions read what they name, converted once; the routes get the message as it
+    // came (raw bytes stay bytes).
+    let doc = guarded(id, || Doc::new(&item.payload, need))?;
     let scope = scope(meta, &item);
     let mut chosen = Vec::new();
     for route in routes {
         let when = route.when.as_ref().expect("routes have conditions");
-        if guarded(id, || with_scope(&scope, || when.is_truthy(&value)))? {
+        if guarded(id, || with_scope(&scope, || when.is_truthy_doc(&doc)))? {
             chosen.push(route);
             if !all {
                 break;
@@ -435,14 +438,13 @@ async fn branch_item(
             None => return Ok((Outcome::default(), vec![item])),
         }
     }
-    // The body is parsed once for the conditions; the routes start from it.
-    let parsed = item.with_payload(Payload::Json(value));
+    drop(doc);
     let mut outcome = Outcome::default();
     let mut next = Vec::new();
     for route in chosen {
         let items = run_nodes(
             &route.nodes,
-            vec![parsed.clone()],
+            vec![item.clone()],
             meta,
             trace,
             &mut outcome,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::Step;
 use crate::error::{BuildError, ErrorCode, StepError};
-use crate::jmes::Expr;
+use crate::jmes::{needs, Doc, Expr, Need};
 use crate::message::{Item, Payload};
 
 /// A dotted path into a JSON body, checked when the pipeline loads.
@@ -144,21 +144,29 @@ impl SetConfig {
             return Err(BuildError::at("fields", "`set` sets nothing")
                 .with_hint("give `fields`, `headers` or `key`"));
         }
-        let fields = paths("fields", self.fields.keys())?
+        let fields: Vec<(FieldPath, Expr)> = paths("fields", self.fields.keys())?
             .into_iter()
             .zip(self.fields.values())
             .map(|(p, e)| Ok((p, compile("fields", e)?)))
             .collect::<Result<_, BuildError>>()?;
-        let headers = self
+        let headers: Vec<(String, Expr)> = self
             .headers
             .iter()
             .map(|(h, e)| Ok((h.clone(), compile("headers", e)?)))
             .collect::<Result<_, BuildError>>()?;
         let key = self.key.as_deref().map(|k| compile("key", k)).transpose()?;
+        let need = needs(
+            fields
+                .iter()
+                .map(|(_, e)| e)
+                .chain(headers.iter().map(|(_, e)| e))
+                .chain(key.iter()),
+        );
         Ok(SetStep {
             fields,
             headers,
             key,
+            need,
         })
     }
 }
@@ -168,6 +176,8 @@ pub struct SetStep {
     fields: Vec<(FieldPath, Expr)>,
     headers: Vec<(String, Expr)>,
     key: Option<Expr>,
+    /// What the expressions read.
+    need: Need,
 }
 
 impl Step for SetStep {
@@ -176,39 +186,38 @@ impl Step for SetStep {
     }
 
     fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
-        let needs_json = !self.fields.is_empty();
-        let mut value = if needs_json || !self.headers.is_empty() || self.key.is_some() {
-            Some(item.payload.clone().into_json()?)
-        } else {
-            None
+        // Every expression sees the message as it was before the step: one conversion, of
+        // what they read, for all of them.
+        let input = Doc::new(&item.payload, &self.need)?;
+        let mut results = Vec::with_capacity(self.fields.len());
+        for (_, expr) in &self.fields {
+            results.push(expr.search_doc(&input)?);
+        }
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, expr) in &self.headers {
+            headers.push((name, to_bytes(expr.search_doc(&input)?)));
+        }
+        let key = match &self.key {
+            Some(expr) => Some(to_bytes(expr.search_doc(&input)?)),
+            None => None,
         };
-        if let Some(input) = &value {
-            let mut results = Vec::with_capacity(self.fields.len());
-            for (_, expr) in &self.fields {
-                results.push(expr.search(input)?);
-            }
-            let mut headers = Vec::with_capacity(self.headers.len());
-            for (name, expr) in &self.headers {
-                headers.push((name, to_bytes(expr.search(input)?)));
-            }
-            if let Some(expr) = &self.key {
-                item.key = to_bytes(expr.search(input)?);
-            }
-            if !headers.is_empty() {
-                let h = Arc::make_mut(&mut item.headers);
-                for (name, v) in headers {
-                    set_header(h, name, v);
-                }
-            }
-            if needs_json {
-                let body = value.as_mut().expect("parsed above");
-                for ((path, _), v) in self.fields.iter().zip(results) {
-                    path.set(body, v)?;
-                }
+        drop(input);
+        if let Some(key) = key {
+            item.key = key;
+        }
+        if !headers.is_empty() {
+            let h = Arc::make_mut(&mut item.headers);
+            for (name, v) in headers {
+                set_header(h, name, v);
             }
         }
-        if needs_json {
-            item.payload = Payload::Json(value.take().expect("parsed above"));
+        if !self.fields.is_empty() {
+            let mut body =
+                std::mem::replace(&mut item.payload, Payload::Json(Value::Null)).into_json()?;
+            for ((path, _), v) in self.fields.iter().zip(results) {
+                path.set(&mut body, v)?;
+            }
+            item.payload = Payload::Json(body);
         }
         out.push(item);
         Ok(())

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::Step;
 use crate::error::{BuildError, StepError};
-use crate::jmes::Expr;
+use crate::jmes::{Doc, Expr};
 use crate::message::Payload;
 
 /// `kind = "filter"`.
@@ -33,9 +33,10 @@ pub struct Filter {
 
 impl Step for Filter {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        let value = payload.into_json()?;
-        if self.expr.is_truthy(&value)? {
-            out.push(Payload::Json(value));
+        // The condition reads what it names; a kept message goes on as it came (raw bytes
+        // stay the bytes received).
+        if self.expr.is_truthy_doc(&Doc::new(&payload, self.expr.need())?)? {
+            out.push(payload);
         }
         Ok(())
     }

@@ -32,8 +32,8 @@ pub struct Map {
 
 impl Step for Map {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        let value = payload.into_json()?;
-        out.push(Payload::Json(self.expr.search(&value)?));
+        // Raw bytes are parsed for what the expression reads only.
+        out.push(Payload::Json(self.expr.search_payload(&payload)?));
         Ok(())
     }
 }

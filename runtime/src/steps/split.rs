@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Step;
 use crate::error::{BuildError, ErrorCode, StepError};
-use crate::jmes::Expr;
+use crate::jmes::{into_value, needs, Doc, Expr, Need};
 use crate::message::Payload;
 
 /// `kind = "split"`.
@@ -34,9 +34,13 @@ impl SplitConfig {
                 .transpose()
                 .map_err(|e| BuildError::jmespath(key, e))
         };
+        let expression = compile("expression", &self.expression)?;
+        let merge = compile("merge", &self.merge)?;
+        let need = needs(expression.iter().chain(merge.iter()));
         Ok(Split {
-            expression: compile("expression", &self.expression)?,
-            merge: compile("merge", &self.merge)?,
+            expression,
+            merge,
+            need,
         })
     }
 }
@@ -46,13 +50,29 @@ impl SplitConfig {
 pub struct Split {
     expression: Option<Expr>,
     merge: Option<Expr>,
+    /// What both expressions read.
+    need: Need,
 }
 
 impl Step for Split {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        let value = payload.into_json()?;
-        let context = match &self.merge {
-            Some(merge) => match merge.search(&value)? {
+        // One conversion for both expressions, of what they read.
+        let (merged, array) = match &self.expression {
+            Some(expr) => {
+                let doc = Doc::new(&payload, &self.need)?;
+                let merged = self.merge.as_ref().map(|m| m.eval_doc(&doc)).transpose()?;
+                let array = expr.eval_doc(&doc)?;
+                drop(doc);
+                (merged.map(into_value), into_value(array))
+            }
+            None => {
+                let value = payload.into_json()?;
+                let merged = self.merge.as_ref().map(|m| m.search(&value)).transpose()?;
+                (merged, value)
+            }
+        };
+        let context = match merged {
+            Some(merged) => match merged {
                 Value::Object(map) => Some(map),
                 Value::Null => None,
                 other => {
@@ -66,10 +86,6 @@ impl Step for Split {
                 }
             },
             None => None,
-        };
-        let array = match &self.expression {
-            Some(expr) => expr.search(&value)?,
-            None => value,
         };
         let elements = match array {
             Value::Array(elements) => elements,

@@ -11,7 +11,11 @@ use jmespath::{Rcvar, Runtime, Variable};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ErrorCode, Failure, StepError};
-use crate::message::{Headers, Meta, Origin};
+use crate::message::{Headers, Meta, Origin, Payload};
+
+pub mod need;
+
+pub use need::{into_value, Need};
 
 /// The message whose metadata `meta()` returns.
 pub struct Scope {
@@ -104,6 +108,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 pub struct Expr {
     source: String,
     compiled: jmespath::Expression<'static>,
+    need: Need,
 }
 
 impl std::fmt::Debug for Expr {
@@ -122,6 +127,35 @@ pub struct CompileError {
     pub reason: String,
 }
 
+/// A message converted once for the expressions of a step: only the parts they read (see
+/// [`need`]), from a parsed document or straight from the raw bytes.
+pub struct Doc(Rcvar);
+
+impl Doc {
+    /// `payload` with what `need` reads; raw bytes that are not JSON are an `invalid_json`
+    /// failure.
+    pub fn new(payload: &Payload, need: &Need) -> Result<Doc, StepError> {
+        match payload {
+            Payload::Json(value) => Ok(Doc(need::from_value(value, need))),
+            Payload::Bytes(bytes) => need::from_slice(bytes, need).map(Doc).map_err(|e| {
+                StepError::new(ErrorCode::InvalidJson, format!("payload is not JSON: {e}"))
+            }),
+        }
+    }
+
+    /// `value` with what `need` reads.
+    pub fn from_value(value: &Value, need: &Need) -> Doc {
+        Doc(need::from_value(value, need))
+    }
+}
+
+/// What all of `exprs` read.
+pub fn needs<'a>(exprs: impl IntoIterator<Item = &'a Expr>) -> Need {
+    exprs
+        .into_iter()
+        .fold(Need::nothing(), |acc, e| acc.union(e.need.clone()))
+}
+
 impl Expr {
     /// Compiles `source`.
     pub fn compile(source: &str) -> Result<Expr, CompileError> {
@@ -129,9 +163,11 @@ impl Expr {
             offset: e.offset,
             reason: e.reason.to_string(),
         })?;
+        let need = Need::of(compiled.as_ast());
         Ok(Expr {
             source: source.to_string(),
             compiled,
+            need,
         })
     }
 
@@ -140,23 +176,58 @@ impl Expr {
         &self.source
     }
 
+    /// What the expression reads of a message.
+    pub fn need(&self) -> &Need {
+        &self.need
+    }
+
     /// Evaluates the expression on `data`.
     pub fn search(&self, data: &Value) -> Result<Value, StepError> {
-        let result = self.run(data)?;
-        serde_json::to_value(&*result).map_err(|e| self.error(e.to_string()))
+        self.search_owned(Doc::from_value(data, &self.need))
+    }
+
+    /// Evaluates the expression on `payload` (raw bytes are parsed for what it reads only).
+    pub fn search_payload(&self, payload: &Payload) -> Result<Value, StepError> {
+        self.search_owned(Doc::new(payload, &self.need)?)
+    }
+
+    /// Evaluates the expression on `doc`, which must hold what it reads.
+    pub fn search_doc(&self, doc: &Doc) -> Result<Value, StepError> {
+        Ok(need::into_value(self.run(&doc.0)?))
+    }
+
+    /// Evaluates the expression on `doc` and returns jmespath's tree (convert it with
+    /// [`into_value`] once `doc` is dropped, so that shared parts move).
+    pub fn eval_doc(&self, doc: &Doc) -> Result<Rcvar, StepError> {
+        self.run(&doc.0)
+    }
+
+    fn search_owned(&self, doc: Doc) -> Result<Value, StepError> {
+        let result = self.run(&doc.0)?;
+        // The input's tree first: parts of the result it shared then move instead of copying.
+        drop(doc);
+        Ok(need::into_value(result))
     }
 
     /// Evaluates the expression as a condition, with JMESPath truthiness (false, null, empty
     /// string, array or object are false).
     pub fn is_truthy(&self, data: &Value) -> Result<bool, StepError> {
-        Ok(self.run(data)?.is_truthy())
+        self.is_truthy_doc(&Doc::from_value(data, &self.need))
+    }
+
+    /// [`Expr::is_truthy`] on `doc`, which must hold what it reads.
+    pub fn is_truthy_doc(&self, doc: &Doc) -> Result<bool, StepError> {
+        Ok(self.run(&doc.0)?.is_truthy())
     }
 
     /// Runs the expression; a panic inside jmespath (it overflows on some slices, such as
     /// `[1::2147483647]`) is this message's failure, wherever the expression is used.
-    fn run(&self, data: &Value) -> Result<Rcvar, StepError> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compiled.search(data)))
-        {
+    fn run(&self, data: &Rcvar) -> Result<Rcvar, StepError> {
+        let eval = || {
+            let mut ctx = jmespath::Context::new(&self.source, &RUNTIME);
+            jmespath::interpret(data, self.compiled.as_ast(), &mut ctx)
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(eval)) {
             Ok(result) => result.map_err(|e| self.error(e.reason.to_string())),
             Err(_) => Err(StepError::new(
                 ErrorCode::StepPanicked,

@@ -1,0 +1,513 @@
+//! What part of a message an expression reads, and the conversions that build only that part.
+//!
+//! jmespath evaluates on its own tree (`Variable`, objects as `BTreeMap`s of shared nodes).
+//! Converting a whole message into that tree for every evaluation costs in proportion to the
+//! message, not to what the expression reads: `GL_MarketDocument.type == 'A65'` on an ENTSO-E
+//! document converted 11 KB of XML-turned-JSON to read one string. So when an expression is
+//! compiled, [`Need::of`] works out from its syntax tree which fields (and array elements) it
+//! can ever look at, and the message is converted with only those, either from a parsed
+//! `serde_json::Value` ([`from_value`]) or straight from the raw bytes ([`from_slice`]), which
+//! skips the fields nobody reads without building them.
+//!
+//! The analysis is conservative: wherever a value is used as a whole (returned, compared,
+//! tested for truth, passed to a function), all of it is kept. A pruned object only ever loses
+//! fields that no part of the expression names, and a pruned array keeps every element (only
+//! the unread parts of each element go), so lengths, indices and types stay as they were. The
+//! compliance suite of JMESPath is run both ways in this module's tests.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use jmespath::ast::Ast;
+use jmespath::{Rcvar, Variable};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// The part of a value an expression reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The whole value.
+    All,
+    /// Only these fields, if the value is an object, and only this part of every element, if it
+    /// is an array (`None`: no element is read; the array is kept empty). A scalar is always
+    /// kept whole. `Part` with no field and no element reads only the value's kind.
+    Part {
+        /// The fields read, each with what is read of it.
+        fields: BTreeMap<String, Need>,
+        /// What is read of each element.
+        items: Option<Box<Need>>,
+    },
+}
+
+impl Need {
+    /// Nothing inside the value is read.
+    pub fn nothing() -> Need {
+        Need::Part {
+            fields: BTreeMap::new(),
+            items: None,
+        }
+    }
+
+    /// What evaluating `ast` reads of its input, when `out` is read of its result.
+    pub fn of(ast: &Ast) -> Need {
+        need(ast, &Need::All)
+    }
+
+    /// Everything `self` or `other` reads.
+    pub fn union(self, other: Need) -> Need {
+        match (self, other) {
+            (Need::All, _) | (_, Need::All) => Need::All,
+            (
+                Need::Part {
+                    mut fields,
+                    items: a,
+                },
+                Need::Part {
+                    fields: more,
+                    items: b,
+                },
+            ) => {
+                for (name, need) in more {
+                    let merged = match fields.remove(&name) {
+                        Some(have) => have.union(need),
+                        None => need,
+                    };
+                    fields.insert(name, merged);
+                }
+                let items = match (a, b) {
+                    (Some(a), Some(b)) => Some(Box::new(a.union(*b))),
+                    (a, b) => a.or(b),
+                };
+                Need::Part { fields, items }
+            }
+        }
+    }
+
+    fn field(name: &str, of: Need) -> Need {
+        Need::Part {
+            fields: BTreeMap::from([(name.to_string(), of)]),
+            items: None,
+        }
+    }
+
+    fn items(of: Need) -> Need {
+        Need::Part {
+            fields: BTreeMap::new(),
+            items: Some(Box::new(of)),
+        }
+    }
+
+    /// What is read of each element of an array of which `self` is read.
+    fn of_items(&self) -> Need {
+        match self {
+            Need::All => Need::All,
+            Need::Part { items, .. } => items.as_deref().cloned().unwrap_or_else(Need::nothing),
+        }
+    }
+
+    /// What is read of field `name` of an object of which `self` is read.
+    fn of_field(&self, name: &str) -> Need {
+        match self {
+            Need::All => Need::All,
+            Need::Part { fields, .. } => fields.get(name).cloned().unwrap_or_else(Need::nothing),
+        }
+    }
+}
+
+/// What `ast` reads of its input when `out` is read of its result.
+fn need(ast: &Ast, out: &Need) -> Need {
+    match ast {
+        Ast::Field { name, .. } => Need::field(name, out.clone()),
+        Ast::Identity { .. } => out.clone(),
+        Ast::Literal { .. } | Ast::Expref { .. } => Need::nothing(),
+        Ast::Subexpr { lhs, rhs, .. } => need(lhs, &need(rhs, out)),
+        // An index or a slice keeps elements as they are.
+        Ast::Index { .. } => Need::items(out.clone()),
+        Ast::Slice { .. } => Need::items(out.of_items()),
+        Ast::Projection { lhs, rhs, .. } => need(lhs, &Need::items(need(rhs, &out.of_items()))),
+        Ast::Flatten { node, .. } => {
+            // Each element is either an array whose elements join the result, or joins it.
+            let each = out.of_items();
+            need(node, &Need::items(each.clone().union(Need::items(each))))
+        }
+        // The values of every field: all of the object.
+        Ast::ObjectValues { node, .. } => need(node, &Need::All),
+        Ast::MultiList { elements, .. } => {
+            let each = out.of_items();
+            elements
+                .iter()
+                .fold(Need::nothing(), |acc, e| acc.union(need(e, &each)))
+        }
+        Ast::MultiHash { elements, .. } => elements.iter().fold(Need::nothing(), |acc, kv| {
+            acc.union(need(&kv.value, &out.of_field(&kv.key)))
+        }),
+        // Tested for truth, or returned as they are: whole.
+        Ast::Or { lhs, rhs, .. } | Ast::And { lhs, rhs, .. } => {
+            need(lhs, &Need::All).union(need(rhs, out))
+        }
+        Ast::Not { node, .. } => need(node, &Need::All),
+        Ast::Condition {
+            predicate, then, ..
+        } => need(predicate, &Need::All).union(need(then, out)),
+        Ast::Comparison { lhs, rhs, .. } => need(lhs, &Need::All).union(need(rhs, &Need::All)),
+        // A function sees its arguments whole (an `&expression` argument reads the elements of
+        // another argument, which is then whole too).
+        Ast::Function { args, .. } => args
+            .iter()
+            .fold(Need::nothing(), |acc, a| acc.union(need(a, &Need::All))),
+    }
+}
+
+/// `value` as jmespath's tree, with only what `need` reads.
+pub fn from_value(value: &Value, need: &Need) -> Rcvar {
+    Arc::new(match (value, need) {
+        (Value::Object(map), Need::Part { fields, .. }) => {
+            let mut out = BTreeMap::new();
+            // Walk the smaller side: usually the few fields an expression names.
+            if fields.len() <= map.len() {
+                for (name, need) in fields {
+                    if let Some(v) = map.get(name) {
+                        out.insert(name.clone(), from_value(v, need));
+                    }
+                }
+            } else {
+                for (name, v) in map {
+                    if let Some(need) = fields.get(name) {
+                        out.insert(name.clone(), from_value(v, need));
+                    }
+                }
+            }
+            Variable::Object(out)
+        }
+        (Value::Array(items), Need::Part { items: each, .. }) => Variable::Array(match each {
+            Some(each) => items.iter().map(|v| from_value(v, each)).collect(),
+            None => Vec::new(),
+        }),
+        (value, _) => whole(value),
+    })
+}
+
+fn whole(value: &Value) -> Variable {
+    match value {
+        Value::Null => Variable::Null,
+        Value::Bool(b) => Variable::Bool(*b),
+        Value::Number(n) => Variable::Number(n.clone()),
+        Value::String(s) => Variable::String(s.clone()),
+        Value::Array(items) => {
+            Variable::Array(items.iter().map(|v| Arc::new(whole(v))).collect())
+        }
+        Value::Object(map) => Variable::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), Arc::new(whole(v))))
+                .collect(),
+        ),
+    }
+}
+
+/// The JSON document in `bytes` as jmespath's tree, with only what `need` reads: the other
+/// fields are checked for syntax and skipped, never built.
+pub fn from_slice(bytes: &[u8], need: &Need) -> Result<Rcvar, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = Pruned(need).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Deserialises a value keeping what the need reads.
+struct Pruned<'a>(&'a Need);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Rcvar;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Rcvar, D::Error> {
+        match self.0 {
+            Need::All => Ok(Arc::new(<Variable as de::Deserialize>::deserialize(d)?)),
+            part => d.deserialize_any(PartVisitor(part)).map(Arc::new),
+        }
+    }
+}
+
+struct PartVisitor<'a>(&'a Need);
+
+impl<'de> Visitor<'de> for PartVisitor<'_> {
+    type Value = Variable;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Variable, E> {
+        Ok(Variable::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Variable, E> {
+        Ok(Variable::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Variable, E> {
+        Ok(Variable::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Variable, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Variable::Null, Variable::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Variable, E> {
+        Ok(Variable::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Variable, E> {
+        Ok(Variable::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Variable, E> {
+        Ok(Variable::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Variable, E> {
+        Ok(Variable::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Variable, A::Error> {
+        let mut out = Vec::new();
+        match self.0 {
+            Need::Part {
+                items: Some(each), ..
+            } => {
+                while let Some(v) = seq.next_element_seed(Pruned(each))? {
+                    out.push(v);
+                }
+            }
+            _ => while seq.next_element::<IgnoredAny>()?.is_some() {},
+        }
+        Ok(Variable::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Variable, A::Error> {
+        let mut out = BTreeMap::new();
+        let fields = match self.0 {
+            Need::Part { fields, .. } => fields,
+            Need::All => unreachable!("a whole value is deserialised as a Variable"),
+        };
+        while let Some(key) = map.next_key_seed(Key)? {
+            match fields.get(key.as_ref()) {
+                Some(need) => {
+                    let v = map.next_value_seed(Pruned(need))?;
+                    out.insert(key.into_owned(), v);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Variable::Object(out))
+    }
+}
+
+/// An object's key, borrowed from the input when it has no escape.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// A result as a `serde_json::Value`, taking its parts out of the tree where nothing else
+/// shares them (drop the input's tree first and most of a result moves instead of copying).
+pub fn into_value(var: Rcvar) -> Value {
+    match Arc::try_unwrap(var) {
+        Ok(var) => owned(var),
+        Err(shared) => borrowed(&shared),
+    }
+}
+
+fn owned(var: Variable) -> Value {
+    match var {
+        Variable::Null => Value::Null,
+        Variable::Bool(b) => Value::Bool(b),
+        Variable::Number(n) => Value::Number(n),
+        Variable::String(s) => Value::String(s),
+        Variable::Array(items) => Value::Array(items.into_iter().map(into_value).collect()),
+        Variable::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, into_value(v))).collect())
+        }
+        expref @ Variable::Expref(_) => borrowed(&expref),
+    }
+}
+
+fn borrowed(var: &Variable) -> Value {
+    match var {
+        Variable::Null => Value::Null,
+        Variable::Bool(b) => Value::Bool(*b),
+        Variable::Number(n) => Value::Number(n.clone()),
+        Variable::String(s) => Value::String(s.clone()),
+        Variable::Array(items) => Value::Array(items.iter().map(|v| borrowed(v)).collect()),
+        Variable::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), borrowed(v)))
+                .collect(),
+        ),
+        // As jmespath serialises an expression reference.
+        Variable::Expref(e) => Value::String(format!("<expression: {e:?}>")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jmes::Expr;
+    use crate::message::Payload;
+    use bytes::Bytes;
+    use serde_json::json;
+
+    fn need_of(expr: &str) -> Need {
+        Expr::compile(expr).unwrap().need().clone()
+    }
+
+    fn fields(pairs: &[(&str, Need)]) -> Need {
+        Need::Part {
+            fields: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            items: None,
+        }
+    }
+
+    #[test]
+    fn reads_only_the_named_fields() {
+        assert_eq!(
+            need_of("a.b == 'x'"),
+            fields(&[("a", fields(&[("b", Need::All)]))])
+        );
+        assert_eq!(
+            need_of("{id: meter_id, v: to_number(reading.value)}"),
+            fields(&[
+                ("meter_id", Need::All),
+                ("reading", fields(&[("value", Need::All)]))
+            ])
+        );
+        assert_eq!(
+            need_of("points[*].v"),
+            fields(&[("points", Need::items(fields(&[("v", Need::All)])))])
+        );
+        // Anything used whole is whole.
+        assert_eq!(need_of("@"), Need::All);
+        assert_eq!(need_of("length(@) > `1`"), Need::All);
+        assert_eq!(need_of("a || b"), fields(&[("a", Need::All), ("b", Need::All)]));
+        assert_eq!(need_of("*.x"), Need::All);
+        assert_eq!(need_of("meta().key"), Need::nothing());
+    }
+
+    #[test]
+    fn a_pruned_document_keeps_kinds_lengths_and_read_fields() {
+        let doc = json!({"a": {"b": 1, "c": [1, 2]}, "d": "big", "list": [{"x": 1, "y": 2}, 3]});
+        let need = need_of("[a.b, list[0].x]");
+        let tree = from_value(&doc, &need);
+        assert_eq!(
+            into_value(tree),
+            json!({"a": {"b": 1}, "list": [{"x": 1}, 3]})
+        );
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        assert_eq!(
+            into_value(from_slice(&bytes, &need).unwrap()),
+            json!({"a": {"b": 1}, "list": [{"x": 1}, 3]})
+        );
+        // Skipped fields are still checked for syntax; trailing bytes are refused.
+        assert!(from_slice(br#"{"a": {"b": 1}, "d": [1,}"#, &need).is_err());
+        assert!(from_slice(br#"{"a": 1} x"#, &need).is_err());
+        // Keys with escapes, duplicate keys (the last one wins, as serde_json's Value).
+        assert_eq!(
+            into_value(from_slice(br#"{"\u0061": {"b": 1}, "a": {"b": 2}}"#, &need).unwrap()),
+            json!({"a": {"b": 2}})
+        );
+    }
+
+    /// Every case of the JMESPath compliance suite gives the same result (or the same error)
+    /// on the pruned document, from a parsed value and from bytes, as jmespath gives on the
+    /// whole document.
+    #[test]
+    fn the_compliance_suite_gives_the_same_results_pruned() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/jmes/compliance");
+        let (mut cases, mut pruned) = (0, 0);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let groups: Vec<Value> =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for group in groups {
+                let given = &group["given"];
+                let bytes = Payload::Bytes(Bytes::from(serde_json::to_vec(given).unwrap()));
+                for case in group["cases"].as_array().unwrap() {
+                    let source = case["expression"].as_str().unwrap();
+                    let Ok(expr) = Expr::compile(source) else {
+                        continue;
+                    };
+                    cases += 1;
+                    if expr.need() != &Need::All {
+                        pruned += 1;
+                    }
+                    let whole = std::panic::catch_unwind(|| {
+                        jmespath::compile(source)
+                            .unwrap()
+                            .search(given)
+                            .map(|r| serde_json::to_value(&*r).unwrap())
+                            .map_err(|e| e.reason.to_string())
+                    });
+                    let Ok(whole) = whole else {
+                        continue; // jmespath panics on it: `Expr` turns that into an error
+                    };
+                    let from_value = expr.search(given).map_err(|e| e.message);
+                    let from_bytes = expr.search_payload(&bytes).map_err(|e| e.message);
+                    let context = format!("{}: `{source}` on {given}", path.display());
+                    match &whole {
+                        Ok(result) => {
+                            assert_eq!(from_value.as_ref(), Ok(result), "{context}");
+                            assert_eq!(from_bytes.as_ref(), Ok(result), "{context}");
+                        }
+                        Err(reason) => {
+                            let reason = reason.as_str();
+                            assert!(
+                                from_value.as_ref().is_err_and(|m| m.contains(reason)),
+                                "{context}: {from_value:?}, want {reason}"
+                            );
+                            assert!(
+                                from_bytes.as_ref().is_err_and(|m| m.contains(reason)),
+                                "{context}: {from_bytes:?}, want {reason}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 600, "only {cases} cases ran");
+        assert!(pruned * 2 > cases, "only {pruned} of {cases} were pruned");
+    }
+}
