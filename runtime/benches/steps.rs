@@ -32,6 +32,10 @@ use gridflow::steps::{Step, StepConfig, StepContext};
 use gridflow::telemetry::Trace;
 use serde_json::Value;
 
+/// The allocator the `gridflow` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
