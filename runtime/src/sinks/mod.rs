@@ -2,6 +2,7 @@
 //!
 //! Every sink kind is registered in [`SinkConfig`], the one registry.
 
+mod blackhole;
 mod file;
 mod http;
 mod kafka;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
+pub use blackhole::BlackholeSinkConfig;
 pub use file::FileSinkConfig;
 pub use http::HttpSinkConfig;
 pub use kafka::KafkaSinkConfig;
@@ -91,6 +93,8 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// Standard output, one line per message.
     Stdout(StdoutSinkConfig),
+    /// Nowhere: every message is accepted and discarded (measurements, side-effect flows).
+    Blackhole(BlackholeSinkConfig),
 }
 
 impl SinkConfig {
@@ -102,13 +106,14 @@ impl SinkConfig {
             "http" => SinkConfig::Http(Deserialize::deserialize(de)?),
             "file" => SinkConfig::File(Deserialize::deserialize(de)?),
             "stdout" => SinkConfig::Stdout(Deserialize::deserialize(de)?),
+            "blackhole" => SinkConfig::Blackhole(Deserialize::deserialize(de)?),
             other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
         })
     }
 }
 
 /// Every sink kind, for hints.
-pub const KINDS: &[&str] = &["kafka", "http", "file", "stdout"];
+pub const KINDS: &[&str] = &["kafka", "http", "file", "stdout", "blackhole"];
 
 impl SinkConfig {
     /// The kind as written in pipeline files.
@@ -118,6 +123,7 @@ impl SinkConfig {
             SinkConfig::Http(_) => "http",
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Blackhole(_) => "blackhole",
         }
     }
 
@@ -126,7 +132,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Kafka(c) => c.check(),
             SinkConfig::Http(c) => c.check(),
-            SinkConfig::File(_) | SinkConfig::Stdout(_) => Ok(()),
+            SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Ok(()),
         }
     }
 
@@ -149,6 +155,7 @@ impl SinkConfig {
             SinkConfig::Http(c) => Arc::new(c.build(ctx)?),
             SinkConfig::File(c) => Arc::new(c.build()?),
             SinkConfig::Stdout(c) => Arc::new(c.build()),
+            SinkConfig::Blackhole(c) => Arc::new(c.build()),
         })
     }
 }
