@@ -16,7 +16,7 @@ use crate::ack::Ack;
 use crate::error::{ErrorCode, Failure, SinkError};
 use crate::message::{Item, Message, Meta};
 use crate::metrics::PipelineMetrics;
-use crate::sinks::Record;
+use crate::sinks::{Delivery, Record};
 use crate::sources::Downstream;
 use crate::telemetry::Trace;
 
@@ -40,11 +40,16 @@ fn with_headers(
 }
 
 /// The acknowledgement of one send attempt: the delivery's result, or the send's error.
-async fn settle(sent: Result<crate::sinks::Delivery, SinkError>) -> Result<(), SinkError> {
+async fn settle(sent: Result<Delivery, SinkError>) -> Result<(), SinkError> {
     match sent {
         Ok(delivery) => delivery.await,
         Err(e) => Err(e),
     }
+}
+
+/// A send attempt that failed, as its acknowledgement.
+fn failed(e: SinkError) -> Delivery {
+    Box::pin(std::future::ready(Err(e)))
 }
 
 /// The part of a pipeline after its source.
@@ -221,7 +226,22 @@ impl Runner {
                 headers,
                 key: item.key,
             };
-            let first = self.program.sinks[sink].sink.send(&record).await;
+            let first = match self.program.sinks[sink].sink.send(&record).await {
+                Ok(mut acknowledged) => match (&mut acknowledged).now_or_never() {
+                    // Already confirmed (a sink that confirms on write): settled here, with
+                    // no task of its own.
+                    Some(Ok(())) => {
+                        self.metrics.sent(meta.received_at.elapsed());
+                        delivery.end(None);
+                        ack.fork().delivered();
+                        drop(permit);
+                        continue;
+                    }
+                    Some(Err(e)) => failed(e),
+                    None => acknowledged,
+                },
+                Err(e) => failed(e),
+            };
             tokio::spawn(self.clone().deliver(
                 sink,
                 record,
@@ -262,12 +282,12 @@ impl Runner {
         sink: usize,
         record: Record,
         ack: Ack,
-        first: Result<crate::sinks::Delivery, SinkError>,
+        first: Delivery,
         permit: Permit,
         (trace, delivery): (Trace, crate::telemetry::Delivery),
     ) {
         let mut attempts = 1;
-        let mut result = settle(first).await;
+        let mut result = first.await;
         let failure = loop {
             match result {
                 Ok(()) => {
