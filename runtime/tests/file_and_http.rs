@@ -123,3 +123,56 @@ async fn files_flow_to_an_http_endpoint_with_retries_and_dead_letters() {
     .await;
     assert!(state.lock().unwrap().accepted.iter().any(|v| v["id"] == 4));
 }
+
+/// The value of the sample `name{...}` whose labels contain `with`, from `/metrics`.
+fn sample(metrics: &str, name: &str, with: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The `blackhole` sink acknowledges what reaches it, and only that: a filtered message is
+/// counted as filtered, a line that is not JSON is dead-lettered (its file goes to failed/).
+/// The filter reads the raw bytes without parsing the rest of the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_sink_acknowledges_what_reaches_it() {
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "hole.toml",
+        "name='hole'\n[source]\nkind='file'\ndir='inbox'\npoll_interval_ms=100\n[[steps]]\nkind='filter'\ncondition='keep'\n[sink]\nkind='blackhole'\n",
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(
+        inbox.join("a.ndjson.tmp"),
+        "{\"keep\":true,\"n\":1}\n{\"keep\":false}\n{\"keep\":1,\"big\":[1,2,{\"x\":\"y\"}]}\nnot json\n{\"keep\":\"yes\"}\n",
+    )
+    .unwrap();
+    std::fs::rename(inbox.join("a.ndjson.tmp"), inbox.join("a.ndjson")).unwrap();
+    wait_for("a.ndjson to be moved", Duration::from_secs(30), || {
+        inbox.join("failed/a.ndjson").exists()
+    })
+    .await;
+    let metrics = gf.metrics().await;
+    let on = "pipeline=\"hole\"";
+    assert_eq!(
+        sample(&metrics, "gridflow_messages_sent_total", on),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "gridflow_messages_filtered_total", on),
+        Some(1.0)
+    );
+    let dead = std::fs::read_to_string(dir.path().join("dead-letters/hole.dlq.ndjson")).unwrap();
+    let envelopes: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(envelopes.len(), 1, "{dead}");
+    assert_eq!(envelopes[0]["payload"], "not json");
+    assert_eq!(envelopes[0]["headers"]["gridflow.error.code"], "invalid_json");
+}
