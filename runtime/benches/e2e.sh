@@ -3,9 +3,9 @@
 # (progress on stderr). Builds --release, then, each with its own gridflow process:
 #
 #   a. engine throughput: file source (NDJSON, E2E_LINES lines of a 1 KB JSON record) → map →
-#      stdout sink (stdout redirected to /dev/null: there is no null sink, and the file sink
-#      cannot write to /dev/null because it fsyncs every line), from gridflow_messages_sent_total
-#      on /metrics sampled over time;
+#      blackhole sink, then the same into the stdout sink (stdout to /dev/null), and
+#      E2E_XML_FILES ENTSO-E A65 documents (one file each) → xml_to_json → blackhole; rates
+#      from gridflow_messages_sent_total on /metrics sampled over time;
 #   b. Kafka → map → Kafka (E2E_KAFKA_RECORDS records) next to a bare rdkafka
 #      consume → produce loop with the same client settings (runtime/examples/bare_loop.rs),
 #      run before and after gridflow, and their ratio;
@@ -211,13 +211,8 @@ map_step() {
 ROWS=()
 row() { ROWS+=("| $1 | $2 | $3 |"); }
 
-# --- a. file → map → stdout -----------------------------------------------------------------
-log "a. file → map → stdout: $LINES lines (load $(load))"
-LOAD_A="$(load)"
-mkdir -p "$WORK/a/pipelines" "$WORK/a/inbox"
-{ printf '[source]\nkind = "file"\ndir = "inbox"\npoll_interval_ms = 100\n\n'; map_step
-  printf '\n[sink]\nkind = "stdout"\n'; } >"$WORK/a/pipelines/file-map.toml"
-python3 - "$FIXTURE" "$LINES" "$WORK/a/readings.ndjson.tmp" <<'EOF'
+# --- a. file → map → blackhole / stdout; file → xml_to_json → blackhole -----------------------
+python3 - "$FIXTURE" "$LINES" "$WORK/readings.ndjson" <<'EOF'
 import json, sys
 rec = json.loads(open(sys.argv[1]).read())
 with open(sys.argv[3], "w") as out:
@@ -226,14 +221,44 @@ with open(sys.argv[3], "w") as out:
         rec["reading"]["value"] = f"{(i % 997) / 1000:.3f}"
         out.write(json.dumps(rec, separators=(",", ":")) + "\n")
 EOF
-LINE_BYTES=$(( $(stat -c %s "$WORK/a/readings.ndjson.tmp") / LINES ))
-start_gridflow a
-mv "$WORK/a/readings.ndjson.tmp" "$WORK/a/inbox/readings.ndjson"
-read -r n secs rate_a rss_a <<<"$(measure rate "$ADMIN_PORT" file-map "$LINES" 300 "$GF_PID")"
-mbs_a="$(python3 -c "print(f'{$rate_a * $LINE_BYTES / 1e6:.1f}')")"
-row "a. file (NDJSON) → map → stdout (to /dev/null), 1 engine" \
-    "**$rate_a msg/s**, $mbs_a MB/s of input" \
-    "$n of $LINES lines of $LINE_BYTES B in ${secs}s; meter-readings map expression; load $LOAD_A"
+LINE_BYTES=$(( $(stat -c %s "$WORK/readings.ndjson") / LINES ))
+rss_a=0
+for sink in blackhole stdout; do
+    log "a. file → map → $sink: $LINES lines (load $(load))"
+    LOAD_A="$(load)"
+    mkdir -p "$WORK/a-$sink/pipelines" "$WORK/a-$sink/inbox"
+    { printf '[source]\nkind = "file"\ndir = "inbox"\npoll_interval_ms = 100\n\n'; map_step
+      printf '\n[sink]\nkind = "%s"\n' "$sink"; } >"$WORK/a-$sink/pipelines/file-map.toml"
+    start_gridflow "a-$sink"
+    cp "$WORK/readings.ndjson" "$WORK/a-$sink/readings.ndjson.tmp"
+    mv "$WORK/a-$sink/readings.ndjson.tmp" "$WORK/a-$sink/inbox/readings.ndjson"
+    read -r n secs rate rss <<<"$(measure rate "$ADMIN_PORT" file-map "$LINES" 300 "$GF_PID")"
+    if ((rss > rss_a)); then rss_a=$rss; fi
+    mbs="$(python3 -c "print(f'{$rate * $LINE_BYTES / 1e6:.1f}')")"
+    label="a. file (NDJSON) → map → $sink"
+    [[ $sink == stdout ]] && label="$label (to /dev/null)"
+    row "$label" \
+        "**$rate msg/s**, $mbs MB/s of input" \
+        "$n of $LINES lines of $LINE_BYTES B in ${secs}s; meter-readings map expression; load $LOAD_A"
+    stop_pid "$GF_PID"
+done
+
+XML="$REPO/runtime/benches/fixtures/A65-actual-total-load-BE.xml"
+XML_FILES="${E2E_XML_FILES:-3000}"
+log "a. file → xml_to_json → blackhole: $XML_FILES files (load $(load))"
+LOAD_A="$(load)"
+mkdir -p "$WORK/x/pipelines" "$WORK/x/inbox" "$WORK/x/staging"
+printf '[source]\nkind = "file"\ndir = "inbox"\npoll_interval_ms = 100\n\n[[steps]]\nkind = "xml_to_json"\n\n[sink]\nkind = "blackhole"\n' \
+    >"$WORK/x/pipelines/file-xml.toml"
+for i in $(seq -w 1 "$XML_FILES"); do cp "$XML" "$WORK/x/staging/a65-$i.xml"; done
+start_gridflow x
+mv "$WORK/x/staging/"* "$WORK/x/inbox/"
+read -r n secs rate rss <<<"$(measure rate "$ADMIN_PORT" file-xml "$XML_FILES" 300 "$GF_PID")"
+if ((rss > rss_a)); then rss_a=$rss; fi
+mbs="$(python3 -c "print(f'{$rate * $(stat -c %s "$XML") / 1e6:.1f}')")"
+row "a. file (one ENTSO-E A65 document per file) → xml_to_json → blackhole" \
+    "**$rate documents/s**, $mbs MB/s of XML" \
+    "$n of $XML_FILES files of $(stat -c %s "$XML") B in ${secs}s (each file read, then moved to done/); load $LOAD_A"
 stop_pid "$GF_PID"
 
 # --- b. Kafka → map → Kafka vs the bare loop -------------------------------------------------
