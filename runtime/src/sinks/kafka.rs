@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -14,7 +15,6 @@ use serde_json::Value;
 use super::{Delivery, Record, Sink, SinkContext};
 use crate::error::{BuildError, ErrorCode, SinkError};
 use crate::jmes::Expr;
-use crate::message::Payload;
 
 /// `kind = "kafka"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -64,7 +64,7 @@ impl KafkaSinkConfig {
             .clone()
             .ok_or_else(|| BuildError::new("no Kafka producer is configured"))?;
         Ok(KafkaSink {
-            topic: self.topic.clone(),
+            topic: Arc::from(self.topic.as_str()),
             key: self.key_expr()?,
             producer,
             pipeline: ctx.pipeline.clone(),
@@ -75,7 +75,7 @@ impl KafkaSinkConfig {
 
 /// The running `kafka` sink.
 pub struct KafkaSink {
-    topic: String,
+    topic: Arc<str>,
     key: Option<Expr>,
     producer: crate::kafka::Producer,
     pipeline: Arc<str>,
@@ -83,31 +83,28 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    fn key(&self, record: &Record) -> Result<Option<Vec<u8>>, SinkError> {
+    fn key(&self, record: &Record) -> Result<Option<Bytes>, SinkError> {
         let Some(expr) = &self.key else {
-            return Ok(record.key.as_ref().map(|k| k.to_vec()));
+            return Ok(record.key.clone());
         };
-        let payload = &record.payload;
         let invalid = |message: String| SinkError::Permanent {
             code: ErrorCode::InvalidKey,
             message,
         };
-        let parsed;
-        let value = match payload {
-            Payload::Json(value) => value,
-            Payload::Bytes(bytes) => {
-                parsed = serde_json::from_slice::<Value>(bytes)
-                    .map_err(|e| invalid(format!("the key needs a JSON message: {e}")))?;
-                &parsed
+        // Raw bytes are parsed for what the key expression reads only.
+        let key = expr.search_payload(&record.payload).map_err(|e| {
+            if e.code == ErrorCode::InvalidJson {
+                invalid(format!("the key needs a JSON message: {}", e.message))
+            } else {
+                invalid(e.message)
             }
-        };
-        let key = expr.search(value).map_err(|e| invalid(e.message))?;
+        })?;
         Ok(match key {
             Value::Null => None,
-            Value::String(s) => Some(s.into_bytes()),
-            Value::Number(n) => Some(n.to_string().into_bytes()),
-            Value::Bool(b) => Some(b.to_string().into_bytes()),
-            other => Some(serde_json::to_vec(&other).unwrap_or_default()),
+            Value::String(s) => Some(Bytes::from(s)),
+            Value::Number(n) => Some(Bytes::from(n.to_string())),
+            Value::Bool(b) => Some(Bytes::from(b.to_string())),
+            other => Some(Bytes::from(serde_json::to_vec(&other).unwrap_or_default())),
         })
     }
 
@@ -163,12 +160,12 @@ impl Sink for KafkaSink {
                 .payload(payload.as_ref())
                 .headers(self.headers(record));
             if let Some(key) = &key {
-                future = future.key(key.as_slice());
+                future = future.key(key.as_ref());
             }
             let delivery = crate::kafka::enqueue(&self.producer, future)
                 .await
                 .map_err(|e| delivery_error(e, &self.topic))?;
-            let topic = self.topic.clone();
+            let topic = Arc::clone(&self.topic);
             let delivery: Delivery = Box::pin(async move {
                 match delivery.await {
                     Ok(Ok(_)) => Ok(()),
