@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Downstream, Source, SourceContext};
@@ -36,8 +37,9 @@ pub struct FileSourceConfig {
     pub poll_interval_ms: u64,
 }
 
-/// Bytes read from an NDJSON file at a time.
-const NDJSON_CHUNK: usize = 1 << 20;
+/// Bytes read from an NDJSON file at a time (a size the allocator reuses: 1 MiB buffers were
+/// fresh pages from the kernel every time).
+const NDJSON_CHUNK: usize = 256 << 10;
 
 fn default_poll_interval_ms() -> u64 {
     1000
@@ -104,6 +106,42 @@ async fn scan(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The outcomes of one file's messages, counted as they settle (a queue of them grew with the
+/// file: a million lines were a million queued outcomes).
+#[derive(Default)]
+struct Tally {
+    settled: AtomicUsize,
+    /// How many will settle, once the file has been read (0 until then: never a count that
+    /// one settled message reaches).
+    expected: AtomicUsize,
+    dead_lettered: AtomicBool,
+    failed: AtomicBool,
+    all_settled: Notify,
+}
+
+impl Tally {
+    fn settle(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Delivered { .. } => {}
+            Outcome::DeadLettered(_) => self.dead_lettered.store(true, Ordering::SeqCst),
+            Outcome::Failed(_) => self.failed.store(true, Ordering::SeqCst),
+        }
+        if self.settled.fetch_add(1, Ordering::SeqCst) + 1 == self.expected.load(Ordering::SeqCst) {
+            self.all_settled.notify_one();
+        }
+    }
+
+    /// Waits until `count` outcomes have arrived.
+    async fn wait(&self, count: usize) {
+        self.expected.store(count, Ordering::SeqCst);
+        // `notify_one` keeps its permit when nobody waits yet: no wake-up is lost between the
+        // check and the wait.
+        while self.settled.load(Ordering::SeqCst) < count {
+            self.all_settled.notified().await;
+        }
+    }
+}
+
 impl FileSource {
     /// Processes one file; returns where it goes (`done`, `failed`), or `None` when it must
     /// stay in place (not written).
@@ -112,13 +150,11 @@ impl FileSource {
         path: &Path,
         downstream: &Arc<dyn Downstream>,
     ) -> std::io::Result<Option<&'static str>> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let tally = Arc::new(Tally::default());
         let mut count = 0;
         let push = |line: Option<usize>, body: Bytes| {
-            let tx = tx.clone();
-            let ack = Ack::new(move |outcome| {
-                let _ = tx.send(outcome);
-            });
+            let tally = Arc::clone(&tally);
+            let ack = Ack::new(move |outcome| tally.settle(&outcome));
             let meta = Arc::new(file_meta(path, line, body.clone(), new_correlation_id()));
             downstream.push(Message {
                 payload: Payload::Bytes(body),
@@ -127,7 +163,7 @@ impl FileSource {
             })
         };
         if path.extension().is_some_and(|e| e == "ndjson") {
-            // Read in chunks, each line handed over as soon as it is complete: memory follows
+            // Read in 256 KiB chunks, each line handed over as soon as it is complete: memory follows
             // the messages in flight, not the file's size (a line's bytes are a slice of its
             // chunk, freed with the last message that holds one).
             let mut file = tokio::fs::File::open(path).await?;
@@ -161,15 +197,9 @@ impl FileSource {
             count += 1;
             push(None, Bytes::from(tokio::fs::read(path).await?)).await;
         }
-        drop(tx);
-        let (mut dead_lettered, mut failed) = (false, false);
-        for _ in 0..count {
-            match rx.recv().await {
-                Some(Outcome::Delivered { .. }) => {}
-                Some(Outcome::DeadLettered(_)) => dead_lettered = true,
-                Some(Outcome::Failed(_)) | None => failed = true,
-            }
-        }
+        tally.wait(count).await;
+        let failed = tally.failed.load(Ordering::SeqCst);
+        let dead_lettered = tally.dead_lettered.load(Ordering::SeqCst);
         Ok(match (failed, dead_lettered) {
             (true, _) => None,
             (false, true) => Some("failed"),
