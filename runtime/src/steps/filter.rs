@@ -35,7 +35,10 @@ impl Step for Filter {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         // The condition reads what it names; a kept message goes on as it came (raw bytes
         // stay the bytes received).
-        if self.expr.is_truthy_doc(&Doc::new(&payload, self.expr.need())?)? {
+        if self
+            .expr
+            .is_truthy_doc(&Doc::new(&payload, self.expr.need())?)?
+        {
             out.push(payload);
         }
         Ok(())
@@ -62,5 +65,23 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(run(&*step, Payload::Json(json!({}))).unwrap().is_empty());
+    }
+
+    /// A kept message of raw bytes goes on as the same bytes (not re-serialised); bytes that
+    /// are not JSON are an error, even where the condition would not read the bad part.
+    #[test]
+    fn raw_bytes_pass_through_untouched() {
+        let step = parse("kind = 'filter'\ncondition = \"status == 'ok'\"")
+            .build()
+            .unwrap();
+        let raw = bytes::Bytes::from_static(b"{ \"status\": \"ok\",  \"n\": 1.50 }");
+        let out = run(&*step, Payload::Bytes(raw.clone())).unwrap();
+        match out.as_slice() {
+            [Payload::Bytes(kept)] => assert_eq!(kept.as_ptr(), raw.as_ptr()),
+            other => panic!("{other:?}"),
+        }
+        let bad = bytes::Bytes::from_static(b"{\"status\": \"ok\", \"n\": [1,}");
+        let err = run(&*step, Payload::Bytes(bad)).unwrap_err();
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidJson);
     }
 }
