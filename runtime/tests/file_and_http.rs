@@ -174,5 +174,8 @@ async fn a_blackhole_sink_acknowledges_what_reaches_it() {
         .collect();
     assert_eq!(envelopes.len(), 1, "{dead}");
     assert_eq!(envelopes[0]["payload"], "not json");
-    assert_eq!(envelopes[0]["headers"]["gridflow.error.code"], "invalid_json");
+    assert_eq!(
+        envelopes[0]["headers"]["gridflow.error.code"],
+        "invalid_json"
+    );
 }

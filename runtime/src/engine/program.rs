@@ -442,14 +442,7 @@ async fn branch_item(
     let mut outcome = Outcome::default();
     let mut next = Vec::new();
     for route in chosen {
-        let items = run_nodes(
-            &route.nodes,
-            vec![item.clone()],
-            meta,
-            trace,
-            &mut outcome,
-        )
-        .await?;
+        let items = run_nodes(&route.nodes, vec![item.clone()], meta, trace, &mut outcome).await?;
         match route.sink {
             Some(sink) => outcome
                 .deliveries

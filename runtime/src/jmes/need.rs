@@ -195,9 +195,7 @@ fn whole(value: &Value) -> Variable {
         Value::Bool(b) => Variable::Bool(*b),
         Value::Number(n) => Variable::Number(n.clone()),
         Value::String(s) => Variable::String(s.clone()),
-        Value::Array(items) => {
-            Variable::Array(items.iter().map(|v| Arc::new(whole(v))).collect())
-        }
+        Value::Array(items) => Variable::Array(items.iter().map(|v| Arc::new(whole(v))).collect()),
         Value::Object(map) => Variable::Object(
             map.iter()
                 .map(|(k, v)| (k.clone(), Arc::new(whole(v))))
@@ -367,11 +365,9 @@ fn borrowed(var: &Variable) -> Value {
         Variable::Number(n) => Value::Number(n.clone()),
         Variable::String(s) => Value::String(s.clone()),
         Variable::Array(items) => Value::Array(items.iter().map(|v| borrowed(v)).collect()),
-        Variable::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), borrowed(v)))
-                .collect(),
-        ),
+        Variable::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), borrowed(v))).collect())
+        }
         // As jmespath serialises an expression reference.
         Variable::Expref(e) => Value::String(format!("<expression: {e:?}>")),
     }
@@ -419,7 +415,10 @@ mod tests {
         // Anything used whole is whole.
         assert_eq!(need_of("@"), Need::All);
         assert_eq!(need_of("length(@) > `1`"), Need::All);
-        assert_eq!(need_of("a || b"), fields(&[("a", Need::All), ("b", Need::All)]));
+        assert_eq!(
+            need_of("a || b"),
+            fields(&[("a", Need::All), ("b", Need::All)])
+        );
         assert_eq!(need_of("*.x"), Need::All);
         assert_eq!(need_of("meta().key"), Need::nothing());
     }
