@@ -21,7 +21,7 @@
 # tansu is slow beyond tens of thousands of records, so the Kafka volumes are modest.
 # Everything started here is stopped on exit; every wait is bounded.
 #
-#   runtime/benches/e2e.sh > table.md
+#   runtime/benches/e2e.sh > table.md        (E2E_KEEP=1 keeps the work directory and logs)
 #
 # Needs: cargo, python3, curl, wrk (apt-get install wrk), tansu unless KAFKA_BROKERS is set.
 set -euo pipefail
@@ -29,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO="$PWD"
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
-LINES="${E2E_LINES:-200000}"
+LINES="${E2E_LINES:-500000}"
 KAFKA_RECORDS="${E2E_KAFKA_RECORDS:-20000}"
 PARTITIONS="${E2E_PARTITIONS:-6}"
 RATE="${E2E_RATE:-1000}"
@@ -67,7 +67,7 @@ stop_pid() {
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    rm -rf "$WORK"
+    if [[ -n "${E2E_KEEP:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -79,40 +79,61 @@ free_port() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # --- broker ---------------------------------------------------------------------------------
+# fresh_broker <name>: with KAFKA_BROKERS unset, a new tansu for each Kafka phase (tansu's
+# sqlite storage was seen to panic under load and then refuse every request: one phase's
+# failure must not void the next); with KAFKA_BROKERS set, that broker for everything.
+OWN_BROKER=0
+[[ -z "${KAFKA_BROKERS:-}" ]] && OWN_BROKER=1
 BROKER_NOTE="KAFKA_BROKERS=${KAFKA_BROKERS:-}"
-if [[ -z "${KAFKA_BROKERS:-}" ]]; then
+TANSU_LOG=""
+fresh_broker() {
+    ((OWN_BROKER)) || return 0
     command -v tansu >/dev/null || { log "tansu is missing: run ci/test.sh once, or set KAFKA_BROKERS"; exit 1; }
+    local port dir="$WORK/tansu-$1"
     port="$(free_port)"
-    mkdir -p "$WORK/tansu"
-    (cd "$WORK/tansu" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" \
+    mkdir -p "$dir"
+    (cd "$dir" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "sqlite://tansu.db" \
-        </dev/null >"$WORK/tansu/tansu.log" 2>&1) &
+        </dev/null >"$dir/tansu.log" 2>&1) &
     PIDS+=("$!")
-    deadline=$((SECONDS + 60))
+    local deadline=$((SECONDS + 60))
     until port_open "$port"; do
-        ((SECONDS < deadline)) || { log "tansu did not start"; tail -n 20 "$WORK/tansu/tansu.log" >&2; exit 1; }
+        ((SECONDS < deadline)) || { log "tansu did not start"; tail -n 20 "$dir/tansu.log" >&2; exit 1; }
         sleep 0.2
     done
     export KAFKA_BROKERS="127.0.0.1:$port"
+    TANSU_LOG="$dir/tansu.log"
     BROKER_NOTE="tansu $(tansu --version 2>/dev/null | awk '{print $2}'), sqlite, own instance"
-fi
-log "broker: $KAFKA_BROKERS ($BROKER_NOTE)"
+    log "broker: $KAFKA_BROKERS ($BROKER_NOTE)"
+}
+# broker_failed: a note when the phase's tansu panicked.
+broker_failed() {
+    [[ -n "$TANSU_LOG" ]] && grep -q panicked "$TANSU_LOG" &&
+        echo "; **tansu panicked during the phase**: $(grep -m1 -o 'panicked at [^ ]*' "$TANSU_LOG" | sed 's|.*/src/|src/|')"
+    return 0
+}
 RUN="$$"
 IN_TOPIC="bench.meter.raw.r$RUN.v1"
 OUT_TOPIC="bench.meter.r$RUN.v1"
 BARE_TOPIC="bench.meter.bare.r$RUN.v1"
 HTTP_TOPIC="bench.meter.http.r$RUN.v1"
-"$BARE" create "$PARTITIONS" "$IN_TOPIC" "$OUT_TOPIC" "$OUT_TOPIC.dlq" "$BARE_TOPIC" \
-    "${BARE_TOPIC}2" "$HTTP_TOPIC" "$HTTP_TOPIC.dlq" >&2
 
 # --- helpers --------------------------------------------------------------------------------
 cat >"$WORK/measure.py" <<'EOF'
-import hashlib, json, re, statistics, sys, time, urllib.request
+import hashlib, json, os, re, statistics, sys, time, urllib.request
 
 def sent(admin, pipeline):
     text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
     m = re.search(r'^gridflow_messages_sent_total\{pipeline="%s"\} (\S+)$' % re.escape(pipeline), text, re.M)
     return float(m.group(1)) if m else 0.0
+
+def cpu_s(pid):
+    """CPU seconds (user + system) the process used so far."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
 
 def rss_kb(pid):
     try:
@@ -124,22 +145,31 @@ def rss_kb(pid):
     return 0
 
 def rate(admin, pipeline, target, timeout, pid):
-    """messages/s from gridflow_messages_sent_total, sampled every 100 ms."""
+    """messages/s from gridflow_messages_sent_total, sampled every 100 ms; gives up after
+    30 s without progress (a broker that died)."""
     deadline = time.monotonic() + timeout
     first = None
     peak = 0
+    last = (time.monotonic(), -1.0, 0.0)
     while time.monotonic() < deadline:
-        now, n = time.monotonic(), sent(admin, pipeline)
+        now, n, cpu = time.monotonic(), sent(admin, pipeline), cpu_s(pid)
         peak = max(peak, rss_kb(pid))
         if n > 0 and first is None:
-            first = (now, n)
+            first = (now, n, cpu)
         if n >= target:
+            break
+        if n != last[1]:
+            last = (now, n, cpu)
+        elif first is not None and now - last[0] > 30:
+            now, n, cpu = last
             break
         time.sleep(0.1)
     if first is None or now == first[0]:
-        print(f"{n:.0f} 0 0 {peak}")
+        print(f"{n:.0f} 0 0 {peak} 0")
         return
-    print(f"{n:.0f} {now - first[0]:.3f} {(n - first[1]) / (now - first[0]):.0f} {peak}")
+    used = cpu - first[2]
+    per_core = (n - first[1]) / used if used > 0 else 0
+    print(f"{n:.0f} {now - first[0]:.3f} {(n - first[1]) / (now - first[0]):.0f} {peak} {per_core:.0f}")
 
 def reload(admin, pipeline, path, samples):
     """File written → GET /admin/pipelines shows its sha256 as the running version."""
@@ -174,20 +204,24 @@ EOF
 measure() { python3 "$WORK/measure.py" "$@"; }
 
 GF_PID="" HTTP_PORT="" ADMIN_PORT=""
-# start_gridflow <name>: runs gridflow on $WORK/<name>/pipelines until /health/ready.
+# start_gridflow <name> [<kafka property line>...]: runs gridflow on $WORK/<name>/pipelines
+# until /health/ready.
 start_gridflow() {
     local dir="$WORK/$1"
+    shift
     HTTP_PORT="$(free_port)"
     ADMIN_PORT="$(free_port)"
     cat >"$dir/gridflow.toml" <<EOF
 [kafka.properties]
 "client.id" = "gridflow-e2e"
+$(printf '%s\n' "$@")
 [paths]
 pipelines = "pipelines"
 contracts = "$REPO/contracts"
 dead_letters = "dead-letters"
+${GF_EXTRA_TOML:-}
 EOF
-    (cd "$dir" && exec "$GF" run --config gridflow.toml --brokers "$KAFKA_BROKERS" \
+    (cd "$dir" && exec "$GF" run --config gridflow.toml --brokers "${GF_BROKERS-${KAFKA_BROKERS:-}}" \
         --http-addr "127.0.0.1:$HTTP_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
         </dev/null >/dev/null 2>"$dir/gridflow.log") &
     GF_PID="$!"
@@ -195,7 +229,7 @@ EOF
     local deadline=$((SECONDS + 60))
     until curl -fs "http://127.0.0.1:$ADMIN_PORT/health/ready" >/dev/null 2>&1; do
         if ! kill -0 "$GF_PID" 2>/dev/null || ((SECONDS >= deadline)); then
-            log "gridflow ($1) did not get ready; log tail:"
+            log "gridflow ($dir) did not get ready; log tail:"
             tail -n 20 "$dir/gridflow.log" >&2
             exit 1
         fi
@@ -232,14 +266,14 @@ for sink in blackhole stdout; do
     start_gridflow "a-$sink"
     cp "$WORK/readings.ndjson" "$WORK/a-$sink/readings.ndjson.tmp"
     mv "$WORK/a-$sink/readings.ndjson.tmp" "$WORK/a-$sink/inbox/readings.ndjson"
-    read -r n secs rate rss <<<"$(measure rate "$ADMIN_PORT" file-map "$LINES" 300 "$GF_PID")"
+    read -r n secs rate rss core <<<"$(measure rate "$ADMIN_PORT" file-map "$LINES" 300 "$GF_PID")"
     if ((rss > rss_a)); then rss_a=$rss; fi
     mbs="$(python3 -c "print(f'{$rate * $LINE_BYTES / 1e6:.1f}')")"
     label="a. file (NDJSON) → map → $sink"
     [[ $sink == stdout ]] && label="$label (to /dev/null)"
     row "$label" \
-        "**$rate msg/s**, $mbs MB/s of input" \
-        "$n of $LINES lines of $LINE_BYTES B in ${secs}s; meter-readings map expression; load $LOAD_A"
+        "**$rate msg/s**, $mbs MB/s of input; **$core msg per CPU-second**" \
+        "$n of $LINES lines of $LINE_BYTES B in ${secs}s; meter-readings map expression; CPU-seconds of the whole process (user + system); load $LOAD_A"
     stop_pid "$GF_PID"
 done
 
@@ -253,41 +287,76 @@ printf '[source]\nkind = "file"\ndir = "inbox"\npoll_interval_ms = 100\n\n[[step
 for i in $(seq -w 1 "$XML_FILES"); do cp "$XML" "$WORK/x/staging/a65-$i.xml"; done
 start_gridflow x
 mv "$WORK/x/staging/"* "$WORK/x/inbox/"
-read -r n secs rate rss <<<"$(measure rate "$ADMIN_PORT" file-xml "$XML_FILES" 300 "$GF_PID")"
+read -r n secs rate rss core <<<"$(measure rate "$ADMIN_PORT" file-xml "$XML_FILES" 300 "$GF_PID")"
 if ((rss > rss_a)); then rss_a=$rss; fi
 mbs="$(python3 -c "print(f'{$rate * $(stat -c %s "$XML") / 1e6:.1f}')")"
 row "a. file (one ENTSO-E A65 document per file) → xml_to_json → blackhole" \
-    "**$rate documents/s**, $mbs MB/s of XML" \
+    "**$rate documents/s**, $mbs MB/s of XML; $core documents per CPU-second" \
     "$n of $XML_FILES files of $(stat -c %s "$XML") B in ${secs}s (each file read, then moved to done/); load $LOAD_A"
 stop_pid "$GF_PID"
 
 # --- b. Kafka → map → Kafka vs the bare loop -------------------------------------------------
 log "b. Kafka → Kafka: $KAFKA_RECORDS records (load $(load))"
+fresh_broker b
+"$BARE" create "$PARTITIONS" "$IN_TOPIC" "$OUT_TOPIC" "$OUT_TOPIC.dlq" "$BARE_TOPIC" "${BARE_TOPIC}2" >&2
 LOAD_B="$(load)"
 "$BARE" produce "$IN_TOPIC" "$KAFKA_RECORDS" "$FIXTURE" >&2
 read_bare() { sed -n 's/.*per_second=\([0-9]*\).*/\1/p'; }
-bare1="$(timeout 200 "$BARE" loop "$IN_TOPIC" "$BARE_TOPIC" "$KAFKA_RECORDS" 180 | tee -a /dev/stderr | read_bare)"
+bare1="$(timeout 200 "$BARE" loop "$IN_TOPIC" "$BARE_TOPIC" "$KAFKA_RECORDS" 180 | tee -a /dev/stderr | read_bare || true)"
 mkdir -p "$WORK/b/pipelines"
 { printf '[source]\nkind = "kafka"\ntopics = ["%s"]\ngroup = "gridflow-e2e-%s"\n\n' "$IN_TOPIC" "$RUN"; map_step
   printf '\n[sink]\nkind = "kafka"\ntopic = "%s"\nkey = "meter_id"\n\n[on_error]\ndead_letter_topic = "%s.dlq"\n' \
       "$OUT_TOPIC" "$OUT_TOPIC"; } >"$WORK/b/pipelines/kafka-map.toml"
 start_gridflow b
-read -r n secs rate_b rss_b <<<"$(measure rate "$ADMIN_PORT" kafka-map "$KAFKA_RECORDS" 300 "$GF_PID")"
+read -r n secs rate_b rss_b _ <<<"$(measure rate "$ADMIN_PORT" kafka-map "$KAFKA_RECORDS" 300 "$GF_PID")"
 stop_pid "$GF_PID"
 # The second bare run (after gridflow, on a bigger store) is bounded more tightly: tansu was
 # seen to leave a new consumer group without records for minutes after the gridflow run.
-bare2="$(timeout 100 "$BARE" loop "$IN_TOPIC" "${BARE_TOPIC}2" "$KAFKA_RECORDS" 60 | tee -a /dev/stderr | read_bare)"
+bare2="$(timeout 100 "$BARE" loop "$IN_TOPIC" "${BARE_TOPIC}2" "$KAFKA_RECORDS" 60 | tee -a /dev/stderr | read_bare || true)"
 ratio="$(python3 -c "
 runs = [r for r in (${bare1:-0}, ${bare2:-0}) if r > 0]
 print(f'{100 * $rate_b / (sum(runs) / len(runs)):.0f} %' if runs else 'n/a')")"
 row "b. Kafka → map → Kafka" "**$rate_b msg/s**" \
-    "$n of $KAFKA_RECORDS records of $(stat -c %s "$FIXTURE") B in ${secs}s, $PARTITIONS partitions; $BROKER_NOTE; load $LOAD_B"
+    "$n of $KAFKA_RECORDS records of $(stat -c %s "$FIXTURE") B in ${secs}s, $PARTITIONS partitions; $BROKER_NOTE; load $LOAD_B$(broker_failed)"
 row "b. bare rdkafka consume → produce (same settings)" "$bare1 / $bare2 msg/s (before / after)" \
     "runtime/examples/bare_loop.rs, offsets stored after each ack, 10,000 in flight; 0: no record within 60 s (stalled)"
 row "b. gridflow / bare" "**$ratio**" "against the mean of the bare runs that moved"
 
+# --- b. the same on the embedded broker (librdkafka's mock cluster inside a gridflow process) -
+# A second, steadier broker for the ratio: gridflow starts with no pipeline on its embedded
+# broker; the bare loop runs against it; then the pipeline file is dropped in (hot reload) and
+# gridflow moves the same records. The mock keeps 5 MiB per partition (about 4,500 of these
+# records): E2E_MOCK_RECORDS must stay below 4,000 × E2E_MOCK_PARTITIONS.
+MOCK_RECORDS="${E2E_MOCK_RECORDS:-80000}"
+MOCK_PARTITIONS="${E2E_MOCK_PARTITIONS:-24}"
+log "b. Kafka → Kafka on the embedded broker: $MOCK_RECORDS records (load $(load))"
+LOAD_M="$(load)"
+mkdir -p "$WORK/m/pipelines"
+# The embedded broker creates the topics of the pipelines it starts with (its admin API does
+# not create topics): HTTP pipelines that are never called name them.
+for t in m.in.v1 m.bare.v1 m.out.v1; do
+    printf '[source]\nkind = "http"\npath = "/%s"\n\n[sink]\nkind = "kafka"\ntopic = "%s"\n' "$t" "$t" \
+        >"$WORK/m/pipelines/topic-$t.toml"
+done
+GF_BROKERS="" GF_EXTRA_TOML="[kafka]
+embedded_partitions = $MOCK_PARTITIONS" start_gridflow m
+MOCK="$(grep -m1 'embedded mock broker' "$WORK/m/gridflow.log" | grep -o '127\.0\.0\.1:[0-9]*' | head -n1)"
+log "embedded broker: $MOCK"
+KAFKA_BROKERS="$MOCK" "$BARE" produce m.in.v1 "$MOCK_RECORDS" "$FIXTURE" >&2
+mbare="$(KAFKA_BROKERS="$MOCK" timeout 200 "$BARE" loop m.in.v1 m.bare.v1 "$MOCK_RECORDS" 180 | tee -a /dev/stderr | read_bare || true)"
+{ printf '[source]\nkind = "kafka"\ntopics = ["m.in.v1"]\ngroup = "gridflow-e2e-m"\n\n'; map_step
+  printf '\n[sink]\nkind = "kafka"\ntopic = "m.out.v1"\nkey = "meter_id"\n\n[on_error]\ndead_letter_topic = "m.out.v1.dlq"\n'; } \
+    >"$WORK/m/pipelines/kafka-map.toml"
+read -r n secs mrate _ mcore <<<"$(measure rate "$ADMIN_PORT" kafka-map "$MOCK_RECORDS" 300 "$GF_PID")"
+stop_pid "$GF_PID"
+mratio="$(python3 -c "print(f'{100 * $mrate / ${mbare:-0}:.0f} %' if ${mbare:-0} > 0 else 'n/a')")"
+row "b. Kafka → map → Kafka, embedded broker" "**$mrate msg/s** vs bare **${mbare:-0} msg/s**: **$mratio**" \
+    "$n of $MOCK_RECORDS records, $MOCK_PARTITIONS partitions; librdkafka mock cluster in the gridflow process (idle during the bare run); gridflow and the broker used one CPU-second per $mcore messages; load $LOAD_M"
+
 # --- c. HTTP → map → Kafka; d. reload -------------------------------------------------------
 log "c. HTTP → Kafka (load $(load))"
+fresh_broker c
+"$BARE" create "$PARTITIONS" "$HTTP_TOPIC" "$HTTP_TOPIC.dlq" >&2
 LOAD_C="$(load)"
 mkdir -p "$WORK/c/pipelines"
 http_pipeline() { # <path> <reload marker>
@@ -306,7 +375,30 @@ fixed="$("$FIXED" "$URL" "$RATE" "$FIXED_SECONDS" "$WORK/body.json" 2 | tee -a /
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" <<<"$fixed"; }
 row "c. HTTP → map → Kafka at $RATE req/s (open loop, ${FIXED_SECONDS}s)" \
     "**p50 $(field p50_ms) ms, p99 $(field p99_ms) ms** (p90 $(field p90_ms), max $(field max_ms))" \
-    "$(field ok) answered 202, $(field errors) errors; ${#BODY} B body; 202 means Kafka acknowledged; load $LOAD_C"
+    "$(field ok) answered 202, $(field errors) errors; ${#BODY} B body; 202 means Kafka acknowledged; load $LOAD_C$(broker_failed)"
+stop_pid "$GF_PID"
+# The same with the producer's linger.ms at 1 ms instead of gridflow's default 5 ms: the 202
+# waits for Kafka's acknowledgement, so the linger is part of every request's latency.
+start_gridflow c '"linger.ms" = "1"'
+URL="http://127.0.0.1:$HTTP_PORT/bench/readings"
+fixed="$("$FIXED" "$URL" "$RATE" "$FIXED_SECONDS" "$WORK/body.json" 2 | tee -a /dev/stderr)"
+row "c. the same with \`[kafka.properties] \"linger.ms\" = \"1\"\`" \
+    "**p50 $(field p50_ms) ms, p99 $(field p99_ms) ms** (p90 $(field p90_ms), max $(field max_ms))" \
+    "$(field ok) answered 202, $(field errors) errors; load $(load)"
+stop_pid "$GF_PID"
+# And into the blackhole sink: gridflow's own latency, without the broker's.
+mkdir -p "$WORK/h/pipelines"
+{ printf '[source]\nkind = "http"\npath = "/bench/readings"\n\n'; map_step; printf '\n[sink]\nkind = "blackhole"\n'; } \
+    >"$WORK/h/pipelines/http-hole.toml"
+start_gridflow h
+URL="http://127.0.0.1:$HTTP_PORT/bench/readings"
+fixed="$("$FIXED" "$URL" "$RATE" "$FIXED_SECONDS" "$WORK/body.json" 2 | tee -a /dev/stderr)"
+row "c. HTTP → map → blackhole at $RATE req/s (no broker)" \
+    "**p50 $(field p50_ms) ms, p99 $(field p99_ms) ms** (p90 $(field p90_ms), max $(field max_ms))" \
+    "$(field ok) answered 202, $(field errors) errors; load $(load)"
+stop_pid "$GF_PID"
+start_gridflow c
+URL="http://127.0.0.1:$HTTP_PORT/bench/readings"
 cat >"$WORK/post.lua" <<EOF
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
