@@ -334,9 +334,10 @@ LOAD_M="$(load)"
 mkdir -p "$WORK/m/pipelines"
 # The embedded broker creates the topics of the pipelines it starts with (its admin API does
 # not create topics): HTTP pipelines that are never called name them.
-for t in m.in.v1 m.bare.v1 m.out.v1; do
-    printf '[source]\nkind = "http"\npath = "/%s"\n\n[sink]\nkind = "kafka"\ntopic = "%s"\n' "$t" "$t" \
-        >"$WORK/m/pipelines/topic-$t.toml"
+# The one of m.http.v1 is phase c's HTTP → map → Kafka on this broker.
+for t in m.in.v1 m.bare.v1 m.out.v1 m.http.v1; do
+    { printf '[source]\nkind = "http"\npath = "/%s"\n\n' "$t"; map_step
+      printf '\n[sink]\nkind = "kafka"\ntopic = "%s"\nkey = "meter_id"\n' "$t"; } >"$WORK/m/pipelines/topic-$t.toml"
 done
 GF_BROKERS="" GF_EXTRA_TOML="[kafka]
 embedded_partitions = $MOCK_PARTITIONS" start_gridflow m
@@ -348,10 +349,16 @@ mbare="$(KAFKA_BROKERS="$MOCK" timeout 200 "$BARE" loop m.in.v1 m.bare.v1 "$MOCK
   printf '\n[sink]\nkind = "kafka"\ntopic = "m.out.v1"\nkey = "meter_id"\n\n[on_error]\ndead_letter_topic = "m.out.v1.dlq"\n'; } \
     >"$WORK/m/pipelines/kafka-map.toml"
 read -r n secs mrate _ mcore <<<"$(measure rate "$ADMIN_PORT" kafka-map "$MOCK_RECORDS" 300 "$GF_PID")"
-stop_pid "$GF_PID"
+M_HTTP_URL="http://127.0.0.1:$HTTP_PORT/m.http.v1"
 mratio="$(python3 -c "print(f'{100 * $mrate / ${mbare:-0}:.0f} %' if ${mbare:-0} > 0 else 'n/a')")"
 row "b. Kafka → map → Kafka, embedded broker" "**$mrate msg/s** vs bare **${mbare:-0} msg/s**: **$mratio**" \
     "$n of $MOCK_RECORDS records, $MOCK_PARTITIONS partitions; librdkafka mock cluster in the gridflow process (idle during the bare run); gridflow and the broker used one CPU-second per $mcore messages; load $LOAD_M"
+printf '%s' '{"meter_id":"FR-PRM-09182736450011","ts":"2026-01-14T00:15:00Z","reading":{"value":"0.412","unit":"kWh","quality":"A"},"site":{"postcode":"69003","feeder":"F-0412","substation":"SS-118","tariff":"HPHC"}}' \
+    >"$WORK/m/body.json"
+mfixed="$("$FIXED" "$M_HTTP_URL" "$RATE" "$FIXED_SECONDS" "$WORK/m/body.json" 2 | tee -a /dev/stderr)"
+mfield() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" <<<"$mfixed"; }
+M_HTTP_ROW="| c. HTTP → map → Kafka at $RATE req/s, embedded broker | **p50 $(mfield p50_ms) ms, p99 $(mfield p99_ms) ms** (p90 $(mfield p90_ms), max $(mfield max_ms)) | $(mfield ok) answered 202, $(mfield errors) errors; the broker of the row above; load $(load) |"
+stop_pid "$GF_PID"
 
 # --- c. HTTP → map → Kafka; d. reload -------------------------------------------------------
 log "c. HTTP → Kafka (load $(load))"
@@ -393,6 +400,7 @@ mkdir -p "$WORK/h/pipelines"
 start_gridflow h
 URL="http://127.0.0.1:$HTTP_PORT/bench/readings"
 fixed="$("$FIXED" "$URL" "$RATE" "$FIXED_SECONDS" "$WORK/body.json" 2 | tee -a /dev/stderr)"
+ROWS+=("$M_HTTP_ROW")
 row "c. HTTP → map → blackhole at $RATE req/s (no broker)" \
     "**p50 $(field p50_ms) ms, p99 $(field p99_ms) ms** (p90 $(field p90_ms), max $(field max_ms))" \
     "$(field ok) answered 202, $(field errors) errors; load $(load)"
