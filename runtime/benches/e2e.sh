@@ -318,7 +318,7 @@ runs = [r for r in (${bare1:-0}, ${bare2:-0}) if r > 0]
 print(f'{100 * $rate_b / (sum(runs) / len(runs)):.0f} %' if runs else 'n/a')")"
 row "b. Kafka → map → Kafka" "**$rate_b msg/s**" \
     "$n of $KAFKA_RECORDS records of $(stat -c %s "$FIXTURE") B in ${secs}s, $PARTITIONS partitions; $BROKER_NOTE; load $LOAD_B$(broker_failed)"
-row "b. bare rdkafka consume → produce (same settings)" "$bare1 / $bare2 msg/s (before / after)" \
+row "b. bare rdkafka consume → produce (same settings)" "${bare1:-0} / ${bare2:-0} msg/s (before / after)" \
     "runtime/examples/bare_loop.rs, offsets stored after each ack, 10,000 in flight; 0: no record within 60 s (stalled)"
 row "b. gridflow / bare" "**$ratio**" "against the mean of the bare runs that moved"
 
@@ -446,7 +446,7 @@ rss_e="$(measure rss "$GF_PID")"
 row "e. idle RSS, 20 HTTP → Kafka pipelines" "**$((rss_e / 1024)) MB** ($rss_e kB)" \
     "$running pipelines running; VmRSS 5 s after ready"
 row "e. peak RSS under load" "a: $((rss_a / 1024)) MB, b: $((rss_b / 1024)) MB, c: $((rss_c / 1024)) MB" \
-    "VmRSS sampled every 100-200 ms during a, b and c (wrk); a includes the NDJSON file, which the file source reads whole"
+    "VmRSS sampled every 100-200 ms during a, b and c (wrk)"
 stop_pid "$GF_PID"
 
 # --- table ----------------------------------------------------------------------------------
