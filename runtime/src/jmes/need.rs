@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use jmespath::ast::Ast;
 use jmespath::{Rcvar, Variable};
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// The part of a value an expression reads.
@@ -278,7 +278,7 @@ impl<'de> Visitor<'de> for PartVisitor<'_> {
                     out.push(v);
                 }
             }
-            _ => while seq.next_element::<IgnoredAny>()?.is_some() {},
+            _ => while seq.next_element_seed(Skip)?.is_some() {},
         }
         Ok(Variable::Array(out))
     }
@@ -295,12 +295,67 @@ impl<'de> Visitor<'de> for PartVisitor<'_> {
                     let v = map.next_value_seed(Pruned(need))?;
                     out.insert(key.into_owned(), v);
                 }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                None => map.next_value_seed(Skip)?,
             }
         }
         Ok(Variable::Object(out))
+    }
+}
+
+/// Skips a value the expression does not read, building nothing, but with the checks of a
+/// full parse (serde's `IgnoredAny` does not check UTF-8, surrogates, number ranges or the
+/// depth limit): a message that is not valid JSON is refused wherever its fault is.
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Skip)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
     }
 }
 
@@ -437,9 +492,30 @@ mod tests {
             into_value(from_slice(&bytes, &need).unwrap()),
             json!({"a": {"b": 1}, "list": [{"x": 1}, 3]})
         );
-        // Skipped fields are still checked for syntax; trailing bytes are refused.
-        assert!(from_slice(br#"{"a": {"b": 1}, "d": [1,}"#, &need).is_err());
-        assert!(from_slice(br#"{"a": 1} x"#, &need).is_err());
+        // Skipped fields are checked as a full parse checks them; trailing bytes are refused.
+        let deep = format!("{{\"a\": 1, \"d\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+        let bad: [&[u8]; 8] = [
+            br#"{"a": {"b": 1}, "d": [1,}"#,
+            br#"{"a": 1} x"#,
+            br#"{"a": 1, "d": "\ud800"}"#,
+            br#"{"a": 1, "d": "\udc00"}"#,
+            b"{\"a\": 1, \"d\": \"\xff\"}",
+            b"{\"a\": 1, \"d\": {\"\xff\": 1}}",
+            br#"{"a": 1, "d": 1e400}"#,
+            deep.as_bytes(),
+        ];
+        for bytes in bad {
+            assert!(
+                serde_json::from_slice::<Value>(bytes).is_err(),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+            assert!(
+                from_slice(bytes, &need).is_err(),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
         // Keys with escapes, duplicate keys (the last one wins, as serde_json's Value).
         assert_eq!(
             into_value(from_slice(br#"{"\u0061": {"b": 1}, "a": {"b": 2}}"#, &need).unwrap()),
