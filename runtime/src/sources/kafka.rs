@@ -74,6 +74,10 @@ const LANE_CAPACITY: usize = 64;
 /// How long a full lane is waited for before its partition is paused.
 const PAUSE_AFTER: Duration = Duration::from_millis(250);
 
+/// Finished records settled at once before their offsets are stored (one `store_offset` per
+/// partition per batch instead of one per record).
+const STORE_BATCH: usize = 1024;
+
 impl KafkaSourceConfig {
     /// Checks topics and group.
     pub fn check(&self) -> Result<(), BuildError> {
@@ -408,16 +412,31 @@ impl KafkaSource {
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
         let mut trackers: HashMap<(Arc<str>, i32), PartitionTracker> = HashMap::new();
         let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
+        // Settles `first` and whatever else has finished meanwhile (up to a batch), then
+        // stores the highest committable offset of each partition once.
         let store =
             |consumer: &StreamConsumer<Rebalances>,
-             done: &Finished,
+             first: Finished,
+             more: &mut mpsc::UnboundedReceiver<Finished>,
              trackers: &mut HashMap<(Arc<str>, i32), PartitionTracker>| {
-                if let Some(tracker) = trackers.get_mut(&(Arc::clone(&done.topic), done.partition))
-                {
-                    if let Some(offset) = tracker.finish(done.offset, done.ok) {
-                        if let Err(e) = consumer.store_offset(&done.topic, done.partition, offset) {
-                            tracing::debug!(topic = %done.topic, partition = done.partition, error = %e, "Offset not stored (partition revoked?).");
+                let mut committable: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(done) = next.take() {
+                    let at = (done.topic, done.partition);
+                    if let Some(tracker) = trackers.get_mut(&at) {
+                        if let Some(offset) = tracker.finish(done.offset, done.ok) {
+                            committable.insert(at, offset);
                         }
+                    }
+                    taken += 1;
+                    if taken < STORE_BATCH {
+                        next = more.try_recv().ok();
+                    }
+                }
+                for ((topic, partition), offset) in committable {
+                    if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+                        tracing::debug!(topic = %topic, partition, error = %e, "Offset not stored (partition revoked?).");
                     }
                 }
             };
@@ -453,7 +472,7 @@ impl KafkaSource {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(done) = finished_rx.recv() => store(&consumer, &done, &mut trackers),
+                Some(done) = finished_rx.recv() => store(&consumer, done, &mut finished_rx, &mut trackers),
                 Some(Ok(())) = async {
                     match credentials.as_mut() {
                         Some(c) => Some(c.changed().await),
@@ -518,10 +537,14 @@ impl KafkaSource {
                 }
                 received = consumer.recv() => match received {
                     Ok(m) => {
-                        let topic = topic_names
-                            .entry(m.topic().to_string())
-                            .or_insert_with(|| Arc::from(m.topic()))
-                            .clone();
+                        let topic = match topic_names.get(m.topic()) {
+                            Some(topic) => Arc::clone(topic),
+                            None => {
+                                let topic: Arc<str> = Arc::from(m.topic());
+                                topic_names.insert(m.topic().to_string(), Arc::clone(&topic));
+                                topic
+                            }
+                        };
                         let (partition, offset) = (m.partition(), m.offset());
                         let lane = lane_of(&topic, partition, m.key(), order_by, lane_count);
                         let message = to_message(&m, &topic, &finished_tx);
@@ -583,7 +606,7 @@ impl KafkaSource {
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         while trackers.values().any(|t| t.pending() > 0) {
             match tokio::time::timeout_at(deadline, finished_rx.recv()).await {
-                Ok(Some(done)) => store(&consumer, &done, &mut trackers),
+                Ok(Some(done)) => store(&consumer, done, &mut finished_rx, &mut trackers),
                 _ => break,
             }
         }
