@@ -493,7 +493,11 @@ mod tests {
             json!({"a": {"b": 1}, "list": [{"x": 1}, 3]})
         );
         // Skipped fields are checked as a full parse checks them; trailing bytes are refused.
-        let deep = format!("{{\"a\": 1, \"d\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+        let deep = format!(
+            "{{\"a\": 1, \"d\": {}1{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         let bad: [&[u8]; 8] = [
             br#"{"a": {"b": 1}, "d": [1,}"#,
             br#"{"a": 1} x"#,
