@@ -748,9 +748,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin.listen).await?;
     tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
 
-    let producer = kafka.producer()?;
+    let producers = kafka.producers()?;
     // Secret files are re-read every second; rotated SASL credentials reach the shared
-    // producer here and every Kafka source's consumer in the source.
+    // producers here and every Kafka source's consumer in the source.
     let secrets_watch = tokio::spawn(
         kafka
             .secrets
@@ -758,7 +758,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .watch(Duration::from_secs(1), shutdown.clone()),
     );
     let credentials_task = {
-        let (kafka, producer) = (kafka.clone(), producer.clone());
+        let (kafka, producers) = (kafka.clone(), producers.distinct());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let Some(mut changes) = kafka.secrets.subscribe() else {
@@ -771,10 +771,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 if let Some((user, password)) = kafka.sasl_credentials() {
                     use rdkafka::producer::Producer;
-                    if let Err(e) =
-                        crate::secrets::set_sasl_credentials(producer.client(), &user, &password)
-                    {
-                        tracing::error!(error = %e, "New SASL credentials not applied to the producer.");
+                    for producer in &producers {
+                        if let Err(e) = crate::secrets::set_sasl_credentials(
+                            producer.client(),
+                            &user,
+                            &password,
+                        ) {
+                            tracing::error!(error = %e, "New SASL credentials not applied to the producer.");
+                        }
                     }
                 }
             }
@@ -792,7 +796,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracer: traces.as_ref().map(|t| t.tracer()),
         contracts: Arc::new(contracts),
         kafka: kafka.clone(),
-        producer,
+        producers,
         routes: Arc::clone(&routes),
         dead_letters_dir: config.paths.dead_letters.clone(),
         limits: config.engine.clone(),

@@ -24,6 +24,9 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
     /// Properties read from files (re-read when they change).
     pub secrets: Secrets,
+    /// `linger.ms` of the producer of pipelines whose caller waits for the broker's
+    /// acknowledgement (HTTP and SOAP sources); see [`Producers`].
+    pub request_linger_ms: u32,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("brokers", &self.brokers)
             .field("properties", &shown)
             .field("secrets", &self.secrets)
+            .field("request_linger_ms", &self.request_linger_ms)
             .finish()
     }
 }
@@ -99,6 +103,14 @@ impl KafkaSettings {
         self.base(PRODUCER_DEFAULTS)
     }
 
+    /// Settings of the producer of request pipelines: [`producer_config`](Self::producer_config)
+    /// with `linger.ms` = `request_linger_ms`, whatever the properties say.
+    pub fn request_producer_config(&self) -> ClientConfig {
+        let mut config = self.producer_config();
+        config.set("linger.ms", self.request_linger_ms.to_string());
+        config
+    }
+
     /// Settings of a consumer in `group` that stores offsets explicitly.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut config = self.base(CONSUMER_DEFAULTS);
@@ -125,7 +137,24 @@ impl KafkaSettings {
     /// A new producer, reporting its queue depth in the metrics.
     pub fn producer(&self) -> Result<Producer, KafkaError> {
         self.with_statistics(self.producer_config())
-            .create_with_context(ProducerStats)
+            .create_with_context(ProducerStats { role: "stream" })
+    }
+
+    /// The process's producers (see [`Producers`]).
+    pub fn producers(&self) -> Result<Producers, KafkaError> {
+        let stream = self.producer()?;
+        let lingers = |c: &ClientConfig| c.get("linger.ms").map(str::to_owned);
+        let request =
+            if lingers(&self.producer_config()) == lingers(&self.request_producer_config()) {
+                None
+            } else {
+                crate::metrics::producer_queue("request", 0, 0);
+                Some(
+                    self.with_statistics(self.request_producer_config())
+                        .create_with_context(ProducerStats { role: "request" })?,
+                )
+            };
+        Ok(Producers { stream, request })
     }
 
     /// `config` with librdkafka's statistics every 5 s, unless the configuration sets their
@@ -213,15 +242,58 @@ impl KafkaSettings {
 
 const STATISTICS_INTERVAL: &str = "statistics.interval.ms";
 
-/// The process's producer (sinks, dead letters, replay).
+/// A producer of the process (sinks, dead letters, replay).
 pub type Producer = FutureProducer<ProducerStats>;
 
-/// The producer's client context: its statistics become the producer queue gauges.
-pub struct ProducerStats;
+/// The process's two producers, shared by every pipeline. Records of a pipeline whose caller
+/// waits for the broker's acknowledgement (an HTTP or SOAP source answers `202` once Kafka
+/// has the record) go out at once: `request` lingers `[kafka] request_linger_ms` (default
+/// 0). Records of streams (Kafka sources) are batched: `stream` lingers `linger.ms` (default
+/// 5), fewer and larger requests for more throughput. One producer serves both when the two
+/// lingers are equal.
+#[derive(Clone)]
+pub struct Producers {
+    /// For pipelines nobody waits on.
+    stream: Producer,
+    /// For pipelines whose caller waits; `None`: `stream` (same linger).
+    request: Option<Producer>,
+}
+
+impl Producers {
+    /// The producer for a pipeline whose caller waits (`true`) or not.
+    pub fn for_pipeline(&self, caller_waits: bool) -> &Producer {
+        match &self.request {
+            Some(request) if caller_waits => request,
+            _ => &self.stream,
+        }
+    }
+
+    /// Each distinct producer once.
+    pub fn distinct(&self) -> Vec<Producer> {
+        std::iter::once(&self.stream)
+            .chain(&self.request)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (blocking) at most `timeout` for every queued record's delivery.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer as _;
+        for producer in self.distinct() {
+            let _ = producer.flush(timeout);
+        }
+    }
+}
+
+/// The producer's client context: its statistics become the producer queue gauges of its
+/// role (`stream` or `request`).
+pub struct ProducerStats {
+    role: &'static str,
+}
 
 impl rdkafka::ClientContext for ProducerStats {
     fn stats(&self, statistics: Statistics) {
-        crate::metrics::producer_queue(statistics.msg_cnt, statistics.msg_size);
+        crate::metrics::producer_queue(self.role, statistics.msg_cnt, statistics.msg_size);
     }
 }
 
@@ -307,6 +379,39 @@ mod tests {
         let c = settings.consumer_config("g");
         assert_eq!(c.get("group.id"), Some("g"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn request_pipelines_get_a_producer_that_does_not_linger() {
+        let mut settings = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..KafkaSettings::default()
+        };
+        assert_eq!(settings.producer_config().get("linger.ms"), Some("5"));
+        assert_eq!(
+            settings.request_producer_config().get("linger.ms"),
+            Some("0")
+        );
+        assert_eq!(
+            settings.request_producer_config().get("enable.idempotence"),
+            Some("true"),
+            "the same producer settings otherwise"
+        );
+        assert_eq!(settings.producers().unwrap().distinct().len(), 2);
+
+        // `linger.ms` in the properties is the stream producer's; `request_linger_ms` wins
+        // for the request producer.
+        settings.properties.insert("linger.ms".into(), "20".into());
+        settings.request_linger_ms = 2;
+        assert_eq!(settings.producer_config().get("linger.ms"), Some("20"));
+        assert_eq!(
+            settings.request_producer_config().get("linger.ms"),
+            Some("2")
+        );
+
+        // Equal lingers: one producer for both.
+        settings.request_linger_ms = 20;
+        assert_eq!(settings.producers().unwrap().distinct().len(), 1);
     }
 
     #[test]

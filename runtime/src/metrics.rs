@@ -39,7 +39,7 @@ pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String
         .map_err(|e| e.to_string())?;
     describe();
     // Process-wide gauges exist from the start, before the first statistics arrive.
-    producer_queue(0, 0);
+    producer_queue("stream", 0, 0);
     Ok(handle)
 }
 
@@ -66,8 +66,8 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_enrich_breaker_state", Kind::Gauge, "State of an enrich step's circuit breaker: 0 closed, 1 open, 2 half-open."),
     ("gridflow_kafka_consumer_lag", Kind::Gauge, "Records between a partition's high watermark and the pipeline's committed offset."),
     ("gridflow_kafka_paused_partitions", Kind::Gauge, "Partitions of the pipeline's kafka source paused because their lane stayed full."),
-    ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in the Kafka producer's queues (not acknowledged by the broker yet)."),
-    ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in the Kafka producer's queues."),
+    ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in a Kafka producer's queues (not acknowledged by the broker yet), by producer: `stream` (Kafka-sourced pipelines), `request` (HTTP and SOAP pipelines, when it is a producer of its own)."),
+    ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in a Kafka producer's queues, by producer."),
     ("gridflow_kafka_broker_reachable", Kind::Gauge, "1 when the Kafka brokers answered the last metadata probe, else 0."),
     ("gridflow_reloads_total", Kind::Counter, "Pipeline reloads, by result (success, failure, stopped, restart_required)."),
     ("gridflow_pipeline_info", Kind::Gauge, "1 for the running version of a pipeline, 0 for a replaced or stopped one."),
@@ -99,10 +99,11 @@ pub fn broker_reachable(up: bool) {
     gauge!("gridflow_kafka_broker_reachable").set(if up { 1.0 } else { 0.0 });
 }
 
-/// The shared producer's queues hold `messages` messages of `bytes` bytes in all.
-pub fn producer_queue(messages: u64, bytes: u64) {
-    gauge!("gridflow_kafka_producer_queue_messages").set(messages as f64);
-    gauge!("gridflow_kafka_producer_queue_bytes").set(bytes as f64);
+/// The queues of the `role` producer (`stream`, `request`) hold `messages` messages of
+/// `bytes` bytes in all.
+pub fn producer_queue(role: &'static str, messages: u64, bytes: u64) {
+    gauge!("gridflow_kafka_producer_queue_messages", "producer" => role).set(messages as f64);
+    gauge!("gridflow_kafka_producer_queue_bytes", "producer" => role).set(bytes as f64);
 }
 
 /// The consumer of `pipeline` is `lag` records behind on `topic`/`partition`.

@@ -72,7 +72,7 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
     let routes = Arc::new(HttpRoutes::default());
     let mut engine = Engine::new(EngineContext {
         kafka: settings.clone(),
-        producer: settings.producer().unwrap(),
+        producers: settings.producers().unwrap(),
         routes: Arc::clone(&routes),
         dead_letters_dir: dir.path().join("dl"),
         limits: EngineConfig::default(),
@@ -180,7 +180,7 @@ async fn injected_request_errors_are_retried_and_delivered_once() {
     .unwrap();
     let mut engine = Engine::new(EngineContext {
         kafka: settings.clone(),
-        producer: settings.producer().unwrap(),
+        producers: settings.producers().unwrap(),
         routes: Arc::new(HttpRoutes::default()),
         dead_letters_dir: dir.path().join("dl"),
         limits: EngineConfig::default(),

@@ -463,7 +463,15 @@ topic = "{out}"
     assert_eq!(get("gridflow_end_to_end_latency_seconds_count", &http), 2.0);
     assert_eq!(get("gridflow_messages_in_flight", &http), 0.0);
     assert_eq!(get("gridflow_kafka_broker_reachable", &[]), 1.0);
-    assert!(get("gridflow_kafka_producer_queue_messages", &[]) >= 0.0);
+    // Two producers: the HTTP pipeline's (no linger) and the one of the Kafka-sourced one.
+    for producer in ["stream", "request"] {
+        assert!(
+            get(
+                "gridflow_kafka_producer_queue_messages",
+                &[("producer", producer)]
+            ) >= 0.0
+        );
+    }
     let version = gf_version(&gf, "measured-http").await;
     assert_eq!(
         get(

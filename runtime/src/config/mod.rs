@@ -66,6 +66,10 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, PropertyValue>,
     /// Partitions of each topic the embedded broker creates (only without `brokers`).
     pub embedded_partitions: u16,
+    /// `linger.ms` of the producer of HTTP and SOAP pipelines, whose callers wait for the
+    /// broker's acknowledgement (default 0: sent at once). Kafka-sourced pipelines keep
+    /// `linger.ms` (default 5) and its larger batches.
+    pub request_linger_ms: u32,
 }
 
 impl Default for KafkaConfig {
@@ -74,6 +78,7 @@ impl Default for KafkaConfig {
             brokers: String::new(),
             properties: BTreeMap::new(),
             embedded_partitions: 3,
+            request_linger_ms: 0,
         }
     }
 }
@@ -96,6 +101,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("brokers", &self.brokers)
             .field("properties", &shown)
             .field("embedded_partitions", &self.embedded_partitions)
+            .field("request_linger_ms", &self.request_linger_ms)
             .finish()
     }
 }
@@ -282,6 +288,7 @@ impl RuntimeConfig {
             brokers: self.kafka.brokers.clone(),
             properties,
             secrets: crate::secrets::Secrets::load(files)?,
+            request_linger_ms: self.kafka.request_linger_ms,
         })
     }
 }

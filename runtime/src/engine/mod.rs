@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rdkafka::producer::Producer as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,8 +59,8 @@ pub enum StartError {
 pub struct EngineContext {
     /// Kafka settings of every client.
     pub kafka: KafkaSettings,
-    /// The process's shared producer (sinks and dead letters).
-    pub producer: crate::kafka::Producer,
+    /// The process's producers (sinks and dead letters).
+    pub producers: crate::kafka::Producers,
     /// The HTTP listener's route table.
     pub routes: Arc<HttpRoutes>,
     /// Where dead-letter files of non-Kafka pipelines go.
@@ -246,6 +245,12 @@ impl Engine {
 
         let pipeline: Arc<str> = Arc::from(name.as_str());
         let version: Arc<str> = Arc::from(file.version.as_str());
+        // An HTTP or SOAP caller waits for the broker's acknowledgement.
+        let producer = self
+            .ctx
+            .producers
+            .for_pipeline(config.source.http().is_some())
+            .clone();
         let program = program::Program::build(
             &name,
             &config.steps,
@@ -257,7 +262,7 @@ impl Engine {
             &SinkContext {
                 pipeline: Arc::clone(&pipeline),
                 version: Arc::clone(&version),
-                producer: Some(self.ctx.producer.clone()),
+                producer: Some(producer.clone()),
                 dry: false,
             },
         )
@@ -265,7 +270,7 @@ impl Engine {
         let target = DeadLetterTarget::resolve(config, &self.ctx.dead_letters_dir);
         let dead_letter = DeadLetterWriter::new(
             target,
-            Some(self.ctx.producer.clone()),
+            Some(producer),
             Arc::clone(&pipeline),
             file.version.clone(),
             self.ctx
@@ -359,13 +364,13 @@ impl Engine {
         Duration::from_millis(self.ctx.limits.drain_timeout_ms)
     }
 
-    /// Stops every pipeline at once (one drain deadline for all), then flushes the producer.
+    /// Stops every pipeline at once (one drain deadline for all), then flushes the producers.
     pub async fn shutdown(&mut self) {
         let timeout = self.drain_timeout();
         let all = std::mem::take(&mut self.pipelines);
         futures::future::join_all(all.into_values().map(|r| stop_running(r, timeout))).await;
-        let producer = self.ctx.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        let producers = self.ctx.producers.clone();
+        let _ = tokio::task::spawn_blocking(move || producers.flush(Duration::from_secs(10))).await;
     }
 
     /// The state of every pipeline.
