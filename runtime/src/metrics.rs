@@ -66,7 +66,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_enrich_breaker_state", Kind::Gauge, "State of an enrich step's circuit breaker: 0 closed, 1 open, 2 half-open."),
     ("gridflow_kafka_consumer_lag", Kind::Gauge, "Records between a partition's high watermark and the pipeline's committed offset."),
     ("gridflow_kafka_paused_partitions", Kind::Gauge, "Partitions of the pipeline's kafka source paused because their lane stayed full."),
-    ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in a Kafka producer's queues (not acknowledged by the broker yet), by producer: `stream` (Kafka-sourced pipelines), `request` (HTTP and SOAP pipelines, when it is a producer of its own)."),
+    ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in a Kafka producer's queues (not acknowledged by the broker yet), by producer: `stream` (Kafka and file sources), `request` (HTTP and SOAP pipelines, when it is a producer of its own)."),
     ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in a Kafka producer's queues, by producer."),
     ("gridflow_kafka_broker_reachable", Kind::Gauge, "1 when the Kafka brokers answered the last metadata probe, else 0."),
     ("gridflow_reloads_total", Kind::Counter, "Pipeline reloads, by result (success, failure, stopped, restart_required)."),

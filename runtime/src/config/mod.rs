@@ -67,8 +67,8 @@ pub struct KafkaConfig {
     /// Partitions of each topic the embedded broker creates (only without `brokers`).
     pub embedded_partitions: u16,
     /// `linger.ms` of the producer of HTTP and SOAP pipelines, whose callers wait for the
-    /// broker's acknowledgement (default 0: sent at once). Kafka-sourced pipelines keep
-    /// `linger.ms` (default 5) and its larger batches.
+    /// broker's acknowledgement (default 0: sent at once). Other pipelines (Kafka and file
+    /// sources) keep `linger.ms` (default 5) and its larger batches.
     pub request_linger_ms: u32,
 }
 
