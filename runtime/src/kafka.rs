@@ -248,9 +248,9 @@ pub type Producer = FutureProducer<ProducerStats>;
 /// The process's two producers, shared by every pipeline. Records of a pipeline whose caller
 /// waits for the broker's acknowledgement (an HTTP or SOAP source answers `202` once Kafka
 /// has the record) go out at once: `request` lingers `[kafka] request_linger_ms` (default
-/// 0). Records of streams (Kafka and file sources) are batched: `stream` lingers `linger.ms` (default
-/// 5), fewer and larger requests for more throughput. One producer serves both when the two
-/// lingers are equal.
+/// 0). Records of streams (Kafka and file sources) are batched: `stream` lingers `linger.ms`
+/// (default 5), fewer and larger requests for more throughput. One producer serves both when
+/// the two lingers are equal.
 #[derive(Clone)]
 pub struct Producers {
     /// For pipelines nobody waits on.
