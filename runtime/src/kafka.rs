@@ -136,8 +136,19 @@ impl KafkaSettings {
 
     /// A new producer, reporting its queue depth in the metrics.
     pub fn producer(&self) -> Result<Producer, KafkaError> {
-        self.with_statistics(self.producer_config())
-            .create_with_context(ProducerStats { role: "stream" })
+        self.create_producer(self.producer_config(), "stream")
+    }
+
+    /// A producer of `config` whose statistics feed the `role` queue gauges, which exist (at 0)
+    /// from now on, before the first statistics arrive.
+    fn create_producer(
+        &self,
+        config: ClientConfig,
+        role: &'static str,
+    ) -> Result<Producer, KafkaError> {
+        crate::metrics::producer_queue(role, 0, 0);
+        self.with_statistics(config)
+            .create_with_context(ProducerStats { role })
     }
 
     /// The process's producers (see [`Producers`]).
@@ -148,11 +159,7 @@ impl KafkaSettings {
             if lingers(&self.producer_config()) == lingers(&self.request_producer_config()) {
                 None
             } else {
-                crate::metrics::producer_queue("request", 0, 0);
-                Some(
-                    self.with_statistics(self.request_producer_config())
-                        .create_with_context(ProducerStats { role: "request" })?,
-                )
+                Some(self.create_producer(self.request_producer_config(), "request")?)
             };
         Ok(Producers { stream, request })
     }

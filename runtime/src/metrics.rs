@@ -38,8 +38,7 @@ pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
-    // Process-wide gauges exist from the start, before the first statistics arrive.
-    producer_queue("stream", 0, 0);
+    // The producer queue gauges exist from each producer's creation (`KafkaSettings::producers`).
     Ok(handle)
 }
 

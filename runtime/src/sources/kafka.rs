@@ -271,6 +271,8 @@ enum Progress {
 #[derive(Debug, Default)]
 struct PartitionTracker {
     offsets: BTreeMap<i64, Progress>,
+    /// The highest committable offset found since the last offset store.
+    to_store: Option<i64>,
 }
 
 impl PartitionTracker {
@@ -419,14 +421,12 @@ impl KafkaSource {
              first: Finished,
              more: &mut mpsc::UnboundedReceiver<Finished>,
              trackers: &mut HashMap<(Arc<str>, i32), PartitionTracker>| {
-                let mut committable: HashMap<(Arc<str>, i32), i64> = HashMap::new();
                 let mut next = Some(first);
                 let mut taken = 0;
                 while let Some(done) = next.take() {
-                    let at = (done.topic, done.partition);
-                    if let Some(tracker) = trackers.get_mut(&at) {
+                    if let Some(tracker) = trackers.get_mut(&(done.topic, done.partition)) {
                         if let Some(offset) = tracker.finish(done.offset, done.ok) {
-                            committable.insert(at, offset);
+                            tracker.to_store = Some(offset);
                         }
                     }
                     taken += 1;
@@ -434,9 +434,11 @@ impl KafkaSource {
                         next = more.try_recv().ok();
                     }
                 }
-                for ((topic, partition), offset) in committable {
-                    if let Err(e) = consumer.store_offset(&topic, partition, offset) {
-                        tracing::debug!(topic = %topic, partition, error = %e, "Offset not stored (partition revoked?).");
+                for ((topic, partition), tracker) in trackers.iter_mut() {
+                    if let Some(offset) = tracker.to_store.take() {
+                        if let Err(e) = consumer.store_offset(topic, *partition, offset) {
+                            tracing::debug!(topic = %topic, partition, error = %e, "Offset not stored (partition revoked?).");
+                        }
                     }
                 }
             };
