@@ -12,6 +12,7 @@
 # PROBE_SINK (kafka): `kafka` (to m.out.v1, keyed by meter_id) or `blackhole`;
 # PROBE_NO_MAP=1: no map step; PROBE_SOURCE: more lines of [source] (`concurrency = 4`);
 # PROBE_CONFIG: more lines of gridflow.toml after [kafka] (`request_linger_ms = 5`);
+# PROBE_PROPERTIES: more lines of [kafka.properties] (`"queued.max.messages.kbytes" = "4096"`);
 # PROBE_BARE=1: the bare loop (runtime/examples/bare_loop.rs) first, with its CPU time;
 # PROBE_PERF=1: `perf record -g` of gridflow for 9 s from the pipeline's start (perf.data in
 #   the work directory, which is printed and kept).
@@ -48,6 +49,7 @@ ADMIN_PORT="$(free_port)"
 cat >"$W/gridflow.toml" <<EOF
 [kafka.properties]
 "client.id" = "gridflow-probe"
+${PROBE_PROPERTIES:-}
 [paths]
 pipelines = "pipelines"
 contracts = "$REPO/contracts"

@@ -73,6 +73,9 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("allow.auto.create.topics", "false"),
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "1000"),
+    // Records prefetched, per partition: each partition is read from a queue of its own, to
+    // which librdkafka applies this limit (64 MiB by default) one by one.
+    ("queued.max.messages.kbytes", "4096"),
 ];
 
 impl KafkaSettings {

@@ -159,6 +159,111 @@ key = "site"
     eprintln!("{kills} SIGKILLs, after {killed_at:?} output records of each run");
     producing.await.unwrap();
 
+    verify_every_record_delivered(&output, partitions, total, "crash suite").await;
+    drop(running);
+}
+
+/// Partitions move between two live members of a group while records flow: a second
+/// process joins (the first one's partitions are split between them), then the first one
+/// stops (the second takes them all). Each revoked partition's reader stops taking records at
+/// the revocation and the new owner reads from the last commit: every record is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_moving_between_live_members_lose_nothing() {
+    let total = 3000;
+    let partitions = 6;
+    let input = unique("t.in.v1");
+    let output = unique("t.out.v1");
+    let group = unique("g");
+    create_topic(&input, partitions).await;
+    create_topic(&output, partitions).await;
+    create_topic(&format!("{output}.dlq"), 1).await;
+    let pipeline = format!(
+        r#"
+[source]
+kind = "kafka"
+topics = ["{input}"]
+group = "{group}"
+[[steps]]
+kind = "map"
+expression = "{{id: id, site: site, copied: `true`}}"
+[sink]
+kind = "kafka"
+topic = "{output}"
+key = "site"
+"#
+    );
+    let dirs = [test_dir(), test_dir()];
+    for dir in &dirs {
+        std::fs::write(
+            dir.path().join("gridflow.toml"),
+            "[kafka.properties]\n'max.poll.interval.ms' = 30000\n",
+        )
+        .unwrap();
+        write_pipeline(dir.path(), "k2k.toml", &pipeline);
+    }
+    let mut first = Gridflow::start(dirs[0].path(), &[]);
+
+    let producer_topic = input.clone();
+    let producing = tokio::spawn(async move {
+        for batch in 0..total / 100 {
+            let records = (batch * 100..(batch + 1) * 100)
+                .map(|i| {
+                    let site = format!("site-{}", i % 7);
+                    (
+                        Some(site.clone()),
+                        serde_json::to_vec(&serde_json::json!({"id": i, "site": site})).unwrap(),
+                    )
+                })
+                .collect();
+            produce_many(&producer_topic, records).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    for _ in 0..1200 {
+        if sent_total(&first).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before_join = sent_total(&first).await;
+    assert!(before_join > 0, "the first member delivered records");
+    let second = Gridflow::start(dirs[1].path(), &[]);
+    // Until the second member has records of its own: the group was rebalanced.
+    let mut shared = false;
+    for _ in 0..1200 {
+        if sent_total(&second).await > 0 {
+            shared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        shared,
+        "the second member was given partitions while records flowed"
+    );
+    assert!(
+        !producing.is_finished(),
+        "the rebalance happened mid-stream"
+    );
+    let at_stop = sent_total(&first).await;
+    first.terminate();
+    assert!(
+        first
+            .wait_exit_async(Duration::from_secs(60))
+            .await
+            .is_some(),
+        "the first member stopped"
+    );
+    eprintln!("first member: {before_join} records before the join, {at_stop} when stopped");
+    producing.await.unwrap();
+    verify_every_record_delivered(&output, partitions, total, "live rebalance").await;
+    drop(second);
+}
+
+/// Waits until `output` has caught up (at least `total` records, not growing for 15 s), then
+/// asserts that every id `0..total` of the input is in it (duplicates allowed, counted and
+/// printed), each mapped, and nothing dead-lettered.
+async fn verify_every_record_delivered(output: &str, partitions: i32, total: usize, suite: &str) {
     // Wait until the last process has caught up: the output holds at least `total` records
     // and has not grown for 15 s. Then nothing was dropped by the broker's retention: every
     // output partition still starts at offset 0, so a missing id below is a record gridflow
@@ -167,7 +272,7 @@ key = "site"
         std::time::Instant::now() + Duration::from_secs((total as u64 / 100).max(180));
     let (mut last, mut since) = (-1i64, std::time::Instant::now());
     let (low, high) = loop {
-        let output = output.clone();
+        let output = output.to_string();
         let (low, high) = tokio::task::spawn_blocking(move || watermarks(&output, partitions))
             .await
             .unwrap();
@@ -196,7 +301,7 @@ key = "site"
     let wait = Duration::from_secs((total as u64 / 100).max(180));
     let mut expected = written;
     let records = loop {
-        let mut records = consume_assigned(&output, partitions, expected, wait).await;
+        let mut records = consume_assigned(output, partitions, expected, wait).await;
         let read = records.len();
         records.sort_by_key(|r| (r.partition, r.offset));
         records.dedup_by_key(|r| (r.partition, r.offset));
@@ -219,7 +324,7 @@ key = "site"
     let missing: Vec<u64> = (0..total as u64).filter(|i| !ids.contains(i)).collect();
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
     eprintln!(
-        "crash suite: {total} records sent, {} distinct delivered, {duplicates} duplicates, {} missing, 0 dead-lettered expected",
+        "{suite}: {total} records sent, {} distinct delivered, {duplicates} duplicates, {} missing, 0 dead-lettered expected",
         ids.len(),
         missing.len()
     );
@@ -236,5 +341,4 @@ key = "site"
             .is_empty(),
         "nothing dead-lettered"
     );
-    drop(running);
 }

@@ -4,16 +4,19 @@
 //! resolved (delivered, filtered or dead-lettered) *and* every earlier offset of the same
 //! partition did.
 //!
-//! Concurrency: records go to `concurrency` lanes, each handing its records downstream one at
-//! a time; a partition (or, with `order_by = "key"`, a key within a partition) always goes to
-//! the same lane, so order is kept per partition (per key) while partitions (keys) are
-//! processed at once. Backpressure: when a lane is full (a slow sink, an upstream whose
-//! breaker is open) the record's partition is paused and its records are held in order; the
-//! consumer keeps polling (so it stays in its group) and resumes the partition once the lane
-//! has room.
+//! Concurrency: each assigned partition is read from a queue of its own by a task of its own
+//! ([`partition`]), which hands its records to `concurrency` lanes; a lane hands its records
+//! downstream one at a time. A partition (or, with `order_by = "key"`, a key within a
+//! partition) always goes to the same lane, so order is kept per partition (per key) while
+//! partitions (keys) are processed at once. Backpressure: when a lane is full (a slow sink, an
+//! upstream whose breaker is open) only the partitions waiting for it stop reading (they count
+//! as paused after 250 ms); librdkafka stops fetching them once their queue is full, and the
+//! source loop keeps polling the consumer, so it stays in its group.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+mod partition;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +24,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use metrics::gauge;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message as _;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -65,18 +68,8 @@ pub enum OrderBy {
     Key,
 }
 
-/// Records of a paused partition, in offset order: lane, offset, message.
-type Held = std::collections::VecDeque<(usize, i64, Message)>;
-
 /// Records a lane holds.
 const LANE_CAPACITY: usize = 64;
-
-/// How long a full lane is waited for before its partition is paused.
-const PAUSE_AFTER: Duration = Duration::from_millis(250);
-
-/// Finished records settled at once before their offsets are stored (one `store_offset` per
-/// partition per batch instead of one per record).
-const STORE_BATCH: usize = 1024;
 
 impl KafkaSourceConfig {
     /// Checks topics and group.
@@ -122,14 +115,30 @@ pub struct KafkaSource {
 
 /// What the consumer's rebalance callbacks tell the source loop.
 enum Rebalanced {
+    /// Partitions no longer assigned (their gates already closed).
     Revoked(Vec<(String, i32)>),
-    Assigned(Vec<(String, i32)>),
+    /// Partitions newly assigned.
+    Assigned(Vec<Split>),
 }
 
-/// The consumer's context: forwards rebalances to the source loop and turns librdkafka's
-/// statistics into the consumer lag gauges.
-struct Rebalances {
+/// A newly assigned partition, with its own queue where it could be split.
+struct Split {
+    topic: Arc<str>,
+    partition: i32,
+    queue: Option<rdkafka::consumer::stream_consumer::StreamPartitionQueue<Rebalances>>,
+    gate: Arc<partition::Gate>,
+}
+
+/// The consumer's context: splits the queue of each assigned partition and closes the gate
+/// of each revoked one (in the rebalance callback, before librdkafka applies the change),
+/// forwards the rebalances to the source loop, and turns librdkafka's statistics into the
+/// consumer lag gauges.
+pub(super) struct Rebalances {
     rebalances: mpsc::UnboundedSender<Rebalanced>,
+    /// The consumer itself, set once it exists, for splitting partition queues.
+    consumer: OnceLock<Weak<StreamConsumer<Rebalances>>>,
+    /// The gate of each assigned partition.
+    gates: Mutex<HashMap<(String, i32), Arc<partition::Gate>>>,
     pipeline: Arc<str>,
     /// Partitions whose lag was reported: one that is no longer assigned is set to 0, so a
     /// revoked partition's last lag does not stay on the dashboard; all of them when the
@@ -187,18 +196,46 @@ impl rdkafka::consumer::ConsumerContext for Rebalances {
         _: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
-            let _ = self.rebalances.send(Rebalanced::Revoked(partitions(list)));
-        }
-    }
-
-    fn post_rebalance(
-        &self,
-        _: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &rdkafka::consumer::Rebalance<'_>,
-    ) {
-        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
-            let _ = self.rebalances.send(Rebalanced::Assigned(partitions(list)));
+        use rdkafka::consumer::Rebalance;
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let revoked = partitions(list);
+                for at in &revoked {
+                    if let Some(gate) = gates.remove(at) {
+                        gate.close();
+                    }
+                }
+                let _ = self.rebalances.send(Rebalanced::Revoked(revoked));
+            }
+            // Split before the assignment takes effect, so that no record of the partition
+            // reaches the consumer's own queue (a split queue stays split: librdkafka does not
+            // forward it again when fetching starts).
+            Rebalance::Assign(list) => {
+                let consumer = self.consumer.get().and_then(Weak::upgrade);
+                let assigned = partitions(list)
+                    .into_iter()
+                    .map(|(topic, partition)| {
+                        let gate = Arc::new(partition::Gate::default());
+                        if let Some(old) =
+                            gates.insert((topic.clone(), partition), Arc::clone(&gate))
+                        {
+                            old.close();
+                        }
+                        let queue = consumer
+                            .as_ref()
+                            .and_then(|c| c.split_partition_queue(&topic, partition));
+                        Split {
+                            topic: Arc::from(topic.as_str()),
+                            partition,
+                            queue,
+                            gate,
+                        }
+                    })
+                    .collect();
+                let _ = self.rebalances.send(Rebalanced::Assigned(assigned));
+            }
+            Rebalance::Error(_) => {}
         }
     }
 }
@@ -260,59 +297,6 @@ fn spawn_lane(
     (tx, task)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Progress {
-    Pending,
-    Done,
-    Failed,
-}
-
-/// Offsets in flight of one partition, in order.
-#[derive(Debug, Default)]
-struct PartitionTracker {
-    offsets: BTreeMap<i64, Progress>,
-    /// The highest committable offset found since the last offset store.
-    to_store: Option<i64>,
-}
-
-impl PartitionTracker {
-    fn start(&mut self, offset: i64) {
-        self.offsets.insert(offset, Progress::Pending);
-    }
-
-    /// Records the end of `offset`; returns the highest offset that may now be committed
-    /// (every offset up to it is done).
-    fn finish(&mut self, offset: i64, ok: bool) -> Option<i64> {
-        if let Some(p) = self.offsets.get_mut(&offset) {
-            *p = if ok { Progress::Done } else { Progress::Failed };
-        }
-        let mut committable = None;
-        while let Some(entry) = self.offsets.first_entry() {
-            if *entry.get() != Progress::Done {
-                break;
-            }
-            committable = Some(*entry.key());
-            entry.remove();
-        }
-        committable
-    }
-
-    /// Offsets whose record is still being processed (failed ones are not waited for).
-    fn pending(&self) -> usize {
-        self.offsets
-            .values()
-            .filter(|p| **p == Progress::Pending)
-            .count()
-    }
-}
-
-struct Finished {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    ok: bool,
-}
-
 /// The [`Meta`] of a record: its bytes, key and headers, the correlation id from its
 /// `gridflow.correlation_id` header (else `fallback_id()`), the media type sniffed from the
 /// bytes. The consumer and `gridflow test` both read records through it.
@@ -348,9 +332,9 @@ pub fn record_meta(
 }
 
 fn to_message(
-    m: &BorrowedMessage<'_>,
+    m: &impl rdkafka::Message,
     topic: &Arc<str>,
-    finished: &mpsc::UnboundedSender<Finished>,
+    finished: &mpsc::UnboundedSender<partition::Finished>,
 ) -> Message {
     let body = Bytes::copy_from_slice(m.payload().unwrap_or_default());
     let mut headers = Vec::new();
@@ -362,15 +346,9 @@ fn to_message(
     }
     let (partition, offset) = (m.partition(), m.offset());
     let tx = finished.clone();
-    let topic_for_ack = Arc::clone(topic);
     let ack = Ack::new(move |outcome| {
         let ok = !matches!(outcome, Outcome::Failed(_));
-        let _ = tx.send(Finished {
-            topic: topic_for_ack,
-            partition,
-            offset,
-            ok,
-        });
+        let _ = tx.send(partition::Finished { offset, ok });
     });
     Message {
         payload: Payload::Bytes(body.clone()),
@@ -395,86 +373,55 @@ impl KafkaSource {
     ) -> Result<(), String> {
         let group = &self.config.group;
         let (rebalance_tx, mut rebalances) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<Rebalances> = self
-            .settings
-            .with_statistics(self.settings.consumer_config(group))
-            .create_with_context(Rebalances {
-                rebalances: rebalance_tx,
-                pipeline: Arc::clone(&self.pipeline),
-                reported: Default::default(),
-                from_earliest: self.settings.starts_from_earliest(),
-            })
-            .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+        let consumer: Arc<StreamConsumer<Rebalances>> = Arc::new(
+            self.settings
+                .with_statistics(self.settings.consumer_config(group))
+                .create_with_context(Rebalances {
+                    rebalances: rebalance_tx,
+                    consumer: OnceLock::new(),
+                    gates: Mutex::default(),
+                    pipeline: Arc::clone(&self.pipeline),
+                    reported: Default::default(),
+                    from_earliest: self.settings.starts_from_earliest(),
+                })
+                .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?,
+        );
+        // Before the subscription: the first assignment already splits its partitions.
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
         tracing::info!(group = %group, topics = ?topics, "Kafka source subscribed.");
 
-        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut trackers: HashMap<(Arc<str>, i32), PartitionTracker> = HashMap::new();
-        let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
-        // Settles `first` and whatever else has finished meanwhile (up to a batch), then
-        // stores the highest committable offset of each partition once.
-        let store =
-            |consumer: &StreamConsumer<Rebalances>,
-             first: Finished,
-             more: &mut mpsc::UnboundedReceiver<Finished>,
-             trackers: &mut HashMap<(Arc<str>, i32), PartitionTracker>| {
-                let mut next = Some(first);
-                let mut taken = 0;
-                while let Some(done) = next.take() {
-                    if let Some(tracker) = trackers.get_mut(&(done.topic, done.partition)) {
-                        if let Some(offset) = tracker.finish(done.offset, done.ok) {
-                            tracker.to_store = Some(offset);
-                        }
-                    }
-                    taken += 1;
-                    if taken < STORE_BATCH {
-                        next = more.try_recv().ok();
-                    }
-                }
-                for ((topic, partition), tracker) in trackers.iter_mut() {
-                    if let Some(offset) = tracker.to_store.take() {
-                        if let Err(e) = consumer.store_offset(topic, *partition, offset) {
-                            tracing::debug!(topic = %topic, partition, error = %e, "Offset not stored (partition revoked?).");
-                        }
-                    }
-                }
-            };
-
         let lane_stop = shutdown.child_token();
-        let lane_count = self.config.concurrency.max(1);
-        let (lanes, lane_tasks): (Vec<_>, Vec<_>) = (0..lane_count)
+        let (lanes, lane_tasks): (Vec<_>, Vec<_>) = (0..self.config.concurrency.max(1))
             .map(|_| spawn_lane(Arc::clone(&downstream), lane_stop.clone()))
             .unzip();
-        // Records of paused partitions, in offset order, with their lane.
-        let mut held: HashMap<(Arc<str>, i32), Held> = HashMap::new();
-        let order_by = self.config.order_by;
+        let shared = Arc::new(partition::Shared {
+            consumer: Arc::clone(&consumer),
+            lanes,
+            order_by: self.config.order_by,
+            shutdown: shutdown.clone(),
+            drain_timeout: self.drain_timeout,
+            paused: self.paused.clone(),
+        });
+        let mut readers = Readers {
+            tasks: tokio::task::JoinSet::new(),
+            forwarded: HashMap::new(),
+            shared: Arc::clone(&shared),
+        };
         // Rotated SASL credentials (secret files re-read) for this consumer's next connection.
         let mut credentials = self.settings.secrets.subscribe();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let pause = |consumer: &StreamConsumer<Rebalances>,
-                     topic: &str,
-                     partition: i32,
-                     on: bool| {
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            tpl.add_partition(topic, partition);
-            let result = if on {
-                consumer.pause(&tpl)
-            } else {
-                consumer.resume(&tpl)
-            };
-            if let Err(e) = result {
-                tracing::debug!(topic, partition, error = %e, "Pause or resume failed (partition revoked?).");
-            }
-        };
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(done) = finished_rx.recv() => store(&consumer, done, &mut finished_rx, &mut trackers),
+                Some(ended) = readers.tasks.join_next(), if !readers.tasks.is_empty() => {
+                    if let Err(e) = ended {
+                        tracing::error!(group = %group, error = %e, "A partition reader panicked; its records in flight are not committed.");
+                    }
+                }
                 Some(Ok(())) = async {
                     match credentials.as_mut() {
                         Some(c) => Some(c.changed().await),
@@ -487,105 +434,28 @@ impl KafkaSource {
                         }
                     }
                 }
-                Some(event) = rebalances.recv() => match event {
-                    // Records of a partition this member no longer owns are not processed
-                    // (held ones) and their offsets not stored (the new owner consumes from
-                    // the last commit): duplicates at worst, never a rewound commit.
-                    Rebalanced::Revoked(partitions) => {
-                        for (topic, partition) in partitions {
-                            let at = (Arc::from(topic.as_str()), partition);
-                            trackers.remove(&at);
-                            if held.remove(&at).is_some() {
-                                pause(&consumer, &topic, partition, false);
-                            }
-                        }
-                        self.paused.set(held.len() as f64);
-                    }
-                    // A partition assigned again starts unpaused.
-                    Rebalanced::Assigned(partitions) => {
-                        for (topic, partition) in partitions {
-                            if !held.contains_key(&(Arc::from(topic.as_str()), partition)) {
-                                pause(&consumer, &topic, partition, false);
-                            }
-                        }
-                    }
-                },
-                _ = tick.tick(), if !held.is_empty() => {
-                    // Move held records into their lanes while there is room; resume the
-                    // partitions whose records all went.
-                    let mut lane_gone = false;
-                    held.retain(|(topic, partition), queue| {
-                        while let Some((lane, offset, message)) = queue.pop_front() {
-                            match lanes[lane].try_send(message) {
-                                Ok(()) => trackers.entry((Arc::clone(topic), *partition)).or_default().start(offset),
-                                Err(mpsc::error::TrySendError::Full(message)) => {
-                                    queue.push_front((lane, offset, message));
-                                    return true;
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => {
-                                    lane_gone = true;
-                                    return true;
-                                }
-                            }
-                        }
-                        pause(&consumer, topic, *partition, false);
-                        tracing::debug!(topic = %topic, partition, "Kafka partition resumed.");
-                        false
-                    });
-                    if lane_gone {
-                        return Err("a processing lane stopped unexpectedly".into());
-                    }
-                    self.paused.set(held.len() as f64);
-                }
+                Some(event) = rebalances.recv() => readers.rebalanced(event),
+                // Serves the consumer's events and rebalances; returns records only of
+                // partitions whose queue could not be split.
                 received = consumer.recv() => match received {
                     Ok(m) => {
-                        let topic = match topic_names.get(m.topic()) {
-                            Some(topic) => Arc::clone(topic),
-                            None => {
-                                let topic: Arc<str> = Arc::from(m.topic());
-                                topic_names.insert(m.topic().to_string(), Arc::clone(&topic));
-                                topic
-                            }
-                        };
-                        let (partition, offset) = (m.partition(), m.offset());
-                        let lane = lane_of(&topic, partition, m.key(), order_by, lane_count);
-                        let message = to_message(&m, &topic, &finished_tx);
-                        drop(m);
-                        let at = (Arc::clone(&topic), partition);
-                        if let Some(queue) = held.get_mut(&at) {
-                            // Its partition is paused: after the records before it.
-                            queue.push_back((lane, offset, message));
-                            continue;
+                        // The rebalances this poll served come first: the record may be of a
+                        // partition it assigned.
+                        while let Ok(event) = rebalances.try_recv() {
+                            readers.rebalanced(event);
                         }
-                        let message = match lanes[lane].try_send(message) {
-                            Ok(()) => {
-                                trackers.entry(at).or_default().start(offset);
-                                continue;
-                            }
-                            Err(mpsc::error::TrySendError::Full(message)) => message,
-                            Err(mpsc::error::TrySendError::Closed(_)) => {
-                                return Err("a processing lane stopped unexpectedly".into());
-                            }
-                        };
-                        // A full lane is ordinary backpressure while catching up: wait a
-                        // little for room. Only a lane that stays full (a stalled sink, an
-                        // upstream whose breaker is open) pauses the partition, since a
-                        // resumed partition is fetched again from the broker.
-                        let room = tokio::select! {
-                            room = tokio::time::timeout(PAUSE_AFTER, lanes[lane].reserve()) => room,
-                            _ = shutdown.cancelled() => break,
-                        };
-                        match room {
-                            Ok(Ok(slot)) => {
-                                slot.send(message);
-                                trackers.entry(at).or_default().start(offset);
-                            }
-                            Ok(Err(_)) => return Err("a processing lane stopped unexpectedly".into()),
-                            Err(_) => {
-                                pause(&consumer, &topic, partition, true);
-                                tracing::debug!(topic = %topic, partition, "Kafka partition paused: downstream is full.");
-                                held.entry(at).or_default().push_back((lane, offset, message));
-                                self.paused.set(held.len() as f64);
+                        let at = (Arc::<str>::from(m.topic()), m.partition());
+                        if !readers.forwarded.contains_key(&at) {
+                            readers.start(Split { topic: Arc::clone(&at.0), partition: at.1, queue: None, gate: Arc::default() });
+                        }
+                        let record = m.detach();
+                        drop(m);
+                        if let Some((tx, _)) = readers.forwarded.get(&at) {
+                            tokio::select! {
+                                sent = tx.send(record) => if sent.is_err() {
+                                    tracing::debug!(topic = %at.0, partition = at.1, "A record of a stopped partition reader is not processed.");
+                                },
+                                _ = shutdown.cancelled() => break,
                             }
                         }
                     }
@@ -596,27 +466,24 @@ impl KafkaSource {
                 },
             }
         }
-        // Held records were never started: dropping them fails their acks (not committed).
-        held.clear();
-        self.paused.set(0.0);
-        drop(lanes);
+        // The readers stop taking records and wait (bounded) for what they handed over; the
+        // lanes drop what they hold (not started: not committed).
+        readers.forwarded.clear();
         for task in lane_tasks {
             let _ = task.await;
         }
-
-        // Drain: wait (bounded) for what was taken in, then commit what is done.
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        while trackers.values().any(|t| t.pending() > 0) {
-            match tokio::time::timeout_at(deadline, finished_rx.recv()).await {
-                Ok(Some(done)) => store(&consumer, done, &mut finished_rx, &mut trackers),
-                _ => break,
-            }
+        let mut pending = 0;
+        while let Some(ended) = readers.tasks.join_next().await {
+            pending += ended.unwrap_or(0);
         }
-        let pending: usize = trackers.values().map(PartitionTracker::pending).sum();
+        drop(readers);
         if pending > 0 {
             tracing::warn!(group = %group, pending, "Kafka source stopped with records in flight; they will be consumed again.");
         }
-        // The final commit and the group leave block: off the async workers.
+        // Nothing else holds the consumer now (the readers and their queues are gone), so it
+        // closes here: the final commit and the group leave block, off the async workers.
+        drop(shared);
+        drop(rebalances);
         let group = group.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -630,6 +497,66 @@ impl KafkaSource {
     }
 }
 
+/// Where the source loop sends the records of a partition read from the consumer's queue.
+type Forwarding = (mpsc::Sender<OwnedMessage>, Arc<partition::Gate>);
+
+/// The partition readers of a source.
+struct Readers {
+    /// Each returns the number of its records still in flight when it stopped waiting.
+    tasks: tokio::task::JoinSet<usize>,
+    /// Partitions whose queue could not be split: their records, read from the consumer's
+    /// queue by the source loop, go to their reader through these.
+    forwarded: HashMap<(Arc<str>, i32), Forwarding>,
+    shared: Arc<partition::Shared>,
+}
+
+impl Readers {
+    fn start(&mut self, split: Split) {
+        let intake = match split.queue {
+            Some(queue) => partition::Intake::Queue(queue),
+            None => {
+                tracing::warn!(topic = %split.topic, partition = split.partition, "The partition's queue could not be split; it is read from the consumer's queue.");
+                let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+                self.forwarded.insert(
+                    (Arc::clone(&split.topic), split.partition),
+                    (tx, Arc::clone(&split.gate)),
+                );
+                partition::Intake::Forwarded(rx)
+            }
+        };
+        self.tasks.spawn(partition::run(
+            partition::Assigned {
+                topic: split.topic,
+                partition: split.partition,
+                intake,
+                gate: split.gate,
+            },
+            Arc::clone(&self.shared),
+        ));
+    }
+
+    fn rebalanced(&mut self, event: Rebalanced) {
+        match event {
+            // A revoked partition's reader stops at once (its gate is closed): its records in
+            // flight are not committed (the new owner consumes from the last commit):
+            // duplicates at worst, never a rewound commit.
+            Rebalanced::Revoked(revoked) => {
+                for (topic, partition) in revoked {
+                    let at = (Arc::from(topic.as_str()), partition);
+                    if let Some((_, gate)) = self.forwarded.remove(&at) {
+                        gate.close();
+                    }
+                }
+            }
+            Rebalanced::Assigned(assigned) => {
+                for split in assigned {
+                    self.start(split);
+                }
+            }
+        }
+    }
+}
+
 impl Source for KafkaSource {
     fn run(
         self: Box<Self>,
@@ -637,34 +564,5 @@ impl Source for KafkaSource {
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<(), String>> {
         self.consume(downstream, shutdown).boxed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commits_only_a_contiguous_prefix() {
-        let mut t = PartitionTracker::default();
-        for o in 10..14 {
-            t.start(o);
-        }
-        assert_eq!(t.finish(11, true), None, "10 is still pending");
-        assert_eq!(t.finish(10, true), Some(11));
-        assert_eq!(t.finish(13, true), None);
-        assert_eq!(t.finish(12, true), Some(13));
-        assert_eq!(t.pending(), 0);
-    }
-
-    #[test]
-    fn a_failed_offset_blocks_the_commit() {
-        let mut t = PartitionTracker::default();
-        t.start(1);
-        t.start(2);
-        assert_eq!(t.finish(1, false), None);
-        assert_eq!(t.pending(), 1);
-        assert_eq!(t.finish(2, true), None, "2 waits behind the failed 1");
-        assert_eq!(t.pending(), 0);
     }
 }
