@@ -87,47 +87,14 @@ async fn sigkill_at_random_points_loses_nothing() {
         "[kafka.properties]\n'max.poll.interval.ms' = 30000\n",
     )
     .unwrap();
-    write_pipeline(
-        dir.path(),
-        "k2k.toml",
-        &format!(
-            r#"
-[source]
-kind = "kafka"
-topics = ["{input}"]
-group = "{group}"
-[[steps]]
-kind = "map"
-expression = "{{id: id, site: site, copied: `true`}}"
-[sink]
-kind = "kafka"
-topic = "{output}"
-key = "site"
-"#
-        ),
-    );
+    write_pipeline(dir.path(), "k2k.toml", &pipeline(&input, &output, &group));
     let mut running = Gridflow::start(dir.path(), &[]);
 
     // Produce in batches while gridflow runs and is killed: the stream lasts about as long as
     // the kills and restarts (~17 s each), so every kill lands mid-stream.
-    let producer_topic = input.clone();
     let batches = total / 100;
     let pause = Duration::from_secs((kills as u64 * 17).max(10)) / batches as u32;
-    let producing = tokio::spawn(async move {
-        for batch in 0..batches {
-            let records = (batch * 100..(batch + 1) * 100)
-                .map(|i| {
-                    let site = format!("site-{}", i % 7);
-                    (
-                        Some(site.clone()),
-                        serde_json::to_vec(&serde_json::json!({"id": i, "site": site})).unwrap(),
-                    )
-                })
-                .collect();
-            produce_many(&producer_topic, records).await;
-            tokio::time::sleep(pause).await;
-        }
-    });
+    let producing = produce_ids(&input, total, pause);
 
     // Kill at a random moment 1.5 to 4 s after the running process delivered its first
     // record: before or after its offset commits (every second), in the middle of its batch.
@@ -177,21 +144,7 @@ async fn partitions_moving_between_live_members_lose_nothing() {
     create_topic(&input, partitions).await;
     create_topic(&output, partitions).await;
     create_topic(&format!("{output}.dlq"), 1).await;
-    let pipeline = format!(
-        r#"
-[source]
-kind = "kafka"
-topics = ["{input}"]
-group = "{group}"
-[[steps]]
-kind = "map"
-expression = "{{id: id, site: site, copied: `true`}}"
-[sink]
-kind = "kafka"
-topic = "{output}"
-key = "site"
-"#
-    );
+    let pipeline = pipeline(&input, &output, &group);
     let dirs = [test_dir(), test_dir()];
     for dir in &dirs {
         std::fs::write(
@@ -203,22 +156,7 @@ key = "site"
     }
     let mut first = Gridflow::start(dirs[0].path(), &[]);
 
-    let producer_topic = input.clone();
-    let producing = tokio::spawn(async move {
-        for batch in 0..total / 100 {
-            let records = (batch * 100..(batch + 1) * 100)
-                .map(|i| {
-                    let site = format!("site-{}", i % 7);
-                    (
-                        Some(site.clone()),
-                        serde_json::to_vec(&serde_json::json!({"id": i, "site": site})).unwrap(),
-                    )
-                })
-                .collect();
-            produce_many(&producer_topic, records).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
+    let producing = produce_ids(&input, total, Duration::from_millis(500));
     for _ in 0..1200 {
         if sent_total(&first).await > 0 {
             break;
@@ -258,6 +196,46 @@ key = "site"
     producing.await.unwrap();
     verify_every_record_delivered(&output, partitions, total, "live rebalance").await;
     drop(second);
+}
+
+/// The Kafka → map → Kafka pipeline of these tests.
+fn pipeline(input: &str, output: &str, group: &str) -> String {
+    format!(
+        r#"
+[source]
+kind = "kafka"
+topics = ["{input}"]
+group = "{group}"
+[[steps]]
+kind = "map"
+expression = "{{id: id, site: site, copied: `true`}}"
+[sink]
+kind = "kafka"
+topic = "{output}"
+key = "site"
+"#
+    )
+}
+
+/// Produces records `{"id": i, "site": "site-<i % 7>"}` for `i` in `0..total`, keyed by site,
+/// in batches of 100 with `pause` after each.
+fn produce_ids(topic: &str, total: usize, pause: Duration) -> tokio::task::JoinHandle<()> {
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        for batch in 0..total / 100 {
+            let records = (batch * 100..(batch + 1) * 100)
+                .map(|i| {
+                    let site = format!("site-{}", i % 7);
+                    (
+                        Some(site.clone()),
+                        serde_json::to_vec(&serde_json::json!({"id": i, "site": site})).unwrap(),
+                    )
+                })
+                .collect();
+            produce_many(&topic, records).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
 }
 
 /// Waits until `output` has caught up (at least `total` records, not growing for 15 s), then
