@@ -132,9 +132,17 @@ impl KafkaSettings {
             .is_none_or(|v| matches!(v.as_str(), "earliest" | "smallest" | "beginning"))
     }
 
-    /// Settings of an admin client (or a metadata-only consumer).
+    /// Settings of an admin client.
     pub fn admin_config(&self) -> ClientConfig {
         self.base(&[])
+    }
+
+    /// A consumer outside any group, for metadata. It gets the consumer defaults, so that the
+    /// user's consumer properties pass librdkafka's checks of a consumer (a
+    /// `max.poll.interval.ms` below librdkafka's own `session.timeout.ms`, say, is valid
+    /// next to gridflow's).
+    fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaError> {
+        self.base(CONSUMER_DEFAULTS).create()
     }
 
     /// A new producer, reporting its queue depth in the metrics.
@@ -181,9 +189,8 @@ impl KafkaSettings {
         &self,
         timeout: Duration,
     ) -> Result<BTreeMap<String, Result<i32, RDKafkaErrorCode>>, KafkaError> {
-        let config = self.base(&[("allow.auto.create.topics", "false")]);
+        let consumer = self.metadata_consumer()?;
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config.create()?;
             let metadata = consumer.fetch_metadata(None, timeout)?;
             Ok(metadata
                 .topics()
@@ -213,16 +220,12 @@ impl KafkaSettings {
 
     /// Is a broker reachable? (metadata within `timeout`)
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let config = self.base(&[]);
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = match config.create() {
-                Ok(c) => c,
-                Err(_) => return false,
-            };
-            consumer.fetch_metadata(None, timeout).is_ok()
-        })
-        .await
-        .unwrap_or(false)
+        let Ok(consumer) = self.metadata_consumer() else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
     }
 
     /// Creates `topics` that do not exist yet, with `partitions` each (development helper).
@@ -422,6 +425,28 @@ mod tests {
         // Equal lingers: one producer for both.
         settings.request_linger_ms = 20;
         assert_eq!(settings.producers().unwrap().distinct().len(), 1);
+    }
+
+    #[test]
+    fn consumer_properties_valid_next_to_the_defaults_pass_every_client() {
+        // librdkafka's own session.timeout.ms (45 s) is above this; gridflow's (10 s) is not.
+        let mut settings = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..KafkaSettings::default()
+        };
+        settings
+            .properties
+            .insert("max.poll.interval.ms".into(), "20000".into());
+        assert!(settings.metadata_consumer().is_ok());
+        assert!(settings
+            .consumer_config("g")
+            .create::<BaseConsumer>()
+            .is_ok());
+        assert!(settings.producer().is_ok());
+        assert!(settings
+            .admin_config()
+            .create::<AdminClient<DefaultClientContext>>()
+            .is_ok());
     }
 
     #[test]
