@@ -271,6 +271,12 @@ fn bench(c: &mut Criterion) {
     group.bench_function("serialize_output_only", |b| {
         b.iter(|| Payload::Json(mapped.clone()).to_bytes())
     });
+    // The Kafka sink's `key = "meter_id"` on the step's output.
+    let key = gridflow::jmes::Expr::compile("meter_id").unwrap();
+    let output = Payload::Json(mapped.clone());
+    group.bench_function("sink_key_of_output", |b| {
+        b.iter(|| key.search_payload(&output).unwrap())
+    });
     group.finish();
 
     // The whole meter-readings program (map, filter, validate) per 1 KB record.

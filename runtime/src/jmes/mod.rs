@@ -109,6 +109,23 @@ pub struct Expr {
     source: String,
     compiled: jmespath::Expression<'static>,
     need: Need,
+    /// The field names of an expression that is only a field path (`meter_id`, `a.b.c`),
+    /// which is looked up in a parsed message without converting it for jmespath.
+    path: Option<Box<[String]>>,
+}
+
+/// The field names of `ast` when it is a field path.
+fn field_path(ast: &jmespath::ast::Ast) -> Option<Vec<String>> {
+    use jmespath::ast::Ast;
+    match ast {
+        Ast::Field { name, .. } => Some(vec![name.clone()]),
+        Ast::Subexpr { lhs, rhs, .. } => {
+            let mut path = field_path(lhs)?;
+            path.extend(field_path(rhs)?);
+            Some(path)
+        }
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Expr {
@@ -164,10 +181,12 @@ impl Expr {
             reason: e.reason.to_string(),
         })?;
         let need = Need::of(compiled.as_ast());
+        let path = field_path(compiled.as_ast()).map(Vec::into_boxed_slice);
         Ok(Expr {
             source: source.to_string(),
             compiled,
             need,
+            path,
         })
     }
 
@@ -183,12 +202,20 @@ impl Expr {
 
     /// Evaluates the expression on `data`.
     pub fn search(&self, data: &Value) -> Result<Value, StepError> {
+        if let Some(path) = &self.path {
+            // JMESPath: a field of anything but an object is null.
+            let found = path.iter().try_fold(data, |v, name| v.get(name.as_str()));
+            return Ok(found.cloned().unwrap_or(Value::Null));
+        }
         self.search_owned(Doc::from_value(data, &self.need))
     }
 
     /// Evaluates the expression on `payload` (raw bytes are parsed for what it reads only).
     pub fn search_payload(&self, payload: &Payload) -> Result<Value, StepError> {
-        self.search_owned(Doc::new(payload, &self.need)?)
+        match payload {
+            Payload::Json(value) => self.search(value),
+            Payload::Bytes(_) => self.search_owned(Doc::new(payload, &self.need)?),
+        }
     }
 
     /// Evaluates the expression on `doc`, which must hold what it reads.
@@ -251,6 +278,41 @@ impl Expr {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn field_paths_are_looked_up_as_jmespath_evaluates_them() {
+        let docs = [
+            json!({"a": {"b": {"c": [1, {"d": 2}]}, "n": 7}, "x-y": "z", "f": 1.5}),
+            json!({"a": 5}),
+            json!({"a": [{"b": 1}]}),
+            json!([1, 2]),
+            json!("text"),
+            json!(null),
+        ];
+        let paths = [
+            "a",
+            "a.b",
+            "a.b.c",
+            "a.n",
+            "a.b.missing",
+            "\"x-y\"",
+            "f",
+            "none.b",
+        ];
+        for source in paths {
+            let expr = Expr::compile(source).unwrap();
+            assert!(expr.path.is_some(), "{source} is a field path");
+            for doc in &docs {
+                let interpreted = expr.search_owned(Doc::from_value(doc, &expr.need)).unwrap();
+                assert_eq!(expr.search(doc).unwrap(), interpreted, "{source} on {doc}");
+                let payload = Payload::Json(doc.clone());
+                assert_eq!(expr.search_payload(&payload).unwrap(), interpreted);
+            }
+        }
+        for source in ["a[0]", "a.*", "length(a)", "@", "a || b", "a.b[0].d"] {
+            assert!(Expr::compile(source).unwrap().path.is_none(), "{source}");
+        }
+    }
 
     #[test]
     fn compiles_once_and_searches() {
