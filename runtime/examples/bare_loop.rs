@@ -134,7 +134,14 @@ async fn produce(topic: &str, count: usize, file: &str) {
 async fn bare_loop(input: &str, output: &str, count: usize, timeout: Duration) {
     let settings = settings();
     let group = format!("bare-loop-{}", std::process::id());
-    let consumer: StreamConsumer = settings.consumer_config(&group).create().unwrap();
+    // gridflow's 4 MiB prefetch default is per partition: its source reads each partition
+    // from a queue of its own. Here one queue holds every partition's records, and a full
+    // queue stops fetching for `fetch.queue.backoff.ms` (1 s): librdkafka's own 64 MiB.
+    let consumer: StreamConsumer = settings
+        .consumer_config(&group)
+        .set("queued.max.messages.kbytes", "65536")
+        .create()
+        .unwrap();
     consumer.subscribe(&[input]).unwrap();
     let producer: FutureProducer = settings.producer_config().create().unwrap();
     let deadline = tokio::time::Instant::now() + timeout;
