@@ -14,7 +14,7 @@
 # PROBE_CONFIG: more lines of gridflow.toml after [kafka] (`request_linger_ms = 5`);
 # PROBE_PROPERTIES: more lines of [kafka.properties] (`"queued.max.messages.kbytes" = "4096"`);
 # PROBE_BARE=1: the bare loop (runtime/examples/bare_loop.rs) first, with its CPU time;
-# PROBE_PERF=1: `perf record -g` of gridflow for 9 s from the pipeline's start (perf.data in
+# PROBE_PERF=1: `perf record ${PROBE_PERF_ARGS:--g}` of gridflow for 9 s from the pipeline's start (perf.data in
 #   the work directory, which is printed and kept).
 # Builds nothing: run `cargo build --release -p gridflow --bin gridflow --example bare_loop`.
 set -euo pipefail
@@ -83,7 +83,7 @@ sed -n "/^cat >\"\$WORK\/measure.py\" <<'EOF'$/,/^EOF$/p" runtime/benches/e2e.sh
 } >"$W/probe.toml"
 mv "$W/probe.toml" "$W/pipelines/"
 if [[ -n "${PROBE_PERF:-}" ]]; then
-    perf record -F 1999 -g -p "$GF_PID" -o "$W/perf.data" -- sleep 9 >/dev/null 2>&1 &
+    perf record -F 1999 ${PROBE_PERF_ARGS:--g} -p "$GF_PID" -o "$W/perf.data" -- sleep 9 >/dev/null 2>&1 &
 fi
 python3 "$W/measure.py" rate "$ADMIN_PORT" probe "$RECORDS" 300 "$GF_PID"
 wait_perf() { [[ -z "${PROBE_PERF:-}" ]] || wait; }
