@@ -137,12 +137,12 @@ impl KafkaSettings {
         self.base(&[])
     }
 
-    /// A consumer outside any group, for metadata. It gets the consumer defaults, so that the
-    /// user's consumer properties pass librdkafka's checks of a consumer (a
+    /// Settings of a consumer outside any group, for metadata. It gets the consumer defaults,
+    /// so that the user's consumer properties pass librdkafka's checks of a consumer (a
     /// `max.poll.interval.ms` below librdkafka's own `session.timeout.ms`, say, is valid
     /// next to gridflow's).
-    fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaError> {
-        self.base(CONSUMER_DEFAULTS).create()
+    fn metadata_config(&self) -> ClientConfig {
+        self.base(CONSUMER_DEFAULTS)
     }
 
     /// A new producer, reporting its queue depth in the metrics.
@@ -189,8 +189,9 @@ impl KafkaSettings {
         &self,
         timeout: Duration,
     ) -> Result<BTreeMap<String, Result<i32, RDKafkaErrorCode>>, KafkaError> {
-        let consumer = self.metadata_consumer()?;
+        let config = self.metadata_config();
         tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create()?;
             let metadata = consumer.fetch_metadata(None, timeout)?;
             Ok(metadata
                 .topics()
@@ -220,12 +221,14 @@ impl KafkaSettings {
 
     /// Is a broker reachable? (metadata within `timeout`)
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let Ok(consumer) = self.metadata_consumer() else {
-            return false;
-        };
-        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).is_ok())
-            .await
-            .unwrap_or(false)
+        let config = self.metadata_config();
+        tokio::task::spawn_blocking(move || {
+            config
+                .create::<BaseConsumer>()
+                .is_ok_and(|consumer| consumer.fetch_metadata(None, timeout).is_ok())
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Creates `topics` that do not exist yet, with `partitions` each (development helper).
@@ -437,7 +440,7 @@ mod tests {
         settings
             .properties
             .insert("max.poll.interval.ms".into(), "20000".into());
-        assert!(settings.metadata_consumer().is_ok());
+        assert!(settings.metadata_config().create::<BaseConsumer>().is_ok());
         assert!(settings
             .consumer_config("g")
             .create::<BaseConsumer>()
