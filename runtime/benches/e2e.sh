@@ -318,7 +318,7 @@ runs = [r for r in (${bare1:-0}, ${bare2:-0}) if r > 0]
 print(f'{100 * $rate_b / (sum(runs) / len(runs)):.0f} %' if runs else 'n/a')")"
 row "b. Kafka → map → Kafka" "**$rate_b msg/s**" \
     "$n of $KAFKA_RECORDS records of $(stat -c %s "$FIXTURE") B in ${secs}s, $PARTITIONS partitions; $BROKER_NOTE; load $LOAD_B$(broker_failed)"
-row "b. bare rdkafka consume → produce (same settings)" "${bare1:-0} / ${bare2:-0} msg/s (before / after)" \
+row "b. bare rdkafka consume → produce (same settings; librdkafka's 64 MiB prefetch on its one queue)" "${bare1:-0} / ${bare2:-0} msg/s (before / after)" \
     "runtime/examples/bare_loop.rs, offsets stored after each ack, 10,000 in flight; 0: no record within 60 s (stalled)"
 row "b. gridflow / bare" "**$ratio**" "against the mean of the bare runs that moved"
 

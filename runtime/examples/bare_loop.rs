@@ -1,7 +1,9 @@
 //! Kafka helpers for `benches/e2e.sh`, with gridflow's own client settings
 //! ([`gridflow::kafka::KafkaSettings`]: idempotent producer, `acks=all`, `linger.ms=5`; consumer
 //! with explicit offset store and auto-commit), so that the bare loop is the limit the
-//! Kafka → Kafka pipeline is compared with.
+//! Kafka → Kafka pipeline is compared with. One difference, on purpose: the loop's consumer
+//! prefetches librdkafka's 64 MiB on its one queue, where gridflow prefetches 4 MiB on each
+//! partition's queue (see `bare_loop`).
 //!
 //! ```text
 //! bare_loop create <partitions> <topic>...         creates the topics (admin API)
