@@ -5,32 +5,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::*;
-
-/// Committed offsets of `consumer`'s group for `topic` partitions `0..partitions`.
-///
-/// The `TopicPartitionList` is dropped before returning: a live list keeps librdkafka from
-/// destroying the consumer later.
-fn committed_offsets(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partitions: i32,
-) -> BTreeMap<i32, Offset> {
-    let mut query = TopicPartitionList::new();
-    for p in 0..partitions {
-        query.add_partition(topic, p);
-    }
-    let tpl = consumer
-        .committed_offsets(query, Duration::from_secs(10))
-        .expect("fetching committed offsets failed");
-    tpl.elements_for_topic(topic)
-        .iter()
-        .map(|e| (e.partition(), e.offset()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_consume_keyed_records_with_headers() {

@@ -247,6 +247,14 @@ fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// `topic/partition` pairs as one log field: `t.in.v1/0,t.in.v1/2`.
+fn listed<'a>(partitions: impl Iterator<Item = (&'a str, i32)>) -> String {
+    partitions
+        .map(|(topic, partition)| format!("{topic}/{partition}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The lane of a record: by partition, or by partition and key.
 fn lane_of(
     topic: &str,
@@ -541,6 +549,9 @@ impl Readers {
             // flight are not committed (the new owner consumes from the last commit):
             // duplicates at worst, never a rewound commit.
             Rebalanced::Revoked(revoked) => {
+                if !revoked.is_empty() {
+                    tracing::info!(partitions = %listed(revoked.iter().map(|(t, p)| (t.as_str(), *p))), "Kafka partitions revoked.");
+                }
                 for (topic, partition) in revoked {
                     let at = (Arc::from(topic.as_str()), partition);
                     if let Some((_, gate)) = self.forwarded.remove(&at) {
@@ -549,6 +560,9 @@ impl Readers {
                 }
             }
             Rebalanced::Assigned(assigned) => {
+                if !assigned.is_empty() {
+                    tracing::info!(partitions = %listed(assigned.iter().map(|s| (&*s.topic, s.partition))), "Kafka partitions assigned.");
+                }
                 for split in assigned {
                     self.start(split);
                 }

@@ -90,6 +90,28 @@ pub fn watermarks(topic: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
     (low, high)
 }
 
+/// Committed offsets of `consumer`'s group for `topic` partitions `0..partitions`.
+///
+/// The `TopicPartitionList` is dropped before returning: a live list keeps librdkafka from
+/// destroying the consumer later.
+pub fn committed_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, rdkafka::Offset> {
+    let mut query = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        query.add_partition(topic, p);
+    }
+    let tpl = consumer
+        .committed_offsets(query, Duration::from_secs(10))
+        .expect("fetching committed offsets failed");
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}
+
 /// Creates `name` with `partitions` partitions (replication 1) and waits until metadata shows it.
 pub async fn create_topic(name: &str, partitions: i32) {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
