@@ -207,10 +207,7 @@ fn whole(value: &Value) -> Variable {
 /// The JSON document in `bytes` as jmespath's tree, with only what `need` reads: the other
 /// fields are checked for syntax and skipped, never built.
 pub fn from_slice(bytes: &[u8], need: &Need) -> Result<Rcvar, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Pruned(need).deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
+    crate::message::json_from_bytes(bytes, Pruned(need))
 }
 
 /// Deserialises a value keeping what the need reads.

@@ -459,15 +459,17 @@ pub fn request_input(
         reply: (config.reply == ReplyMode::Mapped).then(|| std::sync::Mutex::new(Vec::new())),
     });
     let parsed = match content_type {
-        ContentType::Json => serde_json::from_slice::<Value>(&body)
-            .map(Payload::Json)
-            .map_err(|e| {
-                Failure::new(
-                    "source.http",
-                    ErrorCode::InvalidJson,
-                    format!("the body is not valid JSON: {e}"),
-                )
-            }),
+        ContentType::Json => {
+            crate::message::json_from_bytes(&body, std::marker::PhantomData::<Value>)
+                .map(Payload::Json)
+                .map_err(|e| {
+                    Failure::new(
+                        "source.http",
+                        ErrorCode::InvalidJson,
+                        format!("the body is not valid JSON: {e}"),
+                    )
+                })
+        }
         ContentType::Xml | ContentType::Other => Ok(Payload::Bytes(body)),
     };
     // The request contract: on the JSON body, or on an XML body after conversion (the
