@@ -142,14 +142,10 @@ async fn sigkill_at_random_points_loses_nothing() -> Result<(), String> {
     eprintln!("{kills} SIGKILLs, after {killed_at:?} output records of each run");
     producing.await.unwrap();
 
-    let verdict = verify_every_record_delivered(&Flow {
-        input: &input,
-        output: &output,
-        group: &group,
-        partitions,
-        total,
-        suite: "crash suite",
-    })
+    let verdict = verify_every_record_delivered(
+        Flow::new(&input, &output, &group, partitions, total),
+        "crash suite",
+    )
     .await;
     drop(running);
     verdict
@@ -226,14 +222,10 @@ async fn partitions_moving_between_live_members_lose_nothing() -> Result<(), Str
         "the second member logged its assignment"
     );
     producing.await.unwrap();
-    let verdict = verify_every_record_delivered(&Flow {
-        input: &input,
-        output: &output,
-        group: &group,
-        partitions,
-        total,
-        suite: "live rebalance",
-    })
+    let verdict = verify_every_record_delivered(
+        Flow::new(&input, &output, &group, partitions, total),
+        "live rebalance",
+    )
     .await;
     drop(second);
     verdict
@@ -287,7 +279,18 @@ struct Flow<'a> {
     group: &'a str,
     partitions: i32,
     total: usize,
-    suite: &'a str,
+}
+
+impl<'a> Flow<'a> {
+    fn new(input: &'a str, output: &'a str, group: &'a str, partitions: i32, total: usize) -> Self {
+        Flow {
+            input,
+            output,
+            group,
+            partitions,
+            total,
+        }
+    }
 }
 
 /// Waits until `output` has caught up (at least `total` records, not growing for 15 s), then
@@ -295,12 +298,11 @@ struct Flow<'a> {
 /// printed), each mapped, and nothing dead-lettered. A failure says where the group's commits
 /// stand against the input, which tells a stalled consumer (records left uncommitted) from a
 /// lost record (committed but not in the output).
-async fn verify_every_record_delivered(flow: &Flow<'_>) -> Result<(), String> {
-    let &Flow {
+async fn verify_every_record_delivered(flow: Flow<'_>, suite: &str) -> Result<(), String> {
+    let Flow {
         output,
         partitions,
         total,
-        suite,
         ..
     } = flow;
     // Wait until the last process has caught up: the output holds at least `total` records
@@ -366,7 +368,7 @@ async fn verify_every_record_delivered(flow: &Flow<'_>) -> Result<(), String> {
         missing.len()
     );
     if !missing.is_empty() {
-        let commits = commits_against_input(flow).await;
+        let commits = commits_against_input(&flow).await;
         let settle = if settled {
             "the output had settled".to_string()
         } else {
