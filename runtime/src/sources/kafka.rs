@@ -281,10 +281,14 @@ fn spawn_lane(
 ) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Message>(LANE_CAPACITY);
     let task = tokio::spawn(async move {
+        // One stop future for the lane's life: a new `cancelled()` per record registered and
+        // removed a waiter on the token each time (2.5 % of the workers' time in a profile).
+        let stop = shutdown.cancelled();
+        tokio::pin!(stop);
         loop {
             let message = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = &mut stop => break,
                 m = rx.recv() => match m {
                     Some(m) => m,
                     None => break,
@@ -298,7 +302,7 @@ fn spawn_lane(
                 pushed = push => if pushed.is_err() {
                     tracing::error!("A record's processing panicked; its offset is not committed.");
                 },
-                _ = shutdown.cancelled() => break,
+                _ = &mut stop => break,
             }
         }
     });
