@@ -84,7 +84,9 @@ sed -n "/^cat >\"\$WORK\/measure.py\" <<'EOF'$/,/^EOF$/p" runtime/benches/e2e.sh
 mv "$W/probe.toml" "$W/pipelines/"
 if [[ -n "${PROBE_PERF:-}" ]]; then
     perf record -F 1999 ${PROBE_PERF_ARGS:--g} -p "$GF_PID" -o "$W/perf.data" -- sleep 9 >/dev/null 2>&1 &
+    PERF_PID="$!"
 fi
 python3 "$W/measure.py" rate "$ADMIN_PORT" probe "$RECORDS" 300 "$GF_PID"
-wait_perf() { [[ -z "${PROBE_PERF:-}" ]] || wait; }
+# Only perf: gridflow is a background job of this shell too.
+wait_perf() { [[ -z "${PROBE_PERF:-}" ]] || wait "$PERF_PID"; }
 wait_perf
