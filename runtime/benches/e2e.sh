@@ -145,8 +145,9 @@ def rss_kb(pid):
     return 0
 
 def rate(admin, pipeline, target, timeout, pid):
-    """messages/s from gridflow_messages_sent_total, sampled every 100 ms; gives up after
-    30 s without progress (a broker that died)."""
+    """messages/s from gridflow_messages_sent_total, sampled every MEASURE_INTERVAL_S (0.1) s;
+    gives up after 30 s without progress (a broker that died)."""
+    interval = float(os.environ.get("MEASURE_INTERVAL_S", "0.1"))
     deadline = time.monotonic() + timeout
     first = None
     peak = 0
@@ -163,7 +164,7 @@ def rate(admin, pipeline, target, timeout, pid):
         elif first is not None and now - last[0] > 30:
             now, n, cpu = last
             break
-        time.sleep(0.1)
+        time.sleep(interval)
     if first is None or now == first[0]:
         print(f"{n:.0f} 0 0 {peak} 0")
         return

@@ -13,6 +13,7 @@
 # PROBE_NO_MAP=1: no map step; PROBE_SOURCE: more lines of [source] (`concurrency = 4`);
 # PROBE_CONFIG: more lines of gridflow.toml after [kafka] (`request_linger_ms = 5`);
 # PROBE_PROPERTIES: more lines of [kafka.properties] (`"queued.max.messages.kbytes" = "4096"`);
+# PROBE_EXTRA_TOPICS: more topics, each with an idle HTTP → map → Kafka pipeline (`x1.v1 x2.v1`);
 # PROBE_BARE=1: the bare loop (runtime/examples/bare_loop.rs) first, with its CPU time;
 # PROBE_PERF=1: `perf record ${PROBE_PERF_ARGS:--g}` of gridflow for 9 s from the pipeline's start (perf.data in
 #   the work directory, which is printed and kept).
@@ -40,7 +41,7 @@ map_step() {
 }
 mkdir -p "$W/pipelines"
 # The embedded broker creates the topics of the pipelines it starts with.
-for t in m.in.v1 m.bare.v1 m.out.v1; do
+for t in m.in.v1 m.bare.v1 m.out.v1 ${PROBE_EXTRA_TOPICS:-}; do
     { printf '[source]\nkind = "http"\npath = "/%s"\n\n' "$t"; map_step
       printf '\n[sink]\nkind = "kafka"\ntopic = "%s"\nkey = "meter_id"\n' "$t"; } >"$W/pipelines/topic-$t.toml"
 done
