@@ -14,6 +14,7 @@ use crate::error::{ErrorCode, Failure, StepError};
 use crate::message::{Headers, Meta, Origin, Payload};
 
 pub mod need;
+mod scan;
 
 pub use need::{into_value, Need};
 

@@ -206,12 +206,30 @@ fn whole(value: &Value) -> Variable {
 
 /// The JSON document in `bytes` as jmespath's tree, with only what `need` reads: the other
 /// fields are checked for syntax and skipped, never built.
+///
+/// A pruned read goes to [`super::scan`] first, which walks the text once; serde_json reads
+/// what the scanner is not sure of (and a value read whole), so the result, or the error, is
+/// always serde_json's.
 pub fn from_slice(bytes: &[u8], need: &Need) -> Result<Rcvar, serde_json::Error> {
+    if let Need::Part { .. } = need {
+        if let Some(tree) = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| super::scan::pruned(text, need))
+        {
+            return Ok(tree);
+        }
+    }
+    from_slice_by_serde(bytes, need)
+}
+
+/// [`from_slice`] through serde_json alone: the reference its fast path is tested against
+/// (unit tests, the `pruned_json` fuzz target).
+pub fn from_slice_by_serde(bytes: &[u8], need: &Need) -> Result<Rcvar, serde_json::Error> {
     crate::message::json_from_bytes(bytes, Pruned(need))
 }
 
 /// Deserialises a value keeping what the need reads.
-struct Pruned<'a>(&'a Need);
+pub(super) struct Pruned<'a>(pub(super) &'a Need);
 
 impl<'de> DeserializeSeed<'de> for Pruned<'_> {
     type Value = Rcvar;
