@@ -123,58 +123,83 @@ impl<'a> Scanner<'a> {
     }
 
     fn object(&mut self, fields: &BTreeMap<String, Need>) -> Option<Rcvar> {
-        self.enter()?;
-        self.pos += 1;
         let mut out = BTreeMap::new();
-        self.ws();
-        if self.peek()? == b'}' {
-            self.pos += 1;
-        } else {
-            loop {
-                let key = self.key()?;
-                self.expect(b':')?;
-                self.ws();
-                match field(fields, key) {
-                    // The last of duplicate keys wins, as in serde_json's maps.
-                    Some(need) => {
-                        let v = self.value(need)?;
-                        out.insert(key.to_owned(), v);
-                    }
-                    None => self.skip()?,
+        self.members(|s, key| {
+            // An escaped key would have to be decoded to be compared: serde_json reads it.
+            let key = key?;
+            match field(fields, key) {
+                // The last of duplicate keys wins, as in serde_json's maps.
+                Some(need) => {
+                    let v = s.value(need)?;
+                    out.insert(key.to_owned(), v);
+                    Some(())
                 }
-                self.ws();
-                match self.peek()? {
-                    b',' => self.pos += 1,
-                    b'}' => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
+                None => s.skip(),
             }
-        }
-        self.depth -= 1;
+        })?;
         Some(Arc::new(Variable::Object(out)))
     }
 
     fn array(&mut self, each: Option<&Need>) -> Option<Rcvar> {
+        let mut out = Vec::new();
+        self.elements(|s| match each {
+            Some(need) => {
+                out.push(s.value(need)?);
+                Some(())
+            }
+            None => s.skip(),
+        })?;
+        Some(Arc::new(Variable::Array(out)))
+    }
+
+    /// Walks the object at the cursor: `member` gets each key (`None` when it has an escape)
+    /// with the cursor on its value, and must move past the value.
+    fn members(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Option<&'a str>) -> Option<()>,
+    ) -> Option<()> {
+        self.container(b'}', |s| {
+            s.ws();
+            if s.peek()? != b'"' {
+                return None;
+            }
+            let start = s.pos + 1;
+            let escaped = s.string()?;
+            let key = (!escaped).then(|| &s.text[start..s.pos - 1]);
+            s.expect(b':')?;
+            s.ws();
+            member(s, key)
+        })
+    }
+
+    /// Walks the array at the cursor: `element` is called with the cursor on each element,
+    /// and must move past it.
+    fn elements(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.container(b']', |s| {
+            s.ws();
+            element(s)
+        })
+    }
+
+    /// The frame shared by objects and arrays: the opening byte at the cursor, `item` for
+    /// each comma-separated item, then `close`.
+    fn container(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
         self.enter()?;
         self.pos += 1;
-        let mut out = Vec::new();
         self.ws();
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.pos += 1;
         } else {
             loop {
-                self.ws();
-                match each {
-                    Some(need) => out.push(self.value(need)?),
-                    None => self.skip()?,
-                }
+                item(self)?;
                 self.ws();
                 match self.peek()? {
                     b',' => self.pos += 1,
-                    b']' => {
+                    b if b == close => {
                         self.pos += 1;
                         break;
                     }
@@ -183,20 +208,7 @@ impl<'a> Scanner<'a> {
             }
         }
         self.depth -= 1;
-        Some(Arc::new(Variable::Array(out)))
-    }
-
-    /// An object key without escapes (whitespace skipped first).
-    fn key(&mut self) -> Option<&'a str> {
-        self.ws();
-        if self.peek()? != b'"' {
-            return None;
-        }
-        let start = self.pos + 1;
-        if self.string()? {
-            return None;
-        }
-        Some(&self.text[start..self.pos - 1])
+        Some(())
     }
 
     /// Checks the string at the cursor and moves past its closing quote; `Some(true)` when
@@ -299,71 +311,14 @@ impl<'a> Scanner<'a> {
     fn skip(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(|_| ()),
-            b'{' => {
-                self.enter()?;
-                self.pos += 1;
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.key_any()?;
-                        self.expect(b':')?;
-                        self.ws();
-                        self.skip()?;
-                        self.ws();
-                        match self.peek()? {
-                            b',' => self.pos += 1,
-                            b'}' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Some(())
-            }
-            b'[' => {
-                self.enter()?;
-                self.pos += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        self.skip()?;
-                        self.ws();
-                        match self.peek()? {
-                            b',' => self.pos += 1,
-                            b']' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Some(())
-            }
+            b'{' => self.members(|s, _| s.skip()),
+            b'[' => self.elements(Self::skip),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.number(),
             _ => None,
         }
-    }
-
-    /// A key of a skipped object (escapes allowed: it is not compared).
-    fn key_any(&mut self) -> Option<()> {
-        self.ws();
-        if self.peek()? != b'"' {
-            return None;
-        }
-        self.string().map(|_| ())
     }
 }
 
