@@ -71,7 +71,14 @@ impl Payload {
     pub fn to_bytes(&self) -> Bytes {
         match self {
             Payload::Bytes(bytes) => bytes.clone(),
-            Payload::Json(value) => Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+            Payload::Json(value) => {
+                // serde_json starts at 128 bytes: most mapped messages are longer.
+                let mut out = Vec::with_capacity(512);
+                match serde_json::to_writer(&mut out, value) {
+                    Ok(()) => Bytes::from(out),
+                    Err(_) => Bytes::new(),
+                }
+            }
         }
     }
 }

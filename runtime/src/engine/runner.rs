@@ -319,15 +319,19 @@ impl Runner {
                 Err(SinkError::Transient(message)) => {
                     tracing::debug!(pipeline = %self.name, step = %self.program.sinks[sink].id, correlation_id = %record.meta.correlation_id, attempts, error = %message, "Sink fault; retrying.");
                     self.metrics.retried();
-                    tokio::time::sleep(self.retry.backoff(attempts)).await;
+                    result = Box::pin(async {
+                        tokio::time::sleep(self.retry.backoff(attempts)).await;
+                        settle(self.program.sinks[sink].sink.send(&record).await).await
+                    })
+                    .await;
                     attempts += 1;
-                    result = settle(self.program.sinks[sink].sink.send(&record).await).await;
                 }
             }
         };
         delivery.end(Some(&failure));
-        self.dead_letter(record.meta, ack, failure, permit, trace)
-            .await;
+        // Boxed: the rare path's state would otherwise sit in every delivery task, and a
+        // task's future is moved in whole when it is spawned.
+        Box::pin(self.dead_letter(record.meta, ack, failure, permit, trace)).await;
     }
 
     /// Writes the input to the dead-letter destination (once per input) and settles `ack`.
