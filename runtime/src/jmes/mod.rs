@@ -14,6 +14,7 @@ use crate::error::{ErrorCode, Failure, StepError};
 use crate::message::{Headers, Meta, Origin, Payload};
 
 pub mod need;
+mod plan;
 mod scan;
 
 pub use need::{into_value, Need};
@@ -110,23 +111,9 @@ pub struct Expr {
     source: String,
     compiled: jmespath::Expression<'static>,
     need: Need,
-    /// The field names of an expression that is only a field path (`meter_id`, `a.b.c`),
-    /// which is looked up in a parsed message without converting it for jmespath.
-    path: Option<Box<[String]>>,
-}
-
-/// The field names of `ast` when it is a field path.
-fn field_path(ast: &jmespath::ast::Ast) -> Option<Vec<String>> {
-    use jmespath::ast::Ast;
-    match ast {
-        Ast::Field { name, .. } => Some(vec![name.clone()]),
-        Ast::Subexpr { lhs, rhs, .. } => {
-            let mut path = field_path(lhs)?;
-            path.extend(field_path(rhs)?);
-            Some(path)
-        }
-        _ => None,
-    }
+    /// An expression of field paths, `to_number` and multiselect hashes, evaluated without
+    /// jmespath's interpreter (see [`plan`]).
+    plan: Option<plan::Plan>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -182,12 +169,12 @@ impl Expr {
             reason: e.reason.to_string(),
         })?;
         let need = Need::of(compiled.as_ast());
-        let path = field_path(compiled.as_ast()).map(Vec::into_boxed_slice);
+        let plan = plan::Plan::of(compiled.as_ast());
         Ok(Expr {
             source: source.to_string(),
             compiled,
             need,
-            path,
+            plan,
         })
     }
 
@@ -203,10 +190,8 @@ impl Expr {
 
     /// Evaluates the expression on `data`.
     pub fn search(&self, data: &Value) -> Result<Value, StepError> {
-        if let Some(path) = &self.path {
-            // JMESPath: a field of anything but an object is null.
-            let found = path.iter().try_fold(data, |v, name| v.get(name.as_str()));
-            return Ok(found.cloned().unwrap_or(Value::Null));
+        if let Some(plan) = &self.plan {
+            return Ok(plan.search(data));
         }
         self.search_owned(Doc::from_value(data, &self.need))
     }
@@ -221,6 +206,9 @@ impl Expr {
 
     /// Evaluates the expression on `doc`, which must hold what it reads.
     pub fn search_doc(&self, doc: &Doc) -> Result<Value, StepError> {
+        if let Some(plan) = &self.plan {
+            return Ok(plan.eval(&doc.0).into_value());
+        }
         Ok(need::into_value(self.run(&doc.0)?))
     }
 
@@ -231,6 +219,11 @@ impl Expr {
     }
 
     fn search_owned(&self, doc: Doc) -> Result<Value, StepError> {
+        if let Some(plan) = &self.plan {
+            let out = plan.eval(&doc.0);
+            drop(doc);
+            return Ok(out.into_value());
+        }
         let result = self.run(&doc.0)?;
         // The input's tree first: parts of the result it shared then move instead of copying.
         drop(doc);
@@ -302,16 +295,18 @@ mod tests {
         ];
         for source in paths {
             let expr = Expr::compile(source).unwrap();
-            assert!(expr.path.is_some(), "{source} is a field path");
+            assert!(expr.plan.is_some(), "{source} is a field path");
             for doc in &docs {
-                let interpreted = expr.search_owned(Doc::from_value(doc, &expr.need)).unwrap();
+                // jmespath's interpreter, which the plan stands in for.
+                let interpreted =
+                    need::into_value(expr.run(&Doc::from_value(doc, &expr.need).0).unwrap());
                 assert_eq!(expr.search(doc).unwrap(), interpreted, "{source} on {doc}");
                 let payload = Payload::Json(doc.clone());
                 assert_eq!(expr.search_payload(&payload).unwrap(), interpreted);
             }
         }
-        for source in ["a[0]", "a.*", "length(a)", "@", "a || b", "a.b[0].d"] {
-            assert!(Expr::compile(source).unwrap().path.is_none(), "{source}");
+        for source in ["a[0]", "a.*", "length(a)", "a || b", "a.b[0].d"] {
+            assert!(Expr::compile(source).unwrap().plan.is_none(), "{source}");
         }
     }
 

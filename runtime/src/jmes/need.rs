@@ -548,7 +548,7 @@ mod tests {
     #[test]
     fn the_compliance_suite_gives_the_same_results_pruned() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/jmes/compliance");
-        let (mut cases, mut pruned) = (0, 0);
+        let (mut cases, mut pruned, mut planned) = (0, 0, 0);
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -568,6 +568,8 @@ mod tests {
                     if expr.need() != &Need::All {
                         pruned += 1;
                     }
+                    // Expressions with a plan (`super::plan`) are compared here too.
+                    planned += usize::from(expr.plan.is_some());
                     let whole = std::panic::catch_unwind(|| {
                         jmespath::compile(source)
                             .unwrap()
@@ -603,5 +605,6 @@ mod tests {
         }
         assert!(cases > 600, "only {cases} cases ran");
         assert!(pruned * 2 > cases, "only {pruned} of {cases} were pruned");
+        assert!(planned > 100, "only {planned} of {cases} had a plan");
     }
 }
