@@ -114,6 +114,8 @@ pub struct Expr {
     /// An expression of field paths, `to_number` and multiselect hashes, evaluated without
     /// jmespath's interpreter (see [`plan`]).
     plan: Option<plan::Plan>,
+    /// The plan read straight from raw JSON, when its leaves allow it.
+    picker: Option<Box<plan::Picker>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -170,11 +172,13 @@ impl Expr {
         })?;
         let need = Need::of(compiled.as_ast());
         let plan = plan::Plan::of(compiled.as_ast());
+        let picker = plan.as_ref().and_then(plan::Picker::of).map(Box::new);
         Ok(Expr {
             source: source.to_string(),
             compiled,
             need,
             plan,
+            picker,
         })
     }
 
@@ -200,7 +204,16 @@ impl Expr {
     pub fn search_payload(&self, payload: &Payload) -> Result<Value, StepError> {
         match payload {
             Payload::Json(value) => self.search(value),
-            Payload::Bytes(_) => self.search_owned(Doc::new(payload, &self.need)?),
+            Payload::Bytes(bytes) => {
+                let picked = self
+                    .picker
+                    .as_ref()
+                    .and_then(|picker| picker.search(std::str::from_utf8(bytes).ok()?));
+                match picked {
+                    Some(value) => Ok(value),
+                    None => self.search_owned(Doc::new(payload, &self.need)?),
+                }
+            }
         }
     }
 

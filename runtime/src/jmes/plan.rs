@@ -13,6 +13,8 @@ use jmespath::ast::Ast;
 use jmespath::{Rcvar, Variable};
 use serde_json::{Map, Value};
 
+use super::scan::{self, Leaf, Leaves, Root};
+
 /// An expression made of field paths, `to_number` and multiselect hashes.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Plan {
@@ -91,14 +93,7 @@ impl Plan {
                 .try_fold(data, |v, name| v.get(name.as_str()))
                 .cloned()
                 .unwrap_or(Value::Null),
-            Plan::ToNumber(arg) => match arg.search(data) {
-                number @ Value::Number(_) => number,
-                Value::String(text) => match Variable::from_json(&text) {
-                    Ok(read) => super::into_value(Rcvar::new(read)),
-                    Err(_) => Value::Null,
-                },
-                _ => Value::Null,
-            },
+            Plan::ToNumber(arg) => to_number_value(arg.search(data)),
             Plan::Hash(fields) => {
                 if data.is_null() {
                     return Value::Null;
@@ -112,6 +107,162 @@ impl Plan {
             }
             Plan::Sub(lhs, rhs) => rhs.search(&lhs.search(data)),
         }
+    }
+}
+
+/// A plan whose every leaf is a field path (`a.b`) or `to_number` of one, under hashes:
+/// its values are read straight from the raw JSON into slots ([`scan::pick`]), with no tree
+/// of the document and none of the result but the `Value` returned.
+#[derive(Debug)]
+pub(super) struct Picker {
+    plan: Plan,
+    leaves: Leaves,
+    /// The slot of each leaf, in the order [`Picker::build`] meets them.
+    order: Vec<usize>,
+    /// Slots read by more than one leaf (cloned, not taken).
+    shared: Vec<bool>,
+}
+
+impl Picker {
+    /// The picker of `plan`, when its leaves allow one: field paths, none of them the prefix
+    /// of another (`a` and `a.b`), and no `@`.
+    pub(super) fn of(plan: &Plan) -> Option<Picker> {
+        let mut paths: Vec<&[String]> = Vec::new();
+        let mut order = Vec::new();
+        leaf_paths(plan, &mut |path| {
+            let slot = match paths.iter().position(|p| *p == path) {
+                Some(slot) => slot,
+                None => {
+                    paths.push(path);
+                    paths.len() - 1
+                }
+            };
+            order.push(slot);
+        })?;
+        let mut shared = vec![false; paths.len()];
+        for (i, slot) in order.iter().enumerate() {
+            if order[..i].contains(slot) {
+                shared[*slot] = true;
+            }
+        }
+        let mut leaves = Leaves::default();
+        for (slot, path) in paths.iter().enumerate() {
+            add_leaf(&mut leaves, path, slot)?;
+        }
+        Some(Picker {
+            plan: plan.clone(),
+            leaves,
+            order,
+            shared,
+        })
+    }
+
+    /// The plan's result on the JSON document `text`; `None` when the scanner is not sure of
+    /// it (the caller then reads it the long way, which also gives the error of a bad one).
+    pub(super) fn search(&self, text: &str) -> Option<Value> {
+        let mut slots = vec![None; self.shared.len()];
+        let root = scan::pick(text, &self.leaves, &mut slots)?;
+        let mut next = self.order.iter();
+        Some(self.build(&self.plan, root, &mut slots, &mut next))
+    }
+
+    fn build(
+        &self,
+        plan: &Plan,
+        root: Root,
+        slots: &mut [Option<Value>],
+        next: &mut std::slice::Iter<'_, usize>,
+    ) -> Value {
+        match plan {
+            Plan::Path(_) => self.take(slots, next),
+            Plan::ToNumber(_) => to_number_value(self.take(slots, next)),
+            // Every hash of a picker reads the document's root.
+            Plan::Hash(_) if root == Root::Null => {
+                // Its leaves are not read, but they keep their places in the order.
+                skip_leaves(plan, next);
+                Value::Null
+            }
+            Plan::Hash(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(key, plan)| (key.clone(), self.build(plan, root, slots, next)))
+                    .collect::<Map<String, Value>>(),
+            ),
+            Plan::Sub(..) => unreachable!("a picker has no `.` after a function"),
+        }
+    }
+
+    /// The value of the next leaf (null when its field was not there).
+    fn take(&self, slots: &mut [Option<Value>], next: &mut std::slice::Iter<'_, usize>) -> Value {
+        let slot = *next.next().expect("one slot per leaf");
+        let value = if self.shared[slot] {
+            slots[slot].clone()
+        } else {
+            slots[slot].take()
+        };
+        value.unwrap_or(Value::Null)
+    }
+}
+
+/// Calls `leaf` with the path of each leaf of `plan`, in order; `None` when `plan` has a
+/// leaf a picker cannot read.
+fn leaf_paths<'p>(plan: &'p Plan, leaf: &mut impl FnMut(&'p [String])) -> Option<()> {
+    match plan {
+        Plan::Path(names) if !names.is_empty() => leaf(names),
+        Plan::ToNumber(arg) => match &**arg {
+            Plan::Path(names) if !names.is_empty() => leaf(names),
+            _ => return None,
+        },
+        Plan::Hash(fields) => {
+            for (_, plan) in fields.iter() {
+                leaf_paths(plan, leaf)?;
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+fn skip_leaves(plan: &Plan, next: &mut std::slice::Iter<'_, usize>) {
+    let _ = leaf_paths(plan, &mut |_| {
+        next.next();
+    });
+}
+
+/// Adds `path` → `slot`; `None` when a path is the prefix of another.
+fn add_leaf(leaves: &mut Leaves, path: &[String], slot: usize) -> Option<()> {
+    let (name, rest) = path.split_first()?;
+    let at = match leaves.0.iter().position(|(n, _)| n == name) {
+        Some(at) => at,
+        None => {
+            let leaf = if rest.is_empty() {
+                Leaf::Slot(slot)
+            } else {
+                Leaf::Below(Leaves::default())
+            };
+            leaves.0.push((name.clone(), leaf));
+            if rest.is_empty() {
+                return Some(());
+            }
+            leaves.0.len() - 1
+        }
+    };
+    match (&mut leaves.0[at].1, rest.is_empty()) {
+        (Leaf::Below(below), false) => add_leaf(below, rest, slot),
+        // `a` and `a.b`, or the same path twice (paths are deduplicated before).
+        _ => None,
+    }
+}
+
+/// jmespath 0.5's `to_number` on a `Value`.
+fn to_number_value(value: Value) -> Value {
+    match value {
+        number @ Value::Number(_) => number,
+        Value::String(text) => match Variable::from_json(&text) {
+            Ok(read) => super::into_value(Rcvar::new(read)),
+            Err(_) => Value::Null,
+        },
+        _ => Value::Null,
     }
 }
 
@@ -252,6 +403,117 @@ mod tests {
                     "{context}: from bytes"
                 );
             }
+        }
+    }
+
+    const READING: &[u8] = include_bytes!("../../benches/fixtures/meter-reading-1k.json");
+
+    const PICKED: &[&str] = &[
+        "{meter_id: meter_id, measured_at: ts, value: to_number(reading.value), \
+         unit: reading.unit, quality: reading.quality, substation: site.substation, \
+         feeder: site.feeder}",
+        "meter_id",
+        "to_number(site.connection_kva)",
+        "{id: meter_id, again: meter_id, n: to_number(reading.interval_s), d: device}",
+        "{outer: {inner: reading.value}, status: status, tags: tags}",
+        "registers",
+    ];
+
+    /// What `picker` answers for `bytes`, checked against jmespath on serde_json's reading;
+    /// true when it answered (rather than leaving the message to the long way).
+    fn check_picked(source: &str, picker: &Picker, bytes: &[u8]) -> bool {
+        let Some(picked) = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| picker.search(t))
+        else {
+            return false;
+        };
+        let context = format!("`{source}` on {}", String::from_utf8_lossy(bytes));
+        let parsed: Value = serde_json::from_slice(bytes)
+            .unwrap_or_else(|e| panic!("picked what serde_json refuses ({e}): {context}"));
+        assert_eq!(picked, jmespath_result(source, &parsed), "{context}");
+        true
+    }
+
+    fn picker(source: &str) -> Box<Picker> {
+        let expr = crate::jmes::Expr::compile(source).unwrap();
+        expr.picker.unwrap_or_else(|| panic!("{source}: no picker"))
+    }
+
+    /// Documents whose shape a picker must follow exactly: repeated keys (the last one
+    /// wins, all of it), fields under values that are not objects, roots of every kind.
+    #[test]
+    fn pickers_follow_repeated_keys_and_odd_shapes() {
+        let docs: &[&str] = &[
+            r#"{"reading": {"value": "1", "unit": "a"}, "reading": {"unit": "b"}}"#,
+            r#"{"reading": {"value": "1"}, "reading": "x"}"#,
+            r#"{"reading": "x", "reading": {"value": "2"}}"#,
+            r#"{"meter_id": "a", "meter_id": null, "site": {"feeder": "f", "feeder": 3}}"#,
+            r#"{"reading": {"value": {"nested": [1, 2]}}, "site": []}"#,
+            r#"{"reading": {"value": "1e400"}}"#,
+            r#"{"reading": {"value": "\u0031\u0032"}, "meter_id": "\u00e9t\u00e9"}"#,
+            r#"{"reading": {"value": 12345678901234567890123}}"#,
+            r#" { "meter_id" : "m" , "reading" : { "value" : " 7 " } } "#,
+            r#"{}"#,
+            r#"[{"meter_id": "m"}]"#,
+            r#""text""#,
+            r#"null"#,
+            r#"0"#,
+        ];
+        let mut answered = 0;
+        for source in PICKED
+            .iter()
+            .chain(&["{v: to_number(reading.value), f: site.feeder}"])
+        {
+            let picker = picker(source);
+            for doc in docs {
+                answered += usize::from(check_picked(source, &picker, doc.as_bytes()));
+            }
+        }
+        assert!(answered > 80, "only {answered} answered");
+    }
+
+    /// Every one-byte change of a meter reading gives jmespath's result on serde_json's
+    /// reading, or goes the long way.
+    #[test]
+    fn every_one_byte_change_of_a_reading_is_picked_as_jmespath_reads_it() {
+        let pickers: Vec<_> = PICKED.iter().map(|s| (*s, picker(s))).collect();
+        let replacements = b"{}[]:,\"\\ 0-.eE+tfnu\x01\x7f";
+        let (mut answered, mut total) = (0, 0);
+        for at in 0..READING.len() {
+            let mut variants: Vec<Vec<u8>> = replacements
+                .iter()
+                .map(|&b| {
+                    let mut v = READING.to_vec();
+                    v[at] = b;
+                    v
+                })
+                .collect();
+            let mut removed = READING.to_vec();
+            removed.remove(at);
+            variants.push(removed);
+            for bytes in variants {
+                for (source, picker) in &pickers {
+                    total += 1;
+                    answered += usize::from(check_picked(source, picker, &bytes));
+                }
+            }
+        }
+        assert!(answered * 4 > total, "only {answered} of {total} picked");
+    }
+
+    #[test]
+    fn pickers_need_plain_field_paths() {
+        for source in [
+            "@",
+            "to_number(@)",
+            "{a: reading, b: reading.value}",
+            "{a: reading.value, b: reading}",
+            "reading.{v: value}",
+            "to_number(reading.value).y",
+        ] {
+            let expr = crate::jmes::Expr::compile(source).unwrap();
+            assert!(expr.plan.is_some() && expr.picker.is_none(), "{source}");
         }
     }
 

@@ -45,6 +45,79 @@ pub(super) fn pruned(text: &str, need: &Need) -> Option<Rcvar> {
     (s.pos == s.bytes.len()).then_some(tree)
 }
 
+/// Where the values a [`Picker`](super::plan::Picker) reads are: field names leading to a
+/// slot of the caller's, or to more fields.
+#[derive(Debug, Default)]
+pub(super) struct Leaves(pub(super) Vec<(String, Leaf)>);
+
+#[derive(Debug)]
+pub(super) enum Leaf {
+    /// The field's whole value goes to this slot.
+    Slot(usize),
+    /// Fields of the field's value, when it is an object.
+    Below(Leaves),
+}
+
+impl Leaves {
+    fn find(&self, key: &str) -> Option<&Leaf> {
+        self.0
+            .iter()
+            .find(|(name, _)| name.as_str() == key)
+            .map(|(_, leaf)| leaf)
+    }
+
+    /// Empties every slot at or below these fields.
+    fn clear(&self, slots: &mut [Option<serde_json::Value>]) {
+        for (_, leaf) in &self.0 {
+            match leaf {
+                Leaf::Slot(i) => slots[*i] = None,
+                Leaf::Below(below) => below.clear(slots),
+            }
+        }
+    }
+}
+
+/// The kind of a document's root, as far as a picker cares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Root {
+    Object,
+    Null,
+    Other,
+}
+
+/// Reads the values at `leaves` of the document `text` into `slots` (a field that is absent,
+/// or under a value that is not an object, leaves its slot empty: JMESPath's null), checking
+/// the rest without building it. `None` when the scanner is not sure, as for [`pruned`].
+pub(super) fn pick(
+    text: &str,
+    leaves: &Leaves,
+    slots: &mut [Option<serde_json::Value>],
+) -> Option<Root> {
+    let mut s = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+        depth: 0,
+    };
+    s.ws();
+    let root = match s.peek()? {
+        b'{' => {
+            s.pick_object(leaves, slots)?;
+            Root::Object
+        }
+        b'n' => {
+            s.literal(b"null")?;
+            Root::Null
+        }
+        _ => {
+            s.skip()?;
+            Root::Other
+        }
+    };
+    s.ws();
+    (s.pos == s.bytes.len()).then_some(root)
+}
+
 /// What is read of field `key`: a linear search in the few fields an expression names
 /// (a string comparison looks at the lengths first), the tree's search in larger sets.
 fn field<'n>(fields: &'n BTreeMap<String, Need>, key: &str) -> Option<&'n Need> {
@@ -112,6 +185,53 @@ impl<'a> Scanner<'a> {
                 let start = self.pos;
                 self.skip()?;
                 self.hand_over(start, need)
+            }
+        }
+    }
+
+    /// The object at the cursor, its fields named in `leaves` read into `slots`.
+    fn pick_object(
+        &mut self,
+        leaves: &Leaves,
+        slots: &mut [Option<serde_json::Value>],
+    ) -> Option<()> {
+        self.members(|s, key| match leaves.find(key?) {
+            // The last of duplicate keys wins, as in serde_json's maps.
+            Some(Leaf::Slot(i)) => {
+                slots[*i] = Some(s.whole()?);
+                Some(())
+            }
+            Some(Leaf::Below(below)) => {
+                // A repeated key replaces all of the value before it.
+                below.clear(slots);
+                if s.peek()? == b'{' {
+                    s.pick_object(below, slots)
+                } else {
+                    s.skip()
+                }
+            }
+            None => s.skip(),
+        })
+    }
+
+    /// The whole value at the cursor, as serde_json reads it.
+    fn whole(&mut self) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        let start = self.pos;
+        match self.peek()? {
+            b'"' => {
+                if self.string()? {
+                    // Escapes: serde_json decodes them.
+                    return serde_json::from_str(&self.text[start..self.pos]).ok();
+                }
+                Some(Value::String(self.text[start + 1..self.pos - 1].to_owned()))
+            }
+            b't' => self.literal(b"true").map(|_| Value::Bool(true)),
+            b'f' => self.literal(b"false").map(|_| Value::Bool(false)),
+            b'n' => self.literal(b"null").map(|_| Value::Null),
+            _ => {
+                self.skip()?;
+                serde_json::from_str(&self.text[start..self.pos]).ok()
             }
         }
     }
