@@ -239,12 +239,17 @@ pub(super) async fn run(assigned: Assigned, shared: Arc<Shared>) -> usize {
     };
     // A record waiting for room in its full lane: lane, offset, record, since when.
     let mut waiting: Option<(usize, i64, Message, tokio::time::Instant)> = None;
+    // One future of each token for the task's life: polled first on every turn, a new one a
+    // turn registered (and removed) a waiter on the token each time, as the lanes did.
+    let revoked = gate.revoked.cancelled();
+    let stopping = shared.shutdown.cancelled();
+    tokio::pin!(revoked, stopping);
     loop {
         let waiting_for = waiting.as_ref().map(|(lane, _, _, since)| (*lane, *since));
         tokio::select! {
             biased;
-            _ = gate.revoked.cancelled() => return 0,
-            _ = shared.shutdown.cancelled() => break,
+            _ = &mut revoked => return 0,
+            _ = &mut stopping => break,
             Some(done) = finished_rx.recv() => store(done, &mut finished_rx, &mut tracker),
             room = async {
                 match waiting_for {
