@@ -437,7 +437,7 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[$BODY]]
 EOF
-( peak=0; while kill -0 "$GF_PID" 2>/dev/null; do r="$(measure rss "$GF_PID")"; ((r > peak)) && peak=$r
+( peak=0; while kill -0 "$GF_PID" 2>/dev/null; do r="$(measure rss "$GF_PID" 2>/dev/null)" || r=0; ((r > peak)) && peak=$r
     echo "$peak" >"$WORK/rss_c"; sleep 0.2; done ) &
 SAMPLER=$!
 PIDS+=("$SAMPLER")
