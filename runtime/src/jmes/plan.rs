@@ -327,6 +327,13 @@ mod tests {
     use bytes::Bytes;
     use serde_json::json;
 
+    use crate::jmes::scan::tests::{one_byte_changes, READING};
+
+    /// The shipped `meter-readings` pipeline's map.
+    const METER_MAP: &str = "{meter_id: meter_id, measured_at: ts, \
+        value: to_number(reading.value), unit: reading.unit, quality: reading.quality, \
+        substation: site.substation, feeder: site.feeder}";
+
     fn jmespath_result(source: &str, data: &Value) -> Value {
         let result = jmespath::compile(source).unwrap().search(data).unwrap();
         serde_json::to_value(&*result).unwrap()
@@ -371,9 +378,7 @@ mod tests {
             "to_number(reading.value).y",
             "x.y.z",
             "{a: meter_id}",
-            "{meter_id: meter_id, measured_at: ts, value: to_number(reading.value), \
-             unit: reading.unit, quality: reading.quality, substation: site.substation, \
-             feeder: site.feeder}",
+            METER_MAP,
             "{b: meter_id, a: reading, b: ts}",
             "reading.{v: value, n: to_number(value)}",
             "{outer: {inner: reading.value, all: @}, n: to_number(reading.value)}",
@@ -406,12 +411,8 @@ mod tests {
         }
     }
 
-    const READING: &[u8] = include_bytes!("../../benches/fixtures/meter-reading-1k.json");
-
     const PICKED: &[&str] = &[
-        "{meter_id: meter_id, measured_at: ts, value: to_number(reading.value), \
-         unit: reading.unit, quality: reading.quality, substation: site.substation, \
-         feeder: site.feeder}",
+        METER_MAP,
         "meter_id",
         "to_number(site.connection_kva)",
         "{id: meter_id, again: meter_id, n: to_number(reading.interval_s), d: device}",
@@ -478,25 +479,11 @@ mod tests {
     #[test]
     fn every_one_byte_change_of_a_reading_is_picked_as_jmespath_reads_it() {
         let pickers: Vec<_> = PICKED.iter().map(|s| (*s, picker(s))).collect();
-        let replacements = b"{}[]:,\"\\ 0-.eE+tfnu\x01\x7f";
         let (mut answered, mut total) = (0, 0);
-        for at in 0..READING.len() {
-            let mut variants: Vec<Vec<u8>> = replacements
-                .iter()
-                .map(|&b| {
-                    let mut v = READING.to_vec();
-                    v[at] = b;
-                    v
-                })
-                .collect();
-            let mut removed = READING.to_vec();
-            removed.remove(at);
-            variants.push(removed);
-            for bytes in variants {
-                for (source, picker) in &pickers {
-                    total += 1;
-                    answered += usize::from(check_picked(source, picker, &bytes));
-                }
+        for bytes in one_byte_changes(READING) {
+            for (source, picker) in &pickers {
+                total += 1;
+                answered += usize::from(check_picked(source, picker, &bytes));
             }
         }
         assert!(answered * 4 > total, "only {answered} of {total} picked");

@@ -33,16 +33,7 @@ const PLAIN_NUMBER_MAX: usize = 300;
 /// The document `text` as jmespath's tree with only what `need` reads; `None` when the
 /// scanner is not sure (the caller then asks serde_json).
 pub(super) fn pruned(text: &str, need: &Need) -> Option<Rcvar> {
-    let mut s = Scanner {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-        depth: 0,
-    };
-    s.ws();
-    let tree = s.value(need)?;
-    s.ws();
-    (s.pos == s.bytes.len()).then_some(tree)
+    Scanner::whole_text(text, |s| s.value(need))
 }
 
 /// Where the values a [`Picker`](super::plan::Picker) reads are: field names leading to a
@@ -93,29 +84,22 @@ pub(super) fn pick(
     leaves: &Leaves,
     slots: &mut [Option<serde_json::Value>],
 ) -> Option<Root> {
-    let mut s = Scanner {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-        depth: 0,
-    };
-    s.ws();
-    let root = match s.peek()? {
-        b'{' => {
-            s.pick_object(leaves, slots)?;
-            Root::Object
-        }
-        b'n' => {
-            s.literal(b"null")?;
-            Root::Null
-        }
-        _ => {
-            s.skip()?;
-            Root::Other
-        }
-    };
-    s.ws();
-    (s.pos == s.bytes.len()).then_some(root)
+    Scanner::whole_text(text, |s| {
+        Some(match s.peek()? {
+            b'{' => {
+                s.pick_object(leaves, slots)?;
+                Root::Object
+            }
+            b'n' => {
+                s.literal(b"null")?;
+                Root::Null
+            }
+            _ => {
+                s.skip()?;
+                Root::Other
+            }
+        })
+    })
 }
 
 /// What is read of field `key`: a linear search in the few fields an expression names
@@ -139,6 +123,20 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// `read` of the one value `text` holds (whitespace around it allowed).
+    fn whole_text<T>(text: &'a str, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
+        let mut s = Scanner {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            depth: 0,
+        };
+        s.ws();
+        let read = read(&mut s)?;
+        s.ws();
+        (s.pos == s.bytes.len()).then_some(read)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
@@ -470,12 +468,28 @@ fn special(bytes: &[u8], mut from: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::need::{from_slice, from_slice_by_serde, into_value};
     use super::*;
     use crate::jmes::Expr;
 
-    const READING: &[u8] = include_bytes!("../../benches/fixtures/meter-reading-1k.json");
+    pub(in crate::jmes) const READING: &[u8] =
+        include_bytes!("../../benches/fixtures/meter-reading-1k.json");
+
+    /// `text` with each byte replaced by each of 21 JSON-significant bytes, and removed.
+    pub(in crate::jmes) fn one_byte_changes(text: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+        let replacements = b"{}[]:,\"\\ 0-.eE+tfnu\x01\x7f";
+        (0..text.len()).flat_map(move |at| {
+            let replaced = replacements.iter().map(move |&b| {
+                let mut v = text.to_vec();
+                v[at] = b;
+                v
+            });
+            let mut removed = text.to_vec();
+            removed.remove(at);
+            replaced.chain(std::iter::once(removed))
+        })
+    }
 
     /// Expressions whose needs cover fields, nested fields, projections, indices, whole
     /// values and nothing at all.
@@ -619,25 +633,11 @@ mod tests {
     #[test]
     fn every_one_byte_change_of_a_reading_is_read_as_serde_json_reads_it() {
         let needs = needs();
-        let replacements = b"{}[]:,\"\\ 0-.eE+tfnu\x01\x7f";
         let (mut fast, mut total) = (0, 0);
-        for at in 0..READING.len() {
-            let mut variants: Vec<Vec<u8>> = replacements
-                .iter()
-                .map(|&b| {
-                    let mut v = READING.to_vec();
-                    v[at] = b;
-                    v
-                })
-                .collect();
-            let mut removed = READING.to_vec();
-            removed.remove(at);
-            variants.push(removed);
-            for bytes in variants {
-                for need in &needs {
-                    total += 1;
-                    fast += usize::from(check(&bytes, need));
-                }
+        for bytes in one_byte_changes(READING) {
+            for need in &needs {
+                total += 1;
+                fast += usize::from(check(&bytes, need));
             }
         }
         // Most changes still make JSON that serde_json reads (inside strings): the scanner
