@@ -21,6 +21,7 @@ const EXPRESSIONS: &[&str] = &[
     "reading.{v: value, n: to_number(value)}",
     "to_number(reading.value).b",
     "{whole: @}",
+    "a.{x: b}.x",
 ];
 
 fn compiled() -> &'static [(Expr, jmespath::Expression<'static>)] {

@@ -40,8 +40,9 @@ impl Plan {
                 (Plan::Path(a), Plan::Path(b)) => {
                     Plan::Path(a.iter().chain(b.iter()).cloned().collect())
                 }
-                // A hash on the left would have to be built as a node to be read again.
-                (Plan::Hash(_), _) => return None,
+                // A hash on the left (`{a: b}.a`, `x.{a: b}.a`) would have to be built as a
+                // node to be read again.
+                (lhs, _) if lhs.builds_object() => return None,
                 (lhs, rhs) => Plan::Sub(Box::new(lhs), Box::new(rhs)),
             },
             Ast::Function { name, args, .. } if name == "to_number" && args.len() == 1 => {
@@ -56,6 +57,15 @@ impl Plan {
             }
             _ => return None,
         })
+    }
+
+    /// Does the result come out of [`Plan::eval`] as an [`Out::Object`]?
+    fn builds_object(&self) -> bool {
+        match self {
+            Plan::Hash(_) => true,
+            Plan::Sub(_, rhs) => rhs.builds_object(),
+            Plan::Path(_) | Plan::ToNumber(_) => false,
+        }
     }
 
     /// The plan's result on jmespath's tree. Nodes of the result are shared with `data`:
@@ -515,6 +525,10 @@ mod tests {
             "to_number(a, b)",
             "to_string(a)",
             "{a: b}.a",
+            "a.{x: b}.c",
+            "a.{x: b}.x",
+            "@.{x: a}.b",
+            "a.b.{x: c}.x.y",
             "{a: b[0]}",
             "meta()",
             "[a, b]",
@@ -523,6 +537,17 @@ mod tests {
         ] {
             let expr = crate::jmes::Expr::compile(source).unwrap();
             assert!(expr.plan.is_none(), "{source}");
+        }
+        // A hash read again after a `.` is jmespath's to evaluate, on every kind of input.
+        let doc = json!({"a": {"b": {"c": {"y": 3}}, "x": 2}, "b": 1});
+        for source in ["a.{x: b}.x", "@.{x: a}.x", "a.b.{x: c}.x.y", "a.{x: b}.c"] {
+            let expr = crate::jmes::Expr::compile(source).unwrap();
+            let want = jmespath_result(source, &doc);
+            assert_eq!(expr.search(&doc).unwrap(), want, "{source}");
+            let bytes = Payload::Bytes(Bytes::from(serde_json::to_vec(&doc).unwrap()));
+            assert_eq!(expr.search_payload(&bytes).unwrap(), want, "{source}");
+            let tree = crate::jmes::Doc::from_value(&doc, expr.need());
+            assert_eq!(expr.search_doc(&tree).unwrap(), want, "{source}");
         }
     }
 
