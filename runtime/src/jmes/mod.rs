@@ -205,10 +205,13 @@ impl Expr {
         match payload {
             Payload::Json(value) => self.search(value),
             Payload::Bytes(bytes) => {
-                let picked = self
-                    .picker
-                    .as_ref()
-                    .and_then(|picker| picker.search(std::str::from_utf8(bytes).ok()?));
+                let picked =
+                    self.plan
+                        .as_ref()
+                        .zip(self.picker.as_ref())
+                        .and_then(|(plan, picker)| {
+                            picker.search(plan, std::str::from_utf8(bytes).ok()?)
+                        });
                 match picked {
                     Some(value) => Ok(value),
                     None => self.search_owned(Doc::new(payload, &self.need)?),

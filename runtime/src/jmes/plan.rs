@@ -125,7 +125,6 @@ impl Plan {
 /// of the document and none of the result but the `Value` returned.
 #[derive(Debug)]
 pub(super) struct Picker {
-    plan: Plan,
     leaves: Leaves,
     /// The slot of each leaf, in the order [`Picker::build`] meets them.
     order: Vec<usize>,
@@ -160,20 +159,20 @@ impl Picker {
             add_leaf(&mut leaves, path, slot)?;
         }
         Some(Picker {
-            plan: plan.clone(),
             leaves,
             order,
             shared,
         })
     }
 
-    /// The plan's result on the JSON document `text`; `None` when the scanner is not sure of
-    /// it (the caller then reads it the long way, which also gives the error of a bad one).
-    pub(super) fn search(&self, text: &str) -> Option<Value> {
+    /// The result of `plan` (the one the picker was made of) on the JSON document `text`;
+    /// `None` when the scanner is not sure of it (the caller then reads it the long way,
+    /// which also gives the error of a bad one).
+    pub(super) fn search(&self, plan: &Plan, text: &str) -> Option<Value> {
         let mut slots = vec![None; self.shared.len()];
         let root = scan::pick(text, &self.leaves, &mut slots)?;
         let mut next = self.order.iter();
-        Some(self.build(&self.plan, root, &mut slots, &mut next))
+        Some(self.build(plan, root, &mut slots, &mut next))
     }
 
     fn build(
@@ -432,10 +431,13 @@ mod tests {
 
     /// What `picker` answers for `bytes`, checked against jmespath on serde_json's reading;
     /// true when it answered (rather than leaving the message to the long way).
-    fn check_picked(source: &str, picker: &Picker, bytes: &[u8]) -> bool {
+    fn check_picked(source: &str, expr: &crate::jmes::Expr, bytes: &[u8]) -> bool {
+        let (Some(plan), Some(picker)) = (&expr.plan, &expr.picker) else {
+            panic!("{source}: no picker")
+        };
         let Some(picked) = std::str::from_utf8(bytes)
             .ok()
-            .and_then(|t| picker.search(t))
+            .and_then(|t| picker.search(plan, t))
         else {
             return false;
         };
@@ -446,9 +448,11 @@ mod tests {
         true
     }
 
-    fn picker(source: &str) -> Box<Picker> {
+    /// `source` compiled; it must have a picker.
+    fn picker(source: &str) -> crate::jmes::Expr {
         let expr = crate::jmes::Expr::compile(source).unwrap();
-        expr.picker.unwrap_or_else(|| panic!("{source}: no picker"))
+        assert!(expr.picker.is_some(), "{source}: no picker");
+        expr
     }
 
     /// Documents whose shape a picker must follow exactly: repeated keys (the last one
