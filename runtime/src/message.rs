@@ -74,60 +74,11 @@ impl Payload {
             Payload::Json(value) => {
                 // serde_json starts at 128 bytes: most mapped messages are longer.
                 let mut out = Vec::with_capacity(512);
-                write_json(&mut out, value);
-                Bytes::from(out)
-            }
-        }
-    }
-}
-
-/// `value` as compact JSON, byte for byte what `serde_json::to_writer` writes: strings that
-/// need no escape are copied whole (serde_json looks their bytes up one by one in its escape
-/// table), numbers and the other strings are serde_json's own.
-pub fn write_json(out: &mut Vec<u8>, value: &Value) {
-    fn plain(text: &str) -> bool {
-        text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
-    }
-    fn string(out: &mut Vec<u8>, text: &str) {
-        if plain(text) {
-            out.reserve(text.len() + 2);
-            out.push(b'"');
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'"');
-        } else {
-            // Writing to a Vec does not fail.
-            let _ = serde_json::to_writer(&mut *out, text);
-        }
-    }
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => {
-            let _ = serde_json::to_writer(&mut *out, n);
-        }
-        Value::String(text) => string(out, text),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+                match serde_json::to_writer(&mut out, value) {
+                    Ok(()) => Bytes::from(out),
+                    Err(_) => Bytes::new(),
                 }
-                write_json(out, item);
             }
-            out.push(b']');
-        }
-        Value::Object(fields) => {
-            out.push(b'{');
-            for (i, (key, item)) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                string(out, key);
-                out.push(b':');
-                write_json(out, item);
-            }
-            out.push(b'}');
         }
     }
 }
@@ -320,41 +271,6 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `write_json` writes what serde_json writes: every character alone and inside text,
-    /// numbers of each kind, the JMESPath compliance documents and the energy samples' JSON.
-    #[test]
-    fn json_is_written_as_serde_json_writes_it() {
-        let mut values = vec![
-            serde_json::json!({"a": [1, -2, 3.5, 1e300, -0.0, u64::MAX, i64::MIN], "b": null,
-                               "c": true, "d": false, "": {}, "e": [], "f": [[], {}]}),
-            serde_json::json!("été \u{1F600} \u{7f} \u{80} \u{2028}"),
-        ];
-        for c in (0u32..0x300).filter_map(char::from_u32) {
-            values.push(Value::String(format!("{c}")));
-            values.push(serde_json::json!({ format!("k{c}k"): format!("v{c}v") }));
-        }
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/jmes/compliance");
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().and_then(|e| e.to_str()) == Some("json") {
-                values.push(serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap());
-            }
-        }
-        assert!(values.len() > 1000);
-        for value in &values {
-            let mut ours = Vec::new();
-            write_json(&mut ours, value);
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(value).unwrap()
-            );
-            assert_eq!(
-                Payload::Json(value.clone()).to_bytes(),
-                serde_json::to_vec(value).unwrap()
-            );
-        }
-    }
 
     #[test]
     fn correlation_ids_are_lower_case_uuid_v7_in_creation_order() {
