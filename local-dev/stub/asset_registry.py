@@ -23,7 +23,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ASSETS = {
-    # The meter of shared/samples/meter/reading.json and of the worked example.
+    # The meter of runtime/tests/fixtures/samples/meter/reading.json and of the worked example.
     "FR-PRM-09182736450011": {
         "meter_id": "FR-PRM-09182736450011",
         "connection_kva": 9,

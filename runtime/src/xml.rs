@@ -855,23 +855,23 @@ mod tests {
 
     const A65: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/samples/entsoe/A65-actual-total-load-BE.xml"
+        "/tests/fixtures/samples/entsoe/A65-actual-total-load-BE.xml"
     );
     const A75: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/samples/entsoe/A75-generation-per-type-NL.xml"
+        "/tests/fixtures/samples/entsoe/A75-generation-per-type-NL.xml"
     );
     const A44: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/samples/entsoe/A44-day-ahead-prices-FR.xml"
+        "/tests/fixtures/samples/entsoe/A44-day-ahead-prices-FR.xml"
     );
     const SOAP: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/samples/soap/generation-forecast-A67-soap11.xml"
+        "/tests/fixtures/samples/soap/generation-forecast-A67-soap11.xml"
     );
     const METER: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/samples/meter/MeterReadings-head-end.xml"
+        "/tests/fixtures/samples/meter/MeterReadings-head-end.xml"
     );
     const ALL_SAMPLES: [&str; 5] = [A65, A75, A44, SOAP, METER];
 

@@ -28,7 +28,7 @@ async fn runs_end_to_end_on_the_embedded_broker() {
 
     let sample = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/samples/meter/reading.json"
+        "/tests/fixtures/samples/meter/reading.json"
     ))
     .unwrap();
     let r = http()

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 const A65: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/samples/entsoe/A65-actual-total-load-BE.xml"
+    "/tests/fixtures/samples/entsoe/A65-actual-total-load-BE.xml"
 );
 const SHIPPED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -121,7 +121,7 @@ async fn generated_correlation_id_and_json_bodies() {
     let gf = Gridflow::start(dir.path(), &[]);
     let sample = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/samples/frequency/grid-frequency-10Hz.json"
+        "/tests/fixtures/samples/frequency/grid-frequency-10Hz.json"
     ))
     .unwrap();
     let expected = serde_json::from_slice::<Value>(&sample).unwrap()["samples"]

@@ -11,7 +11,7 @@ use common::*;
 
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/samples/soap/generation-forecast-A67-soap11.xml"
+    "/tests/fixtures/samples/soap/generation-forecast-A67-soap11.xml"
 );
 const WSDL: &str = r#"<?xml version="1.0"?><definitions xmlns="http://schemas.xmlsoap.org/wsdl/" name="Forecast"/>"#;
 
