@@ -30,6 +30,8 @@ pub struct AdminState {
     pub reload: Option<ReloadHandle>,
     /// The ingress routes, for `/openapi.json`.
     pub routes: Option<Arc<crate::sources::HttpRoutes>>,
+    /// The process's producers, for the fault injection of debug builds.
+    pub producers: Option<crate::kafka::Producers>,
 }
 
 impl AdminState {
@@ -63,7 +65,19 @@ impl AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let router = Router::new();
+    // Debug builds only, and only when the environment asks for it: tests of the recovery
+    // from a fatal Kafka client error (see `inject_fatal_error`).
+    #[cfg(debug_assertions)]
+    let router = if std::env::var_os(FAULT_INJECTION_ENV).is_some_and(|v| v == "1") {
+        router.route(
+            "/admin/test/kafka-fatal-error",
+            axum::routing::post(inject_fatal_error),
+        )
+    } else {
+        router
+    };
+    router
         .route(
             "/health/live",
             get(|| async { (StatusCode::OK, axum::Json(json!({"status": "live"}))) }),
@@ -83,6 +97,48 @@ pub fn router(state: AdminState) -> Router {
         })
         .with_state(state)
 }
+
+/// `1` turns on the test-only fault injection endpoints of a debug build.
+#[cfg(debug_assertions)]
+pub const FAULT_INJECTION_ENV: &str = "GRIDFLOW_TEST_FAULT_INJECTION";
+
+/// `POST /admin/test/kafka-fatal-error?client=stream|request`: the producer's client fails as
+/// a fenced idempotent producer does.
+#[cfg(debug_assertions)]
+async fn inject_fatal_error(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(producers) = &state.producers else {
+        return problem(StatusCode::NOT_FOUND, "Not Found", "no producer", json!({}));
+    };
+    let caller_waits = match query.get("client").map(String::as_str) {
+        Some("request") => true,
+        Some("stream") | None => false,
+        Some(other) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                &format!("unknown client `{other}` (stream, request)"),
+                json!({}),
+            )
+        }
+    };
+    let producer = producers.for_pipeline(caller_waits);
+    let generation = producer.current().number();
+    tracing::warn!(client = producer.role().label(), generation, "Injecting a fatal error into the Kafka producer (test).");
+    match producer.inject_fatal_error("injected by POST /admin/test/kafka-fatal-error") {
+        Ok(()) => axum::Json(json!({"client": producer.role().label(), "generation": generation}))
+            .into_response(),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            &e.to_string(),
+            json!({}),
+        ),
+    }
+}
+
 
 async fn ready(State(state): State<AdminState>) -> Response {
     let loaded = state.loaded.load(Ordering::SeqCst);
