@@ -139,22 +139,42 @@ async fn inject_fatal_error(
     }
 }
 
+/// Pipelines whose sink failed every delivery for longer than
+/// [`NOT_DELIVERING_AFTER`](crate::sinks::NOT_DELIVERING_AFTER): name → (since, last error).
+fn not_delivering() -> std::collections::BTreeMap<String, (String, String)> {
+    crate::sinks::DeliveryHealth::not_delivering(crate::sinks::NOT_DELIVERING_AFTER)
+        .into_iter()
+        .map(|(name, since, error)| {
+            let since = time::OffsetDateTime::from(since)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            (name, (since, error))
+        })
+        .collect()
+}
 
 async fn ready(State(state): State<AdminState>) -> Response {
     let loaded = state.loaded.load(Ordering::SeqCst);
     let broker = state.broker_reachable.load(Ordering::SeqCst);
-    if loaded && broker {
+    let stuck = not_delivering();
+    if loaded && broker && stuck.is_empty() {
         (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
     } else {
+        let names: Vec<&String> = stuck.keys().collect();
         let detail = match (loaded, broker) {
-            (false, _) => "pipelines are not loaded yet",
-            _ => "the Kafka broker is unreachable",
+            (false, _) => "pipelines are not loaded yet".to_string(),
+            (_, false) => "the Kafka broker is unreachable".to_string(),
+            _ => format!(
+                "pipeline(s) {} cannot deliver (every delivery failed for {} s or more)",
+                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                crate::sinks::NOT_DELIVERING_AFTER.as_secs()
+            ),
         };
         problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not Ready",
-            detail,
-            json!({"pipelines_loaded": loaded, "broker_reachable": broker}),
+            &detail,
+            json!({"pipelines_loaded": loaded, "broker_reachable": broker, "pipelines_not_delivering": names}),
         )
     }
 }
@@ -163,6 +183,22 @@ async fn pipelines(State(state): State<AdminState>) -> Response {
     match &state.reload {
         Some(handle) => {
             let (pipelines, restart_required) = handle.views();
+            let stuck = not_delivering();
+            // A running pipeline whose sink fails every delivery says so.
+            let pipelines: Vec<serde_json::Value> = pipelines
+                .into_iter()
+                .map(|view| {
+                    let mut value = serde_json::to_value(&view).unwrap_or_default();
+                    if let Some((since, error)) =
+                        stuck.get(&view.name).filter(|_| view.state != "stopped")
+                    {
+                        value["state"] = json!("not_delivering");
+                        value["delivery"] =
+                            json!({"failing_since": since, "last_error": error});
+                    }
+                    value
+                })
+                .collect();
             axum::Json(json!({"pipelines": pipelines, "restart_required": restart_required}))
                 .into_response()
         }
