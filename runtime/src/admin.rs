@@ -102,8 +102,8 @@ pub fn router(state: AdminState) -> Router {
 #[cfg(debug_assertions)]
 pub const FAULT_INJECTION_ENV: &str = "GRIDFLOW_TEST_FAULT_INJECTION";
 
-/// `POST /admin/test/kafka-fatal-error?client=stream|request`: the producer's client fails as
-/// a fenced idempotent producer does.
+/// `POST /admin/test/kafka-fatal-error?client=stream|request|consumer`: the producer's client
+/// (or every Kafka source's consumer) fails as a fenced idempotent producer does.
 #[cfg(debug_assertions)]
 async fn inject_fatal_error(
     State(state): State<AdminState>,
@@ -113,20 +113,29 @@ async fn inject_fatal_error(
         return problem(StatusCode::NOT_FOUND, "Not Found", "no producer", json!({}));
     };
     let caller_waits = match query.get("client").map(String::as_str) {
+        Some("consumer") => {
+            tracing::warn!("Injecting a fatal error into every Kafka consumer (test).");
+            crate::kafka::consumer_faults().send_modify(|n| *n += 1);
+            return axum::Json(json!({"client": "consumer"})).into_response();
+        }
         Some("request") => true,
         Some("stream") | None => false,
         Some(other) => {
             return problem(
                 StatusCode::BAD_REQUEST,
                 "Bad Request",
-                &format!("unknown client `{other}` (stream, request)"),
+                &format!("unknown client `{other}` (stream, request, consumer)"),
                 json!({}),
             )
         }
     };
     let producer = producers.for_pipeline(caller_waits);
     let generation = producer.current().number();
-    tracing::warn!(client = producer.role().label(), generation, "Injecting a fatal error into the Kafka producer (test).");
+    tracing::warn!(
+        client = producer.role().label(),
+        generation,
+        "Injecting a fatal error into the Kafka producer (test)."
+    );
     match producer.inject_fatal_error("injected by POST /admin/test/kafka-fatal-error") {
         Ok(()) => axum::Json(json!({"client": producer.role().label(), "generation": generation}))
             .into_response(),
@@ -166,7 +175,11 @@ async fn ready(State(state): State<AdminState>) -> Response {
             (_, false) => "the Kafka broker is unreachable".to_string(),
             _ => format!(
                 "pipeline(s) {} cannot deliver (every delivery failed for {} s or more)",
-                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 crate::sinks::NOT_DELIVERING_AFTER.as_secs()
             ),
         };
@@ -193,8 +206,7 @@ async fn pipelines(State(state): State<AdminState>) -> Response {
                         stuck.get(&view.name).filter(|_| view.state != "stopped")
                     {
                         value["state"] = json!("not_delivering");
-                        value["delivery"] =
-                            json!({"failing_since": since, "last_error": error});
+                        value["delivery"] = json!({"failing_since": since, "last_error": error});
                     }
                     value
                 })

@@ -427,7 +427,11 @@ impl Producer {
     /// network: building connects to nothing) leaves the failed one in place, and the next
     /// call tries again.
     fn recover(&self, failed: &Arc<Generation>) -> Arc<Generation> {
-        let _one_at_a_time = self.inner.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self
+            .inner
+            .rebuilding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let current = self.current();
         if current.number != failed.number {
             return current;
@@ -457,23 +461,41 @@ impl Producer {
     /// (`rd_kafka_test_fatal_error` with `PRODUCER_FENCED`): for tests of the recovery only.
     #[cfg(debug_assertions)]
     pub fn inject_fatal_error(&self, reason: &str) -> Result<(), KafkaError> {
-        let reason = std::ffi::CString::new(reason.replace('\0', " "))
-            .map_err(|_| KafkaError::Canceled)?;
-        let current = self.current();
-        // SAFETY: the client is alive for the call (`current` holds it) and `reason` is a
-        // NUL-terminated string that outlives the call.
-        let code = unsafe {
-            rdkafka::bindings::rd_kafka_test_fatal_error(
-                current.client().native_ptr(),
-                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
-                reason.as_ptr(),
-            )
-        };
-        match code {
-            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
-            other => Err(KafkaError::Global(other.into())),
-        }
+        test_fatal_error(self.current().client(), reason)
     }
+}
+
+/// Makes `client` fail with a fatal error (librdkafka's `rd_kafka_test_fatal_error`, as a
+/// fenced idempotent producer fails): for tests of the recovery only.
+#[cfg(debug_assertions)]
+pub fn test_fatal_error<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    reason: &str,
+) -> Result<(), KafkaError> {
+    let reason =
+        std::ffi::CString::new(reason.replace('\0', " ")).map_err(|_| KafkaError::Canceled)?;
+    // SAFETY: the client is alive for the call (borrowed) and `reason` is a NUL-terminated
+    // string that outlives the call.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            client.native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+            reason.as_ptr(),
+        )
+    };
+    match code {
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+        other => Err(KafkaError::Global(other.into())),
+    }
+}
+
+/// Each increment asks every Kafka source's consumer of the process to fail with a fatal
+/// error (`POST /admin/test/kafka-fatal-error?client=consumer` of a debug build).
+#[cfg(debug_assertions)]
+pub fn consumer_faults() -> &'static tokio::sync::watch::Sender<u64> {
+    static FAULTS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+        std::sync::OnceLock::new();
+    FAULTS.get_or_init(|| tokio::sync::watch::channel(0).0)
 }
 
 /// The process's two producers, shared by every pipeline. Records of a pipeline whose caller
@@ -752,7 +774,10 @@ mod tests {
         };
         let producer = settings.producer().unwrap();
         for i in 0..5 {
-            assert_eq!(deliver(&producer, "fatal.t", &format!("before-{i}")).await, 0);
+            assert_eq!(
+                deliver(&producer, "fatal.t", &format!("before-{i}")).await,
+                0
+            );
         }
         assert_eq!(producer.current().number(), 0);
 
@@ -761,13 +786,16 @@ mod tests {
         let in_flight: Vec<_> = (0..50)
             .map(|i| {
                 let producer = producer.clone();
-                tokio::spawn(async move {
-                    deliver(&producer, "fatal.t", &format!("during-{i}")).await
-                })
+                tokio::spawn(
+                    async move { deliver(&producer, "fatal.t", &format!("during-{i}")).await },
+                )
             })
             .collect();
         producer.inject_fatal_error("injected by a test").unwrap();
-        assert!(producer.current().fatal(), "librdkafka reports the fatal error");
+        assert!(
+            producer.current().fatal(),
+            "librdkafka reports the fatal error"
+        );
         for task in in_flight {
             task.await.unwrap();
         }
