@@ -121,10 +121,17 @@ async fn a_pipeline_that_cannot_deliver_says_so() {
         "{view}"
     );
     assert!(view["delivery"]["failing_since"].is_string(), "{view}");
-    let ready = http().get(gf.admin_url("/health/ready")).send().await.unwrap();
+    let ready = http()
+        .get(gf.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body["pipelines_not_delivering"], serde_json::json!(["stuck"]));
+    assert_eq!(
+        body["pipelines_not_delivering"],
+        serde_json::json!(["stuck"])
+    );
 
     // No traffic for 15 s: no longer listed.
     tokio::time::sleep(Duration::from_secs(16)).await;

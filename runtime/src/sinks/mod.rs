@@ -154,7 +154,8 @@ pub struct Failing {
     pub error: String,
 }
 
-fn registry() -> &'static std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Weak<DeliveryHealth>>>
+fn registry(
+) -> &'static std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Weak<DeliveryHealth>>>
 {
     static REGISTRY: std::sync::OnceLock<
         std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Weak<DeliveryHealth>>>,
