@@ -44,6 +44,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use rdkafka::consumer::Consumer as _;
 
 const CUT: Duration = Duration::from_secs(20);
 
@@ -291,6 +292,22 @@ async fn post_reading(client: &reqwest::Client, gf_url: &str, id: &str) -> Optio
         .map(|r| r.status().as_u16())
 }
 
+/// The ids on `topic`, read from the start until every one of `expected` is there or `within`
+/// passed (duplicates, which at-least-once allows, do not count towards it).
+async fn read_ids(topic: &str, expected: &BTreeSet<String>, within: Duration) -> BTreeSet<String> {
+    let consumer = consumer(&unique("hostile-reader"));
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + within;
+    let mut seen = BTreeSet::new();
+    while !expected.is_subset(&seen) && Instant::now() < deadline {
+        seen.extend(ids(
+            &read_records(&consumer, None, Duration::from_secs(1)).await
+        ));
+    }
+    close_consumer(consumer).await;
+    seen
+}
+
 fn ids(records: &[Record]) -> BTreeSet<String> {
     records
         .iter()
@@ -429,6 +446,38 @@ async fn scenario(link: Net, http_out: String, stream_in: String, stream_out: St
     eprintln!("[hostile_network] cutting the link for {CUT:?}");
     link.set(false);
     let cut_at = Instant::now();
+    // Watches the admin API during the cut: readiness, and the HTTP pipeline's state once it
+    // has failed every delivery for 15 s (its first failure comes a few seconds into the cut).
+    let watcher = {
+        let (ready_url, pipelines_url, client) = (
+            gf.admin_url("/health/ready"),
+            gf.admin_url("/admin/pipelines"),
+            client.clone(),
+        );
+        tokio::spawn(async move {
+            // Readiness answers from 10 s into the cut (the probe runs every 5 s).
+            let (mut late_ready, mut stuck) = (Vec::new(), None);
+            while cut_at.elapsed() + Duration::from_millis(300) < CUT {
+                if let Ok(r) = client.get(&ready_url).send().await {
+                    if cut_at.elapsed() > Duration::from_secs(10) {
+                        late_ready.push(r.status().as_u16());
+                    }
+                }
+                if let Ok(r) = client.get(&pipelines_url).send().await {
+                    let pipelines: serde_json::Value = r.json().await.unwrap_or_default();
+                    if let Some(p) = pipelines["pipelines"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|p| p["name"] == "readings"))
+                        .filter(|p| p["state"] == "not_delivering")
+                    {
+                        stuck = Some(p.clone());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (late_ready, stuck)
+        })
+    };
     let mut during = Vec::new();
     let mut n = 0;
     while cut_at.elapsed() < CUT - Duration::from_secs(2) {
@@ -437,36 +486,47 @@ async fn scenario(link: Net, http_out: String, stream_in: String, stream_out: St
         n += 1;
         during.push(tokio::spawn(async move {
             let status = post_reading(&client, &url, &id).await;
-            (id, status)
+            (id, status, Instant::now())
         }));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let mut during_statuses = Vec::new();
-    // Answers that came while the link was still down.
-    for task in during.iter_mut().take(8) {
-        let (id, status) = task.await.unwrap();
-        if status == Some(202) {
-            accepted.insert(id.clone());
-        }
-        during_statuses.push(status);
-    }
-    let ready_during = gf.is_ready().await;
+    let (ready_late_in_cut, stuck) = watcher.await.unwrap();
     tokio::time::sleep(CUT.saturating_sub(cut_at.elapsed())).await;
     eprintln!("[hostile_network] link back up (still throttled)");
     link.set(true);
     let back_at = Instant::now();
-    assert!(
-        during_statuses.contains(&Some(503)),
-        "HTTP callers got 503 during the cut: {during_statuses:?}"
-    );
-    assert!(!ready_during, "/health/ready is 503 during the cut");
-    for task in during.into_iter().skip(8).chain(slow) {
+    let mut during_cut = Vec::new();
+    for task in during {
+        let (id, status, answered) = task.await.unwrap();
+        assert!(matches!(status, Some(202 | 503)), "{id}: {status:?}");
+        if answered < back_at {
+            during_cut.push(status);
+        }
+        if status == Some(202) {
+            accepted.insert(id);
+        }
+    }
+    for task in slow {
         let (id, status) = task.await.unwrap();
         assert!(matches!(status, Some(202 | 503)), "{id}: {status:?}");
         if status == Some(202) {
             accepted.insert(id);
         }
     }
+    assert!(
+        during_cut.contains(&Some(503)),
+        "HTTP callers got 503 during the cut: {during_cut:?}"
+    );
+    assert!(
+        !during_cut.contains(&Some(202)),
+        "nothing accepted while the broker was unreachable: {during_cut:?}"
+    );
+    assert!(
+        !ready_late_in_cut.is_empty() && ready_late_in_cut.iter().all(|s| *s == 503),
+        "/health/ready is 503 during the cut: {ready_late_in_cut:?}"
+    );
+    let stuck = stuck.expect("/admin/pipelines showed `readings` as not_delivering during the cut");
+    assert!(stuck["delivery"]["last_error"].is_string(), "{stuck}");
 
     // After: the HTTP pipeline accepts again within a bounded wait, then every request.
     let deadline = back_at + Duration::from_secs(90);
@@ -521,14 +581,14 @@ async fn scenario(link: Net, http_out: String, stream_in: String, stream_out: St
     }
 
     // Nothing acknowledged is lost.
-    let relayed = ids(&consume(&stream_out, produced.len(), Duration::from_secs(120)).await);
+    let relayed = read_ids(&stream_out, &produced, Duration::from_secs(120)).await;
     let missing: Vec<&String> = produced.difference(&relayed).collect();
     assert!(
         missing.is_empty(),
         "inputs of the Kafka → Kafka pipeline not relayed: {missing:?}; log:\n{}",
         gf.log_text()
     );
-    let written = ids(&consume(&http_out, accepted.len(), Duration::from_secs(60)).await);
+    let written = read_ids(&http_out, &accepted, Duration::from_secs(60)).await;
     let lost: Vec<&String> = accepted.difference(&written).collect();
     assert!(
         lost.is_empty(),
