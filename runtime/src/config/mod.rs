@@ -239,6 +239,19 @@ impl RuntimeConfig {
                     None,
                 );
             }
+            for (key, v) in &c.kafka.properties {
+                let text = match v {
+                    PropertyValue::File { .. } => continue,
+                    other => other.to_string(),
+                };
+                if let Some(why) = crate::kafka::guarded_property(key, &text) {
+                    doc.error(
+                        property_span(&value, key),
+                        format!("[kafka.properties] {why}"),
+                        Some("at-least-once depends on it; gridflow sets it itself".into()),
+                    );
+                }
+            }
             if c.engine.drain_timeout_ms > 3_600_000 {
                 doc.error(
                     key_span(&value, "engine", "drain_timeout_ms"),
@@ -293,6 +306,21 @@ impl RuntimeConfig {
     }
 }
 
+/// Span of `key` inside `[kafka.properties]` (of the table when not found).
+fn property_span(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    key: &str,
+) -> Option<std::ops::Range<usize>> {
+    let kafka = value.get_ref().as_table()?.get("kafka")?;
+    let properties = kafka.get_ref().as_table()?.get("properties")?;
+    let span = properties
+        .get_ref()
+        .as_table()
+        .and_then(|t| t.get_key_value(key))
+        .map(|(k, _)| k.span());
+    span.or(Some(properties.span()))
+}
+
 /// Span of `key` inside the `section` table, or of the section when the key is absent.
 fn key_span(
     value: &toml::Spanned<toml::de::DeValue<'_>>,
@@ -340,6 +368,24 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8081);
         assert_eq!(c.admin.listen.port(), 9090);
         assert_eq!(c.engine.max_in_flight, 10_000);
+    }
+
+    #[test]
+    fn properties_at_least_once_depends_on_are_refused_with_their_position() {
+        let text = "[kafka]\nbrokers = 'b:9092'\n[kafka.properties]\n'linger.ms' = 20\nacks = 1\n'enable.idempotence' = false\n";
+        let d = RuntimeConfig::parse(Path::new("gridflow.toml"), text, &|_| None).unwrap_err();
+        assert_eq!(d.len(), 2, "{d:?}");
+        let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert!(
+            shown[0].starts_with(
+                "gridflow.toml:5:1: error: [kafka.properties] `acks` = `1` is not allowed"
+            ),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("gridflow.toml:6:1:"), "{shown:?}");
+        assert!(shown[1].contains("enable.idempotence"), "{shown:?}");
+        let ok = "[kafka.properties]\nacks = 'all'\n'enable.idempotence' = true\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), ok, &|_| None).is_ok());
     }
 
     #[test]
