@@ -170,10 +170,14 @@ fn ensure_journal_topic(
     timeout: Duration,
 ) -> Result<(), String> {
     let missing = runtime
-        .block_on(tokio::time::timeout(
-            timeout,
-            settings.missing_topics(&[JOURNAL_TOPIC.to_string()]),
-        ))
+        // The timer is made inside the runtime: it needs its time driver.
+        .block_on(async {
+            tokio::time::timeout(
+                timeout,
+                settings.missing_topics(&[JOURNAL_TOPIC.to_string()]),
+            )
+            .await
+        })
         .map_err(|_| waited("the list of topics", timeout))?
         .map_err(|e| format!("cannot list topics: {e}"))?;
     if missing.is_empty() {
@@ -181,10 +185,13 @@ fn ensure_journal_topic(
     }
     let hint = "create it (1 partition) and run the replay again";
     runtime
-        .block_on(tokio::time::timeout(
-            timeout,
-            settings.create_topics(&[JOURNAL_TOPIC.to_string()], 1),
-        ))
+        .block_on(async {
+            tokio::time::timeout(
+                timeout,
+                settings.create_topics(&[JOURNAL_TOPIC.to_string()], 1),
+            )
+            .await
+        })
         .map_err(|_| {
             format!(
                 "{} ({hint})",

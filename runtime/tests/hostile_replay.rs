@@ -202,3 +202,80 @@ async fn a_replay_to_http_follows_no_redirect_and_times_out_without_committing()
     assert!(stdout.contains("sent 1"), "{stdout}");
     assert_eq!(oks.load(Ordering::SeqCst), 1);
 }
+
+/// The situation of the issue: a replay pointed at the embedded broker of another gridflow
+/// process (librdkafka's mock cluster), where it cannot create its journal topic. It used to
+/// wait silently for ever; it ends within its `--timeout` with an error saying what it waited
+/// for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_against_an_embedded_broker_ends_within_its_timeout() {
+    let dir = test_dir();
+    write_pipeline(
+        dir.path(),
+        "ingest.toml",
+        "name = 'ingest'\n[source]\nkind = 'http'\npath = '/in'\n[[steps]]\nkind = 'xml_to_json'\n[sink]\nkind = 'kafka'\ntopic = 'dev.readings.v1'\n",
+    );
+    let gf = Gridflow::start(dir.path(), &["--brokers", ""]);
+    let brokers = gf
+        .logs()
+        .iter()
+        .find(|l| l.contains("embedded mock broker"))
+        .and_then(|l| log_field(l, "brokers"))
+        .expect("the embedded broker's address is logged");
+    // One dead letter on the embedded broker's dead-letter topic.
+    let r = http()
+        .post(gf.http_url("/in"))
+        .header("content-type", "application/xml")
+        .body("<bad")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let started = Instant::now();
+    let mut child = std::process::Command::new(gridflow_bin())
+        .args([
+            "replay",
+            "--from",
+            "dev.readings.v1.dlq",
+            "--to",
+            "dev.readings.v1",
+            "--brokers",
+            &brokers,
+            "--timeout",
+            "3",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let status =
+        status.unwrap_or_else(|| panic!("the replay still waited after 90 s: {stdout}{stderr}"));
+    eprintln!("replay: {status:?}\n{stdout}{stderr}");
+    // Either it could do its work on this broker (then it says so), or it stops, saying what
+    // it waited for: never a silent wait.
+    if !status.success() {
+        assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+        assert!(stderr.contains("error: "), "{stderr}");
+        assert!(
+            stderr.contains("waiting for") || stderr.contains("waited up to"),
+            "what it waited for: {stderr}"
+        );
+    } else {
+        assert!(stdout.contains("sent 1"), "{stdout}{stderr}");
+    }
+}
