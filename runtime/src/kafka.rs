@@ -84,7 +84,12 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 /// (the caller's `202` and the source's commit wait for it), and the Kafka source's offsets
 /// are stored only once their record is settled and then auto-committed. `None`: allowed.
 /// librdkafka's aliases are checked too (`request.required.acks`, `max.in.flight`).
-pub fn guarded_property(key: &str, value: &str) -> Option<String> {
+///
+/// `allow_non_idempotent` (`[kafka] allow_non_idempotent = true`) lets `enable.idempotence`
+/// be turned off, and with it the in-flight limit: retries may then duplicate or reorder
+/// records, but nothing is lost. It exists for brokers that cannot keep an idempotent
+/// producer's state (tansu 0.6 across its own restart).
+pub fn guarded_property(key: &str, value: &str, allow_non_idempotent: bool) -> Option<String> {
     let v = value.trim().to_ascii_lowercase();
     let truthy = matches!(v.as_str(), "true" | "1" | "yes" | "on");
     let why = match key {
@@ -93,11 +98,11 @@ pub fn guarded_property(key: &str, value: &str) -> Option<String> {
         {
             "gridflow's producers wait for every in-sync replica (`all`); fewer acknowledgements can lose a record the caller was told was delivered"
         }
-        "enable.idempotence" if !truthy => {
-            "gridflow's producers are idempotent: without it a retried batch can be written twice or out of order"
+        "enable.idempotence" if !truthy && !allow_non_idempotent => {
+            "gridflow's producers are idempotent: without it a retried batch can be written twice or out of order (where the broker cannot keep an idempotent producer's state, set `[kafka] allow_non_idempotent = true`)"
         }
         "max.in.flight.requests.per.connection" | "max.in.flight"
-            if v.parse::<u64>().map_or(true, |n| n > 5) =>
+            if !allow_non_idempotent && v.parse::<u64>().map_or(true, |n| n > 5) =>
         {
             "an idempotent producer keeps order and avoids duplicates with at most 5 requests in flight per connection"
         }
@@ -553,7 +558,7 @@ mod tests {
             ("enable.auto.commit", "false"),
             ("delivery.report.only.error", "true"),
         ] {
-            let why = guarded_property(k, v).unwrap_or_else(|| panic!("{k}={v}"));
+            let why = guarded_property(k, v, false).unwrap_or_else(|| panic!("{k}={v}"));
             assert!(why.contains(k), "{why}");
         }
         for (k, v) in [
@@ -564,8 +569,13 @@ mod tests {
             ("enable.auto.commit", "true"),
             ("linger.ms", "50"),
         ] {
-            assert_eq!(guarded_property(k, v), None, "{k}={v}");
+            assert_eq!(guarded_property(k, v, false), None, "{k}={v}");
         }
+        // Turning idempotence off can be acknowledged; losing acknowledgements cannot.
+        assert_eq!(guarded_property("enable.idempotence", "false", true), None);
+        assert_eq!(guarded_property("max.in.flight", "100", true), None);
+        assert!(guarded_property("acks", "1", true).is_some());
+        assert!(guarded_property("enable.auto.offset.store", "true", true).is_some());
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct KafkaConfig {
     /// broker's acknowledgement (default 0: sent at once). Other pipelines (Kafka and file
     /// sources) keep `linger.ms` (default 5) and its larger batches.
     pub request_linger_ms: u32,
+    /// Lets `[kafka.properties]` turn `enable.idempotence` off (default false: refused).
+    /// Retries may then write a record twice or out of order; nothing is lost. For brokers
+    /// that cannot keep an idempotent producer's state.
+    pub allow_non_idempotent: bool,
 }
 
 impl Default for KafkaConfig {
@@ -79,6 +83,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             embedded_partitions: 3,
             request_linger_ms: 0,
+            allow_non_idempotent: false,
         }
     }
 }
@@ -102,6 +107,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("properties", &shown)
             .field("embedded_partitions", &self.embedded_partitions)
             .field("request_linger_ms", &self.request_linger_ms)
+            .field("allow_non_idempotent", &self.allow_non_idempotent)
             .finish()
     }
 }
@@ -244,7 +250,9 @@ impl RuntimeConfig {
                     PropertyValue::File { .. } => continue,
                     other => other.to_string(),
                 };
-                if let Some(why) = crate::kafka::guarded_property(key, &text) {
+                if let Some(why) =
+                    crate::kafka::guarded_property(key, &text, c.kafka.allow_non_idempotent)
+                {
                     doc.error(
                         property_span(&value, key),
                         format!("[kafka.properties] {why}"),
@@ -386,6 +394,11 @@ mod tests {
         assert!(shown[1].contains("enable.idempotence"), "{shown:?}");
         let ok = "[kafka.properties]\nacks = 'all'\n'enable.idempotence' = true\n";
         assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), ok, &|_| None).is_ok());
+        // Idempotence off only when acknowledged; acks never.
+        let acknowledged = "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\n'enable.idempotence' = false\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), acknowledged, &|_| None).is_ok());
+        let still = "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\nacks = 0\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), still, &|_| None).is_err());
     }
 
     #[test]
