@@ -736,7 +736,7 @@ fn run(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let mut last_record = Instant::now();
+    let mut last_record: Instant;
     // `--rate` is checked by `parse_rate`; a rate given another way is kept in its bounds
     // too (`Duration::from_secs_f64` panics on what is not finite or too large).
     let pace = options
@@ -752,6 +752,8 @@ fn run(
         let mut next: HashMap<i32, i64> = HashMap::new();
         let mut batch: Vec<Outgoing> = Vec::new();
         let batch_end = Instant::now() + Duration::from_secs(1);
+        // The wait for records starts now, not before the previous batch was sent.
+        last_record = Instant::now();
         while batch.len() < 200 && Instant::now() < batch_end && !end.is_empty() {
             let Some(result) = consumer.poll(Duration::from_millis(200)) else {
                 if last_record.elapsed() > timeout {
