@@ -402,17 +402,20 @@ fn post(
     if o.correlation != "-" {
         request = request.header("x-correlation-id", &o.correlation);
     }
-    let response = runtime.block_on(request.send()).map_err(|e| {
-        let what = if e.is_timeout() {
-            "timed out (--timeout)".to_string()
-        } else {
-            format!("failed: {e}")
-        };
-        format!(
-            "POST {} {what}; the replay stops here and resumes from this record",
-            o.target
-        )
-    })?;
+    // `send` is called inside the runtime: with a timeout it starts a timer there.
+    let response = runtime
+        .block_on(async { request.send().await })
+        .map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out (--timeout)".to_string()
+            } else {
+                format!("failed: {e}")
+            };
+            format!(
+                "POST {} {what}; the replay stops here and resumes from this record",
+                o.target
+            )
+        })?;
     let status = response.status();
     if status.is_redirection() {
         let location = response
