@@ -113,9 +113,15 @@ struct ReplayArgs {
     /// Only dead letters written before this time (RFC 3339, or an age).
     #[arg(long)]
     until: Option<String>,
-    /// At most this many records per second.
-    #[arg(long)]
+    /// At most this many records per second (between 0.01 and 1000000).
+    #[arg(long, value_parser = crate::replay::parse_rate)]
     rate: Option<f64>,
+    /// The longest the replay waits for anything, in seconds (default 30): broker metadata,
+    /// committed offsets, topic creation, journal reads, produce acknowledgements, records of
+    /// the dead-letter topic, each HTTP request. Past it the replay stops with an error that
+    /// says what it waited for; nothing unsent is committed.
+    #[arg(long, default_value_t = crate::replay::DEFAULT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
     /// Print what would be sent; send and commit nothing.
     #[arg(long)]
     dry_run: bool,
@@ -530,6 +536,7 @@ fn replay_options(
             until: args.until.as_deref().map(parse_time).transpose()?,
             rate: args.rate,
             dry_run: args.dry_run,
+            timeout: std::time::Duration::from_secs(args.timeout),
         },
     ))
 }

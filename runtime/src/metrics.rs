@@ -50,6 +50,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_messages_filtered_total", Kind::Counter, "Messages a step dropped on purpose (filter, an empty split)."),
     ("gridflow_messages_dead_lettered_total", Kind::Counter, "Inputs written to the dead-letter destination, by the step that failed and the error code."),
     ("gridflow_messages_failed_total", Kind::Counter, "Inputs neither delivered nor dead-lettered: refused to the caller (HTTP 503) or written to the fallback file."),
+    ("gridflow_dead_letters_fallback_total", Kind::Counter, "Dead letters the dead-letter topic refused for good, written to the local fallback file instead (counted as failed, not as dead-lettered)."),
     ("gridflow_sink_retries_total", Kind::Counter, "Sends retried after a transient sink fault."),
     ("gridflow_end_to_end_latency_seconds", Kind::Histogram, "Time from an input's arrival to its message's acknowledgement by the sink."),
     ("gridflow_step_duration_seconds", Kind::Histogram, "Time a step took for one message."),
@@ -289,6 +290,7 @@ pub struct PipelineMetrics {
     received: Counter,
     sent: Counter,
     retries: Counter,
+    fallback: Counter,
     end_to_end: Histogram,
     in_flight: Gauge,
 }
@@ -301,6 +303,8 @@ impl PipelineMetrics {
             received: counter!("gridflow_messages_received_total", "pipeline" => p.clone()),
             sent: counter!("gridflow_messages_sent_total", "pipeline" => p.clone()),
             retries: counter!("gridflow_sink_retries_total", "pipeline" => p.clone()),
+            // Registered at 0: the alert on fallback writes sees the first one.
+            fallback: counter!("gridflow_dead_letters_fallback_total", "pipeline" => p.clone()),
             end_to_end: histogram!("gridflow_end_to_end_latency_seconds", "pipeline" => p.clone()),
             in_flight: gauge!("gridflow_messages_in_flight", "pipeline" => p.clone()),
             pipeline: p,
@@ -339,6 +343,11 @@ impl PipelineMetrics {
     /// An input went to the dead-letter destination.
     pub fn dead_lettered(&self, step: &str, code: &str) {
         counter!("gridflow_messages_dead_lettered_total", "pipeline" => self.pipeline.clone(), "step" => step.to_string(), "code" => code.to_string()).increment(1);
+    }
+
+    /// A dead letter went to the local fallback file (its destination refused it for good).
+    pub fn dead_letter_fallback(&self) {
+        self.fallback.increment(1);
     }
 
     /// An input could be written neither to the sink nor to the dead-letter destination.

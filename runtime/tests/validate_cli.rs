@@ -85,3 +85,47 @@ fn help_and_version() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
     }
 }
+
+/// `[kafka.properties]` cannot configure at-least-once away: `validate` and `run` refuse the
+/// runtime configuration, naming the property, its position and why.
+#[test]
+fn delivery_guarantees_cannot_be_configured_away() {
+    let dir = test_dir();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[kafka]\nbrokers = '127.0.0.1:1'\n[kafka.properties]\nacks = 1\n'enable.idempotence' = false\n'enable.auto.offset.store' = true\n",
+    )
+    .unwrap();
+    let out = Gridflow::spawn_raw(&["validate"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("gridflow.toml:4:1: error: [kafka.properties] `acks` = `1` is not allowed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in-sync replica"), "{stderr}");
+    assert!(
+        stderr.contains("gridflow.toml:5:1: error: [kafka.properties] `enable.idempotence` = `false` is not allowed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gridflow.toml:6:1:"), "{stderr}");
+    let out = Gridflow::spawn_raw(
+        &[
+            "run",
+            "--config",
+            "gridflow.toml",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("`acks` = `1` is not allowed"),
+        "{stdout}{stderr}"
+    );
+}

@@ -70,6 +70,10 @@ pub struct KafkaConfig {
     /// broker's acknowledgement (default 0: sent at once). Other pipelines (Kafka and file
     /// sources) keep `linger.ms` (default 5) and its larger batches.
     pub request_linger_ms: u32,
+    /// Lets `[kafka.properties]` turn `enable.idempotence` off (default false: refused).
+    /// Retries may then write a record twice or out of order; nothing is lost. For brokers
+    /// that cannot keep an idempotent producer's state.
+    pub allow_non_idempotent: bool,
 }
 
 impl Default for KafkaConfig {
@@ -79,6 +83,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             embedded_partitions: 3,
             request_linger_ms: 0,
+            allow_non_idempotent: false,
         }
     }
 }
@@ -102,6 +107,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("properties", &shown)
             .field("embedded_partitions", &self.embedded_partitions)
             .field("request_linger_ms", &self.request_linger_ms)
+            .field("allow_non_idempotent", &self.allow_non_idempotent)
             .finish()
     }
 }
@@ -239,6 +245,21 @@ impl RuntimeConfig {
                     None,
                 );
             }
+            for (key, v) in &c.kafka.properties {
+                let text = match v {
+                    PropertyValue::File { .. } => continue,
+                    other => other.to_string(),
+                };
+                if let Some(why) =
+                    crate::kafka::guarded_property(key, &text, c.kafka.allow_non_idempotent)
+                {
+                    doc.error(
+                        property_span(&value, key),
+                        format!("[kafka.properties] {why}"),
+                        Some("at-least-once depends on it; gridflow sets it itself".into()),
+                    );
+                }
+            }
             if c.engine.drain_timeout_ms > 3_600_000 {
                 doc.error(
                     key_span(&value, "engine", "drain_timeout_ms"),
@@ -293,6 +314,21 @@ impl RuntimeConfig {
     }
 }
 
+/// Span of `key` inside `[kafka.properties]` (of the table when not found).
+fn property_span(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    key: &str,
+) -> Option<std::ops::Range<usize>> {
+    let kafka = value.get_ref().as_table()?.get("kafka")?;
+    let properties = kafka.get_ref().as_table()?.get("properties")?;
+    let span = properties
+        .get_ref()
+        .as_table()
+        .and_then(|t| t.get_key_value(key))
+        .map(|(k, _)| k.span());
+    span.or(Some(properties.span()))
+}
+
 /// Span of `key` inside the `section` table, or of the section when the key is absent.
 fn key_span(
     value: &toml::Spanned<toml::de::DeValue<'_>>,
@@ -340,6 +376,29 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8081);
         assert_eq!(c.admin.listen.port(), 9090);
         assert_eq!(c.engine.max_in_flight, 10_000);
+    }
+
+    #[test]
+    fn properties_at_least_once_depends_on_are_refused_with_their_position() {
+        let text = "[kafka]\nbrokers = 'b:9092'\n[kafka.properties]\n'linger.ms' = 20\nacks = 1\n'enable.idempotence' = false\n";
+        let d = RuntimeConfig::parse(Path::new("gridflow.toml"), text, &|_| None).unwrap_err();
+        assert_eq!(d.len(), 2, "{d:?}");
+        let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert!(
+            shown[0].starts_with(
+                "gridflow.toml:5:1: error: [kafka.properties] `acks` = `1` is not allowed"
+            ),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("gridflow.toml:6:1:"), "{shown:?}");
+        assert!(shown[1].contains("enable.idempotence"), "{shown:?}");
+        let ok = "[kafka.properties]\nacks = 'all'\n'enable.idempotence' = true\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), ok, &|_| None).is_ok());
+        // Idempotence off only when acknowledged; acks never.
+        let acknowledged = "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\n'enable.idempotence' = false\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), acknowledged, &|_| None).is_ok());
+        let still = "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\nacks = 0\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), still, &|_| None).is_err());
     }
 
     #[test]
