@@ -207,9 +207,15 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
         );
         let e = error(&config(broken, key.clone(), None));
-        assert!(e.starts_with(&format!("{}: ", dir.path().join("broken.pem").display())), "{e}");
+        assert!(
+            e.starts_with(&format!("{}: ", dir.path().join("broken.pem").display())),
+            "{e}"
+        );
         // A missing file.
         let e = error(&config(dir.path().join("missing.pem"), key, None));
-        assert!(e.starts_with("cannot read ") && e.contains("missing.pem"), "{e}");
+        assert!(
+            e.starts_with("cannot read ") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 }
