@@ -194,6 +194,7 @@ fn checkpoint_path(path: &Path) -> PathBuf {
 /// The file a checkpoint sidecar belongs to, from the sidecar's name.
 fn checkpointed_file(sidecar: &Path) -> Option<PathBuf> {
     let name = sidecar.file_name()?.to_str()?;
+    let name = name.strip_suffix(".tmp").unwrap_or(name);
     let inner = name.strip_prefix('.')?.strip_suffix(".checkpoint")?;
     (!inner.is_empty()).then(|| sidecar.with_file_name(inner))
 }
@@ -451,6 +452,39 @@ impl LineReader {
             length,
         })
     }
+}
+
+/// The first line of `path` after `offset` (line `line`) longer than `max_line` bytes: its
+/// number, where it starts and its length. Reads through a buffer of its own, keeps nothing.
+async fn first_long_line(
+    path: &Path,
+    offset: u64,
+    line: usize,
+    max_line: u64,
+) -> std::io::Result<Option<(usize, u64, u64)>> {
+    let mut file = tokio::fs::File::open(path).await?;
+    if offset > 0 {
+        file.seek(SeekFrom::Start(offset)).await?;
+    }
+    let mut chunk = vec![0u8; NDJSON_CHUNK];
+    // `start`: where the current line starts; `at`: the file offset of `chunk[0]`.
+    let (mut number, mut start, mut at) = (line, offset, offset);
+    loop {
+        let n = file.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        for i in memchr::memchr_iter(b'\n', &chunk[..n]) {
+            let end = at + i as u64;
+            number += 1;
+            if end - start > max_line {
+                return Ok(Some((number, start, end - start)));
+            }
+            start = end + 1;
+        }
+        at += n as u64;
+    }
+    Ok((at - start > max_line).then_some((number + 1, start, at - start)))
 }
 
 /// A limit a file broke: why it went to `failed/`, written beside it as `<name>.error.json`.
@@ -724,31 +758,21 @@ impl FileSource {
         if ndjson {
             // Every line is checked before the first is sent: a file over the line cap is
             // not sent at all.
-            let mut reader = LineReader::open(
+            if let Some((number, start, length)) = first_long_line(
                 path,
                 checkpoint.offset,
                 checkpoint.line,
                 self.config.max_line_bytes,
             )
-            .await?;
-            loop {
-                match reader.next().await? {
-                    Next::Line { .. } => {}
-                    Next::End => break,
-                    Next::TooLong {
-                        number,
-                        start,
-                        length,
-                    } => {
-                        return Ok(Disposition::Rejected(Rejection::line_too_long(
-                            number,
-                            start,
-                            length,
-                            self.config.max_line_bytes,
-                            &checkpoint,
-                        )))
-                    }
-                }
+            .await?
+            {
+                return Ok(Disposition::Rejected(Rejection::line_too_long(
+                    number,
+                    start,
+                    length,
+                    self.config.max_line_bytes,
+                    &checkpoint,
+                )));
             }
         } else if identity.size > self.config.max_file_bytes {
             return Ok(Disposition::Rejected(Rejection::file_too_large(
@@ -1043,6 +1067,10 @@ mod tests {
             Some(Path::new("/x/a.ndjson"))
         );
         assert_eq!(checkpointed_file(Path::new("/x/.checkpoint")), None);
+        assert_eq!(
+            checkpointed_file(Path::new("/x/.a.ndjson.checkpoint.tmp")).as_deref(),
+            Some(Path::new("/x/a.ndjson"))
+        );
     }
 
     fn config(dir: &Path) -> FileSourceConfig {
@@ -1253,6 +1281,14 @@ mod tests {
             (r.reason, r.limit, r.size, r.line, r.offset),
             ("max_line_bytes", 8, Some(10), Some(3), Some(9))
         );
+        // The last line, without a line break, too.
+        let tail = dir.path().join("tail.ndjson");
+        std::fs::write(&tail, "{}\n\n0123456789").unwrap();
+        let Disposition::Rejected(r) = source.process(&tail, &downstream, &stop).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((r.size, r.line, r.offset), (Some(10), Some(3), Some(4)));
         // A file of exactly the caps passes.
         let fits = dir.path().join("fits.ndjson");
         std::fs::write(&fits, "{\"a\":12}\n{\"b\":34}").unwrap();
