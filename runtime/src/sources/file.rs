@@ -797,6 +797,8 @@ impl FileSource {
         let mut stopped = false;
         if ndjson {
             let stop_writer = CancellationToken::new();
+            // Aborted (a source that did not stop in time), the writer stops too.
+            let _stop_writer_on_drop = stop_writer.clone().drop_guard();
             let writer = tokio::spawn(keep_checkpoint(
                 path.to_path_buf(),
                 Arc::clone(&progress),
