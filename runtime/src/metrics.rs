@@ -69,6 +69,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in a Kafka producer's queues (not acknowledged by the broker yet), by producer: `stream` (Kafka and file sources), `request` (HTTP and SOAP pipelines, when it is a producer of its own)."),
     ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in a Kafka producer's queues, by producer."),
     ("gridflow_kafka_broker_reachable", Kind::Gauge, "1 when the Kafka brokers answered the last metadata probe, else 0."),
+    ("gridflow_file_source_rejected_total", Kind::Counter, "Files a file source moved to failed/ unsent or given up, by the limit they broke (max_file_bytes, max_line_bytes, max_attempts)."),
     ("gridflow_reloads_total", Kind::Counter, "Pipeline reloads, by result (success, failure, stopped, restart_required)."),
     ("gridflow_pipeline_info", Kind::Gauge, "1 for the running version of a pipeline, 0 for a replaced or stopped one."),
 ];
@@ -110,6 +111,56 @@ pub fn producer_queue(role: &'static str, messages: u64, bytes: u64) {
 pub fn consumer_lag(pipeline: &str, topic: &str, partition: i32, lag: i64) {
     gauge!("gridflow_kafka_consumer_lag", "pipeline" => pipeline.to_string(), "topic" => topic.to_string(), "partition" => partition.to_string())
         .set(lag.max(0) as f64);
+}
+
+/// A limit of the `file` source that sends a file to `failed/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileLimit {
+    /// A file read whole is larger than `max_file_bytes`.
+    FileBytes,
+    /// An NDJSON line is longer than `max_line_bytes`.
+    LineBytes,
+    /// `max_attempts` attempts at the file failed.
+    Attempts,
+}
+
+impl FileLimit {
+    const ALL: [FileLimit; 3] = [
+        FileLimit::FileBytes,
+        FileLimit::LineBytes,
+        FileLimit::Attempts,
+    ];
+
+    /// The limit's key in the source's table, also the metric's `reason` label.
+    pub fn key(self) -> &'static str {
+        match self {
+            FileLimit::FileBytes => "max_file_bytes",
+            FileLimit::LineBytes => "max_line_bytes",
+            FileLimit::Attempts => "max_attempts",
+        }
+    }
+}
+
+/// The metrics of a `file` source.
+pub struct FileSourceMetrics {
+    rejected: [Counter; 3],
+}
+
+impl FileSourceMetrics {
+    /// Registers the handles of `pipeline`'s file source (each reason at 0, so that an alert
+    /// sees the first rejection as an increase).
+    pub fn new(pipeline: &str) -> Self {
+        FileSourceMetrics {
+            rejected: FileLimit::ALL.map(|limit| {
+                counter!("gridflow_file_source_rejected_total", "pipeline" => pipeline.to_string(), "reason" => limit.key())
+            }),
+        }
+    }
+
+    /// A file broke `limit` and went to `failed/`.
+    pub fn rejected(&self, limit: FileLimit) {
+        self.rejected[limit as usize].increment(1);
+    }
 }
 
 /// The metrics of one step (`steps[0].map`) of a pipeline.

@@ -117,7 +117,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(c) | SourceConfig::Soap(c) => c.check(),
             SourceConfig::Kafka(c) => c.check(),
-            SourceConfig::File(_) => Ok(()),
+            SourceConfig::File(c) => c.check(),
         }
     }
 
