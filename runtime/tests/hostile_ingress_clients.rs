@@ -576,3 +576,122 @@ async fn the_tls_listener_drains_on_sigterm_like_the_plain_one() {
 async fn the_plain_listener_drains_on_sigterm() {
     drains_with_a_keep_alive_client(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_but_a_long_request_is_not() {
+    let (seen, url) = slow_target(Duration::from_millis(2500)).await;
+    let dir = test_dir();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[http]\nidle_timeout_ms = 1000\nheader_read_timeout_ms = 30000\n",
+    )
+    .unwrap();
+    write_pipeline(dir.path(), "in.toml", BLACKHOLE);
+    write_pipeline(
+        dir.path(),
+        "slow.toml",
+        &format!("[source]\nkind='http'\npath='/slow'\n[sink]\nkind='http'\nurl='{url}'\n[on_error]\nmax_attempts=1\n"),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    // A request in progress longer than the idle timeout is answered.
+    let mut stream = TcpStream::connect(gf.http_addr()).await.unwrap();
+    let body = r#"{"id":1}"#;
+    let request = format!(
+        "POST /slow HTTP/1.1\r\nhost: gridflow\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (status, _, _) = read_answer(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the slow request was cut");
+    assert_eq!(status, 202);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // Then the connection idles, and is closed.
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(6)).await;
+    assert!(closed, "an idle keep-alive connection is kept for ever");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let scrape = gf.metrics().await;
+    assert!(
+        metric(&scrape, "gridflow_http_timeouts_total", "kind=\"idle\"") >= 1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "gridflow_http_timeouts_total", "kind=\"header\""),
+        0.0,
+        "{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_tls_keep_alive_clients_served() {
+    let (seen, url) = slow_target(Duration::from_secs(3)).await;
+    let pki = Pki::new();
+    let dir = test_dir();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        tls_section(&pki, dir.path()),
+    )
+    .unwrap();
+    let fast = BLACKHOLE.replace("/in", "/fast");
+    let slow = format!("[source]\nkind='http'\npath='/slow'\n[sink]\nkind='http'\nurl='{url}'\n[on_error]\nmax_attempts=1\n");
+    write_pipeline(dir.path(), "fast.toml", &fast);
+    write_pipeline(dir.path(), "slow.toml", &slow);
+    let gf = Gridflow::start(dir.path(), &[]);
+    let port = gf.http_addr().rsplit(':').next().unwrap().to_string();
+    let tls_client = || {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .pool_max_idle_per_host(1)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let send = |client: &reqwest::Client, path: &str| {
+        client
+            .post(format!("https://localhost:{port}{path}"))
+            .header("content-type", "application/json")
+            .body(r#"{"id":1}"#)
+            .send()
+    };
+    let kept = tls_client();
+    assert_eq!(
+        send(&kept, "/fast").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let other = tls_client();
+    let in_progress = tokio::spawn(send(&other, "/slow"));
+    for _ in 0..200 {
+        if seen.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // Both pipelines change while a request is in progress.
+    write_pipeline(
+        dir.path(),
+        "fast.toml",
+        &fast.replace("33554432", "33554431"),
+    );
+    write_pipeline(
+        dir.path(),
+        "slow.toml",
+        &slow.replace("max_attempts=1", "max_attempts=2"),
+    );
+    let reloaded = http()
+        .post(gf.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reloaded.status().is_success(), "{reloaded:?}");
+    // The kept connection is served by the new version; the request in progress is answered
+    // by the old one.
+    let after = send(&kept, "/fast").await.unwrap();
+    assert_eq!(after.status(), StatusCode::ACCEPTED);
+    let answered = in_progress
+        .await
+        .unwrap()
+        .expect("the request in progress was cut");
+    assert_eq!(answered.status(), StatusCode::ACCEPTED);
+}
