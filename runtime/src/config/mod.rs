@@ -497,6 +497,31 @@ mod tests {
     }
 
     #[test]
+    fn ingress_limits_have_safe_defaults_and_are_bounded() {
+        let c = RuntimeConfig::parse(Path::new("g.toml"), "", &|_| None).unwrap();
+        assert_eq!(c.http.header_read_timeout_ms, 10_000);
+        assert_eq!(c.http.body_read_timeout_ms, 30_000);
+        assert_eq!(c.http.tls_handshake_timeout_ms, 10_000);
+        assert_eq!(c.http.idle_timeout_ms, 75_000);
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.max_buffered_body_bytes, 256 * 1024 * 1024);
+        let err = RuntimeConfig::parse(
+            Path::new("g.toml"),
+            "[http]
+idle_timeout_ms = 5000
+header_read_timeout_ms = 0
+max_connections = 0
+",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].message.contains("header_read_timeout_ms"), "{err:?}");
+        assert_eq!(err[0].line, 3);
+        assert!(err[1].message.contains("max_connections"), "{err:?}");
+    }
+
+    #[test]
     fn unknown_keys_have_positions() {
         let err = RuntimeConfig::parse(Path::new("g.toml"), "[kafka]\nbroker = 'x'\n", &|_| None)
             .unwrap_err();
