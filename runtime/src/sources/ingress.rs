@@ -231,6 +231,54 @@ pub async fn read_body(
 mod tests {
     use super::*;
 
+    fn chunked(limits: &Arc<IngressBodies>, chunks: Vec<&'static [u8]>, stall: bool) -> Request {
+        let stream = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c))),
+        );
+        let body = if stall {
+            Body::from_stream(futures::StreamExt::chain(
+                stream,
+                futures::stream::pending(),
+            ))
+        } else {
+            Body::from_stream(stream)
+        };
+        let mut request = Request::new(body);
+        request.extensions_mut().insert(Arc::clone(limits));
+        request
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_counted_as_it_arrives_and_refused_past_the_budget() {
+        let limits = IngressBodies::new(Duration::from_secs(5), 10);
+        let held = read_body(chunked(&limits, vec![b"abcd", b"efgh"], false), 100)
+            .await
+            .unwrap();
+        assert_eq!(held.1.as_ref(), b"abcdefgh");
+        assert_eq!(limits.leased(), 8);
+        let refused = read_body(chunked(&limits, vec![b"ab", b"cd"], false), 100).await;
+        assert_eq!(refused.unwrap_err(), BodyError::OverBudget);
+        // What the refused request had taken is given back; the held one keeps its share.
+        assert_eq!(limits.leased(), 8);
+        drop(held);
+        assert_eq!(limits.leased(), 0);
+        let too_large = read_body(chunked(&limits, vec![b"0123456789ab"], false), 4).await;
+        assert_eq!(too_large.unwrap_err(), BodyError::TooLarge(4));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_times_out() {
+        let limits = IngressBodies::new(Duration::from_millis(50), 100);
+        let stalled = read_body(chunked(&limits, vec![b"{"], true), 100).await;
+        assert!(
+            matches!(stalled, Err(BodyError::TimedOut(_))),
+            "{stalled:?}"
+        );
+        assert_eq!(limits.leased(), 0);
+    }
+
     #[test]
     fn leases_are_given_back_when_dropped() {
         let limits = IngressBodies::new(Duration::from_secs(1), 100);
