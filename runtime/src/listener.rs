@@ -139,6 +139,8 @@ pub async fn serve(
         settled: Notify::new(),
     });
     let mut tasks = JoinSet::new();
+    // One line per 10 s at most under a flood (the metric counts every refusal).
+    let refusals = crate::logging::Throttle::new(Duration::from_secs(10));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -155,7 +157,14 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             crate::metrics::http_connection_rejected("max_connections");
-            tracing::debug!(peer = %peer, "Connection refused: [http] max_connections reached.");
+            if let Some(held_back) = refusals.allow() {
+                tracing::warn!(
+                    peer = %peer,
+                    max_connections = shared.limits.max_connections,
+                    held_back,
+                    "Connection closed at once: [http] max_connections reached."
+                );
+            }
             drop(stream);
             continue;
         };

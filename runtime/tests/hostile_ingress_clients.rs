@@ -226,6 +226,12 @@ async fn a_connection_flood_beyond_the_limit_is_refused_and_the_others_served() 
         ) >= 5.0,
         "{scrape}"
     );
+    assert!(
+        gf.log_text()
+            .contains("Connection closed at once: [http] max_connections reached."),
+        "{}",
+        gf.log_text()
+    );
     // A connection that ends makes room for a new one.
     drop(held.pop());
     let mut served = false;
