@@ -108,6 +108,25 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Woken when the last request in progress of a draining listener is answered.
     settled: Notify,
+    /// Timeouts of slow clients are logged at most once per 10 s (the metric counts each).
+    timeouts_log: crate::logging::Throttle,
+}
+
+impl Shared {
+    /// Counts a timeout of `kind` and logs it (an idle connection closed is routine: debug).
+    fn timed_out(&self, kind: &'static str, peer: SocketAddr) {
+        crate::metrics::http_timeout(kind);
+        if kind == "idle" {
+            tracing::debug!(peer = %peer, kind, "Idle HTTP connection closed.");
+        } else if let Some(held_back) = self.timeouts_log.allow() {
+            tracing::info!(
+                peer = %peer,
+                kind,
+                held_back,
+                "HTTP connection closed: the client was too slow."
+            );
+        }
+    }
 }
 
 /// Serves `app` on `tcp` (over TLS when `tls` is set) until `shutdown`, then drains for at
@@ -126,6 +145,7 @@ pub async fn serve(
     http1
         .keep_alive(true)
         .header_read_timeout(None)
+        .max_header_size(64 * 1024)
         .max_buf_size(64 * 1024);
     crate::metrics::ingress_started();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -137,10 +157,12 @@ pub async fn serve(
         drain: shutdown.child_token(),
         in_flight: AtomicUsize::new(0),
         settled: Notify::new(),
+        timeouts_log: crate::logging::Throttle::new(Duration::from_secs(10)),
     });
     let mut tasks = JoinSet::new();
     // One line per 10 s at most under a flood (the metric counts every refusal).
     let refusals = crate::logging::Throttle::new(Duration::from_secs(10));
+    let accept_errors = crate::logging::Throttle::new(Duration::from_secs(10));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -148,7 +170,9 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, mostly: let some connections end first.
-                    tracing::warn!(error = %e, "HTTP listener accept failed.");
+                    if let Some(held_back) = accept_errors.allow() {
+                        tracing::warn!(error = %e, held_back, "HTTP listener accept failed.");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -220,8 +244,7 @@ async fn connection(
                         return;
                     }
                     Err(_) => {
-                        crate::metrics::http_timeout("tls_handshake");
-                        tracing::info!(peer = %peer, "TLS handshake not completed in time; connection closed.");
+                        shared.timed_out("tls_handshake", peer);
                         return;
                     }
                 },
@@ -273,8 +296,7 @@ async fn serve_connection<I>(
             }
             _ = watch.tick() => {
                 if let Some(kind) = state.expired(limits) {
-                    crate::metrics::http_timeout(kind);
-                    tracing::info!(peer = %peer, kind, "HTTP connection closed: timeout.");
+                    shared.timed_out(kind, peer);
                     return;
                 }
             }

@@ -125,6 +125,27 @@ async fn half_sent_headers_are_cut_after_the_header_timeout() {
         metric(&scrape, "gridflow_http_timeouts_total", "kind=\"header\"") >= 2.0,
         "{scrape}"
     );
+    assert!(
+        gf.log_text()
+            .contains("HTTP connection closed: the client was too slow."),
+        "{}",
+        gf.log_text()
+    );
+    // Headers past 64 KiB are refused, not buffered.
+    let mut large = TcpStream::connect(gf.http_addr()).await.unwrap();
+    let padding = "x".repeat(70 * 1024);
+    let _ = large
+        .write_all(
+            format!("POST /in HTTP/1.1\r\nhost: gridflow\r\nx-padding: {padding}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    let (answer, _) = read_until_closed(&mut large, Duration::from_secs(5)).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     // An honest client is still served.
     let mut honest = TcpStream::connect(gf.http_addr()).await.unwrap();
     let (status, _, _) = exchange(&mut honest, r#"{"id":1}"#)

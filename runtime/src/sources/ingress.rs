@@ -215,10 +215,18 @@ pub async fn read_body(
             Ok(read) => read?,
             Err(_) => {
                 crate::metrics::http_timeout("body");
-                tracing::info!(
-                    timeout_ms = limits.read_timeout.as_millis() as u64,
-                    "Request body not received in time; connection closed."
-                );
+                // At most one line per 10 s under a flood of trickling clients.
+                static LOG: std::sync::OnceLock<crate::logging::Throttle> =
+                    std::sync::OnceLock::new();
+                let log =
+                    LOG.get_or_init(|| crate::logging::Throttle::new(Duration::from_secs(10)));
+                if let Some(held_back) = log.allow() {
+                    tracing::info!(
+                        timeout_ms = limits.read_timeout.as_millis() as u64,
+                        held_back,
+                        "Request body not received in time; connection closed."
+                    );
+                }
                 return Err(BodyError::TimedOut(limits.read_timeout));
             }
         },
