@@ -722,3 +722,40 @@ async fn a_reload_keeps_the_tls_keep_alive_clients_served() {
         .expect("the request in progress was cut");
     assert_eq!(answered.status(), StatusCode::ACCEPTED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soap_bodies_share_the_same_budget() {
+    let dir = test_dir();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[http]\nmax_buffered_body_bytes = 2000\n",
+    )
+    .unwrap();
+    write_pipeline(
+        dir.path(),
+        "lookup.toml",
+        "[source]\nkind='soap'\npath='/soap/lookup'\nreply='mapped'\n[[steps]]\nkind='xml_to_json'\n[[steps]]\nkind='map'\nexpression='{mrid: GL_MarketDocument.mRID}'\n[sink]\nkind='file'\npath='out/lookups.ndjson'\n",
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let envelope = |padding: usize| {
+        format!(
+            "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><GL_MarketDocument><mRID>m-1</mRID><!--{}--></GL_MarketDocument></soap:Body></soap:Envelope>",
+            "x".repeat(padding)
+        )
+    };
+    let send = |body: String| {
+        http()
+            .post(gf.http_url("/soap/lookup"))
+            .header("content-type", "text/xml; charset=utf-8")
+            .header("soapaction", "\"urn:Lookup\"")
+            .body(body)
+            .send()
+    };
+    let refused = send(envelope(5000)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().get("retry-after").is_some());
+    assert!(refused.text().await.unwrap().contains("Fault"));
+    let served = send(envelope(10)).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(served.text().await.unwrap().contains("m-1"));
+}
