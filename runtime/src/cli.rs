@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
@@ -843,26 +842,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     admin_state.loaded.store(true, Ordering::SeqCst);
 
     let stop_ingress = CancellationToken::new();
-    let http_server = match &config.http.tls {
-        Some(tls) => {
-            let acceptor =
-                crate::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
-            let allowed = Arc::new(tls.allowed_subjects.clone());
-            let app = crate::sources::http::router(Arc::clone(&routes));
-            tokio::spawn(
-                crate::tls::serve(http, acceptor, allowed, app, stop_ingress.clone()).map(Ok),
-            )
-        }
-        None => tokio::spawn({
-            let shutdown = stop_ingress.clone();
-            let app = crate::sources::http::router(Arc::clone(&routes))
-                .into_make_service_with_connect_info::<SocketAddr>();
-            async move {
-                axum::serve(http, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            }
-        }),
+    let http_server = {
+        let tls = match &config.http.tls {
+            Some(tls) => Some(crate::listener::Tls {
+                acceptor: crate::tls::acceptor(tls)
+                    .map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?,
+                allowed: Arc::new(tls.allowed_subjects.clone()),
+            }),
+            None => None,
+        };
+        tokio::spawn(crate::listener::serve(
+            http,
+            tls,
+            crate::sources::http::router(Arc::clone(&routes)),
+            crate::listener::IngressLimits::from_config(&config.http),
+            stop_ingress.clone(),
+            Duration::from_millis(config.engine.drain_timeout_ms),
+        ))
     };
     let admin_server = tokio::spawn({
         let shutdown = shutdown.clone();

@@ -60,6 +60,10 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_http_requests_total", Kind::Counter, "HTTP and SOAP requests answered, by status code."),
     ("gridflow_http_request_duration_seconds", Kind::Histogram, "Time from an HTTP or SOAP request's arrival to its answer."),
     ("gridflow_quota_rejections_total", Kind::Counter, "Requests refused for being over their client's quota (HTTP 429)."),
+    ("gridflow_http_connections_open", Kind::Gauge, "Connections open on the ingress listener (plain or TLS), handshakes included."),
+    ("gridflow_http_connections_rejected_total", Kind::Counter, "Ingress connections closed at once, by reason: `max_connections` ([http] max_connections reached)."),
+    ("gridflow_http_timeouts_total", Kind::Counter, "Ingress connections or requests cut by a timeout, by kind: `header`, `body`, `tls_handshake`, `idle`."),
+    ("gridflow_http_requests_rejected_total", Kind::Counter, "Ingress requests refused before a pipeline saw them, by reason: `body_budget` (HTTP 503, [http] max_buffered_body_bytes used up), `draining` (HTTP 503, the listener is shutting down)."),
     ("gridflow_enrich_cache_hits_total", Kind::Counter, "enrich answers taken from the step's cache."),
     ("gridflow_enrich_cache_misses_total", Kind::Counter, "enrich lookups that found no answer in the cache."),
     ("gridflow_enrich_call_duration_seconds", Kind::Histogram, "Duration of each attempt of an enrich call."),
@@ -273,6 +277,53 @@ pub fn reload(pipeline: &str, result: &'static str) {
 /// A request to `pipeline` was refused for being over quota.
 pub fn quota_rejected(pipeline: &str) {
     counter!("gridflow_quota_rejections_total", "pipeline" => pipeline.to_string()).increment(1);
+}
+
+/// Creates the series of the ingress listener at 0, so that they exist (and alerts can
+/// compare them) before the first timeout or refusal.
+pub fn ingress_started() {
+    gauge!("gridflow_http_connections_open").set(0.0);
+    counter!("gridflow_http_connections_rejected_total", "reason" => "max_connections").absolute(0);
+    for kind in ["header", "body", "tls_handshake", "idle"] {
+        counter!("gridflow_http_timeouts_total", "kind" => kind).absolute(0);
+    }
+    for reason in ["body_budget", "draining"] {
+        counter!("gridflow_http_requests_rejected_total", "reason" => reason).absolute(0);
+    }
+}
+
+/// The ingress listener closed a connection at once, for `reason` (`max_connections`).
+pub fn http_connection_rejected(reason: &'static str) {
+    counter!("gridflow_http_connections_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A timeout of the ingress listener fired: `header`, `body`, `tls_handshake`, `idle`.
+pub fn http_timeout(kind: &'static str) {
+    counter!("gridflow_http_timeouts_total", "kind" => kind).increment(1);
+}
+
+/// The ingress listener refused a request before a pipeline saw it (`body_budget`,
+/// `draining`).
+pub fn http_request_rejected(reason: &'static str) {
+    counter!("gridflow_http_requests_rejected_total", "reason" => reason).increment(1);
+}
+
+/// One open connection of the ingress listener: counted in `gridflow_http_connections_open`
+/// while it lives.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// Counts a connection as open.
+    pub fn opened() -> OpenConnection {
+        gauge!("gridflow_http_connections_open").increment(1.0);
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        gauge!("gridflow_http_connections_open").decrement(1.0);
+    }
 }
 
 /// The state of one `enrich` step's circuit breaker: 0 closed, 1 open, 2 half-open.

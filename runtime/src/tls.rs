@@ -5,17 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 /// `[http.tls]` in `gridflow.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -80,63 +77,40 @@ pub fn subject(der: &[u8]) -> Option<String> {
     Some(cert.subject().to_string())
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`. A client certificate whose subject is
-/// not allowed gets `403` problem+json on every request of its connection.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    allowed: Arc<Vec<String>>,
-    app: Router,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS listener accept failed.");
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app, allowed) = (acceptor.clone(), app.clone(), Arc::clone(&allowed));
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::info!(peer = %peer, error = %e, "TLS handshake refused.");
-                    return;
-                }
-            };
-            let subject = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|cert| subject(cert.as_ref()));
-            let let_in =
-                allowed.is_empty() || subject.as_ref().is_some_and(|s| allowed.contains(s));
-            let app = if let_in {
-                app.layer(axum::Extension(ConnectInfo(peer)))
-            } else {
-                tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
-                Router::new().fallback(|| async {
-                    crate::sources::http::problem(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        "this client certificate is not allowed",
-                        json!({}),
-                    )
-                })
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-        });
+/// Whether the client of `stream` may be served: its certificate's subject is on `allowed`
+/// (or `allowed` is empty). A refused client is logged.
+pub fn client_allowed<S>(
+    stream: &tokio_rustls::server::TlsStream<S>,
+    allowed: &[String],
+    peer: SocketAddr,
+) -> bool {
+    let subject = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| subject(cert.as_ref()));
+    let let_in = allowed.is_empty()
+        || subject
+            .as_ref()
+            .is_some_and(|s| allowed.iter().any(|a| a == s));
+    if !let_in {
+        tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
     }
+    let_in
+}
+
+/// What a client whose certificate is not allowed gets: `403` problem+json on every request
+/// of its connection.
+pub fn forbidden() -> Router {
+    Router::new().fallback(|| async {
+        crate::sources::http::problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this client certificate is not allowed",
+            json!({}),
+        )
+    })
 }
 
 /// Where the listener is, for logs.

@@ -152,6 +152,27 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// `[http.tls]`: serve HTTPS, optionally with client certificates.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// How long a client may take to send a request's headers, in ms (default 10000): from
+    /// the connection's opening (after the TLS handshake) or the first byte of a following
+    /// request. Past it the connection is closed (`gridflow_http_timeouts_total{kind="header"}`).
+    pub header_read_timeout_ms: u64,
+    /// How long reading one whole request body may take, in ms (default 30000); past it the
+    /// request is answered `408` and the connection closed (`kind="body"`).
+    pub body_read_timeout_ms: u64,
+    /// How long a TLS handshake may take, in ms (default 10000); past it the connection is
+    /// closed (`kind="tls_handshake"`).
+    pub tls_handshake_timeout_ms: u64,
+    /// How long a keep-alive connection may stay without a request and without traffic, in
+    /// ms (default 75000, above the 60 s idle timeout of common load balancers); past it the
+    /// connection is closed (`kind="idle"`).
+    pub idle_timeout_ms: u64,
+    /// Connections open at once, at most (default 1024); a connection beyond it is closed at
+    /// once (`gridflow_http_connections_rejected_total{reason="max_connections"}`).
+    pub max_connections: usize,
+    /// Request-body bytes buffered at once across all requests, at most (default 268435456,
+    /// 256 MiB); a request that does not fit is answered `503` with `Retry-After`
+    /// (`gridflow_http_requests_rejected_total{reason="body_budget"}`).
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ListenerConfig {
@@ -159,6 +180,12 @@ impl Default for ListenerConfig {
         ListenerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls: None,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            tls_handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 1024,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -259,6 +286,34 @@ impl RuntimeConfig {
                         Some("at-least-once depends on it; gridflow sets it itself".into()),
                     );
                 }
+            }
+            for (key, ms) in [
+                ("header_read_timeout_ms", c.http.header_read_timeout_ms),
+                ("body_read_timeout_ms", c.http.body_read_timeout_ms),
+                ("tls_handshake_timeout_ms", c.http.tls_handshake_timeout_ms),
+                ("idle_timeout_ms", c.http.idle_timeout_ms),
+            ] {
+                if !(1..=3_600_000).contains(&ms) {
+                    doc.error(
+                        key_span(&value, "http", key),
+                        format!("[http] {key} must be between 1 and 3600000 (one hour)"),
+                        None,
+                    );
+                }
+            }
+            if !(1..=1_000_000).contains(&c.http.max_connections) {
+                doc.error(
+                    key_span(&value, "http", "max_connections"),
+                    "[http] max_connections must be between 1 and 1000000",
+                    None,
+                );
+            }
+            if c.http.max_buffered_body_bytes == 0 {
+                doc.error(
+                    key_span(&value, "http", "max_buffered_body_bytes"),
+                    "[http] max_buffered_body_bytes must be at least 1",
+                    None,
+                );
             }
             if c.engine.drain_timeout_ms > 3_600_000 {
                 doc.error(
@@ -439,6 +494,31 @@ mod tests {
         .unwrap_err();
         assert!(err[0].message.contains("max_in_flight"), "{err:?}");
         assert_eq!(err[0].line, 2);
+    }
+
+    #[test]
+    fn ingress_limits_have_safe_defaults_and_are_bounded() {
+        let c = RuntimeConfig::parse(Path::new("g.toml"), "", &|_| None).unwrap();
+        assert_eq!(c.http.header_read_timeout_ms, 10_000);
+        assert_eq!(c.http.body_read_timeout_ms, 30_000);
+        assert_eq!(c.http.tls_handshake_timeout_ms, 10_000);
+        assert_eq!(c.http.idle_timeout_ms, 75_000);
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.max_buffered_body_bytes, 256 * 1024 * 1024);
+        let err = RuntimeConfig::parse(
+            Path::new("g.toml"),
+            "[http]
+idle_timeout_ms = 5000
+header_read_timeout_ms = 0
+max_connections = 0
+",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].message.contains("header_read_timeout_ms"), "{err:?}");
+        assert_eq!(err[0].line, 3);
+        assert!(err[1].message.contains("max_connections"), "{err:?}");
     }
 
     #[test]

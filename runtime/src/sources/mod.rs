@@ -5,6 +5,7 @@
 pub mod edge;
 mod file;
 pub mod http;
+pub mod ingress;
 mod kafka;
 pub mod openapi;
 pub mod soap;
