@@ -838,9 +838,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop_ingress = CancellationToken::new();
     let http_server = match &config.http.tls {
         Some(tls) => {
-            let acceptor =
-                crate::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
-            let allowed = Arc::new(tls.allowed_subjects.clone());
+            let (acceptor, allowed) = crate::tls::acceptor_with_access(tls)
+                .map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
+            // The client CA and the subjects file are re-read: a revoked partner is refused
+            // on its next request, without a restart.
+            tokio::spawn(
+                Arc::clone(&allowed).watch(crate::tls::ACCESS_CHECK_INTERVAL, stop_ingress.clone()),
+            );
             let app = crate::sources::http::router(Arc::clone(&routes));
             tokio::spawn(
                 crate::tls::serve(http, acceptor, allowed, app, stop_ingress.clone()).map(Ok),

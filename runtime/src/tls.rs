@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
 
 use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
@@ -12,6 +14,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -26,18 +32,248 @@ pub struct TlsConfig {
     /// CA (PEM) that client certificates must chain to: set, every client must present one.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
-    /// Client certificate subjects let in (as `CN=partner-a` or `CN=x, O=y`); empty: any
-    /// certificate the CA signed.
+    /// Client certificate subjects let in (as `CN=partner-a` or `CN=x, O=y`); empty (and no
+    /// `allowed_subjects_file`): any certificate the CA signed.
     #[serde(default)]
     pub allowed_subjects: Vec<String>,
+    /// File of more subjects let in, one a line (`#` comments), re-read every second: a
+    /// subject removed is refused on its next connection, without a restart. It must list at
+    /// least one subject; a file that becomes unreadable or empty keeps the last good list.
+    #[serde(default)]
+    pub allowed_subjects_file: Option<PathBuf>,
 }
 
 fn read_pem(path: &PathBuf) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// How often the client CA and the subjects file are checked for changes.
+pub const ACCESS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Who may connect: the client CA (re-read when its file changes) and the allowed subjects
+/// (`allowed_subjects` plus `allowed_subjects_file`, re-read when it changes).
+pub struct ClientAccess {
+    config: TlsConfig,
+    subjects: ArcSwap<Vec<String>>,
+    verifier: Option<Arc<ReloadingVerifier>>,
+    /// SHA-256 of the last content seen of the CA file and of the subjects file (valid or
+    /// not), so that a change is applied, or reported, once.
+    seen: Mutex<[Option<[u8; 32]>; 2]>,
+}
+
+impl std::fmt::Debug for ClientAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAccess")
+            .field("subjects", &self.subjects.load())
+            .finish()
+    }
+}
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The subjects of a subjects file: one a line, `#` comments; at least one.
+fn parse_subjects(text: &str, path: &std::path::Path) -> Result<Vec<String>, String> {
+    let subjects: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if subjects.is_empty() {
+        return Err(format!(
+            "{}: no subject (a subjects file lets in the subjects it lists; remove the file from [http.tls] to let in any certificate the CA signed)",
+            path.display()
+        ));
+    }
+    Ok(subjects)
+}
+
+impl ClientAccess {
+    /// True when a client certificate of `subject` may send requests.
+    pub fn allows(&self, subject: Option<&str>) -> bool {
+        let subjects = self.subjects.load();
+        subjects.is_empty() || subject.is_some_and(|s| subjects.iter().any(|a| a == s))
+    }
+
+    fn subjects_of(&self, file: Option<&[u8]>) -> Result<Vec<String>, String> {
+        let mut subjects = self.config.allowed_subjects.clone();
+        if let (Some(path), Some(bytes)) = (&self.config.allowed_subjects_file, file) {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+            subjects.extend(parse_subjects(text, path)?);
+        }
+        Ok(subjects)
+    }
+
+    /// Re-reads the CA and the subjects file; what changed: `(list, Ok(()))` applied,
+    /// `(list, Err(reason))` not applied (the last good one stays).
+    pub fn reload(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outcomes = Vec::new();
+        let files = [
+            ("tls_client_ca", self.config.client_ca.as_ref()),
+            (
+                "tls_allowed_subjects",
+                self.config.allowed_subjects_file.as_ref(),
+            ),
+        ];
+        for (i, (list, path)) in files.into_iter().enumerate() {
+            let Some(path) = path else { continue };
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    if seen[i].is_some() {
+                        seen[i] = None;
+                        outcomes.push((list, Err(format!("cannot read {}: {e}", path.display()))));
+                    }
+                    continue;
+                }
+            };
+            let digest = hash(&bytes);
+            if seen[i] == Some(digest) {
+                continue;
+            }
+            seen[i] = Some(digest);
+            let applied = if i == 0 {
+                match (&self.verifier, client_verifier(&bytes, path)) {
+                    (Some(verifier), Ok(new)) => {
+                        *verifier.inner.write().unwrap_or_else(|e| e.into_inner()) = new;
+                        Ok(())
+                    }
+                    (_, Err(e)) => Err(e),
+                    (None, Ok(_)) => Ok(()),
+                }
+            } else {
+                self.subjects_of(Some(&bytes))
+                    .map(|subjects| self.subjects.store(Arc::new(subjects)))
+            };
+            outcomes.push((list, applied));
+        }
+        outcomes
+    }
+
+    /// Re-reads the files every `interval` until `stop`, logging and counting what changed.
+    pub async fn watch(self: Arc<Self>, interval: std::time::Duration, stop: CancellationToken) {
+        if self.config.client_ca.is_none() && self.config.allowed_subjects_file.is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            let access = Arc::clone(&self);
+            let Ok(outcomes) = tokio::task::spawn_blocking(move || access.reload()).await else {
+                continue;
+            };
+            for (list, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => {
+                        crate::metrics::access_list_reload(list, "applied");
+                        tracing::info!(list, "TLS client access reloaded.");
+                    }
+                    Err(error) => {
+                        crate::metrics::access_list_reload(list, "failed");
+                        tracing::error!(list, error = %error, "TLS client access file not applied; the last good one stays in force.");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A client certificate verifier that can be replaced while connections come (a new CA).
+#[derive(Debug)]
+struct ReloadingVerifier {
+    inner: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ReloadingVerifier {
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.inner.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ClientCertVerifier for ReloadingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints would borrow from a verifier that may be replaced: none are sent (clients
+        // present their certificate all the same).
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// The verifier of client certificates signed by the CA (PEM `pem`, read from `ca`).
+fn client_verifier(
+    pem: &[u8],
+    ca: &std::path::Path,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots
+            .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| format!("{}: {e}", ca.display()))
+}
+
 /// The TLS acceptor of `config`.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
+    Ok(acceptor_with_access(config)?.0)
+}
+
+/// The TLS acceptor of `config`, and who may connect through it (to re-read with
+/// [`ClientAccess::watch`]).
+pub fn acceptor_with_access(
+    config: &TlsConfig,
+) -> Result<(TlsAcceptor, Arc<ClientAccess>), String> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut read_pem(&config.cert)?.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", config.cert.display()))?;
@@ -48,27 +284,40 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let server = match &config.client_ca {
+    let mut seen = [None, None];
+    let verifier = match &config.client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut read_pem(ca)?.as_slice()) {
-                roots
-                    .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| e.to_string())?;
-            builder.with_client_cert_verifier(verifier)
+            let pem = read_pem(ca)?;
+            seen[0] = Some(hash(&pem));
+            Some(Arc::new(ReloadingVerifier {
+                inner: RwLock::new(client_verifier(&pem, ca)?),
+            }))
         }
+        None => None,
+    };
+    let server = match &verifier {
+        Some(verifier) => builder.with_client_cert_verifier(Arc::clone(verifier) as _),
         None => builder.with_no_client_auth(),
     }
     .with_single_cert(certs, key)
     .map_err(|e| format!("the certificate and key do not fit: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    let mut access = ClientAccess {
+        config: config.clone(),
+        subjects: ArcSwap::from_pointee(Vec::new()),
+        verifier,
+        seen: Mutex::new([None, None]),
+    };
+    let file = match &config.allowed_subjects_file {
+        Some(path) => {
+            let bytes = read_pem(path)?;
+            seen[1] = Some(hash(&bytes));
+            Some(bytes)
+        }
+        None => None,
+    };
+    access.subjects = ArcSwap::from_pointee(access.subjects_of(file.as_deref())?);
+    access.seen = Mutex::new(seen);
+    Ok((TlsAcceptor::from(Arc::new(server)), Arc::new(access)))
 }
 
 /// The subject of a DER certificate, e.g. `CN=partner-a`.
@@ -82,7 +331,7 @@ pub fn subject(der: &[u8]) -> Option<String> {
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    allowed: Arc<Vec<String>>,
+    allowed: Arc<ClientAccess>,
     app: Router,
     shutdown: CancellationToken,
 ) {
@@ -112,21 +361,25 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|cert| subject(cert.as_ref()));
-            let let_in =
-                allowed.is_empty() || subject.as_ref().is_some_and(|s| allowed.contains(s));
-            let app = if let_in {
-                app.layer(axum::Extension(ConnectInfo(peer)))
-            } else {
-                tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
-                Router::new().fallback(|| async {
-                    crate::sources::http::problem(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        "this client certificate is not allowed",
-                        json!({}),
-                    )
-                })
-            };
+            // Checked on every request, not once per connection: a subject removed from the
+            // allow-list is refused on a keep-alive connection it already holds.
+            let app = app.layer(axum::Extension(ConnectInfo(peer))).layer(
+                axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let (allowed, subject) = (Arc::clone(&allowed), subject.clone());
+                    async move {
+                        if allowed.allows(subject.as_deref()) {
+                            return next.run(request).await;
+                        }
+                        tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
+                        crate::sources::http::problem(
+                            StatusCode::FORBIDDEN,
+                            "Forbidden",
+                            "this client certificate is not allowed",
+                            json!({}),
+                        )
+                    }
+                }),
+            );
             let service = hyper_util::service::TowerToHyperService::new(app);
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
