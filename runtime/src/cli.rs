@@ -736,8 +736,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let routes = Arc::new(HttpRoutes::default());
+    let guard = admin::AdminGuard::new(config.admin.token_file.as_deref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
     let mut admin_state = AdminState {
         metrics,
+        guard: Arc::new(guard),
         ..AdminState::default()
     };
     let broker_watch =
@@ -747,6 +752,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %http.local_addr()?, "HTTP listener started.");
     let admin = tokio::net::TcpListener::bind(config.admin.listen).await?;
     tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
+    if !admin_state.guard.has_token() && !admin.local_addr()?.ip().is_loopback() {
+        tracing::warn!(addr = %admin.local_addr()?, "No admin token ([admin] token_file or GRIDFLOW_ADMIN_TOKEN): POST /admin/reload and other mutating admin requests are answered only to loopback clients.");
+    }
 
     let producers = kafka.producers()?;
     // Secret files are re-read every second; rotated SASL credentials reach the shared
@@ -863,7 +871,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let admin_server = tokio::spawn({
         let shutdown = shutdown.clone();
-        let app = admin::router(admin_state.clone());
+        let app =
+            admin::router(admin_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         async move {
             axum::serve(admin, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
