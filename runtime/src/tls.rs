@@ -37,7 +37,7 @@ pub struct TlsConfig {
     #[serde(default)]
     pub allowed_subjects: Vec<String>,
     /// File of more subjects let in, one a line (`#` comments), re-read every second: a
-    /// subject removed is refused on its next connection, without a restart. It must list at
+    /// subject removed is refused on its next request, without a restart. It must list at
     /// least one subject; a file that becomes unreadable or empty keeps the last good list.
     #[serde(default)]
     pub allowed_subjects_file: Option<PathBuf>,
