@@ -72,7 +72,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_http_requests_total", Kind::Counter, "HTTP and SOAP requests answered, by status code."),
     ("gridflow_http_request_duration_seconds", Kind::Histogram, "Time from an HTTP or SOAP request's arrival to its answer."),
     ("gridflow_quota_rejections_total", Kind::Counter, "Requests refused for being over their client's quota (HTTP 429)."),
-    ("gridflow_access_list_reloads_total", Kind::Counter, "Re-reads of a changed access list (`list`: api_keys, tls_client_ca, tls_allowed_subjects, admin_token), by outcome: applied, or failed (unreadable or invalid: the last good list stays in force)."),
+    ("gridflow_access_list_reloads_total", Kind::Counter, "Checks of an access-list file (`list`: api_keys, tls_client_ca, tls_allowed_subjects, admin_token) that applied a change (outcome applied) or found it unreadable or invalid (failed: counted at every check while it stays so; the last good list stays in force)."),
     ("gridflow_admin_requests_refused_total", Kind::Counter, "Mutating admin requests refused, by reason: no_token (401), wrong_token (401), not_loopback (403, no token configured)."),
     ("gridflow_enrich_cache_hits_total", Kind::Counter, "enrich answers taken from the step's cache."),
     ("gridflow_enrich_cache_misses_total", Kind::Counter, "enrich lookups that found no answer in the cache."),
@@ -108,8 +108,8 @@ fn describe() {
     }
 }
 
-/// An access list (`api_keys`, `tls_client_ca`, `tls_allowed_subjects`, `admin_token`) was re-read after a
-/// change: `applied`, or `failed` (the last good list stays in force).
+/// A check of an access-list file (`api_keys`, `tls_client_ca`, `tls_allowed_subjects`,
+/// `admin_token`): `applied` a change, or `failed` (the last good list stays in force).
 pub fn access_list_reload(list: &'static str, outcome: &'static str) {
     counter!("gridflow_access_list_reloads_total", "list" => list, "outcome" => outcome)
         .increment(1);

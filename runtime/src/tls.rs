@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
@@ -59,6 +60,8 @@ pub struct ClientAccess {
     /// SHA-256 of the last content seen of the CA file and of the subjects file (valid or
     /// not), so that a change is applied, or reported, once.
     seen: Mutex<[Option<[u8; 32]>; 2]>,
+    /// The last check of the CA file, of the subjects file, failed.
+    failing: [AtomicBool; 2],
 }
 
 impl std::fmt::Debug for ClientAccess {
@@ -108,9 +111,9 @@ impl ClientAccess {
         Ok(subjects)
     }
 
-    /// Re-reads the CA and the subjects file; what changed: `(list, Ok(()))` applied,
-    /// `(list, Err(reason))` not applied (the last good one stays).
-    pub fn reload(&self) -> Vec<(&'static str, Result<(), String>)> {
+    /// Re-reads the CA and the subjects file: for each file that changed, or still cannot be
+    /// applied, what came of it (the last good one stays in force on a failure).
+    pub fn reload(&self) -> Vec<(&'static str, Check)> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut outcomes = Vec::new();
         let files = [
@@ -122,18 +125,27 @@ impl ClientAccess {
         ];
         for (i, (list, path)) in files.into_iter().enumerate() {
             let Some(path) = path else { continue };
+            let failing = &self.failing[i];
             let bytes = match std::fs::read(path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    if seen[i].is_some() {
-                        seen[i] = None;
-                        outcomes.push((list, Err(format!("cannot read {}: {e}", path.display()))));
+                    if seen[i].take().is_some() || !failing.swap(true, Ordering::Relaxed) {
+                        failing.store(true, Ordering::Relaxed);
+                        outcomes.push((
+                            list,
+                            Check::Failed(format!("cannot read {}: {e}", path.display())),
+                        ));
+                    } else {
+                        outcomes.push((list, Check::StillFailing));
                     }
                     continue;
                 }
             };
             let digest = hash(&bytes);
             if seen[i] == Some(digest) {
+                if failing.load(Ordering::Relaxed) {
+                    outcomes.push((list, Check::StillFailing));
+                }
                 continue;
             }
             seen[i] = Some(digest);
@@ -150,7 +162,14 @@ impl ClientAccess {
                 self.subjects_of(Some(&bytes))
                     .map(|subjects| self.subjects.store(Arc::new(subjects)))
             };
-            outcomes.push((list, applied));
+            failing.store(applied.is_err(), Ordering::Relaxed);
+            outcomes.push((
+                list,
+                match applied {
+                    Ok(()) => Check::Applied,
+                    Err(e) => Check::Failed(e),
+                },
+            ));
         }
         outcomes
     }
@@ -171,18 +190,31 @@ impl ClientAccess {
             };
             for (list, outcome) in outcomes {
                 match outcome {
-                    Ok(()) => {
+                    Check::Applied => {
                         crate::metrics::access_list_reload(list, "applied");
                         tracing::info!(list, "TLS client access reloaded.");
                     }
-                    Err(error) => {
+                    Check::Failed(error) => {
                         crate::metrics::access_list_reload(list, "failed");
                         tracing::error!(list, error = %error, "TLS client access file not applied; the last good one stays in force.");
                     }
+                    // Counted at every check while it lasts (for the alert), logged once.
+                    Check::StillFailing => crate::metrics::access_list_reload(list, "failed"),
                 }
             }
         }
     }
+}
+
+/// What a check of an access-list file came to.
+#[derive(Debug, PartialEq)]
+pub enum Check {
+    /// A change was applied.
+    Applied,
+    /// A change could not be applied (unreadable, invalid): the last good list stays.
+    Failed(String),
+    /// Still as at the last check, which failed.
+    StillFailing,
 }
 
 /// A client certificate verifier that can be replaced while connections come (a new CA).
@@ -306,6 +338,7 @@ pub fn acceptor_with_access(
         subjects: ArcSwap::from_pointee(Vec::new()),
         verifier,
         seen: Mutex::new([None, None]),
+        failing: [AtomicBool::new(false), AtomicBool::new(false)],
     };
     let file = match &config.allowed_subjects_file {
         Some(path) => {

@@ -24,8 +24,9 @@
 //!
 //! Keys are kept as SHA-256 digests and compared in constant time. A key file is re-read
 //! every second ([`ApiKeys::reload`]): a revoked key is refused within about a second, a new
-//! one is let in; a file that cannot be read or is invalid keeps the last good set (logged and
-//! counted in `gridflow_access_list_reloads_total{outcome="failed"}`).
+//! one is let in; a file that cannot be read or is invalid keeps the last good set (logged once,
+//! counted in `gridflow_access_list_reloads_total{outcome="failed"}` at every check while it
+//! stays so).
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -474,7 +475,11 @@ impl ApiKeys {
                     crate::metrics::access_list_reload("api_keys", "failed");
                     tracing::error!(pipeline = %pipeline, error = %error, keys = self.len(), "API key file not applied; the last good keys stay in force.");
                 }
-                Reloaded::Unchanged | Reloaded::StillFailing => {}
+                // Counted at every check while it lasts (for the alert), logged once.
+                Reloaded::StillFailing => {
+                    crate::metrics::access_list_reload("api_keys", "failed");
+                }
+                Reloaded::Unchanged => {}
             }
         }
     }
