@@ -742,8 +742,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let routes = Arc::new(HttpRoutes::default());
+    let guard = admin::AdminGuard::new(config.admin.token_file.as_deref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
     let mut admin_state = AdminState {
         metrics,
+        guard: Arc::new(guard),
         ..AdminState::default()
     };
     let broker_watch =
@@ -753,6 +758,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %http.local_addr()?, "HTTP listener started.");
     let admin = tokio::net::TcpListener::bind(config.admin.listen).await?;
     tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
+    if !admin_state.guard.has_token() && !admin.local_addr()?.ip().is_loopback() {
+        tracing::warn!(addr = %admin.local_addr()?, "No admin token ([admin] token_file or GRIDFLOW_ADMIN_TOKEN): POST /admin/reload and other mutating admin requests are answered only to loopback clients.");
+    }
 
     let producers = kafka.producers()?;
     // Secret files are re-read every second; rotated SASL credentials reach the shared
@@ -844,11 +852,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop_ingress = CancellationToken::new();
     let http_server = {
         let tls = match &config.http.tls {
-            Some(tls) => Some(crate::listener::Tls {
-                acceptor: crate::tls::acceptor(tls)
-                    .map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?,
-                allowed: Arc::new(tls.allowed_subjects.clone()),
-            }),
+            Some(tls) => {
+                let (acceptor, access) = crate::tls::acceptor_with_access(tls)
+                    .map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
+                // The client CA and the subjects file are re-read: a revoked partner is
+                // refused on its next request, without a restart.
+                tokio::spawn(
+                    Arc::clone(&access)
+                        .watch(crate::tls::ACCESS_CHECK_INTERVAL, stop_ingress.clone()),
+                );
+                Some(crate::listener::Tls { acceptor, access })
+            }
             None => None,
         };
         tokio::spawn(crate::listener::serve(
@@ -862,7 +876,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let admin_server = tokio::spawn({
         let shutdown = shutdown.clone();
-        let app = admin::router(admin_state.clone());
+        let app =
+            admin::router(admin_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         async move {
             axum::serve(admin, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())

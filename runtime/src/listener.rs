@@ -92,8 +92,8 @@ impl IngressLimits {
 pub struct Tls {
     /// Handshakes.
     pub acceptor: TlsAcceptor,
-    /// Subjects let in; empty: any certificate the acceptor took.
-    pub allowed: Arc<Vec<String>>,
+    /// Who may send requests (the client CA and subjects, re-read while the listener runs).
+    pub access: Arc<crate::tls::ClientAccess>,
 }
 
 /// What every connection of one listener shares.
@@ -250,11 +250,8 @@ async fn connection(
                 },
                 _ = shared.drain.cancelled() => return,
             };
-            let app = if crate::tls::client_allowed(&stream, &tls.allowed, peer) {
-                shared.app.clone()
-            } else {
-                crate::tls::forbidden()
-            };
+            let subject = crate::tls::peer_subject(&stream);
+            let app = crate::tls::guard(shared.app.clone(), Arc::clone(&tls.access), subject, peer);
             // The header timeout starts after the handshake.
             state.restart();
             serve_connection(&shared, TokioIo::new(stream), peer, state, app).await

@@ -38,6 +38,19 @@ pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
+    // Alerts look for failures: they exist, at zero, from the start.
+    for list in [
+        "api_keys",
+        "tls_client_ca",
+        "tls_allowed_subjects",
+        "admin_token",
+    ] {
+        counter!("gridflow_access_list_reloads_total", "list" => list, "outcome" => "failed")
+            .absolute(0);
+    }
+    for reason in ["no_token", "wrong_token", "not_loopback"] {
+        counter!("gridflow_admin_requests_refused_total", "reason" => reason).absolute(0);
+    }
     // The producer queue gauges exist from each producer's creation (`KafkaSettings::producers`).
     Ok(handle)
 }
@@ -64,6 +77,8 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_http_connections_rejected_total", Kind::Counter, "Ingress connections closed at once, by reason: `max_connections` ([http] max_connections reached)."),
     ("gridflow_http_timeouts_total", Kind::Counter, "Ingress connections or requests cut by a timeout, by kind: `header`, `body`, `tls_handshake`, `idle`."),
     ("gridflow_http_requests_rejected_total", Kind::Counter, "Ingress requests refused before a pipeline saw them, by reason: `body_budget` (HTTP 503, [http] max_buffered_body_bytes used up), `draining` (HTTP 503, the listener is shutting down)."),
+    ("gridflow_access_list_reloads_total", Kind::Counter, "Checks of an access-list file (`list`: api_keys, tls_client_ca, tls_allowed_subjects, admin_token) that applied a change (outcome applied) or found it unreadable or invalid (failed: counted at every check while it stays so; the last good list stays in force)."),
+    ("gridflow_admin_requests_refused_total", Kind::Counter, "Mutating admin requests refused, by reason: no_token (401), wrong_token (401), not_loopback (403, no token configured)."),
     ("gridflow_enrich_cache_hits_total", Kind::Counter, "enrich answers taken from the step's cache."),
     ("gridflow_enrich_cache_misses_total", Kind::Counter, "enrich lookups that found no answer in the cache."),
     ("gridflow_enrich_call_duration_seconds", Kind::Histogram, "Duration of each attempt of an enrich call."),
@@ -97,6 +112,18 @@ fn describe() {
             Kind::Histogram => describe_histogram!(name, Unit::Seconds, help),
         }
     }
+}
+
+/// A check of an access-list file (`api_keys`, `tls_client_ca`, `tls_allowed_subjects`,
+/// `admin_token`): `applied` a change, or `failed` (the last good list stays in force).
+pub fn access_list_reload(list: &'static str, outcome: &'static str) {
+    counter!("gridflow_access_list_reloads_total", "list" => list, "outcome" => outcome)
+        .increment(1);
+}
+
+/// A mutating admin request was refused (`no_token`, `wrong_token`, `not_loopback`).
+pub fn admin_refused(reason: &'static str) {
+    counter!("gridflow_admin_requests_refused_total", "reason" => reason).increment(1);
 }
 
 /// The Kafka brokers answered the last probe (or did not).

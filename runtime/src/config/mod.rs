@@ -196,12 +196,19 @@ impl Default for ListenerConfig {
 pub struct AdminConfig {
     /// Address of the admin listener (default `0.0.0.0:9090`).
     pub listen: SocketAddr,
+    /// File holding the token every mutating admin request (`POST /admin/reload`, any
+    /// non-GET) must present as `Authorization: Bearer <token>` (at least 16 characters;
+    /// re-read on each such request, so it rotates without a restart). Empty or unset: the
+    /// environment variable `GRIDFLOW_ADMIN_TOKEN`; neither: mutating requests are answered
+    /// only to loopback clients. Health, metrics and other GETs stay open.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            token_file: None,
         }
     }
 }

@@ -322,7 +322,21 @@ impl Source for HttpSource {
         };
         self.routes.insert(&self.config.path, route);
         async move {
-            shutdown.cancelled().await;
+            // A key file is re-read while the source runs: a revoked key is refused within
+            // about a second, without a restart or a pipeline edit.
+            match &self.keys {
+                Some(keys) => {
+                    Arc::clone(keys)
+                        .watch(
+                            Arc::clone(&self.pipeline),
+                            super::edge::KEY_FILE_CHECK_INTERVAL,
+                            shutdown.clone(),
+                        )
+                        .await;
+                    shutdown.cancelled().await;
+                }
+                None => shutdown.cancelled().await,
+            }
             self.routes.remove(&self.config.path, self.generation);
             Ok(())
         }
