@@ -298,6 +298,7 @@ pub struct PipelineMetrics {
     received: Counter,
     sent: Counter,
     retries: Counter,
+    sink_waits: Counter,
     end_to_end: Histogram,
     in_flight: Gauge,
 }
@@ -310,6 +311,7 @@ impl PipelineMetrics {
             received: counter!("gridflow_messages_received_total", "pipeline" => p.clone()),
             sent: counter!("gridflow_messages_sent_total", "pipeline" => p.clone()),
             retries: counter!("gridflow_sink_retries_total", "pipeline" => p.clone()),
+            sink_waits: counter!("gridflow_sink_waits_total", "pipeline" => p.clone()),
             end_to_end: histogram!("gridflow_end_to_end_latency_seconds", "pipeline" => p.clone()),
             in_flight: gauge!("gridflow_messages_in_flight", "pipeline" => p.clone()),
             pipeline: p,
@@ -347,7 +349,7 @@ impl PipelineMetrics {
 
     /// A send was retried past `on_error.max_attempts`: the input waits for its sink.
     pub fn sink_waited(&self) {
-        counter!("gridflow_sink_waits_total", "pipeline" => self.pipeline.clone()).increment(1);
+        self.sink_waits.increment(1);
     }
 
     /// An input went to the dead-letter destination.
