@@ -105,6 +105,19 @@ enum Progress {
 #[derive(Debug, Default)]
 pub(super) struct PartitionTracker {
     offsets: BTreeMap<i64, (Progress, Instant)>,
+    /// Offsets whose acknowledgement failed while the partition ran, with how many times:
+    /// they stay pending while they are dead-lettered.
+    reoffered: HashMap<i64, u32>,
+}
+
+/// What to do with an offset whose record's acknowledgement ended.
+#[derive(Debug, PartialEq)]
+pub(super) enum Settled {
+    /// Settled; every offset up to this one (if any) may be committed.
+    Committable(Option<i64>),
+    /// Failed while the partition runs: dead-letter the record after `wait` (its `times`-th
+    /// failure); the offset stays pending.
+    Reoffer { times: u32, wait: Duration },
 }
 
 impl PartitionTracker {
@@ -125,6 +138,26 @@ impl PartitionTracker {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.offsets.len()
+    }
+
+    /// Records the end of `offset` (`failed`: its acknowledgement ended `Failed`). While the
+    /// partition runs, a failed offset stays pending and is to be dead-lettered (with a
+    /// backoff that grows with each failure of the same offset, up to 30 s); when it stops,
+    /// a failed offset blocks the commit (the record is read again).
+    pub(super) fn settle(&mut self, offset: i64, failed: bool, running: bool) -> Settled {
+        if failed && running {
+            let times = self.reoffered.entry(offset).or_default();
+            *times += 1;
+            let wait = Duration::from_millis(100u64 << (*times - 1).min(9)).min(MAX_REOFFER_WAIT);
+            return Settled::Reoffer {
+                times: *times,
+                wait,
+            };
+        }
+        if !self.reoffered.is_empty() {
+            self.reoffered.remove(&offset);
+        }
+        Settled::Committable(self.finish(offset, !failed))
     }
 
     /// Records the end of `offset`; returns the highest offset that may now be committed
@@ -281,44 +314,26 @@ pub(super) async fn run(assigned: Assigned, shared: Arc<Shared>) -> usize {
     };
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
     let mut tracker = PartitionTracker::default();
-    // Records whose acknowledgement failed, by offset: how many times.
-    let mut reoffered: HashMap<i64, u32> = HashMap::new();
     // Settles `first` and whatever else has finished meanwhile (up to a batch), then stores
     // the highest committable offset once. While `running`, a failed record is dead-lettered
     // (it stays pending until that is settled); when stopping, it is left uncommitted.
     let store = |first: Finished,
                  more: &mut mpsc::UnboundedReceiver<Finished>,
                  tracker: &mut PartitionTracker,
-                 reoffered: &mut HashMap<i64, u32>,
                  running: bool| {
         let mut to_store = None;
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(done) = next.take() {
-            let ok = match done.failed {
-                Some(failed) if running => {
-                    let times = reoffered.entry(done.offset).or_default();
-                    *times += 1;
-                    tracing::error!(pipeline = %shared.pipeline, topic = %topic, partition, offset = done.offset, code = %failed.0.code, times = *times, error = %failed.0.message, "A record's acknowledgement failed; it is dead-lettered so that its partition's commits go on.");
-                    let wait =
-                        Duration::from_millis(100u64 << (*times - 1).min(9)).min(MAX_REOFFER_WAIT);
-                    reoffer(&shared, done.offset, failed, wait, &finished_tx);
-                    taken += 1;
-                    if taken < STORE_BATCH {
-                        next = more.try_recv().ok();
+            match tracker.settle(done.offset, done.failed.is_some(), running) {
+                Settled::Committable(Some(offset)) => to_store = Some(offset),
+                Settled::Committable(None) => {}
+                Settled::Reoffer { times, wait } => {
+                    if let Some(failed) = done.failed {
+                        tracing::error!(pipeline = %shared.pipeline, topic = %topic, partition, offset = done.offset, code = %failed.0.code, times, error = %failed.0.message, "A record's acknowledgement failed; it is dead-lettered so that its partition's commits go on.");
+                        reoffer(&shared, done.offset, failed, wait, &finished_tx);
                     }
-                    continue;
                 }
-                Some(_) => false,
-                None => {
-                    if !reoffered.is_empty() {
-                        reoffered.remove(&done.offset);
-                    }
-                    true
-                }
-            };
-            if let Some(offset) = tracker.finish(done.offset, ok) {
-                to_store = Some(offset);
             }
             taken += 1;
             if taken < STORE_BATCH {
@@ -357,7 +372,7 @@ pub(super) async fn run(assigned: Assigned, shared: Arc<Shared>) -> usize {
             biased;
             _ = &mut revoked => return 0,
             _ = &mut stopping => break,
-            Some(done) = finished_rx.recv() => store(done, &mut finished_rx, &mut tracker, &mut reoffered, true),
+            Some(done) = finished_rx.recv() => store(done, &mut finished_rx, &mut tracker, true),
             _ = age_tick.tick() => {
                 crate::metrics::oldest_unsettled(&shared.pipeline, &topic, partition, tracker.oldest());
             }
@@ -414,7 +429,7 @@ pub(super) async fn run(assigned: Assigned, shared: Arc<Shared>) -> usize {
     let deadline = tokio::time::Instant::now() + shared.drain_timeout;
     while tracker.pending() > 0 {
         match tokio::time::timeout_at(deadline, finished_rx.recv()).await {
-            Ok(Some(done)) => store(done, &mut finished_rx, &mut tracker, &mut reoffered, false),
+            Ok(Some(done)) => store(done, &mut finished_rx, &mut tracker, false),
             _ => break,
         }
     }
@@ -446,6 +461,48 @@ mod tests {
         assert_eq!(t.finish(1, false), None);
         assert_eq!(t.pending(), 1);
         assert_eq!(t.finish(2, true), None, "2 waits behind the failed 1");
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_failed_offset_is_reoffered_while_running_and_never_stays_a_hole() {
+        let mut t = PartitionTracker::default();
+        for o in 1..=3 {
+            t.start(o);
+        }
+        assert_eq!(
+            t.settle(1, true, true),
+            Settled::Reoffer {
+                times: 1,
+                wait: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(t.settle(2, false, true), Settled::Committable(None));
+        assert_eq!(
+            t.pending(),
+            2,
+            "1 is pending again (being dead-lettered), 3 too"
+        );
+        // The dead-letter write of 1 failed again: a longer wait.
+        assert_eq!(
+            t.settle(1, true, true),
+            Settled::Reoffer {
+                times: 2,
+                wait: Duration::from_millis(200)
+            }
+        );
+        // Its dead letter is written: 1 and 2 may be committed.
+        assert_eq!(t.settle(1, false, true), Settled::Committable(Some(2)));
+        assert!(t.reoffered.is_empty());
+        for _ in 0..20 {
+            t.settle(3, true, true);
+        }
+        assert!(matches!(
+            t.settle(3, true, true),
+            Settled::Reoffer { wait, .. } if wait == MAX_REOFFER_WAIT
+        ));
+        // Stopping: a failure blocks the commit (read again by the next owner).
+        assert_eq!(t.settle(3, true, false), Settled::Committable(None));
         assert_eq!(t.pending(), 0);
     }
 
