@@ -50,6 +50,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_messages_filtered_total", Kind::Counter, "Messages a step dropped on purpose (filter, an empty split)."),
     ("gridflow_messages_dead_lettered_total", Kind::Counter, "Inputs written to the dead-letter destination, by the step that failed and the error code."),
     ("gridflow_messages_failed_total", Kind::Counter, "Inputs neither delivered nor dead-lettered: refused to the caller (HTTP 503) or written to the fallback file."),
+    ("gridflow_dead_letters_fallback_total", Kind::Counter, "Dead letters the dead-letter topic refused for good, written to the local fallback file instead (counted as failed, not as dead-lettered)."),
     ("gridflow_sink_retries_total", Kind::Counter, "Sends retried after a transient sink fault."),
     ("gridflow_end_to_end_latency_seconds", Kind::Histogram, "Time from an input's arrival to its message's acknowledgement by the sink."),
     ("gridflow_step_duration_seconds", Kind::Histogram, "Time a step took for one message."),
@@ -60,6 +61,10 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_http_requests_total", Kind::Counter, "HTTP and SOAP requests answered, by status code."),
     ("gridflow_http_request_duration_seconds", Kind::Histogram, "Time from an HTTP or SOAP request's arrival to its answer."),
     ("gridflow_quota_rejections_total", Kind::Counter, "Requests refused for being over their client's quota (HTTP 429)."),
+    ("gridflow_http_connections_open", Kind::Gauge, "Connections open on the ingress listener (plain or TLS), handshakes included."),
+    ("gridflow_http_connections_rejected_total", Kind::Counter, "Ingress connections closed at once, by reason: `max_connections` ([http] max_connections reached)."),
+    ("gridflow_http_timeouts_total", Kind::Counter, "Ingress connections or requests cut by a timeout, by kind: `header`, `body`, `tls_handshake`, `idle`."),
+    ("gridflow_http_requests_rejected_total", Kind::Counter, "Ingress requests refused before a pipeline saw them, by reason: `body_budget` (HTTP 503, [http] max_buffered_body_bytes used up), `draining` (HTTP 503, the listener is shutting down)."),
     ("gridflow_enrich_cache_hits_total", Kind::Counter, "enrich answers taken from the step's cache."),
     ("gridflow_enrich_cache_misses_total", Kind::Counter, "enrich lookups that found no answer in the cache."),
     ("gridflow_enrich_call_duration_seconds", Kind::Histogram, "Duration of each attempt of an enrich call."),
@@ -70,6 +75,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in a Kafka producer's queues (not acknowledged by the broker yet), by producer: `stream` (Kafka and file sources), `request` (HTTP and SOAP pipelines, when it is a producer of its own)."),
     ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in a Kafka producer's queues, by producer."),
     ("gridflow_kafka_broker_reachable", Kind::Gauge, "1 when the Kafka brokers answered the last metadata probe, else 0."),
+    ("gridflow_file_source_rejected_total", Kind::Counter, "Files a file source moved to failed/ unsent or given up, by the limit they broke (max_file_bytes, max_line_bytes, max_attempts)."),
     ("gridflow_reloads_total", Kind::Counter, "Pipeline reloads, by result (success, failure, stopped, restart_required)."),
     ("gridflow_pipeline_info", Kind::Gauge, "1 for the running version of a pipeline, 0 for a replaced or stopped one."),
 ];
@@ -118,6 +124,56 @@ pub fn oldest_unsettled(pipeline: &str, topic: &str, partition: i32, age: Durati
 pub fn consumer_lag(pipeline: &str, topic: &str, partition: i32, lag: i64) {
     gauge!("gridflow_kafka_consumer_lag", "pipeline" => pipeline.to_string(), "topic" => topic.to_string(), "partition" => partition.to_string())
         .set(lag.max(0) as f64);
+}
+
+/// A limit of the `file` source that sends a file to `failed/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileLimit {
+    /// A file read whole is larger than `max_file_bytes`.
+    FileBytes,
+    /// An NDJSON line is longer than `max_line_bytes`.
+    LineBytes,
+    /// `max_attempts` attempts at the file failed.
+    Attempts,
+}
+
+impl FileLimit {
+    const ALL: [FileLimit; 3] = [
+        FileLimit::FileBytes,
+        FileLimit::LineBytes,
+        FileLimit::Attempts,
+    ];
+
+    /// The limit's key in the source's table, also the metric's `reason` label.
+    pub fn key(self) -> &'static str {
+        match self {
+            FileLimit::FileBytes => "max_file_bytes",
+            FileLimit::LineBytes => "max_line_bytes",
+            FileLimit::Attempts => "max_attempts",
+        }
+    }
+}
+
+/// The metrics of a `file` source.
+pub struct FileSourceMetrics {
+    rejected: [Counter; 3],
+}
+
+impl FileSourceMetrics {
+    /// Registers the handles of `pipeline`'s file source (each reason at 0, so that an alert
+    /// sees the first rejection as an increase).
+    pub fn new(pipeline: &str) -> Self {
+        FileSourceMetrics {
+            rejected: FileLimit::ALL.map(|limit| {
+                counter!("gridflow_file_source_rejected_total", "pipeline" => pipeline.to_string(), "reason" => limit.key())
+            }),
+        }
+    }
+
+    /// A file broke `limit` and went to `failed/`.
+    pub fn rejected(&self, limit: FileLimit) {
+        self.rejected[limit as usize].increment(1);
+    }
 }
 
 /// The metrics of one step (`steps[0].map`) of a pipeline.
@@ -232,6 +288,53 @@ pub fn quota_rejected(pipeline: &str) {
     counter!("gridflow_quota_rejections_total", "pipeline" => pipeline.to_string()).increment(1);
 }
 
+/// Creates the series of the ingress listener at 0, so that they exist (and alerts can
+/// compare them) before the first timeout or refusal.
+pub fn ingress_started() {
+    gauge!("gridflow_http_connections_open").set(0.0);
+    counter!("gridflow_http_connections_rejected_total", "reason" => "max_connections").absolute(0);
+    for kind in ["header", "body", "tls_handshake", "idle"] {
+        counter!("gridflow_http_timeouts_total", "kind" => kind).absolute(0);
+    }
+    for reason in ["body_budget", "draining"] {
+        counter!("gridflow_http_requests_rejected_total", "reason" => reason).absolute(0);
+    }
+}
+
+/// The ingress listener closed a connection at once, for `reason` (`max_connections`).
+pub fn http_connection_rejected(reason: &'static str) {
+    counter!("gridflow_http_connections_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A timeout of the ingress listener fired: `header`, `body`, `tls_handshake`, `idle`.
+pub fn http_timeout(kind: &'static str) {
+    counter!("gridflow_http_timeouts_total", "kind" => kind).increment(1);
+}
+
+/// The ingress listener refused a request before a pipeline saw it (`body_budget`,
+/// `draining`).
+pub fn http_request_rejected(reason: &'static str) {
+    counter!("gridflow_http_requests_rejected_total", "reason" => reason).increment(1);
+}
+
+/// One open connection of the ingress listener: counted in `gridflow_http_connections_open`
+/// while it lives.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// Counts a connection as open.
+    pub fn opened() -> OpenConnection {
+        gauge!("gridflow_http_connections_open").increment(1.0);
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        gauge!("gridflow_http_connections_open").decrement(1.0);
+    }
+}
+
 /// The state of one `enrich` step's circuit breaker: 0 closed, 1 open, 2 half-open.
 pub struct BreakerGauge {
     step: String,
@@ -299,6 +402,7 @@ pub struct PipelineMetrics {
     sent: Counter,
     retries: Counter,
     sink_waits: Counter,
+    fallback: Counter,
     end_to_end: Histogram,
     in_flight: Gauge,
 }
@@ -312,6 +416,8 @@ impl PipelineMetrics {
             sent: counter!("gridflow_messages_sent_total", "pipeline" => p.clone()),
             retries: counter!("gridflow_sink_retries_total", "pipeline" => p.clone()),
             sink_waits: counter!("gridflow_sink_waits_total", "pipeline" => p.clone()),
+            // Registered at 0: the alert on fallback writes sees the first one.
+            fallback: counter!("gridflow_dead_letters_fallback_total", "pipeline" => p.clone()),
             end_to_end: histogram!("gridflow_end_to_end_latency_seconds", "pipeline" => p.clone()),
             in_flight: gauge!("gridflow_messages_in_flight", "pipeline" => p.clone()),
             pipeline: p,
@@ -355,6 +461,11 @@ impl PipelineMetrics {
     /// An input went to the dead-letter destination.
     pub fn dead_lettered(&self, step: &str, code: &str) {
         counter!("gridflow_messages_dead_lettered_total", "pipeline" => self.pipeline.clone(), "step" => step.to_string(), "code" => code.to_string()).increment(1);
+    }
+
+    /// A dead letter went to the local fallback file (its destination refused it for good).
+    pub fn dead_letter_fallback(&self) {
+        self.fallback.increment(1);
     }
 
     /// An input could be written neither to the sink nor to the dead-letter destination.

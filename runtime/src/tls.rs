@@ -5,15 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 /// `[http.tls]` in `gridflow.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -38,12 +37,13 @@ fn read_pem(path: &PathBuf) -> Result<Vec<u8>, String> {
 
 /// The TLS acceptor of `config`.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut read_pem(&config.cert)?.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&read_pem(&config.cert)?)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", config.cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut read_pem(&config.key)?.as_slice())
-        .map_err(|e| format!("{}: {e}", config.key.display()))?
-        .ok_or_else(|| format!("{}: no private key", config.key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(&config.key)?).map_err(|e| match e {
+        pem::Error::NoItemsFound => format!("{}: no private key", config.key.display()),
+        e => format!("{}: {e}", config.key.display()),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -51,7 +51,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
     let server = match &config.client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut read_pem(ca)?.as_slice()) {
+            for cert in CertificateDer::pem_slice_iter(&read_pem(ca)?) {
                 roots
                     .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
                     .map_err(|e| format!("{}: {e}", ca.display()))?;
@@ -77,63 +77,40 @@ pub fn subject(der: &[u8]) -> Option<String> {
     Some(cert.subject().to_string())
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`. A client certificate whose subject is
-/// not allowed gets `403` problem+json on every request of its connection.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    allowed: Arc<Vec<String>>,
-    app: Router,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS listener accept failed.");
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app, allowed) = (acceptor.clone(), app.clone(), Arc::clone(&allowed));
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::info!(peer = %peer, error = %e, "TLS handshake refused.");
-                    return;
-                }
-            };
-            let subject = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|cert| subject(cert.as_ref()));
-            let let_in =
-                allowed.is_empty() || subject.as_ref().is_some_and(|s| allowed.contains(s));
-            let app = if let_in {
-                app.layer(axum::Extension(ConnectInfo(peer)))
-            } else {
-                tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
-                Router::new().fallback(|| async {
-                    crate::sources::http::problem(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        "this client certificate is not allowed",
-                        json!({}),
-                    )
-                })
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-        });
+/// Whether the client of `stream` may be served: its certificate's subject is on `allowed`
+/// (or `allowed` is empty). A refused client is logged.
+pub fn client_allowed<S>(
+    stream: &tokio_rustls::server::TlsStream<S>,
+    allowed: &[String],
+    peer: SocketAddr,
+) -> bool {
+    let subject = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| subject(cert.as_ref()));
+    let let_in = allowed.is_empty()
+        || subject
+            .as_ref()
+            .is_some_and(|s| allowed.iter().any(|a| a == s));
+    if !let_in {
+        tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
     }
+    let_in
+}
+
+/// What a client whose certificate is not allowed gets: `403` problem+json on every request
+/// of its connection.
+pub fn forbidden() -> Router {
+    Router::new().fallback(|| async {
+        crate::sources::http::problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this client certificate is not allowed",
+            json!({}),
+        )
+    })
 }
 
 /// Where the listener is, for logs.
@@ -141,5 +118,78 @@ pub fn describe(addr: SocketAddr, config: &TlsConfig) -> String {
     match &config.client_ca {
         Some(_) => format!("https://{addr} (client certificates required)"),
         None => format!("https://{addr}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn config(cert: PathBuf, key: PathBuf, client_ca: Option<PathBuf>) -> TlsConfig {
+        TlsConfig {
+            cert,
+            key,
+            client_ca,
+            allowed_subjects: Vec::new(),
+        }
+    }
+
+    fn error(config: &TlsConfig) -> String {
+        match acceptor(config) {
+            Ok(_) => panic!("the acceptor was built"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn pem_files_are_read_and_their_faults_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_pem, key_pem) = self_signed();
+        let cert = write(dir.path(), "server.pem", &cert_pem);
+        let key = write(dir.path(), "server.key", &key_pem);
+        // A chain and key as rcgen (and openssl) write them, the CA file with two certificates.
+        let (other_pem, _) = self_signed();
+        let ca = write(dir.path(), "ca.pem", &format!("{cert_pem}{other_pem}"));
+        assert!(acceptor(&config(cert.clone(), key.clone(), None)).is_ok());
+        assert!(acceptor(&config(cert.clone(), key.clone(), Some(ca))).is_ok());
+
+        // The key file holds a certificate only.
+        let e = error(&config(cert.clone(), cert.clone(), None));
+        assert!(e.ends_with("server.pem: no private key"), "{e}");
+        // The certificate file holds a key only: no certificate at all.
+        let e = error(&config(key.clone(), key.clone(), None));
+        assert!(e.contains("do not fit") || e.contains("server.key"), "{e}");
+        // A PEM block whose base64 is broken.
+        let broken = write(
+            dir.path(),
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+        );
+        let e = error(&config(broken, key.clone(), None));
+        assert!(
+            e.starts_with(&format!("{}: ", dir.path().join("broken.pem").display())),
+            "{e}"
+        );
+        // A missing file.
+        let e = error(&config(dir.path().join("missing.pem"), key, None));
+        assert!(
+            e.starts_with("cannot read ") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 }

@@ -372,9 +372,20 @@ async fn metrics_pass_promtool_and_name_every_metric_of_the_contract() {
             unique("gridflow-metrics")
         ),
     );
+    // A file source: its rejection counters exist from its start, at 0 for each limit.
+    let file_name = unique("metrics-file");
+    write_pipeline(
+        dir.path(),
+        "metrics-file.toml",
+        &format!("name = '{file_name}'\n[source]\nkind = 'file'\ndir = 'inbox'\n[sink]\nkind = 'blackhole'\n"),
+    );
     let gf = Gridflow::start(dir.path(), &[]);
     wait_ready(&gf).await;
-    assert_running(&gf, &[http_name.as_str(), kafka_name.as_str()]).await;
+    assert_running(
+        &gf,
+        &[http_name.as_str(), kafka_name.as_str(), file_name.as_str()],
+    )
+    .await;
 
     let url = gf.http_url("/ingest/metrics");
     let send = |body: &'static str| {

@@ -734,6 +734,25 @@ max_attempts = 3
         assert!(all.contains("[on_error] `max_attempts`"), "{all}");
     }
 
+    #[test]
+    fn file_source_limits_have_defaults_and_are_checked() {
+        let p = parse("[source]\nkind='file'\ndir='in'\n[sink]\nkind='stdout'\n").unwrap();
+        let SourceConfig::File(f) = &p.source else {
+            panic!("{:?}", p.source)
+        };
+        assert_eq!(
+            (f.max_file_bytes, f.max_line_bytes, f.max_attempts),
+            (64 << 20, 1 << 20, 10)
+        );
+        let all =
+            errors("[source]\nkind='file'\ndir='in'\nmax_line_bytes=0\n[sink]\nkind='stdout'\n")
+                .join("\n");
+        assert!(
+            all.contains("p/flow.toml:4:16: error: [source] `max_line_bytes`"),
+            "{all}"
+        );
+    }
+
     const NESTED_FAULTS: &str = r#"[source]
 kind = "http"
 path = "/x"

@@ -9,7 +9,7 @@ use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::dead_letter::DeadLetterWriter;
+use super::dead_letter::{DeadLetterWriter, Written};
 use super::program::{Outcome, Program};
 use super::retry::RetryPolicy;
 use crate::ack::Ack;
@@ -441,13 +441,23 @@ impl Runner {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mut written = Written::Destination;
             match ack
-                .dead_letter_once(|| self.dead_letter.write(&meta, &failure))
+                .dead_letter_once(|| async {
+                    written = self.dead_letter.write(&meta, &failure).await?;
+                    Ok::<(), SinkError>(())
+                })
                 .await
             {
                 Ok(()) => {
-                    self.metrics
-                        .dead_lettered(&failure.step, failure.code.as_str());
+                    if written == Written::Fallback {
+                        // Kept on local disk, not where dead letters are looked for: failed.
+                        self.metrics.failed();
+                        self.metrics.dead_letter_fallback();
+                    } else {
+                        self.metrics
+                            .dead_lettered(&failure.step, failure.code.as_str());
+                    }
                     trace.child("dead_letter", started, None);
                     ack.dead_lettered(failure);
                     return;
@@ -471,7 +481,16 @@ impl Runner {
                     if let Some(suppressed) = self.dead_letter_warnings.allow() {
                         tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, suppressed, error = %e, "Dead-letter write failed; retrying.");
                     }
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.retry.backoff(attempt)) => {}
+                        // A stopped or replaced pipeline stops retrying: the dropped ack
+                        // leaves the input unsettled (a Kafka record stays uncommitted and is
+                        // consumed again), nothing is lost.
+                        _ = self.stopped.cancelled() => {
+                            tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, "Dead-letter write abandoned: the pipeline stopped; the input is left unsettled.");
+                            return;
+                        }
+                    }
                 }
             }
         }

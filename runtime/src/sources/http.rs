@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -532,19 +532,12 @@ async fn serve(
     if let Err(refusal) = admit(&route, &request) {
         return refused(refusal, &route, ids);
     }
-    let (parts, body) = request.into_parts();
-    let body: Bytes = match axum::body::to_bytes(Body::new(body), route.config.max_body_bytes).await
-    {
-        Ok(body) => body,
-        Err(_) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Payload Too Large",
-                &format!("the body exceeds {} bytes", route.config.max_body_bytes),
-                ids,
-            )
-        }
-    };
+    // `_lease`: the body's share of the listener's body budget, held until the answer.
+    let (parts, body, _lease) =
+        match super::ingress::read_body(request, route.config.max_body_bytes).await {
+            Ok(read) => read,
+            Err(e) => return e.problem(ids),
+        };
     let (ack, outcome) = Ack::channel();
     let (meta, parsed) = request_input(
         &route.config,

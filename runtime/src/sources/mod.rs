@@ -5,6 +5,7 @@
 pub mod edge;
 mod file;
 pub mod http;
+pub mod ingress;
 mod kafka;
 pub mod openapi;
 pub mod soap;
@@ -117,7 +118,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(c) | SourceConfig::Soap(c) => c.check(),
             SourceConfig::Kafka(c) => c.check(),
-            SourceConfig::File(_) => Ok(()),
+            SourceConfig::File(c) => c.check(),
         }
     }
 
