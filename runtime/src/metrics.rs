@@ -70,6 +70,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_step_errors_total", Kind::Counter, "Messages a step failed, by error code."),
     ("gridflow_messages_in_flight", Kind::Gauge, "Messages handed to a sink or the dead-letter destination and not acknowledged yet."),
     ("gridflow_upstream_waits_total", Kind::Counter, "Waits of Kafka inputs for an unavailable enrich upstream, one per wait."),
+    ("gridflow_sink_waits_total", Kind::Counter, "Sends retried past on_error.max_attempts because the source waits for its sink (Kafka, file sources; up to on_error.max_sink_wait_ms), one per retry."),
     ("gridflow_http_requests_total", Kind::Counter, "HTTP and SOAP requests answered, by status code."),
     ("gridflow_http_request_duration_seconds", Kind::Histogram, "Time from an HTTP or SOAP request's arrival to its answer."),
     ("gridflow_quota_rejections_total", Kind::Counter, "Requests refused for being over their client's quota (HTTP 429)."),
@@ -84,6 +85,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_enrich_call_duration_seconds", Kind::Histogram, "Duration of each attempt of an enrich call."),
     ("gridflow_enrich_breaker_state", Kind::Gauge, "State of an enrich step's circuit breaker: 0 closed, 1 open, 2 half-open."),
     ("gridflow_kafka_consumer_lag", Kind::Gauge, "Records between a partition's high watermark and the pipeline's committed offset."),
+    ("gridflow_kafka_oldest_unsettled_seconds", Kind::Gauge, "Age of the oldest record of a partition handed to the pipeline and not settled yet (delivered, filtered or dead-lettered): its offset and every later one wait to be committed."),
     ("gridflow_kafka_paused_partitions", Kind::Gauge, "Partitions of the pipeline's kafka source paused because their lane stayed full."),
     ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in a Kafka producer's queues (not acknowledged by the broker yet), by producer: `stream` (Kafka and file sources), `request` (HTTP and SOAP pipelines, when it is a producer of its own)."),
     ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in a Kafka producer's queues, by producer."),
@@ -136,6 +138,13 @@ pub fn broker_reachable(up: bool) {
 pub fn producer_queue(role: &'static str, messages: u64, bytes: u64) {
     gauge!("gridflow_kafka_producer_queue_messages", "producer" => role).set(messages as f64);
     gauge!("gridflow_kafka_producer_queue_bytes", "producer" => role).set(bytes as f64);
+}
+
+/// The oldest unsettled record of `pipeline`'s `topic`/`partition` was read `age` ago (zero
+/// when none is unsettled).
+pub fn oldest_unsettled(pipeline: &str, topic: &str, partition: i32, age: Duration) {
+    gauge!("gridflow_kafka_oldest_unsettled_seconds", "pipeline" => pipeline.to_string(), "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(age.as_secs_f64());
 }
 
 /// The consumer of `pipeline` is `lag` records behind on `topic`/`partition`.
@@ -419,6 +428,7 @@ pub struct PipelineMetrics {
     received: Counter,
     sent: Counter,
     retries: Counter,
+    sink_waits: Counter,
     fallback: Counter,
     end_to_end: Histogram,
     in_flight: Gauge,
@@ -432,6 +442,7 @@ impl PipelineMetrics {
             received: counter!("gridflow_messages_received_total", "pipeline" => p.clone()),
             sent: counter!("gridflow_messages_sent_total", "pipeline" => p.clone()),
             retries: counter!("gridflow_sink_retries_total", "pipeline" => p.clone()),
+            sink_waits: counter!("gridflow_sink_waits_total", "pipeline" => p.clone()),
             // Registered at 0: the alert on fallback writes sees the first one.
             fallback: counter!("gridflow_dead_letters_fallback_total", "pipeline" => p.clone()),
             end_to_end: histogram!("gridflow_end_to_end_latency_seconds", "pipeline" => p.clone()),
@@ -467,6 +478,11 @@ impl PipelineMetrics {
     /// A transient sink fault will be retried.
     pub fn retried(&self) {
         self.retries.increment(1);
+    }
+
+    /// A send was retried past `on_error.max_attempts`: the input waits for its sink.
+    pub fn sink_waited(&self) {
+        self.sink_waits.increment(1);
     }
 
     /// An input went to the dead-letter destination.

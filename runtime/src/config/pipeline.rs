@@ -42,6 +42,13 @@ pub struct OnErrorConfig {
     pub initial_backoff_ms: u64,
     /// Longest backoff, in milliseconds (default 10000).
     pub max_backoff_ms: u64,
+    /// Kafka and file sources: how long a sink that keeps failing transiently (down,
+    /// `5xx`, timeouts) is waited for, in milliseconds from a message's first attempt, once
+    /// its `max_attempts` are used up (default 600000, 10 minutes). Meanwhile the message
+    /// is retried every `max_backoff_ms` and its partition stops (backpressure); past it,
+    /// it is dead-lettered (`retries_exhausted`). 0: dead-lettered as soon as the attempts
+    /// are used up. HTTP and SOAP sources do not wait: the caller gets `503`.
+    pub max_sink_wait_ms: u64,
     /// Dead-letter topic; default `<sink topic>.dlq` for a Kafka sink.
     pub dead_letter_topic: Option<String>,
     /// Dead-letter file (NDJSON envelopes) for pipelines without a Kafka sink; default beside
@@ -55,6 +62,7 @@ impl Default for OnErrorConfig {
             max_attempts: 5,
             initial_backoff_ms: 100,
             max_backoff_ms: 10_000,
+            max_sink_wait_ms: 600_000,
             dead_letter_topic: None,
             dead_letter_file: None,
         }

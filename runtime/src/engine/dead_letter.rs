@@ -394,6 +394,7 @@ mod tests {
             },
             // A Kafka source: the record cannot be offered again, the write is retried.
             source_redelivers: false,
+            sink_wait: None,
             processing: Arc::new(tokio::sync::Semaphore::new(4)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
             max_in_flight: 4,
@@ -401,6 +402,7 @@ mod tests {
             stopped: tokio_util::sync::CancellationToken::new(),
             metrics: crate::metrics::PipelineMetrics::new("p"),
             dead_letter_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
+            sink_wait_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
             tracer: None,
         });
         let (ack, outcome) = Ack::channel();

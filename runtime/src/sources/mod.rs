@@ -138,6 +138,14 @@ impl SourceConfig {
         }
     }
 
+    /// True when the source can wait for a sink that is down (Kafka: its partitions stop;
+    /// file: the file stays), so a send that keeps failing transiently is retried past
+    /// `on_error.max_attempts`, up to `on_error.max_sink_wait_ms`. An HTTP or SOAP caller is
+    /// answered `503` instead and comes back.
+    pub fn waits_for_sink(&self) -> bool {
+        matches!(self, SourceConfig::Kafka(_) | SourceConfig::File(_))
+    }
+
     /// True when an input whose outcome is `Failed` is offered again by the source itself
     /// (the HTTP client retries after a 503; the file stays in place). A Kafka source cannot
     /// skip a record, so the engine retries its dead-letter write until it succeeds.
