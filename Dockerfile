@@ -52,6 +52,9 @@ WORKDIR /etc/gridflow
 ENV GRIDFLOW_ENV=dev \
     GRIDFLOW_DEAD_LETTERS_DIR=/var/lib/gridflow/dead-letters \
     GRIDFLOW_HEALTH_URL=http://127.0.0.1:9090/health/live
+# The admin token (POST /admin/reload): mount it and set GRIDFLOW_ADMIN_TOKEN_FILE (recette
+# and prod read /run/secrets/gridflow-admin/token by default), or pass GRIDFLOW_ADMIN_TOKEN.
+# Without one, only loopback clients may reload (docs/security.md).
 USER 10001:10001
 EXPOSE 8080 9090
 # Liveness only: readiness (/health/ready) depends on Kafka and is for load balancers.

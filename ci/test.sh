@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's single test command: ensures tansu (a Kafka-protocol broker) is installed,
 # starts one on a free loopback port unless KAFKA_BROKERS is set, then checks ops/ (promtool:
-# alert rules and their unit tests), runs the workspace tests and the fuzz targets (20 s each).
+# alert rules and their unit tests), the supply chain (ci/deny.sh: cargo-deny), runs the
+# workspace tests and the fuzz targets (20 s each).
 #
 #   ci/test.sh            the whole suite (what CI runs)
 #   ci/test.sh --long     the long variants too: the crash suite with 100,000 records and
@@ -157,6 +158,8 @@ if (($# == 0)); then
     ops/check.sh || status=$?
     log "checking the delivery kit (ci/templates, local-dev compose, ops/deploy)"
     ci/check-templates.sh || status=$?
+    log "checking the supply chain (cargo-deny: advisories, licences, bans, sources)"
+    ci/deny.sh || status=$?
 fi
 ((status == 0)) && { cargo test --workspace --locked "$@" || status=$?; }
 if ((status != 0)) && [[ -n "$BROKER_DIR" ]]; then

@@ -13,6 +13,11 @@
 #   anything else                 gridflow ARGS, unchanged (contracts check, --version, ...)
 #
 # A --config among the arguments wins over GRIDFLOW_ENV and GRIDFLOW_CONFIG.
+#
+#   GRIDFLOW_ADMIN_TOKEN_FILE   the admin token (POST /admin/reload needs it as
+#                     `Authorization: Bearer`); recette and prod read
+#                     /run/secrets/gridflow-admin/token by default, dev only when it is set;
+#                     GRIDFLOW_ADMIN_TOKEN instead holds the token itself (docs/security.md)
 set -eu
 
 die() {
@@ -48,6 +53,9 @@ with_config() {
         exec gridflow "$sub" "$@"
     fi
     [ -r "$config" ] || die "configuration file $config is not readable (GRIDFLOW_ENV=$env_name${GRIDFLOW_CONFIG:+, GRIDFLOW_CONFIG=$GRIDFLOW_CONFIG})"
+    if [ "$sub" = run ] && [ -n "${GRIDFLOW_ADMIN_TOKEN_FILE:-}" ] && [ ! -r "$GRIDFLOW_ADMIN_TOKEN_FILE" ]; then
+        die "admin token file $GRIDFLOW_ADMIN_TOKEN_FILE (GRIDFLOW_ADMIN_TOKEN_FILE) is not readable: mount the Secret gridflow-admin (ops/deploy/README.md)"
+    fi
     echo "gridflow entrypoint: GRIDFLOW_ENV=$env_name, configuration $config" >&2
     exec gridflow "$sub" --config "$config" "$@"
 }

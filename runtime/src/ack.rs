@@ -8,6 +8,9 @@
 //!
 //! A fork dropped without being settled counts as [`Outcome::Failed`] with
 //! [`ErrorCode::Dropped`]: a bug or a forced shutdown can make a message fail, never vanish.
+//! Unless the input itself was dead-lettered: its original bytes are then in the dead-letter
+//! destination, which covers every message derived from it (the engine dead-letters an input
+//! whose processing panicked, after the panic dropped the forks it held).
 
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +40,8 @@ struct State {
     delivered: usize,
     dead_lettered: Option<Failure>,
     failed: Option<Failure>,
+    /// A fork dropped unsettled: a failure unless the input was dead-lettered.
+    dropped: Option<Failure>,
 }
 
 struct Shared {
@@ -51,6 +56,8 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let state = std::mem::take(self.state.get_mut().unwrap_or_else(|e| e.into_inner()));
         let outcome = if let Some(failure) = state.failed {
+            Outcome::Failed(failure)
+        } else if let (Some(failure), None) = (state.dropped, &state.dead_lettered) {
             Outcome::Failed(failure)
         } else if let Some(failure) = state.dead_lettered {
             Outcome::DeadLettered(failure)
@@ -166,7 +173,7 @@ impl Drop for Ack {
     fn drop(&mut self) {
         if !self.settled {
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.failed.get_or_insert_with(|| {
+            state.dropped.get_or_insert_with(|| {
                 Failure::new(
                     "engine",
                     ErrorCode::Dropped,
@@ -219,6 +226,30 @@ mod tests {
             Outcome::Failed(f) => assert_eq!(f.code, ErrorCode::Dropped),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_dead_lettered_input_covers_the_forks_a_panic_dropped() {
+        let (ack, mut rx) = Ack::channel();
+        let guard = ack.fork();
+        let dropped = ack.fork();
+        drop(ack);
+        drop(dropped);
+        guard.dead_lettered(Failure::new("engine", ErrorCode::Panicked, "boom"));
+        match rx.try_recv().unwrap() {
+            Outcome::DeadLettered(f) => assert_eq!(f.code, ErrorCode::Panicked),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A fork that failed (its dead-letter write failed) is not covered.
+        let (ack, mut rx) = Ack::channel();
+        let guard = ack.fork();
+        ack.failed(Failure::new(
+            "dead_letter",
+            ErrorCode::RetriesExhausted,
+            "down",
+        ));
+        guard.dead_lettered(Failure::new("engine", ErrorCode::Panicked, "boom"));
+        assert!(matches!(rx.try_recv().unwrap(), Outcome::Failed(_)));
     }
 
     #[tokio::test]

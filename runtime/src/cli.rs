@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
@@ -113,9 +112,15 @@ struct ReplayArgs {
     /// Only dead letters written before this time (RFC 3339, or an age).
     #[arg(long)]
     until: Option<String>,
-    /// At most this many records per second.
-    #[arg(long)]
+    /// At most this many records per second (between 0.01 and 1000000).
+    #[arg(long, value_parser = crate::replay::parse_rate)]
     rate: Option<f64>,
+    /// The longest the replay waits for anything, in seconds (default 30): broker metadata,
+    /// committed offsets, topic creation, journal reads, produce acknowledgements, records of
+    /// the dead-letter topic, each HTTP request. Past it the replay stops with an error that
+    /// says what it waited for; nothing unsent is committed.
+    #[arg(long, default_value_t = crate::replay::DEFAULT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
     /// Print what would be sent; send and commit nothing.
     #[arg(long)]
     dry_run: bool,
@@ -530,6 +535,7 @@ fn replay_options(
             until: args.until.as_deref().map(parse_time).transpose()?,
             rate: args.rate,
             dry_run: args.dry_run,
+            timeout: std::time::Duration::from_secs(args.timeout),
         },
     ))
 }
@@ -736,8 +742,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let routes = Arc::new(HttpRoutes::default());
+    let guard = admin::AdminGuard::new(config.admin.token_file.as_deref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
     let mut admin_state = AdminState {
         metrics,
+        guard: Arc::new(guard),
         ..AdminState::default()
     };
     let broker_watch =
@@ -747,6 +758,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %http.local_addr()?, "HTTP listener started.");
     let admin = tokio::net::TcpListener::bind(config.admin.listen).await?;
     tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
+    if !admin_state.guard.has_token() && !admin.local_addr()?.ip().is_loopback() {
+        tracing::warn!(addr = %admin.local_addr()?, "No admin token ([admin] token_file or GRIDFLOW_ADMIN_TOKEN): POST /admin/reload and other mutating admin requests are answered only to loopback clients.");
+    }
 
     let producers = kafka.producers()?;
     // Secret files are re-read every second; rotated SASL credentials reach the shared
@@ -852,30 +866,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     admin_state.loaded.store(true, Ordering::SeqCst);
 
     let stop_ingress = CancellationToken::new();
-    let http_server = match &config.http.tls {
-        Some(tls) => {
-            let acceptor =
-                crate::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
-            let allowed = Arc::new(tls.allowed_subjects.clone());
-            let app = crate::sources::http::router(Arc::clone(&routes));
-            tokio::spawn(
-                crate::tls::serve(http, acceptor, allowed, app, stop_ingress.clone()).map(Ok),
-            )
-        }
-        None => tokio::spawn({
-            let shutdown = stop_ingress.clone();
-            let app = crate::sources::http::router(Arc::clone(&routes))
-                .into_make_service_with_connect_info::<SocketAddr>();
-            async move {
-                axum::serve(http, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
+    let http_server = {
+        let tls = match &config.http.tls {
+            Some(tls) => {
+                let (acceptor, access) = crate::tls::acceptor_with_access(tls)
+                    .map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
+                // The client CA and the subjects file are re-read: a revoked partner is
+                // refused on its next request, without a restart.
+                tokio::spawn(
+                    Arc::clone(&access)
+                        .watch(crate::tls::ACCESS_CHECK_INTERVAL, stop_ingress.clone()),
+                );
+                Some(crate::listener::Tls { acceptor, access })
             }
-        }),
+            None => None,
+        };
+        tokio::spawn(crate::listener::serve(
+            http,
+            tls,
+            crate::sources::http::router(Arc::clone(&routes)),
+            crate::listener::IngressLimits::from_config(&config.http),
+            stop_ingress.clone(),
+            Duration::from_millis(config.engine.drain_timeout_ms),
+        ))
     };
     let admin_server = tokio::spawn({
         let shutdown = shutdown.clone();
-        let app = admin::router(admin_state.clone());
+        let app =
+            admin::router(admin_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         async move {
             axum::serve(admin, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -35,6 +35,10 @@ pub enum ErrorCode {
     /// A step panicked on this message (a bug in gridflow or a library it uses); the
     /// message is dead-lettered and the pipeline goes on.
     StepPanicked,
+    /// gridflow panicked on this message outside a step (a sink's key evaluation, a send,
+    /// serialisation: a bug in gridflow or a library it uses); the input is dead-lettered and
+    /// the pipeline goes on.
+    Panicked,
     /// Transient faults went on past `on_error.max_attempts` (a sink), or past an `enrich`
     /// step's `max_attempts` (with `retry_after` set: an HTTP input is answered `503`, a
     /// Kafka input runs again up to `on_error.max_attempts` times, then is dead-lettered).
@@ -64,6 +68,7 @@ impl ErrorCode {
         ErrorCode::SinkRejected,
         ErrorCode::ContractViolation,
         ErrorCode::StepPanicked,
+        ErrorCode::Panicked,
         ErrorCode::RetriesExhausted,
         ErrorCode::EnrichmentFailed,
         ErrorCode::NotFound,
@@ -87,6 +92,7 @@ impl ErrorCode {
             ErrorCode::InvalidKey => "invalid_key",
             ErrorCode::SinkRejected => "sink_rejected",
             ErrorCode::StepPanicked => "step_panicked",
+            ErrorCode::Panicked => "panicked",
             ErrorCode::ContractViolation => "contract_violation",
             ErrorCode::RetriesExhausted => "retries_exhausted",
             ErrorCode::EnrichmentFailed => "enrichment_failed",

@@ -82,6 +82,50 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "4096"),
 ];
 
+/// Why `[kafka.properties]` may not set `key` to `value`, when at-least-once depends on it:
+/// gridflow's producers must wait for every in-sync replica (`acks`) and be idempotent (a
+/// retried batch is neither duplicated nor reordered), every delivery report must come back
+/// (the caller's `202` and the source's commit wait for it), and the Kafka source's offsets
+/// are stored only once their record is settled and then auto-committed. `None`: allowed.
+/// librdkafka's aliases are checked too (`request.required.acks`, `max.in.flight`).
+///
+/// `allow_non_idempotent` (`[kafka] allow_non_idempotent = true`) lets `enable.idempotence`
+/// be turned off, and with it the in-flight limit: retries may then duplicate or reorder
+/// records, but nothing is lost. It exists for brokers that cannot keep an idempotent
+/// producer's state (tansu 0.6 across its own restart).
+pub fn guarded_property(key: &str, value: &str, allow_non_idempotent: bool) -> Option<String> {
+    let v = value.trim().to_ascii_lowercase();
+    let truthy = matches!(v.as_str(), "true" | "1" | "yes" | "on");
+    let why = match key {
+        "acks" | "request.required.acks" | "topic.acks" | "topic.request.required.acks"
+            if !matches!(v.as_str(), "all" | "-1") =>
+        {
+            "gridflow's producers wait for every in-sync replica (`all`); fewer acknowledgements can lose a record the caller was told was delivered"
+        }
+        "enable.idempotence" if !truthy && !allow_non_idempotent => {
+            "gridflow's producers are idempotent: without it a retried batch can be written twice or out of order (where the broker cannot keep an idempotent producer's state, set `[kafka] allow_non_idempotent = true`)"
+        }
+        "max.in.flight.requests.per.connection" | "max.in.flight"
+            if !allow_non_idempotent && v.parse::<u64>().map_or(true, |n| n > 5) =>
+        {
+            "an idempotent producer keeps order and avoids duplicates with at most 5 requests in flight per connection"
+        }
+        "enable.auto.offset.store" if truthy => {
+            "the Kafka source stores an offset only once its record is delivered or dead-lettered; an automatic store commits records that reached nobody"
+        }
+        "enable.auto.commit" if !truthy => {
+            "the Kafka source commits the offsets it stored through auto-commit; without it nothing is ever committed and every restart consumes everything again"
+        }
+        "delivery.report.only.error" if truthy => {
+            "gridflow waits for the delivery report of every record before it answers or commits"
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "`{key}` = `{value}` is not allowed: {why} (remove it from [kafka.properties])"
+    ))
+}
+
 impl KafkaSettings {
     fn base(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -738,7 +782,8 @@ mod tests {
             .insert("sasl.username".into(), "alice".into());
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("alice"), "{shown}");
+        // librdkafka marks the username sensitive too.
+        assert!(!shown.contains("alice"), "{shown}");
         assert_eq!(
             settings.sasl_credentials(),
             Some(("alice".into(), "hunter2".into()))
@@ -823,6 +868,69 @@ mod tests {
         {
             assert!(seen.contains(&name), "{name} is not on the topic: {seen:?}");
         }
+    }
+
+    #[test]
+    fn every_property_librdkafka_marks_sensitive_is_redacted() {
+        let mut settings = KafkaSettings::default();
+        for (i, p) in crate::secrets::LIBRDKAFKA_SENSITIVE.iter().enumerate() {
+            settings
+                .properties
+                .insert(p.to_string(), format!("value-{i}-x"));
+        }
+        settings
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let shown = format!("{settings:?}");
+        for i in 0..crate::secrets::LIBRDKAFKA_SENSITIVE.len() {
+            assert!(!shown.contains(&format!("value-{i}-x")), "{shown}");
+        }
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+        // The runtime configuration's own Debug too.
+        let mut text = String::from("[kafka.properties]\n");
+        for (i, p) in crate::secrets::LIBRDKAFKA_SENSITIVE.iter().enumerate() {
+            text.push_str(&format!("'{p}' = 'value-{i}-x'\n"));
+        }
+        let config =
+            crate::config::RuntimeConfig::parse(std::path::Path::new("g.toml"), &text, &|_| None)
+                .unwrap();
+        let shown = format!("{config:?}");
+        for i in 0..crate::secrets::LIBRDKAFKA_SENSITIVE.len() {
+            assert!(!shown.contains(&format!("value-{i}-x")), "{shown}");
+        }
+    }
+
+    #[test]
+    fn at_least_once_properties_are_guarded() {
+        for (k, v) in [
+            ("acks", "1"),
+            ("acks", "0"),
+            ("request.required.acks", "1"),
+            ("enable.idempotence", "false"),
+            ("max.in.flight.requests.per.connection", "6"),
+            ("max.in.flight", "100"),
+            ("enable.auto.offset.store", "true"),
+            ("enable.auto.commit", "false"),
+            ("delivery.report.only.error", "true"),
+        ] {
+            let why = guarded_property(k, v, false).unwrap_or_else(|| panic!("{k}={v}"));
+            assert!(why.contains(k), "{why}");
+        }
+        for (k, v) in [
+            ("acks", "all"),
+            ("acks", "-1"),
+            ("enable.idempotence", "true"),
+            ("max.in.flight", "5"),
+            ("enable.auto.commit", "true"),
+            ("linger.ms", "50"),
+        ] {
+            assert_eq!(guarded_property(k, v, false), None, "{k}={v}");
+        }
+        // Turning idempotence off can be acknowledged; losing acknowledgements cannot.
+        assert_eq!(guarded_property("enable.idempotence", "false", true), None);
+        assert_eq!(guarded_property("max.in.flight", "100", true), None);
+        assert!(guarded_property("acks", "1", true).is_some());
+        assert!(guarded_property("enable.auto.offset.store", "true", true).is_some());
     }
 
     #[test]

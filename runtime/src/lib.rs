@@ -15,6 +15,9 @@
 //! - [`pipeline_test`]: `gridflow test`, pipeline tests as TOML files (an input, recorded
 //!   `enrich` answers, the expected outcome) run through the built program, without Kafka or
 //!   network.
+//! - [`listener`]: the ingress listener (plain or TLS): one accept loop and one connection path
+//!   with its limits (header, body, handshake and idle timeouts, connections, body budget) and
+//!   its drain.
 //! - [`admin`]: the admin HTTP listener (`/health/live`, `/health/ready`, `/metrics`).
 //! - [`engine`]: builds pipelines from their configs, runs them (source → steps → sink), retries
 //!   transient faults ([`engine::retry`]) and routes failed inputs to the dead-letter
@@ -46,6 +49,7 @@ pub mod engine;
 pub mod error;
 pub mod jmes;
 pub mod kafka;
+pub mod listener;
 pub mod logging;
 pub mod message;
 pub mod metrics;

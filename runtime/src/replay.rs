@@ -14,7 +14,14 @@
 //! partitions from those marks and skips the records that already arrived there (their
 //! `gridflow.replayed_from`). This needs neither transactions nor offset-commit metadata,
 //! which tansu 0.6 lacks. To an HTTP pipeline each record is POSTed, then its offset
-//! committed: at-least-once.
+//! committed: at-least-once. Redirects are not followed (a `3xx` stops the replay at that
+//! record, like a `5xx`: a followed `302` would turn the POST into a bodiless GET), and a
+//! request that times out stops it too: its record is not committed, the next run sends it.
+//!
+//! Every wait is bounded by [`Options::timeout`] (`--timeout`, default
+//! [`DEFAULT_TIMEOUT`]): broker metadata, committed offsets, topic listing and creation,
+//! journal reads, produce acknowledgements, records of the dead-letter topic, HTTP calls.
+//! Past it the replay stops with an error that says what it waited for.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -61,6 +68,33 @@ pub struct Options {
     pub dry_run: bool,
     /// The replay's consumer group.
     pub group: String,
+    /// The longest the replay waits for anything (see the module documentation).
+    pub timeout: Duration,
+}
+
+/// `--timeout` when not given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bounds of `--rate`, records per second.
+pub const RATE_BOUNDS: (f64, f64) = (0.01, 1_000_000.0);
+
+/// Parses `--rate`: a finite number of records per second within [`RATE_BOUNDS`].
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let (low, high) = RATE_BOUNDS;
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && (low..=high).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate: give records per second, a number between {low} and {high}"
+        )),
+    }
+}
+
+/// The error of a wait that ended without an answer.
+fn waited(what: &str, timeout: Duration) -> String {
+    format!(
+        "no answer within {} s while waiting for {what}; is the broker reachable and does it accept the request? (--timeout sets the bound)",
+        timeout.as_secs_f64()
+    )
 }
 
 /// A record on its way to its target.
@@ -89,21 +123,27 @@ struct Journal {
     done: bool,
 }
 
-/// Produces `record` and waits until the broker has it.
+/// Produces `record` and waits until the broker has it, at most `timeout`.
 fn send(
     runtime: &tokio::runtime::Runtime,
     producer: &crate::kafka::Producer,
     record: FutureRecord<'_, [u8], [u8]>,
+    timeout: Duration,
 ) -> Result<(), String> {
     runtime.block_on(async {
-        match crate::kafka::enqueue(producer, record).await {
-            Ok(delivery) => match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e.to_string()),
-                Err(_) => Err("the producer was closed".to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        }
+        let produced = tokio::time::timeout(timeout, async {
+            match crate::kafka::enqueue(producer, record).await {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e.to_string()),
+                    Err(_) => Err("the producer was closed".to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        produced
+            .unwrap_or_else(|_| Err(waited("the broker's acknowledgement of a record", timeout)))
     })
 }
 
@@ -113,12 +153,13 @@ fn write_journal(
     producer: &crate::kafka::Producer,
     group: &str,
     journal: &Journal,
+    timeout: Duration,
 ) -> Result<(), String> {
     let value = serde_json::to_vec(journal).map_err(|e| e.to_string())?;
     let record = FutureRecord::<[u8], [u8]>::to(JOURNAL_TOPIC)
         .key(group.as_bytes())
         .payload(&value);
-    send(runtime, producer, record)
+    send(runtime, producer, record, timeout)
         .map_err(|e| format!("cannot write the replay journal to `{JOURNAL_TOPIC}`: {e}"))
 }
 
@@ -126,16 +167,43 @@ fn write_journal(
 fn ensure_journal_topic(
     runtime: &tokio::runtime::Runtime,
     settings: &KafkaSettings,
+    timeout: Duration,
 ) -> Result<(), String> {
     let missing = runtime
-        .block_on(settings.missing_topics(&[JOURNAL_TOPIC.to_string()]))
+        // The timer is made inside the runtime: it needs its time driver.
+        .block_on(async {
+            tokio::time::timeout(
+                timeout,
+                settings.missing_topics(&[JOURNAL_TOPIC.to_string()]),
+            )
+            .await
+        })
+        .map_err(|_| waited("the list of topics", timeout))?
         .map_err(|e| format!("cannot list topics: {e}"))?;
     if missing.is_empty() {
         return Ok(());
     }
+    let hint = "create it (1 partition) and run the replay again";
     runtime
-        .block_on(settings.create_topics(&[JOURNAL_TOPIC.to_string()], 1))
-        .map_err(|e| format!("cannot create the replay journal topic `{JOURNAL_TOPIC}` ({e}); create it (1 partition) and run the replay again"))
+        .block_on(async {
+            tokio::time::timeout(
+                timeout,
+                settings.create_topics(&[JOURNAL_TOPIC.to_string()], 1),
+            )
+            .await
+        })
+        .map_err(|_| {
+            format!(
+                "{} ({hint})",
+                waited(
+                    &format!("the creation of the replay journal topic `{JOURNAL_TOPIC}`"),
+                    timeout
+                )
+            )
+        })?
+        .map_err(|e| {
+            format!("cannot create the replay journal topic `{JOURNAL_TOPIC}` ({e}); {hint}")
+        })
 }
 
 /// The group's last journal record (`done` when it has none).
@@ -151,7 +219,12 @@ fn last_journal(
         .map_err(|e| format!("cannot create the consumer: {e}"))?;
     let (low, high) = reader
         .fetch_watermarks(JOURNAL_TOPIC, 0, timeout)
-        .map_err(|e| format!("cannot read the offsets of `{JOURNAL_TOPIC}`: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot read the offsets of `{JOURNAL_TOPIC}` (waited up to {} s): {e}",
+                timeout.as_secs_f64()
+            )
+        })?;
     let mut last = Journal {
         done: true,
         ..Journal::default()
@@ -168,7 +241,11 @@ fn last_journal(
     loop {
         if Instant::now() > deadline {
             return Err(format!(
-                "could not read `{JOURNAL_TOPIC}` to its end; run the replay again"
+                "{}; run the replay again",
+                waited(
+                    &format!("the records of `{JOURNAL_TOPIC}` up to its end"),
+                    timeout
+                )
             ));
         }
         let Some(result) = reader.poll(Duration::from_millis(200)) else {
@@ -294,10 +371,13 @@ fn arrived(
         }
     }
     if !ends.is_empty() {
-        return Err(
-            "could not read the targets of the interrupted batch to the end; run the replay again"
-                .into(),
-        );
+        return Err(format!(
+            "{}; run the replay again",
+            waited(
+                "the records of the interrupted batch's targets up to their end",
+                timeout
+            )
+        ));
     }
     Ok(found)
 }
@@ -322,15 +402,32 @@ fn post(
     if o.correlation != "-" {
         request = request.header("x-correlation-id", &o.correlation);
     }
-    let status = runtime
-        .block_on(request.send())
+    // `send` is called inside the runtime: with a timeout it starts a timer there.
+    let response = runtime
+        .block_on(async { request.send().await })
         .map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out (--timeout)".to_string()
+            } else {
+                format!("failed: {e}")
+            };
             format!(
-                "POST {} failed: {e}; the replay stops here and resumes from this record",
+                "POST {} {what}; the replay stops here and resumes from this record",
                 o.target
             )
-        })?
-        .status();
+        })?;
+    let status = response.status();
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+            .unwrap_or_else(|| "none".into());
+        return Err(format!(
+            "POST {} answered {status} (Location: {location}); a redirect is not a delivery, the replay stops here and resumes from this record",
+            o.target
+        ));
+    }
     if status.is_success() {
         summary.sent += 1;
         let _ = writeln!(
@@ -552,10 +649,16 @@ fn run(
     let consumer: BaseConsumer = consumer_config
         .create()
         .map_err(|e| format!("cannot create the consumer: {e}"))?;
-    let timeout = Duration::from_secs(30);
+    let timeout = options.timeout;
     let metadata = consumer
         .fetch_metadata(Some(&options.from), timeout)
-        .map_err(|e| format!("cannot read the metadata of `{}`: {e}", options.from))?;
+        .map_err(|e| {
+            format!(
+                "cannot read the metadata of `{}` (waited up to {} s for the broker): {e}",
+                options.from,
+                timeout.as_secs_f64()
+            )
+        })?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -573,8 +676,9 @@ fn run(
     }
     let committed = consumer.committed_offsets(wanted, timeout).map_err(|e| {
         format!(
-            "cannot read the committed offsets of group `{}`: {e}",
-            options.group
+            "cannot read the committed offsets of group `{}` (waited up to {} s for its coordinator): {e}",
+            options.group,
+            timeout.as_secs_f64()
         )
     })?;
     let mut start = TopicPartitionList::new();
@@ -624,16 +728,24 @@ fn run(
     // Records of an interrupted batch that already reached their topic.
     let already = match &producer {
         Some(_) => {
-            ensure_journal_topic(&runtime, settings)?;
+            ensure_journal_topic(&runtime, settings, timeout)?;
             arrived(settings, options, timeout)?
         }
         None => HashSet::new(),
     };
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let mut last_record: Instant;
+    // `--rate` is checked by `parse_rate`; a rate given another way is kept in its bounds
+    // too (`Duration::from_secs_f64` panics on what is not finite or too large).
     let pace = options
         .rate
-        .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(1.0 / r));
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r.clamp(RATE_BOUNDS.0, RATE_BOUNDS.1)));
     let mut next_send = Instant::now();
     let mut target_partitions: HashMap<String, Vec<i32>> = HashMap::new();
 
@@ -643,10 +755,23 @@ fn run(
         let mut next: HashMap<i32, i64> = HashMap::new();
         let mut batch: Vec<Outgoing> = Vec::new();
         let batch_end = Instant::now() + Duration::from_secs(1);
+        // The wait for records starts now, not before the previous batch was sent.
+        last_record = Instant::now();
         while batch.len() < 200 && Instant::now() < batch_end && !end.is_empty() {
             let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+                if last_record.elapsed() > timeout {
+                    return Err(waited(
+                        &format!(
+                            "records of `{}` (partitions {:?} not read to their end)",
+                            options.from,
+                            end.keys().collect::<Vec<_>>()
+                        ),
+                        timeout,
+                    ));
+                }
                 continue;
             };
+            last_record = Instant::now();
             let m = result.map_err(|e| format!("consuming `{}` failed: {e}", options.from))?;
             let (partition, offset) = (m.partition(), m.offset());
             first.entry(partition).or_insert(offset);
@@ -736,6 +861,7 @@ fn run(
                         producer,
                         &options.group,
                         &Journal { marks, done: false },
+                        timeout,
                     )?;
                 }
                 for o in &batch {
@@ -759,7 +885,7 @@ fn run(
                     if let Some(key) = &o.key {
                         record = record.key(key);
                     }
-                    send(&runtime, producer, record).map_err(|e| {
+                    send(&runtime, producer, record, timeout).map_err(|e| {
                         format!(
                             "sending {} to `{}` failed: {e}; run the replay again to resume",
                             o.at, o.target
@@ -802,6 +928,7 @@ fn run(
                     done: true,
                     ..Journal::default()
                 },
+                timeout,
             )?;
         }
     }

@@ -14,19 +14,46 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Properties whose values are never shown (logs, errors, admin endpoints): any key holding
-/// one of these words.
+/// one of these words (Java-style and future properties: `sasl.jaas.config`, ...), and every
+/// property of [`LIBRDKAFKA_SENSITIVE`].
 const SECRET_WORDS: &[&str] = &[
     "password",
+    "passphrase",
     "secret",
     "jaas",
     "token",
     "key.pem",
+    "private.key",
     "credentials",
+];
+
+/// The properties librdkafka itself marks sensitive (`_RK_SENSITIVE` in its property table,
+/// `src/rdkafka_conf.c` of librdkafka 2.12.1, the version rdkafka-sys 4.10 builds; the table
+/// is also what `CONFIGURATION.md` is generated from), and their aliases
+/// (`sasl.oauthbearer.client.credentials.client.secret`). librdkafka redacts exactly these
+/// when it dumps a configuration.
+pub const LIBRDKAFKA_SENSITIVE: &[&str] = &[
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
+    "ssl.keystore.password",
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.client.credentials.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
 ];
 
 /// True for a property whose value must not be shown.
 pub fn is_secret(property: &str) -> bool {
-    SECRET_WORDS.iter().any(|w| property.contains(w))
+    let property = property.trim().to_ascii_lowercase();
+    LIBRDKAFKA_SENSITIVE.contains(&property.as_str())
+        || SECRET_WORDS.iter().any(|w| property.contains(w))
 }
 
 /// What is printed instead of a secret.
@@ -185,10 +212,23 @@ mod tests {
             "sasl.jaas.config",
             "sasl.oauthbearer.client.secret",
             "ssl.key.pem",
+            "sasl.oauthbearer.config",
+            "ssl.keystore.password",
+            "SSL.Key.Password",
         ] {
             assert!(is_secret(p), "{p}");
         }
-        for p in ["sasl.username", "security.protocol", "linger.ms"] {
+        // Every property librdkafka marks sensitive (its username included).
+        for p in LIBRDKAFKA_SENSITIVE {
+            assert!(is_secret(p), "{p}");
+        }
+        for p in [
+            "security.protocol",
+            "linger.ms",
+            "ssl.ca.location",
+            "ssl.keystore.location",
+            "sasl.mechanism",
+        ] {
             assert!(!is_secret(p), "{p}");
         }
     }

@@ -3,15 +3,21 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use axum::extract::ConnectInfo;
+use arc_swap::ArcSwap;
+
 use axum::http::StatusCode;
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -26,49 +32,325 @@ pub struct TlsConfig {
     /// CA (PEM) that client certificates must chain to: set, every client must present one.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
-    /// Client certificate subjects let in (as `CN=partner-a` or `CN=x, O=y`); empty: any
-    /// certificate the CA signed.
+    /// Client certificate subjects let in (as `CN=partner-a` or `CN=x, O=y`); empty (and no
+    /// `allowed_subjects_file`): any certificate the CA signed.
     #[serde(default)]
     pub allowed_subjects: Vec<String>,
+    /// File of more subjects let in, one a line (`#` comments), re-read every second: a
+    /// subject removed is refused on its next request, without a restart. It must list at
+    /// least one subject; a file that becomes unreadable or empty keeps the last good list.
+    #[serde(default)]
+    pub allowed_subjects_file: Option<PathBuf>,
 }
 
 fn read_pem(path: &PathBuf) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// How often the client CA and the subjects file are checked for changes.
+pub const ACCESS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Who may connect: the client CA (re-read when its file changes) and the allowed subjects
+/// (`allowed_subjects` plus `allowed_subjects_file`, re-read when it changes).
+pub struct ClientAccess {
+    config: TlsConfig,
+    subjects: ArcSwap<Vec<String>>,
+    verifier: Option<Arc<ReloadingVerifier>>,
+    /// SHA-256 of the last content seen of the CA file and of the subjects file (valid or
+    /// not), so that a change is applied, or reported, once.
+    seen: Mutex<[Option<[u8; 32]>; 2]>,
+    /// The last check of the CA file, of the subjects file, failed.
+    failing: [AtomicBool; 2],
+}
+
+impl std::fmt::Debug for ClientAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAccess")
+            .field("subjects", &self.subjects.load())
+            .finish()
+    }
+}
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The subjects of a subjects file: one a line, `#` comments; at least one.
+fn parse_subjects(text: &str, path: &std::path::Path) -> Result<Vec<String>, String> {
+    let subjects: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if subjects.is_empty() {
+        return Err(format!(
+            "{}: no subject (a subjects file lets in the subjects it lists; remove the file from [http.tls] to let in any certificate the CA signed)",
+            path.display()
+        ));
+    }
+    Ok(subjects)
+}
+
+impl ClientAccess {
+    /// True when a client certificate of `subject` may send requests.
+    pub fn allows(&self, subject: Option<&str>) -> bool {
+        let subjects = self.subjects.load();
+        subjects.is_empty() || subject.is_some_and(|s| subjects.iter().any(|a| a == s))
+    }
+
+    fn subjects_of(&self, file: Option<&[u8]>) -> Result<Vec<String>, String> {
+        let mut subjects = self.config.allowed_subjects.clone();
+        if let (Some(path), Some(bytes)) = (&self.config.allowed_subjects_file, file) {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+            subjects.extend(parse_subjects(text, path)?);
+        }
+        Ok(subjects)
+    }
+
+    /// Re-reads the CA and the subjects file: for each file that changed, or still cannot be
+    /// applied, what came of it (the last good one stays in force on a failure).
+    pub fn reload(&self) -> Vec<(&'static str, Check)> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outcomes = Vec::new();
+        let files = [
+            ("tls_client_ca", self.config.client_ca.as_ref()),
+            (
+                "tls_allowed_subjects",
+                self.config.allowed_subjects_file.as_ref(),
+            ),
+        ];
+        for (i, (list, path)) in files.into_iter().enumerate() {
+            let Some(path) = path else { continue };
+            let failing = &self.failing[i];
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    if seen[i].take().is_some() || !failing.swap(true, Ordering::Relaxed) {
+                        failing.store(true, Ordering::Relaxed);
+                        outcomes.push((
+                            list,
+                            Check::Failed(format!("cannot read {}: {e}", path.display())),
+                        ));
+                    } else {
+                        outcomes.push((list, Check::StillFailing));
+                    }
+                    continue;
+                }
+            };
+            let digest = hash(&bytes);
+            if seen[i] == Some(digest) {
+                if failing.load(Ordering::Relaxed) {
+                    outcomes.push((list, Check::StillFailing));
+                }
+                continue;
+            }
+            seen[i] = Some(digest);
+            let applied = if i == 0 {
+                match (&self.verifier, client_verifier(&bytes, path)) {
+                    (Some(verifier), Ok(new)) => {
+                        *verifier.inner.write().unwrap_or_else(|e| e.into_inner()) = new;
+                        Ok(())
+                    }
+                    (_, Err(e)) => Err(e),
+                    (None, Ok(_)) => Ok(()),
+                }
+            } else {
+                self.subjects_of(Some(&bytes))
+                    .map(|subjects| self.subjects.store(Arc::new(subjects)))
+            };
+            failing.store(applied.is_err(), Ordering::Relaxed);
+            outcomes.push((
+                list,
+                match applied {
+                    Ok(()) => Check::Applied,
+                    Err(e) => Check::Failed(e),
+                },
+            ));
+        }
+        outcomes
+    }
+
+    /// Re-reads the files every `interval` until `stop`, logging and counting what changed.
+    pub async fn watch(self: Arc<Self>, interval: std::time::Duration, stop: CancellationToken) {
+        if self.config.client_ca.is_none() && self.config.allowed_subjects_file.is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            let access = Arc::clone(&self);
+            let Ok(outcomes) = tokio::task::spawn_blocking(move || access.reload()).await else {
+                continue;
+            };
+            for (list, outcome) in outcomes {
+                match outcome {
+                    Check::Applied => {
+                        crate::metrics::access_list_reload(list, "applied");
+                        tracing::info!(list, "TLS client access reloaded.");
+                    }
+                    Check::Failed(error) => {
+                        crate::metrics::access_list_reload(list, "failed");
+                        tracing::error!(list, error = %error, "TLS client access file not applied; the last good one stays in force.");
+                    }
+                    // Counted at every check while it lasts (for the alert), logged once.
+                    Check::StillFailing => crate::metrics::access_list_reload(list, "failed"),
+                }
+            }
+        }
+    }
+}
+
+/// What a check of an access-list file came to.
+#[derive(Debug, PartialEq)]
+pub enum Check {
+    /// A change was applied.
+    Applied,
+    /// A change could not be applied (unreadable, invalid): the last good list stays.
+    Failed(String),
+    /// Still as at the last check, which failed.
+    StillFailing,
+}
+
+/// A client certificate verifier that can be replaced while connections come (a new CA).
+#[derive(Debug)]
+struct ReloadingVerifier {
+    inner: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ReloadingVerifier {
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.inner.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ClientCertVerifier for ReloadingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints would borrow from a verifier that may be replaced: none are sent (clients
+        // present their certificate all the same).
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// The verifier of client certificates signed by the CA (PEM `pem`, read from `ca`).
+fn client_verifier(
+    pem: &[u8],
+    ca: &std::path::Path,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| format!("{}: {e}", ca.display()))
+}
+
 /// The TLS acceptor of `config`.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut read_pem(&config.cert)?.as_slice())
+    Ok(acceptor_with_access(config)?.0)
+}
+
+/// The TLS acceptor of `config`, and who may connect through it (to re-read with
+/// [`ClientAccess::watch`]).
+pub fn acceptor_with_access(
+    config: &TlsConfig,
+) -> Result<(TlsAcceptor, Arc<ClientAccess>), String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&read_pem(&config.cert)?)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", config.cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut read_pem(&config.key)?.as_slice())
-        .map_err(|e| format!("{}: {e}", config.key.display()))?
-        .ok_or_else(|| format!("{}: no private key", config.key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(&config.key)?).map_err(|e| match e {
+        pem::Error::NoItemsFound => format!("{}: no private key", config.key.display()),
+        e => format!("{}: {e}", config.key.display()),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let server = match &config.client_ca {
+    let mut seen = [None, None];
+    let verifier = match &config.client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut read_pem(ca)?.as_slice()) {
-                roots
-                    .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| e.to_string())?;
-            builder.with_client_cert_verifier(verifier)
+            let pem = read_pem(ca)?;
+            seen[0] = Some(hash(&pem));
+            Some(Arc::new(ReloadingVerifier {
+                inner: RwLock::new(client_verifier(&pem, ca)?),
+            }))
         }
+        None => None,
+    };
+    let server = match &verifier {
+        Some(verifier) => builder.with_client_cert_verifier(Arc::clone(verifier) as _),
         None => builder.with_no_client_auth(),
     }
     .with_single_cert(certs, key)
     .map_err(|e| format!("the certificate and key do not fit: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    let mut access = ClientAccess {
+        config: config.clone(),
+        subjects: ArcSwap::from_pointee(Vec::new()),
+        verifier,
+        seen: Mutex::new([None, None]),
+        failing: [AtomicBool::new(false), AtomicBool::new(false)],
+    };
+    let file = match &config.allowed_subjects_file {
+        Some(path) => {
+            let bytes = read_pem(path)?;
+            seen[1] = Some(hash(&bytes));
+            Some(bytes)
+        }
+        None => None,
+    };
+    access.subjects = ArcSwap::from_pointee(access.subjects_of(file.as_deref())?);
+    access.seen = Mutex::new(seen);
+    Ok((TlsAcceptor::from(Arc::new(server)), Arc::new(access)))
 }
 
 /// The subject of a DER certificate, e.g. `CN=partner-a`.
@@ -77,63 +359,42 @@ pub fn subject(der: &[u8]) -> Option<String> {
     Some(cert.subject().to_string())
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`. A client certificate whose subject is
-/// not allowed gets `403` problem+json on every request of its connection.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    allowed: Arc<Vec<String>>,
+/// The subject of the client certificate a TLS connection presented, if any.
+pub fn peer_subject<S>(stream: &tokio_rustls::server::TlsStream<S>) -> Option<String> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| subject(cert.as_ref()))
+}
+
+/// `app` for one TLS connection whose client presented `subject`: the allow-list is checked
+/// on every request, not once per connection, so a subject removed from the allow-list is
+/// refused (`403` problem+json) on a keep-alive connection it already holds.
+pub fn guard(
     app: Router,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS listener accept failed.");
-                    continue;
+    access: Arc<ClientAccess>,
+    subject: Option<String>,
+    peer: SocketAddr,
+) -> Router {
+    app.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let (access, subject) = (Arc::clone(&access), subject.clone());
+            async move {
+                if access.allows(subject.as_deref()) {
+                    return next.run(request).await;
                 }
-            },
-        };
-        let (acceptor, app, allowed) = (acceptor.clone(), app.clone(), Arc::clone(&allowed));
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::info!(peer = %peer, error = %e, "TLS handshake refused.");
-                    return;
-                }
-            };
-            let subject = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|cert| subject(cert.as_ref()));
-            let let_in =
-                allowed.is_empty() || subject.as_ref().is_some_and(|s| allowed.contains(s));
-            let app = if let_in {
-                app.layer(axum::Extension(ConnectInfo(peer)))
-            } else {
                 tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
-                Router::new().fallback(|| async {
-                    crate::sources::http::problem(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        "this client certificate is not allowed",
-                        json!({}),
-                    )
-                })
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-        });
-    }
+                crate::sources::http::problem(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "this client certificate is not allowed",
+                    json!({}),
+                )
+            }
+        },
+    ))
 }
 
 /// Where the listener is, for logs.
@@ -141,5 +402,79 @@ pub fn describe(addr: SocketAddr, config: &TlsConfig) -> String {
     match &config.client_ca {
         Some(_) => format!("https://{addr} (client certificates required)"),
         None => format!("https://{addr}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn config(cert: PathBuf, key: PathBuf, client_ca: Option<PathBuf>) -> TlsConfig {
+        TlsConfig {
+            cert,
+            key,
+            client_ca,
+            allowed_subjects: Vec::new(),
+            allowed_subjects_file: None,
+        }
+    }
+
+    fn error(config: &TlsConfig) -> String {
+        match acceptor(config) {
+            Ok(_) => panic!("the acceptor was built"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn pem_files_are_read_and_their_faults_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_pem, key_pem) = self_signed();
+        let cert = write(dir.path(), "server.pem", &cert_pem);
+        let key = write(dir.path(), "server.key", &key_pem);
+        // A chain and key as rcgen (and openssl) write them, the CA file with two certificates.
+        let (other_pem, _) = self_signed();
+        let ca = write(dir.path(), "ca.pem", &format!("{cert_pem}{other_pem}"));
+        assert!(acceptor(&config(cert.clone(), key.clone(), None)).is_ok());
+        assert!(acceptor(&config(cert.clone(), key.clone(), Some(ca))).is_ok());
+
+        // The key file holds a certificate only.
+        let e = error(&config(cert.clone(), cert.clone(), None));
+        assert!(e.ends_with("server.pem: no private key"), "{e}");
+        // The certificate file holds a key only: no certificate at all.
+        let e = error(&config(key.clone(), key.clone(), None));
+        assert!(e.contains("do not fit") || e.contains("server.key"), "{e}");
+        // A PEM block whose base64 is broken.
+        let broken = write(
+            dir.path(),
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+        );
+        let e = error(&config(broken, key.clone(), None));
+        assert!(
+            e.starts_with(&format!("{}: ", dir.path().join("broken.pem").display())),
+            "{e}"
+        );
+        // A missing file.
+        let e = error(&config(dir.path().join("missing.pem"), key, None));
+        assert!(
+            e.starts_with("cannot read ") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 }

@@ -77,7 +77,7 @@ async fn broker_restarted_mid_stream_nothing_lost() {
     // See the module doc: tansu 0.6.0 forgets idempotent producers when it restarts.
     std::fs::write(
         dir.path().join("gridflow.toml"),
-        "[kafka.properties]\n\"enable.idempotence\" = false\n",
+        "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\n\"enable.idempotence\" = false\n",
     )
     .unwrap();
     write_pipeline(

@@ -254,3 +254,81 @@ async fn a_panicking_step_fails_the_message_not_the_pipeline() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, b"[1,2,3]");
 }
+
+/// The value of the sample `name{...}` whose labels contain every one of `with`.
+fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A dead letter the dead-letter topic refuses for good (larger than the producer's
+/// `message.max.bytes`) goes to the local fallback file, and is counted as failed and in
+/// `gridflow_dead_letters_fallback_total`, not as dead-lettered: it is not where dead letters
+/// are looked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_written_to_the_fallback_file_is_counted_as_failed() {
+    let topic = unique("t.fallback.v1");
+    let dlq = format!("{topic}.dlq");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let dir = test_dir();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[kafka.properties]\n'message.max.bytes' = 2000\n",
+    )
+    .unwrap();
+    let name = "fallback-test";
+    write_pipeline(
+        dir.path(),
+        "fallback.toml",
+        &format!(
+            "name = '{name}'\n[source]\nkind = 'http'\npath = '/in'\n[[steps]]\nkind = 'xml_to_json'\n\
+             [sink]\nkind = 'kafka'\ntopic = '{topic}'\n[on_error]\ndead_letter_topic = '{dlq}'\n"
+        ),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    // Malformed XML of 3000 bytes: dead-lettered, but too large for the dead-letter topic.
+    let big = format!("<Reading><v>{}</Reading>", "x".repeat(3000));
+    let r = http()
+        .post(gf.http_url("/in"))
+        .header("content-type", "application/xml")
+        .header("x-correlation-id", "too-big-1")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = std::fs::read_to_string(
+        dir.path()
+            .join(format!("dead-letters/{name}.fallback.dlq.ndjson")),
+    )
+    .expect("the fallback file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["payload"], big.as_str());
+    assert_eq!(lines[0]["headers"]["gridflow.correlation_id"], "too-big-1");
+    assert_eq!(lines[0]["headers"]["gridflow.error.code"], "invalid_xml");
+
+    let metrics = gf.metrics().await;
+    let p = format!("pipeline=\"{name}\"");
+    assert_eq!(
+        sample(&metrics, "gridflow_dead_letters_fallback_total", &[&p]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "gridflow_messages_failed_total", &[&p]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "gridflow_messages_dead_lettered_total", &[&p]),
+        None,
+        "not counted as dead-lettered"
+    );
+    assert!(consume_for(&dlq, Duration::from_secs(2)).await.is_empty());
+}

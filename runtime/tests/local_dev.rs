@@ -37,7 +37,13 @@ fn the_local_stack_comes_up_verifies_the_shipped_flows_and_goes_down_without_doc
 fn no_file_of_the_repository_refers_to_a_path_outside_it() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new("git")
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .current_dir(&root)
         .output()
         .expect("git runs");
@@ -48,7 +54,11 @@ fn no_file_of_the_repository_refers_to_a_path_outside_it() {
         .filter(|p| !p.is_empty())
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .collect();
-    assert!(files.len() > 100, "git ls-files listed the repository: {}", files.len());
+    assert!(
+        files.len() > 100,
+        "git ls-files listed the repository: {}",
+        files.len()
+    );
     // Built from pieces so that this file does not match itself.
     let outside = [
         format!("../{}/", "shared"),

@@ -203,6 +203,14 @@ async fn every_runbook_test_block_passes_against_a_healthy_gridflow() {
         "runbook-flow.toml",
         &runbook_pipeline(&pipeline, "/ingest/runbook", &topic, &dlq),
     );
+    // As deployed: POST /admin/reload needs the admin token, which the runbooks pass.
+    let admin_token = format!("runbook-{}", unique("admin-token"));
+    std::fs::write(dir.path().join("admin-token"), &admin_token).unwrap();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[admin]\ntoken_file = 'admin-token'\n",
+    )
+    .unwrap();
     let gf = Gridflow::start(dir.path(), &[]);
     wait_ready(&gf).await;
     assert_running(&gf, &[pipeline.as_str()]).await;
@@ -226,6 +234,7 @@ async fn every_runbook_test_block_passes_against_a_healthy_gridflow() {
     let env: Vec<(&str, String)> = vec![
         ("PATH", path),
         ("GRIDFLOW_ADMIN", format!("http://{}", gf.admin_addr())),
+        ("GRIDFLOW_ADMIN_TOKEN", admin_token.clone()),
         ("GRIDFLOW_HTTP", format!("http://{}", gf.http_addr())),
         ("KAFKA_BROKERS", brokers()),
         ("PIPELINE", pipeline.clone()),
@@ -372,9 +381,20 @@ async fn metrics_pass_promtool_and_name_every_metric_of_the_contract() {
             unique("gridflow-metrics")
         ),
     );
+    // A file source: its rejection counters exist from its start, at 0 for each limit.
+    let file_name = unique("metrics-file");
+    write_pipeline(
+        dir.path(),
+        "metrics-file.toml",
+        &format!("name = '{file_name}'\n[source]\nkind = 'file'\ndir = 'inbox'\n[sink]\nkind = 'blackhole'\n"),
+    );
     let gf = Gridflow::start(dir.path(), &[]);
     wait_ready(&gf).await;
-    assert_running(&gf, &[http_name.as_str(), kafka_name.as_str()]).await;
+    assert_running(
+        &gf,
+        &[http_name.as_str(), kafka_name.as_str(), file_name.as_str()],
+    )
+    .await;
 
     let url = gf.http_url("/ingest/metrics");
     let send = |body: &'static str| {

@@ -70,6 +70,10 @@ pub struct KafkaConfig {
     /// broker's acknowledgement (default 0: sent at once). Other pipelines (Kafka and file
     /// sources) keep `linger.ms` (default 5) and its larger batches.
     pub request_linger_ms: u32,
+    /// Lets `[kafka.properties]` turn `enable.idempotence` off (default false: refused).
+    /// Retries may then write a record twice or out of order; nothing is lost. For brokers
+    /// that cannot keep an idempotent producer's state.
+    pub allow_non_idempotent: bool,
 }
 
 impl Default for KafkaConfig {
@@ -79,6 +83,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             embedded_partitions: 3,
             request_linger_ms: 0,
+            allow_non_idempotent: false,
         }
     }
 }
@@ -102,6 +107,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("properties", &shown)
             .field("embedded_partitions", &self.embedded_partitions)
             .field("request_linger_ms", &self.request_linger_ms)
+            .field("allow_non_idempotent", &self.allow_non_idempotent)
             .finish()
     }
 }
@@ -146,6 +152,27 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// `[http.tls]`: serve HTTPS, optionally with client certificates.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// How long a client may take to send a request's headers, in ms (default 10000): from
+    /// the connection's opening (after the TLS handshake) or the first byte of a following
+    /// request. Past it the connection is closed (`gridflow_http_timeouts_total{kind="header"}`).
+    pub header_read_timeout_ms: u64,
+    /// How long reading one whole request body may take, in ms (default 30000); past it the
+    /// request is answered `408` and the connection closed (`kind="body"`).
+    pub body_read_timeout_ms: u64,
+    /// How long a TLS handshake may take, in ms (default 10000); past it the connection is
+    /// closed (`kind="tls_handshake"`).
+    pub tls_handshake_timeout_ms: u64,
+    /// How long a keep-alive connection may stay without a request and without traffic, in
+    /// ms (default 75000, above the 60 s idle timeout of common load balancers); past it the
+    /// connection is closed (`kind="idle"`).
+    pub idle_timeout_ms: u64,
+    /// Connections open at once, at most (default 1024); a connection beyond it is closed at
+    /// once (`gridflow_http_connections_rejected_total{reason="max_connections"}`).
+    pub max_connections: usize,
+    /// Request-body bytes buffered at once across all requests, at most (default 268435456,
+    /// 256 MiB); a request that does not fit is answered `503` with `Retry-After`
+    /// (`gridflow_http_requests_rejected_total{reason="body_budget"}`).
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ListenerConfig {
@@ -153,6 +180,12 @@ impl Default for ListenerConfig {
         ListenerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls: None,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            tls_handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 1024,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -163,12 +196,19 @@ impl Default for ListenerConfig {
 pub struct AdminConfig {
     /// Address of the admin listener (default `0.0.0.0:9090`).
     pub listen: SocketAddr,
+    /// File holding the token every mutating admin request (`POST /admin/reload`, any
+    /// non-GET) must present as `Authorization: Bearer <token>` (at least 16 characters;
+    /// re-read on each such request, so it rotates without a restart). Empty or unset: the
+    /// environment variable `GRIDFLOW_ADMIN_TOKEN`; neither: mutating requests are answered
+    /// only to loopback clients. Health, metrics and other GETs stay open.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            token_file: None,
         }
     }
 }
@@ -239,6 +279,49 @@ impl RuntimeConfig {
                     None,
                 );
             }
+            for (key, v) in &c.kafka.properties {
+                let text = match v {
+                    PropertyValue::File { .. } => continue,
+                    other => other.to_string(),
+                };
+                if let Some(why) =
+                    crate::kafka::guarded_property(key, &text, c.kafka.allow_non_idempotent)
+                {
+                    doc.error(
+                        property_span(&value, key),
+                        format!("[kafka.properties] {why}"),
+                        Some("at-least-once depends on it; gridflow sets it itself".into()),
+                    );
+                }
+            }
+            for (key, ms) in [
+                ("header_read_timeout_ms", c.http.header_read_timeout_ms),
+                ("body_read_timeout_ms", c.http.body_read_timeout_ms),
+                ("tls_handshake_timeout_ms", c.http.tls_handshake_timeout_ms),
+                ("idle_timeout_ms", c.http.idle_timeout_ms),
+            ] {
+                if !(1..=3_600_000).contains(&ms) {
+                    doc.error(
+                        key_span(&value, "http", key),
+                        format!("[http] {key} must be between 1 and 3600000 (one hour)"),
+                        None,
+                    );
+                }
+            }
+            if !(1..=1_000_000).contains(&c.http.max_connections) {
+                doc.error(
+                    key_span(&value, "http", "max_connections"),
+                    "[http] max_connections must be between 1 and 1000000",
+                    None,
+                );
+            }
+            if c.http.max_buffered_body_bytes == 0 {
+                doc.error(
+                    key_span(&value, "http", "max_buffered_body_bytes"),
+                    "[http] max_buffered_body_bytes must be at least 1",
+                    None,
+                );
+            }
             if c.engine.drain_timeout_ms > 3_600_000 {
                 doc.error(
                     key_span(&value, "engine", "drain_timeout_ms"),
@@ -293,6 +376,21 @@ impl RuntimeConfig {
     }
 }
 
+/// Span of `key` inside `[kafka.properties]` (of the table when not found).
+fn property_span(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    key: &str,
+) -> Option<std::ops::Range<usize>> {
+    let kafka = value.get_ref().as_table()?.get("kafka")?;
+    let properties = kafka.get_ref().as_table()?.get("properties")?;
+    let span = properties
+        .get_ref()
+        .as_table()
+        .and_then(|t| t.get_key_value(key))
+        .map(|(k, _)| k.span());
+    span.or(Some(properties.span()))
+}
+
 /// Span of `key` inside the `section` table, or of the section when the key is absent.
 fn key_span(
     value: &toml::Spanned<toml::de::DeValue<'_>>,
@@ -343,6 +441,29 @@ mod tests {
     }
 
     #[test]
+    fn properties_at_least_once_depends_on_are_refused_with_their_position() {
+        let text = "[kafka]\nbrokers = 'b:9092'\n[kafka.properties]\n'linger.ms' = 20\nacks = 1\n'enable.idempotence' = false\n";
+        let d = RuntimeConfig::parse(Path::new("gridflow.toml"), text, &|_| None).unwrap_err();
+        assert_eq!(d.len(), 2, "{d:?}");
+        let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert!(
+            shown[0].starts_with(
+                "gridflow.toml:5:1: error: [kafka.properties] `acks` = `1` is not allowed"
+            ),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("gridflow.toml:6:1:"), "{shown:?}");
+        assert!(shown[1].contains("enable.idempotence"), "{shown:?}");
+        let ok = "[kafka.properties]\nacks = 'all'\n'enable.idempotence' = true\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), ok, &|_| None).is_ok());
+        // Idempotence off only when acknowledged; acks never.
+        let acknowledged = "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\n'enable.idempotence' = false\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), acknowledged, &|_| None).is_ok());
+        let still = "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\nacks = 0\n";
+        assert!(RuntimeConfig::parse(Path::new("gridflow.toml"), still, &|_| None).is_err());
+    }
+
+    #[test]
     fn secret_properties_from_files_and_never_in_debug_output() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
@@ -380,6 +501,31 @@ mod tests {
         .unwrap_err();
         assert!(err[0].message.contains("max_in_flight"), "{err:?}");
         assert_eq!(err[0].line, 2);
+    }
+
+    #[test]
+    fn ingress_limits_have_safe_defaults_and_are_bounded() {
+        let c = RuntimeConfig::parse(Path::new("g.toml"), "", &|_| None).unwrap();
+        assert_eq!(c.http.header_read_timeout_ms, 10_000);
+        assert_eq!(c.http.body_read_timeout_ms, 30_000);
+        assert_eq!(c.http.tls_handshake_timeout_ms, 10_000);
+        assert_eq!(c.http.idle_timeout_ms, 75_000);
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.max_buffered_body_bytes, 256 * 1024 * 1024);
+        let err = RuntimeConfig::parse(
+            Path::new("g.toml"),
+            "[http]
+idle_timeout_ms = 5000
+header_read_timeout_ms = 0
+max_connections = 0
+",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].message.contains("header_read_timeout_ms"), "{err:?}");
+        assert_eq!(err[0].line, 3);
+        assert!(err[1].message.contains("max_connections"), "{err:?}");
     }
 
     #[test]

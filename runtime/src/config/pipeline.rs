@@ -42,6 +42,13 @@ pub struct OnErrorConfig {
     pub initial_backoff_ms: u64,
     /// Longest backoff, in milliseconds (default 10000).
     pub max_backoff_ms: u64,
+    /// Kafka and file sources: how long a sink that keeps failing transiently (down,
+    /// `5xx`, timeouts) is waited for, in milliseconds from a message's first attempt, once
+    /// its `max_attempts` are used up (default 600000, 10 minutes). Meanwhile the message
+    /// is retried every `max_backoff_ms` and its partition stops (backpressure); past it,
+    /// it is dead-lettered (`retries_exhausted`). 0: dead-lettered as soon as the attempts
+    /// are used up. HTTP and SOAP sources do not wait: the caller gets `503`.
+    pub max_sink_wait_ms: u64,
     /// Dead-letter topic; default `<sink topic>.dlq` for a Kafka sink.
     pub dead_letter_topic: Option<String>,
     /// Dead-letter file (NDJSON envelopes) for pipelines without a Kafka sink; default beside
@@ -55,6 +62,7 @@ impl Default for OnErrorConfig {
             max_attempts: 5,
             initial_backoff_ms: 100,
             max_backoff_ms: 10_000,
+            max_sink_wait_ms: 600_000,
             dead_letter_topic: None,
             dead_letter_file: None,
         }
@@ -724,6 +732,25 @@ max_attempts = 3
             "{all}"
         );
         assert!(all.contains("[on_error] `max_attempts`"), "{all}");
+    }
+
+    #[test]
+    fn file_source_limits_have_defaults_and_are_checked() {
+        let p = parse("[source]\nkind='file'\ndir='in'\n[sink]\nkind='stdout'\n").unwrap();
+        let SourceConfig::File(f) = &p.source else {
+            panic!("{:?}", p.source)
+        };
+        assert_eq!(
+            (f.max_file_bytes, f.max_line_bytes, f.max_attempts),
+            (64 << 20, 1 << 20, 10)
+        );
+        let all =
+            errors("[source]\nkind='file'\ndir='in'\nmax_line_bytes=0\n[sink]\nkind='stdout'\n")
+                .join("\n");
+        assert!(
+            all.contains("p/flow.toml:4:16: error: [source] `max_line_bytes`"),
+            "{all}"
+        );
     }
 
     const NESTED_FAULTS: &str = r#"[source]

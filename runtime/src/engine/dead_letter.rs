@@ -96,6 +96,16 @@ pub fn envelope_headers(
     headers
 }
 
+/// Where a dead letter was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// To the pipeline's dead-letter destination.
+    Destination,
+    /// To the local fallback file: the destination refused it for good. Not a dead letter
+    /// anyone will find on the topic: counted as failed.
+    Fallback,
+}
+
 /// Writes dead letters of one pipeline.
 ///
 /// When the dead-letter topic refuses a record for good (too large, topic gone), the envelope
@@ -138,14 +148,16 @@ impl DeadLetterWriter {
     }
 
     /// Writes the input described by `meta`, which failed with `failure`.
-    pub async fn write(&self, meta: &Meta, failure: &Failure) -> Result<(), SinkError> {
+    pub async fn write(&self, meta: &Meta, failure: &Failure) -> Result<Written, SinkError> {
         let headers = envelope_headers(&self.pipeline, &self.version, meta, failure);
         match self.write_target(meta, &headers).await {
             Err(SinkError::Permanent { message, .. }) => {
                 tracing::error!(pipeline = %self.pipeline, step = %failure.step, correlation_id = %meta.correlation_id, error = %message, fallback = %self.fallback.display(), "Dead-letter destination refused the record; writing it to the fallback file.");
-                write_file(&self.fallback_file, &self.fallback, &headers, meta).await
+                write_file(&self.fallback_file, &self.fallback, &headers, meta)
+                    .await
+                    .map(|()| Written::Fallback)
             }
-            other => other,
+            other => other.map(|()| Written::Destination),
         }
     }
 
@@ -331,6 +343,100 @@ mod tests {
         assert_eq!(lines[0]["payload"], "<bad");
         assert_eq!(lines[0]["headers"]["gridflow.error.code"], "sink_rejected");
         assert_eq!(lines[0]["headers"]["trace"], "t");
+    }
+
+    /// A Kafka pipeline whose dead-letter topic stays down retries the write without end,
+    /// until the pipeline stops: then the retry ends, the input is left unsettled (`Failed`,
+    /// so its offset is not committed and it is consumed again) and nothing is dead-lettered.
+    #[tokio::test]
+    async fn a_stopped_pipeline_stops_retrying_its_dead_letters() {
+        use crate::ack::{Ack, Outcome};
+        use crate::sources::Downstream;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        let sink: SinkConfig = toml::from_str("kind = 'blackhole'").unwrap();
+        let program = crate::engine::program::Program::build(
+            "p",
+            &[],
+            &sink,
+            &crate::steps::StepContext {
+                contracts: None,
+                upstream: None,
+            },
+            &crate::sinks::SinkContext {
+                pipeline: "p".into(),
+                version: "v".into(),
+                producer: None,
+                dry: false,
+            },
+        )
+        .map_err(|(c, e)| format!("{c}: {e}"))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // A topic target without a producer: every write is a transient fault, as when the
+        // dead-letter topic is down.
+        let writer = DeadLetterWriter::new(
+            DeadLetterTarget::Topic("t.dlq".into()),
+            None,
+            "p".into(),
+            "v".into(),
+            dir.path().join("fallback"),
+        );
+        let runner = Arc::new(crate::engine::runner::Runner {
+            name: "p".into(),
+            program,
+            dead_letter: writer,
+            retry: crate::retry::RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+            },
+            // A Kafka source: the record cannot be offered again, the write is retried.
+            source_redelivers: false,
+            sink_wait: None,
+            processing: Arc::new(tokio::sync::Semaphore::new(4)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
+            max_in_flight: 4,
+            queue_wait: None,
+            stopped: tokio_util::sync::CancellationToken::new(),
+            metrics: crate::metrics::PipelineMetrics::new("p"),
+            dead_letter_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
+            sink_wait_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
+            tracer: None,
+        });
+        let (ack, outcome) = Ack::channel();
+        let message = crate::message::Message {
+            payload: crate::message::Payload::Bytes(Bytes::from_static(b"<bad")),
+            meta: Arc::new(meta(Origin::Kafka {
+                topic: "in".into(),
+                partition: 0,
+                offset: 7,
+            })),
+            ack,
+        };
+        let failure = Failure::new("steps[0].xml_to_json", ErrorCode::InvalidXml, "bad");
+        let retrying = {
+            let runner = Arc::clone(&runner);
+            tokio::spawn(async move { runner.reject(message, failure).await })
+        };
+        // Well past the retry budget of an HTTP input: still retrying.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !retrying.is_finished(),
+            "a Kafka input's dead letter is retried"
+        );
+        // The pipeline stops (reload or shutdown): the drain gives up on the write...
+        assert!(!runner.drain(Duration::from_millis(50)).await);
+        // ...and the retry ends, the input unsettled.
+        tokio::time::timeout(Duration::from_secs(5), retrying)
+            .await
+            .expect("the retry ends when the pipeline stops")
+            .unwrap();
+        match outcome.await.unwrap() {
+            Outcome::Failed(f) => assert_eq!(f.code, ErrorCode::Dropped, "{f:?}"),
+            other => panic!("the input must stay unsettled: {other:?}"),
+        }
     }
 
     #[test]

@@ -295,6 +295,11 @@ impl Engine {
             dead_letter,
             retry: RetryPolicy::from(&config.on_error),
             source_redelivers: config.source.redelivers(),
+            sink_wait: config
+                .source
+                .waits_for_sink()
+                .then(|| Duration::from_millis(config.on_error.max_sink_wait_ms))
+                .filter(|wait| !wait.is_zero()),
             processing: Arc::new(Semaphore::new(max_in_flight)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
@@ -305,6 +310,7 @@ impl Engine {
             stopped: CancellationToken::new(),
             metrics: PipelineMetrics::new(&name),
             dead_letter_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
+            sink_wait_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
             tracer: self.ctx.tracer.clone(),
         });
         Ok(Prepared {

@@ -9,7 +9,7 @@ use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::dead_letter::DeadLetterWriter;
+use super::dead_letter::{DeadLetterWriter, Written};
 use super::program::{Outcome, Program};
 use super::retry::RetryPolicy;
 use crate::ack::Ack;
@@ -47,6 +47,15 @@ async fn settle(sent: Result<Delivery, SinkError>) -> Result<(), SinkError> {
     }
 }
 
+/// What a caught panic says (its `&str` or `String` payload).
+fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// A send attempt that failed, as its acknowledgement.
 fn failed(e: SinkError) -> Delivery {
     Box::pin(std::future::ready(Err(e)))
@@ -63,6 +72,11 @@ pub struct Runner {
     /// then retried until it succeeds instead of failing the input, and an input whose
     /// upstream is unavailable waits instead of being refused.
     pub(super) source_redelivers: bool,
+    /// For sources that can wait (Kafka, file): how long a sink that keeps failing
+    /// transiently is retried past `on_error.max_attempts` (`on_error.max_sink_wait_ms`)
+    /// before the message is dead-lettered. `None`: dead-lettered once the attempts are used
+    /// up (HTTP and SOAP sources, whose caller is answered `503` and comes back).
+    pub(super) sink_wait: Option<Duration>,
     /// Inputs between their arrival and the hand-over of their messages to the sinks.
     pub(super) processing: Arc<Semaphore>,
     /// Messages between the hand-over and their sink's acknowledgement.
@@ -77,6 +91,8 @@ pub struct Runner {
     pub(super) metrics: PipelineMetrics,
     /// Rate limit of the "dead-letter write failed" warning.
     pub(super) dead_letter_warnings: crate::logging::Throttle,
+    /// Rate limit of the "sink unavailable; the input waits" warning.
+    pub(super) sink_wait_warnings: crate::logging::Throttle,
     /// Starts each input's trace when tracing is on.
     pub(super) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
@@ -141,6 +157,34 @@ impl Runner {
                 _ = self.stopped.cancelled() => return None,
             }
         }
+    }
+
+    /// Runs `work`, the processing of one input or one delivery of it, and settles `guard` (a
+    /// fork of the input's acknowledgement) when it ends. A panic anywhere in it (a sink's key
+    /// evaluation, a send, serialisation: steps catch their own) dead-letters the input with
+    /// [`ErrorCode::Panicked`]; the forks the panic dropped are covered by that dead letter,
+    /// so the input ends settled and its Kafka offset is committed.
+    async fn guarded(
+        self: Arc<Self>,
+        meta: Arc<Meta>,
+        guard: Ack,
+        work: impl std::future::Future<Output = ()>,
+    ) {
+        let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await else {
+            guard.filtered();
+            return;
+        };
+        let reason = panic_reason(&*panic);
+        tracing::error!(pipeline = %self.name, step = "engine", code = "panicked", correlation_id = %meta.correlation_id, error = %reason, "A message's processing panicked; the input is dead-lettered.");
+        let failure = Failure::new(
+            "engine",
+            ErrorCode::Panicked,
+            format!("gridflow panicked while processing the message (a bug): {reason}"),
+        );
+        let permit = self.permit().await;
+        let trace = Trace::start(self.tracer.as_ref(), &self.name, &meta);
+        trace.end(Some(&failure));
+        self.dead_letter(meta, guard, failure, permit, trace).await;
     }
 
     async fn handle(self: Arc<Self>, message: Message) {
@@ -242,13 +286,19 @@ impl Runner {
                 },
                 Err(e) => failed(e),
             };
-            tokio::spawn(self.clone().deliver(
-                sink,
-                record,
-                ack.fork(),
-                first,
-                permit,
-                (trace.clone(), delivery),
+            // A panic in the retries (a send) dead-letters the input too.
+            let (task_meta, guard) = (Arc::clone(&meta), ack.fork());
+            tokio::spawn(self.clone().guarded(
+                task_meta,
+                guard,
+                self.clone().deliver(
+                    sink,
+                    record,
+                    ack.fork(),
+                    first,
+                    permit,
+                    (trace.clone(), delivery),
+                ),
             ));
         }
         if let Some(failure) = rethrown {
@@ -276,7 +326,11 @@ impl Runner {
         }
     }
 
-    /// Awaits the sink's acknowledgement, retrying transient faults as the policy says.
+    /// Awaits the sink's acknowledgement, retrying transient faults as the policy says: up
+    /// to `on_error.max_attempts` attempts, then, for a source that can wait (Kafka, file),
+    /// on until `sink_wait` has passed since the first attempt (the message holds its
+    /// in-flight room meanwhile, so the source stops reading: backpressure); then the
+    /// message is dead-lettered (`retries_exhausted`, with how long it waited).
     async fn deliver(
         self: Arc<Self>,
         sink: usize,
@@ -287,6 +341,8 @@ impl Runner {
         (trace, delivery): (Trace, crate::telemetry::Delivery),
     ) {
         let mut attempts = 1;
+        let started = std::time::Instant::now();
+        let mut waiting = false;
         let mut result = first.await;
         let failure = loop {
             match result {
@@ -306,7 +362,18 @@ impl Runner {
                         retry_after: None,
                     };
                 }
-                Err(SinkError::Transient(message)) if attempts >= self.retry.max_attempts => {
+                Err(SinkError::Transient(message))
+                    if attempts >= self.retry.max_attempts
+                        && self.sink_wait.is_none_or(|max| started.elapsed() >= max) =>
+                {
+                    let message = match self.sink_wait {
+                        Some(max) => format!(
+                            "{message} (the sink stayed unavailable for {} ms, past on_error.max_sink_wait_ms = {})",
+                            started.elapsed().as_millis(),
+                            max.as_millis()
+                        ),
+                        None => message,
+                    };
                     break Failure {
                         step: self.program.sinks[sink].id.clone(),
                         code: ErrorCode::RetriesExhausted,
@@ -319,6 +386,25 @@ impl Runner {
                 Err(SinkError::Transient(message)) => {
                     tracing::debug!(pipeline = %self.name, step = %self.program.sinks[sink].id, correlation_id = %record.meta.correlation_id, attempts, error = %message, "Sink fault; retrying.");
                     self.metrics.retried();
+                    if attempts >= self.retry.max_attempts {
+                        // Past the retry budget: the input waits for the sink (its room held:
+                        // the source stops reading), rather than flood the dead letters.
+                        self.metrics.sink_waited();
+                        if !waiting {
+                            waiting = true;
+                            if let Some(suppressed) = self.sink_wait_warnings.allow() {
+                                tracing::warn!(pipeline = %self.name, step = %self.program.sinks[sink].id, correlation_id = %record.meta.correlation_id, attempts, suppressed, max_sink_wait_ms = self.sink_wait.unwrap_or_default().as_millis() as u64, error = %message, "Sink unavailable past its retry budget; the input waits.");
+                            }
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.retry.backoff(attempts)) => {}
+                            // Stopped: the unsettled ack fails the input; it is read again.
+                            _ = self.stopped.cancelled() => return,
+                        }
+                        result = settle(self.program.sinks[sink].sink.send(&record).await).await;
+                        attempts += 1;
+                        continue;
+                    }
                     result = Box::pin(async {
                         tokio::time::sleep(self.retry.backoff(attempts)).await;
                         settle(self.program.sinks[sink].sink.send(&record).await).await
@@ -355,13 +441,23 @@ impl Runner {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mut written = Written::Destination;
             match ack
-                .dead_letter_once(|| self.dead_letter.write(&meta, &failure))
+                .dead_letter_once(|| async {
+                    written = self.dead_letter.write(&meta, &failure).await?;
+                    Ok::<(), SinkError>(())
+                })
                 .await
             {
                 Ok(()) => {
-                    self.metrics
-                        .dead_lettered(&failure.step, failure.code.as_str());
+                    if written == Written::Fallback {
+                        // Kept on local disk, not where dead letters are looked for: failed.
+                        self.metrics.failed();
+                        self.metrics.dead_letter_fallback();
+                    } else {
+                        self.metrics
+                            .dead_lettered(&failure.step, failure.code.as_str());
+                    }
                     trace.child("dead_letter", started, None);
                     ack.dead_lettered(failure);
                     return;
@@ -385,7 +481,16 @@ impl Runner {
                     if let Some(suppressed) = self.dead_letter_warnings.allow() {
                         tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, suppressed, error = %e, "Dead-letter write failed; retrying.");
                     }
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.retry.backoff(attempt)) => {}
+                        // A stopped or replaced pipeline stops retrying: the dropped ack
+                        // leaves the input unsettled (a Kafka record stays uncommitted and is
+                        // consumed again), nothing is lost.
+                        _ = self.stopped.cancelled() => {
+                            tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, "Dead-letter write abandoned: the pipeline stopped; the input is left unsettled.");
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -409,7 +514,9 @@ impl Runner {
 
 impl Downstream for Arc<Runner> {
     fn push(&self, message: Message) -> BoxFuture<'_, ()> {
-        Arc::clone(self).handle(message).boxed()
+        let (meta, guard) = (Arc::clone(&message.meta), message.ack.fork());
+        let work = Arc::clone(self).handle(message);
+        Arc::clone(self).guarded(meta, guard, work).boxed()
     }
 
     fn reject(&self, message: Message, failure: Failure) -> BoxFuture<'_, ()> {

@@ -55,6 +55,9 @@ pub(crate) async fn append_to_file(
         *guard = Some(file);
     }
     let file = guard.as_mut().expect("opened above");
+    // Where this line starts: on a full disk `write_all` may have written part of it before
+    // `ENOSPC`; the file is cut back here so that a retry never leaves a torn line.
+    let start = file.metadata().await?.len();
     let result = async {
         file.write_all(line).await?;
         file.flush().await?;
@@ -62,7 +65,13 @@ pub(crate) async fn append_to_file(
         file.sync_data().await
     }
     .await;
-    if result.is_err() {
+    if let Err(e) = &result {
+        let regular = file.metadata().await.is_ok_and(|m| m.is_file());
+        if regular {
+            if let Err(cut) = file.set_len(start).await {
+                tracing::error!(path = %path.display(), error = %e, truncate_error = %cut, "Write failed and the partial line could not be cut off.");
+            }
+        }
         // Reopen on the next attempt.
         *guard = None;
     }

@@ -102,13 +102,16 @@ impl KafkaSink {
                 invalid(e.message)
             }
         })?;
-        Ok(match key {
+        let key = match key {
             Value::Null => None,
             Value::String(s) => Some(Bytes::from(s)),
             Value::Number(n) => Some(Bytes::from(n.to_string())),
             Value::Bool(b) => Some(Bytes::from(b.to_string())),
             other => Some(Bytes::from(serde_json::to_vec(&other).unwrap_or_default())),
-        })
+        };
+        #[cfg(debug_assertions)]
+        test_fault::panic_on_key(key.as_deref());
+        Ok(key)
     }
 
     fn headers(&self, record: &Record) -> OwnedHeaders {
@@ -196,5 +199,25 @@ impl Sink for KafkaSink {
             Ok(delivery)
         }
         .boxed()
+    }
+}
+
+/// A fault for the black-box tests, compiled into debug builds only (the tests run the debug
+/// binary; a release build has no trace of it): with `GRIDFLOW_TEST_PANIC_ON_SINK_KEY` set,
+/// the key evaluation of a Kafka sink panics when the key it computed equals its value, so
+/// that a test can check what a panic outside the steps does to the record
+/// (`runtime/tests/hostile_kafka.rs`).
+#[cfg(debug_assertions)]
+mod test_fault {
+    use std::sync::OnceLock;
+
+    pub(super) fn panic_on_key(key: Option<&[u8]>) {
+        static MARKER: OnceLock<Option<String>> = OnceLock::new();
+        let marker = MARKER.get_or_init(|| std::env::var("GRIDFLOW_TEST_PANIC_ON_SINK_KEY").ok());
+        if let (Some(marker), Some(key)) = (marker, key) {
+            if !marker.is_empty() && key == marker.as_bytes() {
+                panic!("test fault: the sink's key evaluation panics on key `{marker}` (GRIDFLOW_TEST_PANIC_ON_SINK_KEY)");
+            }
+        }
     }
 }

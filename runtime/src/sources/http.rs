@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -322,7 +322,21 @@ impl Source for HttpSource {
         };
         self.routes.insert(&self.config.path, route);
         async move {
-            shutdown.cancelled().await;
+            // A key file is re-read while the source runs: a revoked key is refused within
+            // about a second, without a restart or a pipeline edit.
+            match &self.keys {
+                Some(keys) => {
+                    Arc::clone(keys)
+                        .watch(
+                            Arc::clone(&self.pipeline),
+                            super::edge::KEY_FILE_CHECK_INTERVAL,
+                            shutdown.clone(),
+                        )
+                        .await;
+                    shutdown.cancelled().await;
+                }
+                None => shutdown.cancelled().await,
+            }
             self.routes.remove(&self.config.path, self.generation);
             Ok(())
         }
@@ -532,19 +546,12 @@ async fn serve(
     if let Err(refusal) = admit(&route, &request) {
         return refused(refusal, &route, ids);
     }
-    let (parts, body) = request.into_parts();
-    let body: Bytes = match axum::body::to_bytes(Body::new(body), route.config.max_body_bytes).await
-    {
-        Ok(body) => body,
-        Err(_) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Payload Too Large",
-                &format!("the body exceeds {} bytes", route.config.max_body_bytes),
-                ids,
-            )
-        }
-    };
+    // `_lease`: the body's share of the listener's body budget, held until the answer.
+    let (parts, body, _lease) =
+        match super::ingress::read_body(request, route.config.max_body_bytes).await {
+            Ok(read) => read,
+            Err(e) => return e.problem(ids),
+        };
     let (ack, outcome) = Ack::channel();
     let (meta, parsed) = request_input(
         &route.config,

@@ -382,24 +382,39 @@ fn to_message(
         }
     }
     let (partition, offset) = (m.partition(), m.offset());
-    let tx = finished.clone();
-    let ack = Ack::new(move |outcome| {
-        let ok = !matches!(outcome, Outcome::Failed(_));
-        let _ = tx.send(partition::Finished { offset, ok });
-    });
+    let meta = Arc::new(record_meta(
+        topic,
+        partition,
+        offset,
+        m.key(),
+        headers,
+        body.clone(),
+        new_correlation_id,
+    ));
     Message {
-        payload: Payload::Bytes(body.clone()),
-        meta: Arc::new(record_meta(
-            topic,
-            partition,
-            offset,
-            m.key(),
-            headers,
-            body,
-            new_correlation_id,
-        )),
-        ack,
+        payload: Payload::Bytes(body),
+        ack: record_ack(offset, &meta, finished),
+        meta,
     }
+}
+
+/// The acknowledgement of the record at `offset`: reports its end to the partition's task,
+/// with the record itself when it failed (the task then dead-letters it rather than leave a
+/// hole that stops the partition's commits).
+fn record_ack(
+    offset: i64,
+    meta: &Arc<Meta>,
+    finished: &mpsc::UnboundedSender<partition::Finished>,
+) -> Ack {
+    let tx = finished.clone();
+    let meta = Arc::clone(meta);
+    Ack::new(move |outcome| {
+        let failed = match outcome {
+            Outcome::Failed(failure) => Some((failure, meta)),
+            _ => None,
+        };
+        let _ = tx.send(partition::Finished { offset, failed });
+    })
 }
 
 impl KafkaSource {
@@ -444,6 +459,8 @@ impl KafkaSource {
             .unzip();
         let shared = Arc::new(partition::Shared {
             consumer: Arc::clone(&consumer),
+            downstream: Arc::clone(&downstream),
+            pipeline: Arc::clone(&self.pipeline),
             lanes,
             order_by: self.config.order_by,
             shutdown: shutdown.clone(),

@@ -5,6 +5,7 @@
 pub mod edge;
 mod file;
 pub mod http;
+pub mod ingress;
 mod kafka;
 pub mod openapi;
 pub mod soap;
@@ -117,7 +118,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(c) | SourceConfig::Soap(c) => c.check(),
             SourceConfig::Kafka(c) => c.check(),
-            SourceConfig::File(_) => Ok(()),
+            SourceConfig::File(c) => c.check(),
         }
     }
 
@@ -135,6 +136,14 @@ impl SourceConfig {
             SourceConfig::Kafka(c) => &c.topics,
             _ => &[],
         }
+    }
+
+    /// True when the source can wait for a sink that is down (Kafka: its partitions stop;
+    /// file: the file stays), so a send that keeps failing transiently is retried past
+    /// `on_error.max_attempts`, up to `on_error.max_sink_wait_ms`. An HTTP or SOAP caller is
+    /// answered `503` instead and comes back.
+    pub fn waits_for_sink(&self) -> bool {
+        matches!(self, SourceConfig::Kafka(_) | SourceConfig::File(_))
     }
 
     /// True when an input whose outcome is `Failed` is offered again by the source itself

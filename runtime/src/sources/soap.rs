@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -271,17 +271,14 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
     }
     let limit = route.config().max_body_bytes;
     let request_headers = crate::message::request_headers(request.headers());
-    let body: Bytes = match axum::body::to_bytes(Body::new(request.into_body()), limit).await {
-        Ok(body) => body,
-        Err(_) => {
-            return fault(
-                version,
-                true,
-                Some(StatusCode::PAYLOAD_TOO_LARGE),
-                &format!("the body exceeds {limit} bytes"),
-                correlation_id,
-                None,
-            )
+    // `_lease`: the body's share of the listener's body budget, held until the answer.
+    let (_, body, _lease) = match super::ingress::read_body(request, limit).await {
+        Ok(read) => read,
+        Err(e) => {
+            let (status, _, detail) = e.status();
+            let mut response = fault(version, true, Some(status), &detail, correlation_id, None);
+            e.decorate(&mut response);
+            return response;
         }
     };
     let (ack, outcome) = Ack::channel();

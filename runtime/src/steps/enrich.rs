@@ -231,6 +231,21 @@ fn parse_template(url: &str) -> Result<Vec<Part>, BuildError> {
     Ok(parts)
 }
 
+/// The first `.` or `..` segment (also written `%2e`) of the path of `url`, an absolute URL
+/// as the template rendered it (before any parser resolved it).
+fn dot_segment(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let path = match after_scheme.find('/') {
+        Some(i) => &after_scheme[i..],
+        None => return None,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').find(|segment| {
+        let lower = segment.to_ascii_lowercase().replace("%2e", ".");
+        lower == "." || lower == ".."
+    })
+}
+
 /// Characters a template value keeps as they are: RFC 3986 unreserved.
 const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -300,8 +315,11 @@ impl EnrichConfig {
                 .map_err(|e| BuildError::at("headers", format!("header `{name}`: {e}")))?;
             headers.insert(name, value);
         }
+        // No redirects: a followed `302` turns a POST into a bodiless GET, and the answer of
+        // another URL would enrich the message. A `3xx` is a refusal naming its `Location`.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(self.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers)
             .build()
             .map_err(|e| BuildError::at("url", format!("cannot build the HTTP client: {e}")))?;
@@ -580,6 +598,15 @@ impl Enrich {
                 format!("enrich: the rendered URL is not valid ({e})"),
             ));
         }
+        // `.` is unreserved, so a value `..` stays as it is, and a URL parser resolves a
+        // `..` (or `%2e%2e`) segment against the one before it: the call would go to another
+        // path. A rendered path with a dot segment is a fault of this message.
+        if let Some(segment) = dot_segment(&url) {
+            return Err(StepError::new(
+                ErrorCode::MappingError,
+                format!("enrich: the rendered URL `{url}` has a `{segment}` path segment, which would move the call to another path"),
+            ));
+        }
         let body = match &self.body {
             Some(expr) => Some(Bytes::from(expr.search(input)?.to_string())),
             None => None,
@@ -791,6 +818,15 @@ fn judge(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> O
             retry_after: retry_after(headers),
         });
     }
+    if status.is_redirection() {
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+            .unwrap_or_else(|| "none".into());
+        return Some(Attempt::Refused(format!(
+            "enrich: the upstream answered {status} (Location: {location}); redirects are not followed"
+        )));
+    }
     if !status.is_success() {
         return Some(Attempt::Refused(format!(
             "enrich: the upstream answered {status}"
@@ -883,6 +919,115 @@ mod tests {
         let step = c.build("s", "p").unwrap();
         let err = step.render(&json!({"region": "eu west"})).unwrap_err();
         assert!(err.message.contains("not valid"), "{err}");
+    }
+
+    /// A real HTTP server on 127.0.0.1 that records the request target of every call and
+    /// answers `answer` (a whole HTTP/1.1 response).
+    async fn recording_server(
+        answer: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = std::sync::Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = std::sync::Arc::clone(&record);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request);
+                    let target = text.split(' ').nth(1).unwrap_or_default().to_string();
+                    record.lock().unwrap().push(target);
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (base, seen)
+    }
+
+    const OK_JSON: &str =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+
+    #[tokio::test]
+    async fn a_dot_segment_value_never_moves_the_call_to_another_path() {
+        let (base, seen) = recording_server(OK_JSON).await;
+        let c: EnrichConfig = toml::from_str(&format!(
+            "url = '{base}/meters/{{id}}/asset?q={{id}}'\ntarget = 'asset'\nmax_attempts = 1\n"
+        ))
+        .unwrap();
+        let step = c.build("steps[0].enrich", "p").unwrap();
+        // Values with dots that are not whole segments, and a `..` with a slash (encoded).
+        for (id, path) in [
+            ("a.b", "/meters/a.b/asset?q=a.b"),
+            ("...", "/meters/.../asset?q=..."),
+            ("../admin", "/meters/..%2Fadmin/asset?q=..%2Fadmin"),
+            ("%2e%2e", "/meters/%252e%252e/asset?q=%252e%252e"),
+        ] {
+            seen.lock().unwrap().clear();
+            let request = step.render(&json!({ "id": id })).unwrap();
+            step.fetch(request).await.unwrap();
+            assert_eq!(*seen.lock().unwrap(), vec![path.to_string()], "{id}");
+        }
+        // `.` and `..` as a whole segment would be resolved away: refused, nothing called.
+        seen.lock().unwrap().clear();
+        for id in [".", ".."] {
+            let err = step.render(&json!({ "id": id })).unwrap_err();
+            assert_eq!(err.code, ErrorCode::MappingError, "{id}");
+            assert!(err.message.contains("path segment"), "{err}");
+        }
+        // In the query only, a `..` moves nothing.
+        let c: EnrichConfig = toml::from_str(&format!(
+            "url = '{base}/lookup?id={{id}}'\ntarget = 'asset'\nmax_attempts = 1\n"
+        ))
+        .unwrap();
+        let step = c.build("steps[0].enrich", "p").unwrap();
+        let request = step.render(&json!({ "id": ".." })).unwrap();
+        step.fetch(request).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["/lookup?id=..".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_a_refusal_never_followed() {
+        let (target, target_seen) = recording_server(OK_JSON).await;
+        let answer: &'static str = Box::leak(
+            format!("HTTP/1.1 302 Found\r\nlocation: {target}/elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .into_boxed_str(),
+        );
+        let (base, seen) = recording_server(answer).await;
+        for method in ["GET", "POST"] {
+            let body = if method == "POST" {
+                "body = 'id'\n"
+            } else {
+                ""
+            };
+            let c: EnrichConfig = toml::from_str(&format!(
+                "url = '{base}/meters/{{id}}'\nmethod = '{method}'\n{body}target = 'asset'\nmax_attempts = 1\n"
+            ))
+            .unwrap();
+            let step = c.build("steps[0].enrich", "p").unwrap();
+            let request = step.render(&json!({ "id": "m1" })).unwrap();
+            let err = step.fetch(request).await.unwrap_err();
+            assert_eq!(err.code, ErrorCode::EnrichmentFailed, "{method}");
+            assert!(err.message.contains("302"), "{err}");
+            assert!(err.message.contains("/elsewhere"), "{err}");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(
+            target_seen.lock().unwrap().is_empty(),
+            "the Location was not called"
+        );
     }
 
     #[test]

@@ -441,6 +441,11 @@ fn spawn_reader<R: Read + Send + 'static>(src: R, logs: Arc<Mutex<Vec<String>>>)
 impl Gridflow {
     /// Starts `gridflow run` for `dir` (config, pipelines, ephemeral ports, JSON logs) and waits until started.
     pub fn start(dir: &Path, extra_args: &[&str]) -> Gridflow {
+        Gridflow::start_with_env(dir, extra_args, &[])
+    }
+
+    /// [`Gridflow::start`] with environment variables `env` set for the process.
+    pub fn start_with_env(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Gridflow {
         let config = dir.join("gridflow.toml");
         let pipelines = dir.join("pipelines");
         let mut cmd = Command::new(gridflow_bin());
@@ -454,6 +459,7 @@ impl Gridflow {
             .args(["--log-format", "json"])
             .args(extra_args)
             .env("KAFKA_BROKERS", brokers())
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
