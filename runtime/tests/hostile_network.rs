@@ -373,7 +373,7 @@ async fn scenario(link: Net, http_out: String, stream_in: String, stream_out: St
     // group never gives a member whose session timed out its partitions back).
     std::fs::write(
         dir.path().join("gridflow.toml"),
-        "[kafka.properties]\n'message.timeout.ms' = 3000\n'enable.idempotence' = false\n'session.timeout.ms' = 45000\n",
+        "[kafka]\nallow_non_idempotent = true\n[kafka.properties]\n'message.timeout.ms' = 3000\n'enable.idempotence' = false\n'session.timeout.ms' = 45000\n",
     )
     .unwrap();
     write_pipeline(
