@@ -114,6 +114,19 @@ if ! command -v promtool >/dev/null 2>&1; then
     fi
 fi
 
+# ip and tc (Debian package iproute2) build the network namespaces, the veth link and its
+# throttle of runtime/tests/hostile_network.rs (a partition between gridflow and the broker).
+if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing ip and tc (apt-get install iproute2)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+    else
+        log "ip/tc are missing: install the Debian package iproute2 (runtime/tests/hostile_network.rs needs them, as root)"
+        exit 1
+    fi
+fi
+
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 FUZZ=1
 if [[ "${1:-}" == "--long" ]]; then

@@ -41,6 +41,8 @@ pub struct AdminState {
     pub reload: Option<ReloadHandle>,
     /// The ingress routes, for `/openapi.json`.
     pub routes: Option<Arc<crate::sources::HttpRoutes>>,
+    /// The process's producers, for the fault injection of debug builds.
+    pub producers: Option<crate::kafka::Producers>,
     /// Who may call the mutating endpoints.
     pub guard: Arc<AdminGuard>,
 }
@@ -267,7 +269,19 @@ impl AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let router = Router::new();
+    // Debug builds only, and only when the environment asks for it: tests of the recovery
+    // from a fatal Kafka client error (see `inject_fatal_error`).
+    #[cfg(debug_assertions)]
+    let router = if std::env::var_os(FAULT_INJECTION_ENV).is_some_and(|v| v == "1") {
+        router.route(
+            "/admin/test/kafka-fatal-error",
+            axum::routing::post(inject_fatal_error),
+        )
+    } else {
+        router
+    };
+    router
         .route(
             "/health/live",
             get(|| async { (StatusCode::OK, axum::Json(json!({"status": "live"}))) }),
@@ -289,21 +303,96 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// `1` turns on the test-only fault injection endpoints of a debug build.
+#[cfg(debug_assertions)]
+pub const FAULT_INJECTION_ENV: &str = "GRIDFLOW_TEST_FAULT_INJECTION";
+
+/// `POST /admin/test/kafka-fatal-error?client=stream|request|consumer`: the producer's client
+/// (or every Kafka source's consumer) fails as a fenced idempotent producer does.
+#[cfg(debug_assertions)]
+async fn inject_fatal_error(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(producers) = &state.producers else {
+        return problem(StatusCode::NOT_FOUND, "Not Found", "no producer", json!({}));
+    };
+    let caller_waits = match query.get("client").map(String::as_str) {
+        Some("consumer") => {
+            tracing::warn!("Injecting a fatal error into every Kafka consumer (test).");
+            crate::kafka::consumer_faults().send_modify(|n| *n += 1);
+            return axum::Json(json!({"client": "consumer"})).into_response();
+        }
+        Some("request") => true,
+        Some("stream") | None => false,
+        Some(other) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                &format!("unknown client `{other}` (stream, request, consumer)"),
+                json!({}),
+            )
+        }
+    };
+    let producer = producers.for_pipeline(caller_waits);
+    let generation = producer.current().number();
+    tracing::warn!(
+        client = producer.role().label(),
+        generation,
+        "Injecting a fatal error into the Kafka producer (test)."
+    );
+    match producer.inject_fatal_error("injected by POST /admin/test/kafka-fatal-error") {
+        Ok(()) => axum::Json(json!({"client": producer.role().label(), "generation": generation}))
+            .into_response(),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            &e.to_string(),
+            json!({}),
+        ),
+    }
+}
+
+/// Pipelines whose sink failed every delivery for longer than
+/// [`NOT_DELIVERING_AFTER`](crate::sinks::NOT_DELIVERING_AFTER): name → (since, last error).
+fn not_delivering() -> std::collections::BTreeMap<String, (String, String)> {
+    crate::sinks::DeliveryHealth::not_delivering(crate::sinks::NOT_DELIVERING_AFTER)
+        .into_iter()
+        .map(|(name, since, error)| {
+            let since = time::OffsetDateTime::from(since)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            (name, (since, error))
+        })
+        .collect()
+}
+
 async fn ready(State(state): State<AdminState>) -> Response {
     let loaded = state.loaded.load(Ordering::SeqCst);
     let broker = state.broker_reachable.load(Ordering::SeqCst);
-    if loaded && broker {
+    let stuck = not_delivering();
+    if loaded && broker && stuck.is_empty() {
         (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
     } else {
+        let names: Vec<&String> = stuck.keys().collect();
         let detail = match (loaded, broker) {
-            (false, _) => "pipelines are not loaded yet",
-            _ => "the Kafka broker is unreachable",
+            (false, _) => "pipelines are not loaded yet".to_string(),
+            (_, false) => "the Kafka broker is unreachable".to_string(),
+            _ => format!(
+                "pipeline(s) {} cannot deliver (every delivery failed for {} s or more)",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::sinks::NOT_DELIVERING_AFTER.as_secs()
+            ),
         };
         problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not Ready",
-            detail,
-            json!({"pipelines_loaded": loaded, "broker_reachable": broker}),
+            &detail,
+            json!({"pipelines_loaded": loaded, "broker_reachable": broker, "pipelines_not_delivering": names}),
         )
     }
 }
@@ -312,6 +401,21 @@ async fn pipelines(State(state): State<AdminState>) -> Response {
     match &state.reload {
         Some(handle) => {
             let (pipelines, restart_required) = handle.views();
+            let stuck = not_delivering();
+            // A running pipeline whose sink fails every delivery says so.
+            let pipelines: Vec<serde_json::Value> = pipelines
+                .into_iter()
+                .map(|view| {
+                    let mut value = serde_json::to_value(&view).unwrap_or_default();
+                    if let Some((since, error)) =
+                        stuck.get(&view.name).filter(|_| view.state != "stopped")
+                    {
+                        value["state"] = json!("not_delivering");
+                        value["delivery"] = json!({"failing_since": since, "last_error": error});
+                    }
+                    value
+                })
+                .collect();
             axum::Json(json!({"pipelines": pipelines, "restart_required": restart_required}))
                 .into_response()
         }

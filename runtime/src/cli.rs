@@ -787,7 +787,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     use rdkafka::producer::Producer;
                     for producer in &producers {
                         if let Err(e) = crate::secrets::set_sasl_credentials(
-                            producer.client(),
+                            producer.current().client(),
                             &user,
                             &password,
                         ) {
@@ -795,6 +795,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
+            }
+        })
+    };
+    // A producer that hit a fatal error is replaced on its next use; this check replaces an
+    // idle one too, so that it is ready (and its state true) before the next record.
+    let fatal_watch = {
+        let (producers, stop) = (producers.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                producers.recover_if_fatal();
             }
         })
     };
@@ -806,6 +820,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if traces.is_some() {
         tracing::info!(endpoint = %config.traces.otlp_endpoint, "Traces exported over OTLP.");
     }
+    let producers_for_admin = producers.clone();
     let engine = Engine::new(EngineContext {
         tracer: traces.as_ref().map(|t| t.tracer()),
         contracts: Arc::new(contracts),
@@ -847,6 +862,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (started, failed) = (count(Action::Started), count(Action::Failed));
     admin_state.reload = Some(reload.clone());
     admin_state.routes = Some(Arc::clone(&routes));
+    admin_state.producers = Some(producers_for_admin);
     admin_state.loaded.store(true, Ordering::SeqCst);
 
     let stop_ingress = CancellationToken::new();
@@ -919,6 +935,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = broker_watch.await;
     let _ = secrets_watch.await;
     let _ = credentials_task.await;
+    let _ = fatal_watch.await;
     if let Some(traces) = traces {
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }

@@ -2,14 +2,18 @@
 //! topic checks, and the embedded development broker.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
 
 use crate::secrets::Secrets;
@@ -191,19 +195,7 @@ impl KafkaSettings {
 
     /// A new producer, reporting its queue depth in the metrics.
     pub fn producer(&self) -> Result<Producer, KafkaError> {
-        self.create_producer(self.producer_config(), "stream")
-    }
-
-    /// A producer of `config` whose statistics feed the `role` queue gauges, which exist (at 0)
-    /// from now on, before the first statistics arrive.
-    fn create_producer(
-        &self,
-        config: ClientConfig,
-        role: &'static str,
-    ) -> Result<Producer, KafkaError> {
-        crate::metrics::producer_queue(role, 0, 0);
-        self.with_statistics(config)
-            .create_with_context(ProducerStats { role })
+        Producer::new(self.clone(), Role::Stream)
     }
 
     /// The process's producers (see [`Producers`]).
@@ -214,7 +206,7 @@ impl KafkaSettings {
             if lingers(&self.producer_config()) == lingers(&self.request_producer_config()) {
                 None
             } else {
-                Some(self.create_producer(self.request_producer_config(), "request")?)
+                Some(Producer::new(self.clone(), Role::Request)?)
             };
         Ok(Producers { stream, request })
     }
@@ -302,8 +294,253 @@ impl KafkaSettings {
 
 const STATISTICS_INTERVAL: &str = "statistics.interval.ms";
 
-/// A producer of the process (sinks, dead letters, replay).
-pub type Producer = FutureProducer<ProducerStats>;
+/// The librdkafka producer under a [`Producer`] handle.
+pub type RawProducer = FutureProducer<ProducerStats>;
+
+/// What a producer is for: its settings, and the `producer` / `client` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Pipelines nobody waits on (Kafka and file sources), dead letters, replay.
+    Stream,
+    /// Pipelines whose caller waits for the broker's acknowledgement (HTTP, SOAP).
+    Request,
+}
+
+impl Role {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Stream => "stream",
+            Role::Request => "request",
+        }
+    }
+}
+
+/// A producer of the process (sinks, dead letters, replay) that outlives its librdkafka
+/// client: when the client hits a fatal error (`rd_kafka_fatal_error`: the idempotent
+/// producer was fenced, its epoch or sequence is no longer valid, ...), it never delivers
+/// again, so the next use builds a new one from the same settings (with the secrets as they
+/// are now) and every later record goes there.
+///
+/// Nothing is lost in the swap: a record the dead client had not delivered fails with an
+/// error (`_FATAL`, `_PURGE_QUEUE`, or "the producer was closed") that
+/// [`is_transient`] calls transient, so the sink's retry sends it again, on the new client.
+/// Concurrent failures rebuild once: each client has a generation number, and only a caller
+/// that saw the current generation fail replaces it.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Handle>,
+}
+
+struct Handle {
+    settings: KafkaSettings,
+    role: Role,
+    current: ArcSwap<Generation>,
+    /// Held while a new client is built, so that one is built per fatal error.
+    rebuilding: Mutex<()>,
+}
+
+/// One librdkafka client of a [`Producer`] and its number (0 for the first).
+pub struct Generation {
+    producer: Option<RawProducer>,
+    number: u64,
+    /// Set (once) by its client context when the client hit a fatal error.
+    fatal: Arc<AtomicBool>,
+}
+
+impl Generation {
+    /// Which client of its handle this is: 0, then one more per fatal error.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Did this client hit a fatal error (reported by librdkafka's error callback or found by
+    /// asking it)?
+    fn fatal(&self) -> bool {
+        self.fatal.load(Ordering::Acquire) || self.raw().client().fatal_error().is_some()
+    }
+
+    /// Logs and counts this client's fatal error, unless its context did already.
+    fn report_fatal(&self, role: &'static str) {
+        if self.fatal.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (code, reason) = self
+            .raw()
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| (code.to_string(), reason))
+            .unwrap_or_else(|| ("fatal".into(), "unknown".into()));
+        crate::metrics::kafka_fatal_error(role);
+        tracing::error!(client = role, error = %code, reason = %reason, "Kafka producer hit a fatal error; it delivers nothing more and is replaced.");
+    }
+
+    fn raw(&self) -> &RawProducer {
+        self.producer
+            .as_ref()
+            .expect("a generation holds its producer until it is dropped")
+    }
+}
+
+impl std::ops::Deref for Generation {
+    type Target = RawProducer;
+
+    fn deref(&self) -> &RawProducer {
+        self.raw()
+    }
+}
+
+impl Drop for Generation {
+    /// Closing a librdkafka client blocks (its polling thread is joined, its queue purged):
+    /// off the async workers when there are some.
+    fn drop(&mut self) {
+        if let Some(producer) = self.producer.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(producer))),
+                Err(_) => drop(producer),
+            }
+        }
+    }
+}
+
+impl Producer {
+    /// A producer with the settings of `role`, reporting its queue depth in the metrics.
+    pub fn new(settings: KafkaSettings, role: Role) -> Result<Producer, KafkaError> {
+        crate::metrics::producer_queue(role.label(), 0, 0);
+        crate::metrics::kafka_fatal_errors_init(role.label());
+        let current = Self::create(&settings, role, 0)?;
+        Ok(Producer {
+            inner: Arc::new(Handle {
+                settings,
+                role,
+                current: ArcSwap::from_pointee(current),
+                rebuilding: Mutex::new(()),
+            }),
+        })
+    }
+
+    fn create(settings: &KafkaSettings, role: Role, number: u64) -> Result<Generation, KafkaError> {
+        let config = match role {
+            Role::Stream => settings.producer_config(),
+            Role::Request => settings.request_producer_config(),
+        };
+        let fatal = Arc::new(AtomicBool::new(false));
+        let producer = settings
+            .with_statistics(config)
+            .create_with_context(ProducerStats {
+                role: role.label(),
+                fatal: Arc::clone(&fatal),
+            })?;
+        Ok(Generation {
+            producer: Some(producer),
+            number,
+            fatal,
+        })
+    }
+
+    /// The client records go to now. Hold it for one send, not longer: after a fatal error a
+    /// new one takes its place.
+    pub fn current(&self) -> Arc<Generation> {
+        self.inner.current.load_full()
+    }
+
+    /// The client to send with: the current one, or a new one when the current one hit a
+    /// fatal error.
+    pub fn usable(&self) -> Arc<Generation> {
+        let current = self.current();
+        if current.fatal.load(Ordering::Acquire) {
+            return self.recover(&current);
+        }
+        current
+    }
+
+    /// Checks the current client for a fatal error (after a failed delivery, or from a
+    /// periodic probe) and replaces it when it has one. Returns whether it had.
+    pub fn recover_if_fatal(&self) -> bool {
+        let current = self.current();
+        if current.fatal() {
+            self.recover(&current);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Replaces `failed` (when it is still the current client) by a new client; returns the
+    /// client to use now. A client that cannot be built (it never can for a reason of the
+    /// network: building connects to nothing) leaves the failed one in place, and the next
+    /// call tries again.
+    fn recover(&self, failed: &Arc<Generation>) -> Arc<Generation> {
+        let _one_at_a_time = self
+            .inner
+            .rebuilding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self.current();
+        if current.number != failed.number {
+            return current;
+        }
+        let role = self.inner.role.label();
+        failed.report_fatal(role);
+        let number = failed.number + 1;
+        match Self::create(&self.inner.settings, self.inner.role, number) {
+            Ok(generation) => {
+                self.inner.current.store(Arc::new(generation));
+                tracing::warn!(client = role, generation = number, "Kafka producer replaced after a fatal error; records not delivered are sent again.");
+                self.current()
+            }
+            Err(e) => {
+                tracing::error!(client = role, error = %e, "Kafka producer not rebuilt after a fatal error; trying again on the next record.");
+                current
+            }
+        }
+    }
+
+    /// Which role this producer has.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// Makes the current client fail as a fenced idempotent producer does
+    /// (`rd_kafka_test_fatal_error` with `PRODUCER_FENCED`): for tests of the recovery only.
+    #[cfg(debug_assertions)]
+    pub fn inject_fatal_error(&self, reason: &str) -> Result<(), KafkaError> {
+        test_fatal_error(self.current().client(), reason)
+    }
+}
+
+/// Makes `client` fail with a fatal error (librdkafka's `rd_kafka_test_fatal_error`, as a
+/// fenced idempotent producer fails): for tests of the recovery only.
+#[cfg(debug_assertions)]
+pub fn test_fatal_error<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    reason: &str,
+) -> Result<(), KafkaError> {
+    let reason =
+        std::ffi::CString::new(reason.replace('\0', " ")).map_err(|_| KafkaError::Canceled)?;
+    // SAFETY: the client is alive for the call (borrowed) and `reason` is a NUL-terminated
+    // string that outlives the call.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            client.native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+            reason.as_ptr(),
+        )
+    };
+    match code {
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+        other => Err(KafkaError::Global(other.into())),
+    }
+}
+
+/// Each increment asks every Kafka source's consumer of the process to fail with a fatal
+/// error (`POST /admin/test/kafka-fatal-error?client=consumer` of a debug build).
+#[cfg(debug_assertions)]
+pub fn consumer_faults() -> &'static tokio::sync::watch::Sender<u64> {
+    static FAULTS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+        std::sync::OnceLock::new();
+    FAULTS.get_or_init(|| tokio::sync::watch::channel(0).0)
+}
 
 /// The process's two producers, shared by every pipeline. Records of a pipeline whose caller
 /// waits for the broker's acknowledgement (an HTTP or SOAP source answers `202` once Kafka
@@ -340,35 +577,73 @@ impl Producers {
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer as _;
         for producer in self.distinct() {
-            let _ = producer.flush(timeout);
+            let _ = producer.current().flush(timeout);
+        }
+    }
+
+    /// Replaces every producer that hit a fatal error (a periodic check, so that a fatal
+    /// error is answered even while no record is sent).
+    pub fn recover_if_fatal(&self) {
+        for producer in self.distinct() {
+            producer.recover_if_fatal();
         }
     }
 }
 
 /// The producer's client context: its statistics become the producer queue gauges of its
-/// role (`stream` or `request`).
+/// role (`stream` or `request`); a fatal error is logged and counted here, once.
 pub struct ProducerStats {
     role: &'static str,
+    /// Set (once) when the client hit a fatal error.
+    fatal: Arc<AtomicBool>,
 }
 
 impl rdkafka::ClientContext for ProducerStats {
     fn stats(&self, statistics: Statistics) {
         crate::metrics::producer_queue(self.role, statistics.msg_cnt, statistics.msg_size);
     }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            // The client is not at hand here: the reason librdkafka gives is the underlying
+            // error. The producer is replaced on its next use (or the next periodic check).
+            if !self.fatal.swap(true, Ordering::AcqRel) {
+                crate::metrics::kafka_fatal_error(self.role);
+                tracing::error!(client = self.role, reason = %reason, "Kafka producer hit a fatal error; it delivers nothing more and is replaced.");
+            }
+        } else {
+            tracing::warn!(client = self.role, error = %error, reason = %reason, "Kafka producer error.");
+        }
+    }
 }
 
 /// Hands `record` to the producer's queue, waiting for room when the queue is full (so the
 /// order of calls is the order of records), and returns the delivery to await.
+///
+/// A producer that hit a fatal error is replaced first (see [`Producer`]), so the record goes
+/// to a client that can deliver it.
 pub async fn enqueue<'a>(
     producer: &Producer,
     mut record: FutureRecord<'a, [u8], [u8]>,
 ) -> Result<DeliveryFuture, KafkaError> {
+    let mut replaced = false;
     loop {
-        match producer.send_result(record) {
+        let current = producer.usable();
+        match current.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
+                drop(current);
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Refused at once: the client is dead. Once on a new one.
+            Err((error @ KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), back)) => {
+                if replaced {
+                    return Err(error);
+                }
+                producer.recover(&current);
+                replaced = true;
+                record = back;
             }
             Err((error, _)) => return Err(error),
         }
@@ -513,6 +788,86 @@ mod tests {
             settings.sasl_credentials(),
             Some(("alice".into(), "hunter2".into()))
         );
+    }
+
+    /// Sends `payload` until it is delivered (as a sink's retry does), at most 5 times; how
+    /// many attempts failed.
+    async fn deliver(producer: &Producer, topic: &str, payload: &str) -> usize {
+        for failed in 0..5 {
+            let record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload.as_bytes());
+            match enqueue(producer, record).await {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => return failed,
+                    Ok(Err((e, _))) => assert!(is_transient(&e), "{e}"),
+                    Err(_) => {}
+                },
+                Err(e) => assert!(is_transient(&e), "{e}"),
+            }
+        }
+        panic!("`{payload}` not delivered in 5 attempts");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_with_a_fatal_error_is_replaced_and_loses_nothing() {
+        use rdkafka::consumer::Consumer as _;
+        use rdkafka::Message as _;
+        let broker = EmbeddedBroker::start().unwrap();
+        broker.create_topic("fatal.t", 1).unwrap();
+        let settings = KafkaSettings {
+            brokers: broker.bootstrap_servers(),
+            ..KafkaSettings::default()
+        };
+        let producer = settings.producer().unwrap();
+        for i in 0..5 {
+            assert_eq!(
+                deliver(&producer, "fatal.t", &format!("before-{i}")).await,
+                0
+            );
+        }
+        assert_eq!(producer.current().number(), 0);
+
+        // Records in flight when the client dies: each one is delivered (again, on the new
+        // client) by its retry.
+        let in_flight: Vec<_> = (0..50)
+            .map(|i| {
+                let producer = producer.clone();
+                tokio::spawn(
+                    async move { deliver(&producer, "fatal.t", &format!("during-{i}")).await },
+                )
+            })
+            .collect();
+        producer.inject_fatal_error("injected by a test").unwrap();
+        assert!(
+            producer.current().fatal(),
+            "librdkafka reports the fatal error"
+        );
+        for task in in_flight {
+            task.await.unwrap();
+        }
+        for i in 0..5 {
+            deliver(&producer, "fatal.t", &format!("after-{i}")).await;
+        }
+        assert_eq!(producer.current().number(), 1, "one new client, built once");
+        assert!(!producer.current().fatal());
+        assert!(!producer.recover_if_fatal(), "the new client is healthy");
+
+        // Everything is on the topic.
+        let consumer: BaseConsumer = settings.consumer_config("fatal-reader").create().unwrap();
+        consumer.subscribe(&["fatal.t"]).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < 60 && std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                seen.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        for name in (0..5)
+            .map(|i| format!("before-{i}"))
+            .chain((0..50).map(|i| format!("during-{i}")))
+            .chain((0..5).map(|i| format!("after-{i}")))
+        {
+            assert!(seen.contains(&name), "{name} is not on the topic: {seen:?}");
+        }
     }
 
     #[test]

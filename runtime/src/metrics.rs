@@ -89,6 +89,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_kafka_paused_partitions", Kind::Gauge, "Partitions of the pipeline's kafka source paused because their lane stayed full."),
     ("gridflow_kafka_producer_queue_messages", Kind::Gauge, "Messages waiting in a Kafka producer's queues (not acknowledged by the broker yet), by producer: `stream` (Kafka and file sources), `request` (HTTP and SOAP pipelines, when it is a producer of its own)."),
     ("gridflow_kafka_producer_queue_bytes", Kind::Gauge, "Bytes of the messages waiting in a Kafka producer's queues, by producer."),
+    ("gridflow_kafka_fatal_errors_total", Kind::Counter, "Fatal errors of a Kafka client (`rd_kafka_fatal_error`: a fenced idempotent producer, ...), by client (`stream`, `request` producer; `consumer`). Each one is answered by a new client."),
     ("gridflow_kafka_broker_reachable", Kind::Gauge, "1 when the Kafka brokers answered the last metadata probe, else 0."),
     ("gridflow_file_source_rejected_total", Kind::Counter, "Files a file source moved to failed/ unsent or given up, by the limit they broke (max_file_bytes, max_line_bytes, max_attempts)."),
     ("gridflow_reloads_total", Kind::Counter, "Pipeline reloads, by result (success, failure, stopped, restart_required)."),
@@ -138,6 +139,17 @@ pub fn broker_reachable(up: bool) {
 pub fn producer_queue(role: &'static str, messages: u64, bytes: u64) {
     gauge!("gridflow_kafka_producer_queue_messages", "producer" => role).set(messages as f64);
     gauge!("gridflow_kafka_producer_queue_bytes", "producer" => role).set(bytes as f64);
+}
+
+/// The `client` Kafka client (`stream`, `request`, `consumer`) exists: its fatal error
+/// counter is exported (at 0) from now on.
+pub fn kafka_fatal_errors_init(client: &'static str) {
+    counter!("gridflow_kafka_fatal_errors_total", "client" => client).increment(0);
+}
+
+/// The `client` Kafka client hit a fatal error (it is replaced).
+pub fn kafka_fatal_error(client: &'static str) {
+    counter!("gridflow_kafka_fatal_errors_total", "client" => client).increment(1);
 }
 
 /// The oldest unsettled record of `pipeline`'s `topic`/`partition` was read `age` ago (zero

@@ -266,6 +266,7 @@ async fn a_dead_letter_topic_refusing_writes_commits_nothing_until_it_accepts_th
         let producer = producer.clone();
         async move {
             producer
+                .current()
                 .send(
                     rdkafka::producer::FutureRecord::<str, str>::to("in.v1").payload(&body),
                     Duration::from_secs(30),

@@ -191,6 +191,7 @@ async fn injected_request_errors_are_retried_and_delivered_once() {
     let producer: gridflow::kafka::Producer = settings.producer().unwrap();
     for n in 0..20 {
         producer
+            .current()
             .send(
                 rdkafka::producer::FutureRecord::to("in.v1")
                     .key("k")

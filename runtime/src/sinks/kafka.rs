@@ -67,6 +67,7 @@ impl KafkaSinkConfig {
             topic: Arc::from(self.topic.as_str()),
             key: self.key_expr()?,
             producer,
+            health: super::DeliveryHealth::register(&ctx.pipeline),
             pipeline: ctx.pipeline.clone(),
             version: ctx.version.clone(),
         })
@@ -78,6 +79,8 @@ pub struct KafkaSink {
     topic: Arc<str>,
     key: Option<Expr>,
     producer: crate::kafka::Producer,
+    /// Whether deliveries succeed, for the admin API.
+    health: Arc<super::DeliveryHealth>,
     pipeline: Arc<str>,
     version: Arc<str>,
 }
@@ -165,18 +168,33 @@ impl Sink for KafkaSink {
             if let Some(key) = &key {
                 future = future.key(key.as_ref());
             }
-            let delivery = crate::kafka::enqueue(&self.producer, future)
-                .await
-                .map_err(|e| delivery_error(e, &self.topic))?;
+            let delivery = match crate::kafka::enqueue(&self.producer, future).await {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    let error = delivery_error(e, &self.topic);
+                    if let SinkError::Transient(message) = &error {
+                        self.health.failed(message);
+                    }
+                    return Err(error);
+                }
+            };
             let topic = Arc::clone(&self.topic);
+            let health = Arc::clone(&self.health);
             let delivery: Delivery = Box::pin(async move {
-                match delivery.await {
+                let result = match delivery.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((error, _))) => Err(delivery_error(error, &topic)),
+                    // The client was closed (replaced after a fatal error): sent again.
                     Err(_) => Err(SinkError::Transient(
                         "the producer was closed before delivery".into(),
                     )),
+                };
+                match &result {
+                    Ok(()) => health.delivered(),
+                    Err(SinkError::Transient(message)) => health.failed(message),
+                    Err(_) => {}
                 }
+                result
             });
             Ok(delivery)
         }

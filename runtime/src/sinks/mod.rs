@@ -21,6 +21,12 @@ pub use http::HttpSinkConfig;
 pub use kafka::KafkaSinkConfig;
 pub use stdout::StdoutSinkConfig;
 
+/// How long a pipeline's sink must have failed every delivery before the pipeline counts as
+/// not delivering (`/admin/pipelines` state `not_delivering`, `/health/ready` `503`): longer
+/// than one delivery attempt of the producer (`message.timeout.ms`, 10 s by default), so
+/// that one transient fault does not flip readiness.
+pub const NOT_DELIVERING_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
 use crate::error::{BuildError, SinkError};
 use crate::message::{Headers, Meta, Payload};
 
@@ -51,6 +57,110 @@ pub type Delivery = BoxFuture<'static, Result<(), SinkError>>;
 pub trait Sink: Send + Sync {
     /// Starts delivering `record`.
     fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>>;
+}
+
+/// Whether a pipeline's sink delivers: a sink that hands records to a shared client (Kafka)
+/// records each acknowledgement and each failure here, and the admin API shows the pipelines
+/// whose sink failed every delivery since some moment (`/admin/pipelines`, `/health/ready`).
+#[derive(Default)]
+pub struct DeliveryHealth {
+    /// Since when, and with what error, every delivery failed; `None` while the last one
+    /// succeeded.
+    failing: std::sync::Mutex<Option<Failing>>,
+    /// `failing` is `Some`: the check of each acknowledgement takes no lock.
+    is_failing: std::sync::atomic::AtomicBool,
+}
+
+impl DeliveryHealth {
+    /// A health record for `pipeline`, registered for the admin API until it is dropped (with
+    /// the sink that holds it); it replaces the one of a previous version of the pipeline.
+    pub fn register(pipeline: &str) -> Arc<DeliveryHealth> {
+        let health = Arc::new(DeliveryHealth::default());
+        let mut all = registry().lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, h| h.strong_count() > 0);
+        all.insert(pipeline.to_string(), Arc::downgrade(&health));
+        health
+    }
+
+    /// A delivery was acknowledged.
+    pub fn delivered(&self) {
+        use std::sync::atomic::Ordering;
+        if self.is_failing.load(Ordering::Relaxed) {
+            let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+            *failing = None;
+            self.is_failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A delivery failed with `error` (transiently: it will be retried).
+    pub fn failed(&self, error: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *failing {
+            Some(f) => {
+                f.last = std::time::SystemTime::now();
+                if f.error != error {
+                    f.error = error.to_string();
+                }
+            }
+            None => {
+                let now = std::time::SystemTime::now();
+                *failing = Some(Failing {
+                    since: now,
+                    last: now,
+                    error: error.to_string(),
+                })
+            }
+        }
+        self.is_failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Since when, and with what error, every delivery failed.
+    pub fn failing(&self) -> Option<Failing> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Pipelines whose sink has failed every delivery for `window` or longer, and failed one
+    /// within the last `window` (a pipeline without traffic since its last failure is not
+    /// called stuck: readiness never waits for traffic that only readiness lets in): name,
+    /// since when, last error.
+    pub fn not_delivering(
+        window: std::time::Duration,
+    ) -> Vec<(String, std::time::SystemTime, String)> {
+        let all = registry().lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::SystemTime::now();
+        let ago = |t: std::time::SystemTime| now.duration_since(t).unwrap_or_default();
+        all.iter()
+            .filter_map(|(name, h)| {
+                let f = h.upgrade()?.failing()?;
+                (ago(f.since) >= window && ago(f.last) < window)
+                    .then(|| (name.clone(), f.since, f.error))
+            })
+            .collect()
+    }
+}
+
+/// A run of failed deliveries.
+#[derive(Debug, Clone)]
+pub struct Failing {
+    /// The first failure after the last success.
+    pub since: std::time::SystemTime,
+    /// The latest failure.
+    pub last: std::time::SystemTime,
+    /// The latest failure's error.
+    pub error: String,
+}
+
+fn registry(
+) -> &'static std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Weak<DeliveryHealth>>>
+{
+    static REGISTRY: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Weak<DeliveryHealth>>>,
+    > = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
 }
 
 /// What sinks may need from the process when they are built.
@@ -182,6 +292,41 @@ pub(crate) fn ndjson_line(payload: &Payload) -> Vec<u8> {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_sink_failing_every_delivery_is_not_delivering_until_it_delivers() {
+        use std::time::Duration;
+        let name = "delivery-health-test";
+        let window = Duration::from_millis(200);
+        let listed = || {
+            DeliveryHealth::not_delivering(window)
+                .into_iter()
+                .filter(|(n, _, _)| n == name)
+                .map(|(_, _, error)| error)
+                .collect::<Vec<_>>()
+        };
+        let health = DeliveryHealth::register(name);
+        assert!(listed().is_empty(), "a new sink delivers");
+        health.failed("broker down");
+        assert!(listed().is_empty(), "failing for less than the window");
+        std::thread::sleep(window + Duration::from_millis(50));
+        health.failed("still down");
+        assert_eq!(listed(), ["still down"], "failing for the whole window");
+        health.delivered();
+        assert!(listed().is_empty(), "one delivery ends it");
+
+        health.failed("down again");
+        std::thread::sleep(window + Duration::from_millis(50));
+        assert!(
+            listed().is_empty(),
+            "no failure within the window (no traffic): not called stuck"
+        );
+        health.failed("down again");
+        assert_eq!(listed(), ["down again"]);
+        // A dropped sink (its pipeline stopped) is not listed.
+        drop(health);
+        assert!(listed().is_empty());
+    }
 
     #[test]
     fn one_message_is_always_one_line() {

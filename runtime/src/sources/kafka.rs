@@ -147,6 +147,23 @@ pub(super) struct Rebalances {
     /// The consumer starts from the earliest offset where it has none: before the first
     /// commit, the whole partition is its lag.
     from_earliest: bool,
+    /// Set when the consumer hit a fatal error (`rd_kafka_fatal_error`): it never consumes
+    /// again, so the source stops this consumer (cancelling `session`) and makes a new one.
+    fatal: std::sync::atomic::AtomicBool,
+    /// This consumer's session: cancelled on shutdown, or on a fatal error.
+    session: CancellationToken,
+}
+
+impl Rebalances {
+    /// The consumer hit a fatal error (`reason`): logged and counted once, and its session
+    /// ends (the source drains as on a stop, commits what it can and starts a new consumer).
+    fn fatal(&self, reason: &str) {
+        if !self.fatal.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            crate::metrics::kafka_fatal_error("consumer");
+            tracing::error!(pipeline = %self.pipeline, client = "consumer", reason = %reason, "Kafka consumer hit a fatal error; it consumes nothing more and is replaced.");
+            self.session.cancel();
+        }
+    }
 }
 
 impl Drop for Rebalances {
@@ -159,6 +176,14 @@ impl Drop for Rebalances {
 }
 
 impl rdkafka::ClientContext for Rebalances {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
+            self.fatal(reason);
+        } else {
+            tracing::warn!(pipeline = %self.pipeline, error = %error, reason = %reason, "Kafka consumer error.");
+        }
+    }
+
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
         let mut now = std::collections::HashSet::new();
         for (topic, t) in &statistics.topics {
@@ -393,13 +418,16 @@ fn record_ack(
 }
 
 impl KafkaSource {
+    /// Consumes with one consumer until `shutdown` (the session: the source's stop, or a
+    /// fatal error of the consumer); `Ok(true)` when the consumer ended with a fatal error.
     async fn consume(
-        self,
+        &self,
         downstream: Arc<dyn Downstream>,
         shutdown: CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let group = &self.config.group;
         let (rebalance_tx, mut rebalances) = mpsc::unbounded_channel();
+        crate::metrics::kafka_fatal_errors_init("consumer");
         let consumer: Arc<StreamConsumer<Rebalances>> = Arc::new(
             self.settings
                 .with_statistics(self.settings.consumer_config(group))
@@ -410,11 +438,15 @@ impl KafkaSource {
                     pipeline: Arc::clone(&self.pipeline),
                     reported: Default::default(),
                     from_earliest: self.settings.starts_from_earliest(),
+                    fatal: Default::default(),
+                    session: shutdown.clone(),
                 })
                 .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?,
         );
         // Before the subscription: the first assignment already splits its partitions.
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+        #[cfg(debug_assertions)]
+        let _injection = inject_faults(Arc::downgrade(&consumer), shutdown.clone());
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -489,7 +521,10 @@ impl KafkaSource {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(group = %group, error = %e, "Kafka consumer error.");
+                        match consumer.client().fatal_error() {
+                            Some((code, reason)) => consumer.context().fatal(&format!("{code}: {reason}")),
+                            None => tracing::warn!(group = %group, error = %e, "Kafka consumer error."),
+                        }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
@@ -513,7 +548,42 @@ impl KafkaSource {
         // closes here: the final commit and the group leave block, off the async workers.
         drop(shared);
         drop(rebalances);
+        let fatal = consumer
+            .context()
+            .fatal
+            .load(std::sync::atomic::Ordering::Acquire);
         let group = group.clone();
+        if fatal {
+            // A consumer with a fatal error commits nothing, and librdkafka's close of it
+            // blocks for good while its group thread goes on heartbeating (so the group waits
+            // for it before assigning its partitions to the next consumer). It is destroyed
+            // without the consumer close (RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE, what librdkafka
+            // prescribes after a fatal error), on a thread of its own; the broker drops its
+            // membership after `session.timeout.ms`. Its uncommitted records are consumed
+            // again by the next consumer.
+            let closing = std::thread::Builder::new()
+                .name("gridflow-fatal-consumer-close".into())
+                .spawn(move || match Arc::try_unwrap(consumer) {
+                    Ok(consumer) => {
+                        let client = consumer.client().native_ptr();
+                        // SAFETY: nothing else holds the consumer (its partition queues and
+                        // readers are gone); once destroyed it is never used again: the Rust
+                        // handle is forgotten, not dropped (its drop would close it again).
+                        unsafe {
+                            rdkafka::bindings::rd_kafka_destroy_flags(
+                                client,
+                                rdkafka::bindings::RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
+                            );
+                        }
+                        std::mem::forget(consumer);
+                    }
+                    Err(consumer) => drop(consumer),
+                });
+            if let Err(e) = closing {
+                tracing::error!(group = %group, error = %e, "The consumer with a fatal error is not closed.");
+            }
+            return Ok(true);
+        }
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(group = %group, error = %e, "Final commit skipped.");
@@ -522,7 +592,7 @@ impl KafkaSource {
             drop(consumer);
         })
         .await;
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -592,12 +662,49 @@ impl Readers {
     }
 }
 
+/// Debug builds: the consumer fails with a fatal error when a test asks for it (see
+/// [`crate::kafka::consumer_faults`]), until `session` ends.
+#[cfg(debug_assertions)]
+fn inject_faults(
+    consumer: Weak<StreamConsumer<Rebalances>>,
+    session: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut faults = crate::kafka::consumer_faults().subscribe();
+    faults.mark_unchanged();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = session.cancelled() => {}
+            Ok(()) = faults.changed() => {
+                if let Some(consumer) = consumer.upgrade() {
+                    let _ = crate::kafka::test_fatal_error(consumer.client(), "injected by POST /admin/test/kafka-fatal-error");
+                }
+            }
+        }
+    })
+}
+
 impl Source for KafkaSource {
     fn run(
         self: Box<Self>,
         downstream: Arc<dyn Downstream>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<(), String>> {
-        self.consume(downstream, shutdown).boxed()
+        async move {
+            loop {
+                // One session per consumer; a consumer with a fatal error ends its session
+                // and the next one joins the group again.
+                let session = shutdown.child_token();
+                let fatal = self.consume(Arc::clone(&downstream), session).await?;
+                if !fatal || shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                tracing::warn!(pipeline = %self.pipeline, group = %self.config.group, "Kafka source starting a new consumer after a fatal error.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        .boxed()
     }
 }
