@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod targets;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
