@@ -5,6 +5,7 @@
 //! pipelines do.
 #![allow(dead_code)]
 
+pub mod mock_kafka;
 pub mod pki;
 pub mod targets;
 
