@@ -359,12 +359,9 @@ async fn slow_target(ids: Arc<Mutex<Vec<i64>>>) -> String {
     format!("http://{addr}/hook")
 }
 
-/// SIGKILL in the middle of a large NDJSON file, then a restart: every line arrives at least
-/// once, the lines before the checkpoint the killed process left arrive exactly once (the
-/// restart resends from the checkpoint, not from the first line), and the file ends in done/.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_file_resends_from_the_checkpoint_only() {
-    const LINES: i64 = 3000;
+/// A gridflow with `max_in_flight = 8` and the file pipeline `name` whose sink is a
+/// `slow_target`: the ids it got, the directory, the process.
+async fn start_to_slow_target(name: &str) -> (Arc<Mutex<Vec<i64>>>, tempfile::TempDir, Gridflow) {
     let ids = Arc::new(Mutex::new(Vec::new()));
     let url = slow_target(Arc::clone(&ids)).await;
     let dir = test_dir();
@@ -375,11 +372,21 @@ async fn sigkill_mid_file_resends_from_the_checkpoint_only() {
     .unwrap();
     file_pipeline(
         dir.path(),
-        "big",
+        name,
         "",
         &format!("[sink]\nkind='http'\nurl='{url}'\n"),
     );
-    let mut gf = Gridflow::start(dir.path(), &[]);
+    let gf = Gridflow::start(dir.path(), &[]);
+    (ids, dir, gf)
+}
+
+/// SIGKILL in the middle of a large NDJSON file, then a restart: every line arrives at least
+/// once, the lines before the checkpoint the killed process left arrive exactly once (the
+/// restart resends from the checkpoint, not from the first line), and the file ends in done/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_file_resends_from_the_checkpoint_only() {
+    const LINES: i64 = 3000;
+    let (ids, dir, mut gf) = start_to_slow_target("big").await;
     let inbox = dir.path().join("inbox");
     let mut text = String::new();
     for id in 1..=LINES {
@@ -439,21 +446,7 @@ async fn sigkill_mid_file_resends_from_the_checkpoint_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_mid_file_goes_on_from_the_checkpoint_without_duplicates() {
     const LINES: i64 = 2000;
-    let ids = Arc::new(Mutex::new(Vec::new()));
-    let url = slow_target(Arc::clone(&ids)).await;
-    let dir = test_dir();
-    std::fs::write(
-        dir.path().join("gridflow.toml"),
-        "[engine]\nmax_in_flight = 8\n",
-    )
-    .unwrap();
-    file_pipeline(
-        dir.path(),
-        "stop",
-        "",
-        &format!("[sink]\nkind='http'\nurl='{url}'\n"),
-    );
-    let mut gf = Gridflow::start(dir.path(), &[]);
+    let (ids, dir, mut gf) = start_to_slow_target("stop").await;
     let inbox = dir.path().join("inbox");
     let text: String = (1..=LINES).map(|id| format!("{{\"id\":{id}}}\n")).collect();
     drop_file(&inbox, "big.ndjson", text.as_bytes());

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::pki::{https_url, start_mtls, Pki};
 use common::*;
 use serde_json::Value;
 
@@ -534,39 +535,6 @@ async fn admin_mutations_without_a_token_answer_only_loopback_clients() {
     assert!(gf.log_text().contains("Admin request refused."));
 }
 
-/// A test CA (rcgen) that issues server and client certificates.
-struct Pki {
-    ca_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let ca_pem = params.self_signed(&key).unwrap().pem();
-        Pki {
-            ca_pem,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate and its key (PEM) for `cn`, with `names` as subject alternative names.
-    fn issue(&self, cn: &str, names: &[&str]) -> (String, String) {
-        use rcgen::{CertificateParams, DnType, KeyPair};
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 /// An HTTPS client trusting `server_ca`, presenting `identity`; it keeps its connections alive.
 fn tls_client(server_ca: &str, identity: &(String, String)) -> reqwest::Client {
     reqwest::Client::builder()
@@ -594,31 +562,17 @@ async fn tls_status(client: &reqwest::Client, url: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_allow_list_and_client_ca_rotate_without_a_restart() {
-    let pki = Pki::new("gridflow test CA");
+    let pki = Pki::new();
     let dir = test_dir();
-    let (server_cert, server_key) = pki.issue("gridflow", &["localhost", "127.0.0.1"]);
     let subjects = dir.path().join("allowed-subjects");
     let ca = dir.path().join("ca.pem");
-    std::fs::write(dir.path().join("server.pem"), &server_cert).unwrap();
-    std::fs::write(dir.path().join("server.key"), &server_key).unwrap();
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
     std::fs::write(&subjects, "# partners\nCN=partner-a\nCN=partner-b\n").unwrap();
-    std::fs::write(
-        dir.path().join("gridflow.toml"),
-        "[http.tls]\ncert = 'server.pem'\nkey = 'server.key'\nclient_ca = 'ca.pem'\n\
-         allowed_subjects_file = 'allowed-subjects'\n",
-    )
-    .unwrap();
-    write_pipeline(
+    let gf = start_mtls(
+        &pki,
         dir.path(),
-        "in.toml",
-        "[source]\nkind='http'\npath='/in'\n[sink]\nkind='file'\npath='out/in.ndjson'\n",
+        "allowed_subjects_file = 'allowed-subjects'\n",
     );
-    let gf = Gridflow::start(dir.path(), &[]);
-    let url = format!(
-        "https://localhost:{}/in",
-        gf.http_addr().rsplit(':').next().unwrap()
-    );
+    let url = https_url(&gf, "/in");
     // One client each, reused: their keep-alive connections stay open across the changes.
     let a = tls_client(&pki.ca_pem, &pki.issue("partner-a", &[]));
     let b = tls_client(&pki.ca_pem, &pki.issue("partner-b", &[]));
@@ -653,7 +607,7 @@ async fn mtls_allow_list_and_client_ca_rotate_without_a_restart() {
 
     // A new client CA: certificates of the old one are refused at the next handshake, those of
     // the new one let in (the server certificate stays the old CA's).
-    let next = Pki::new("gridflow test CA 2");
+    let next = Pki::named("gridflow test CA 2");
     replace_file(&subjects, "CN=partner-b\n");
     replace_file(&ca, &next.ca_pem);
     let old_b = pki.issue("partner-b", &[]);

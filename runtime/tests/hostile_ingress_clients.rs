@@ -6,14 +6,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use axum::Router;
+use common::pki::Pki;
+use common::targets::{slow_target, wait_for_count};
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -398,39 +398,6 @@ async fn an_exhausted_body_budget_answers_503_and_memory_stays_bounded() {
     assert_eq!(status, 202);
 }
 
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "gridflow test CA");
-        let key = KeyPair::generate().unwrap();
-        let ca_pem = params.self_signed(&key).unwrap().pem();
-        Pki {
-            ca_pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server certificate and its key (PEM) for localhost.
-    fn server(&self) -> (String, String) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "gridflow");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 /// Writes the server certificate into `dir` and returns the `[http.tls]` section.
 fn tls_section(pki: &Pki, dir: &std::path::Path) -> String {
     let (cert, key) = pki.server();
@@ -484,27 +451,6 @@ async fn a_tls_handshake_that_never_comes_is_cut() {
     assert_eq!(answer.status(), StatusCode::ACCEPTED);
 }
 
-/// An HTTP sink target that answers `204` after `delay`, counting the requests it got.
-async fn slow_target(delay: Duration) -> (Arc<AtomicUsize>, String) {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&seen);
-    let app = Router::new().route(
-        "/hook",
-        axum::routing::post(move || {
-            let counter = Arc::clone(&counter);
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(delay).await;
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (seen, format!("http://{addr}/hook"))
-}
-
 /// On SIGTERM, a keep-alive client's new request gets `503` with `Retry-After` while a slow
 /// request in progress is answered `202`; then the process exits 0.
 async fn drains_with_a_keep_alive_client(tls: bool) {
@@ -554,12 +500,7 @@ async fn drains_with_a_keep_alive_client(tls: bool) {
         .build()
         .unwrap();
     let slow = tokio::spawn(send(&other, "/slow"));
-    for _ in 0..200 {
-        if seen.load(Ordering::SeqCst) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_count(&seen, 1).await;
     assert_eq!(
         seen.load(Ordering::SeqCst),
         1,
@@ -688,12 +629,7 @@ async fn a_reload_keeps_the_tls_keep_alive_clients_served() {
     );
     let other = tls_client();
     let in_progress = tokio::spawn(send(&other, "/slow"));
-    for _ in 0..200 {
-        if seen.load(Ordering::SeqCst) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_count(&seen, 1).await;
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     // Both pipelines change while a request is in progress.
     write_pipeline(

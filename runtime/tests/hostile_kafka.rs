@@ -21,6 +21,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mock_kafka::{mock_cluster, mock_committed, mock_engine, mock_read, mock_settings};
 use common::*;
 use rdkafka::Offset;
 
@@ -175,48 +176,6 @@ async fn a_panic_in_a_step_is_dead_lettered_and_the_partition_commits_on() {
     assert_eq!(seen, Some(10), "log:\n{}", gf.log_text());
 }
 
-/// The committed offset of `group` on partition 0 of `topic` of the mock cluster.
-fn mock_committed(
-    settings: &gridflow::kafka::KafkaSettings,
-    group: &str,
-    topic: &str,
-) -> Option<i64> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    let probe: StreamConsumer = settings.consumer_config(group).create().unwrap();
-    let mut query = rdkafka::TopicPartitionList::new();
-    query.add_partition(topic, 0);
-    let offsets = probe
-        .committed_offsets(query, Duration::from_secs(10))
-        .ok()?;
-    let offset = offsets
-        .elements_for_topic(topic)
-        .first()
-        .map(|e| e.offset());
-    drop(offsets);
-    match offset {
-        Some(Offset::Offset(o)) => Some(o),
-        _ => None,
-    }
-}
-
-/// Reads `topic` of the mock cluster from the start until `expected` records or `wait`.
-async fn mock_read(
-    settings: &gridflow::kafka::KafkaSettings,
-    topic: &str,
-    expected: usize,
-    wait: Duration,
-) -> Vec<Record> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    let reader: StreamConsumer = settings
-        .consumer_config(&unique("reader"))
-        .create()
-        .unwrap();
-    reader.subscribe(&[topic]).unwrap();
-    let out = read_records(&reader, Some(expected), wait).await;
-    close_consumer(reader).await;
-    out
-}
-
 /// The dead-letter topic refusing writes: librdkafka's mock cluster (in this process, with the
 /// engine as a library), because tansu 0.6.0 cannot do it: a topic deleted under a running
 /// idempotent producer made its storage panic (`idempotent_message_check`: "more or less than
@@ -226,21 +185,11 @@ async fn mock_read(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_topic_refusing_writes_commits_nothing_until_it_accepts_them() {
     use gridflow::config::pipeline::load_file;
-    use gridflow::config::EngineConfig;
-    use gridflow::engine::{Engine, EngineContext};
-    use gridflow::kafka::KafkaSettings;
     use gridflow::sources::HttpRoutes;
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::RDKafkaRespErr;
 
-    let cluster = MockCluster::new(1).unwrap();
-    for topic in ["in.v1", "out.v1", "dlq.v1"] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
-    let settings = KafkaSettings {
-        brokers: cluster.bootstrap_servers(),
-        ..KafkaSettings::default()
-    };
+    let cluster = mock_cluster(&["in.v1", "out.v1", "dlq.v1"]);
+    let settings = mock_settings(&cluster);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.toml");
     std::fs::write(
@@ -248,15 +197,7 @@ async fn a_dead_letter_topic_refusing_writes_commits_nothing_until_it_accepts_th
         "[source]\nkind='kafka'\ntopics=['in.v1']\ngroup='relay'\n[[steps]]\nkind='map'\nexpression='{id: id, seq: seq}'\n[sink]\nkind='kafka'\ntopic='out.v1'\n[on_error]\ndead_letter_topic='dlq.v1'\nmax_attempts=2\ninitial_backoff_ms=50\nmax_backoff_ms=200\n",
     )
     .unwrap();
-    let mut engine = Engine::new(EngineContext {
-        kafka: settings.clone(),
-        producers: settings.producers().unwrap(),
-        routes: Arc::new(HttpRoutes::default()),
-        dead_letters_dir: dir.path().join("dl"),
-        limits: EngineConfig::default(),
-        contracts: Default::default(),
-        tracer: None,
-    });
+    let mut engine = mock_engine(&settings, Arc::new(HttpRoutes::default()), dir.path());
     engine
         .start(load_file(&path, &|_| None).unwrap())
         .await

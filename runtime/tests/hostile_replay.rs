@@ -6,12 +6,11 @@
 mod common;
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::targets::raw_target;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn replay(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
     let mut all = vec!["replay"];
@@ -91,39 +90,6 @@ fn a_broker_that_never_answers_ends_the_replay_within_its_timeout() {
     assert!(stderr.contains("metadata"), "what it waited for: {stderr}");
 }
 
-/// A raw HTTP target: counts requests, answers `answer` (or never, when empty).
-async fn target(answer: &'static [u8]) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&count);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                if answer.is_empty() {
-                    tokio::time::sleep(Duration::from_secs(600)).await;
-                    return;
-                }
-                let _ = socket.write_all(answer).await;
-            });
-        }
-    });
-    (format!("http://{addr}"), count)
-}
-
 /// To an HTTP pipeline: a `302` is not a delivery and a hung request times out; both stop
 /// the replay at that record without committing it, and the next run sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,8 +136,9 @@ async fn a_replay_to_http_follows_no_redirect_and_times_out_without_committing()
         })
     };
 
-    let (redirecting, redirects) = target(
+    let (redirecting, redirects) = raw_target(
         b"HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        false,
     )
     .await;
     let (code, stdout, stderr) = run(redirecting, "10").await.unwrap();
@@ -186,7 +153,7 @@ async fn a_replay_to_http_follows_no_redirect_and_times_out_without_committing()
         "the Location is not called"
     );
 
-    let (hanging, hangs) = target(b"").await;
+    let (hanging, hangs) = raw_target(b"", true).await;
     let started = Instant::now();
     let (code, stdout, stderr) = run(hanging, "2").await.unwrap();
     assert_eq!(code, Some(1), "{stdout}{stderr}");
@@ -195,8 +162,11 @@ async fn a_replay_to_http_follows_no_redirect_and_times_out_without_committing()
     assert_eq!(hangs.load(Ordering::SeqCst), 1);
 
     // Nothing was committed: the next run sends the record.
-    let (ok, oks) =
-        target(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+    let (ok, oks) = raw_target(
+        b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        false,
+    )
+    .await;
     let (code, stdout, stderr) = run(ok, "10").await.unwrap();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("sent 1"), "{stdout}");

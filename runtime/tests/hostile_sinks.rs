@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::any;
 use axum::Router;
+use common::targets::raw_target;
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the target saw: `(method, path, body)` per request.
 #[derive(Default)]
@@ -112,44 +112,6 @@ async fn start_target(seen: Arc<Seen>) -> String {
     format!("http://{addr}")
 }
 
-/// A raw TCP target: reads each request's headers, then does `answer` with the socket.
-/// Counts the requests it read.
-async fn start_raw_target(answer: &'static [u8], hang: bool) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&count);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                if hang {
-                    // Holds the connection, never answers.
-                    tokio::time::sleep(Duration::from_secs(600)).await;
-                    return;
-                }
-                let _ = socket.write_all(answer).await;
-                let _ = socket.flush().await;
-                // Closes mid-answer.
-                drop(socket);
-            });
-        }
-    });
-    (format!("http://{addr}"), count)
-}
-
 /// The value of the sample `name{...}` whose labels contain every one of `with`.
 fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
     metrics
@@ -189,11 +151,11 @@ async fn send(gf: &Gridflow, name: &str, body: &str) -> reqwest::Response {
 async fn an_http_sink_never_counts_a_redirect_a_refusal_a_hang_or_a_cut_answer_as_delivered() {
     let seen = Arc::new(Seen::default());
     let base = start_target(Arc::clone(&seen)).await;
-    let (hang_url, hang_count) = start_raw_target(b"", true).await;
+    let (hang_url, hang_count) = raw_target(b"", true).await;
     // The status line cut in the middle, then the connection closed.
-    let (cut_url, cut_count) = start_raw_target(b"HTTP/1.1 20", false).await;
+    let (cut_url, cut_count) = raw_target(b"HTTP/1.1 20", false).await;
     // A 200 whose body is cut: the target's 2xx came; the record was accepted.
-    let (cut_body_url, _) = start_raw_target(
+    let (cut_body_url, _) = raw_target(
         b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\npart",
         false,
     )

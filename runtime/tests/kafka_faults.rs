@@ -4,18 +4,16 @@
 //! is acknowledged. Injected request errors (produce, fetch, offset commit) are retried and
 //! every record is delivered once, in order.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mock_kafka::{mock_cluster, mock_engine, mock_read, mock_settings};
 use gridflow::config::pipeline::load_file;
-use gridflow::config::EngineConfig;
-use gridflow::engine::{Engine, EngineContext};
 use gridflow::kafka::KafkaSettings;
 use gridflow::sources::HttpRoutes;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::Message;
 
 async fn serve(routes: Arc<HttpRoutes>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -28,33 +26,23 @@ async fn serve(routes: Arc<HttpRoutes>) -> String {
     format!("http://{addr}/in")
 }
 
-/// Reads `topic` from the start with a fresh group until `expected` records or `wait` passed.
+/// The payloads of `topic` from the start, until `expected` records or `wait` passed.
 async fn read_all(
     settings: &KafkaSettings,
     topic: &str,
     expected: usize,
     wait: Duration,
 ) -> Vec<Vec<u8>> {
-    let group = format!("reader-{topic}-{}", uuid::Uuid::new_v4());
-    let consumer: StreamConsumer = settings.consumer_config(&group).create().unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut out = Vec::new();
-    while out.len() < expected {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.payload().unwrap_or_default().to_vec()),
-            _ => break,
-        }
-    }
-    out
+    mock_read(settings, topic, expected, wait)
+        .await
+        .into_iter()
+        .map(|r| r.payload)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
-    let cluster = MockCluster::new(1).unwrap();
-    for topic in ["out.v1", "out.v1.dlq"] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+    let cluster = mock_cluster(&["out.v1", "out.v1.dlq"]);
     let mut properties = BTreeMap::new();
     properties.insert("message.timeout.ms".to_string(), "300".to_string());
     let settings = KafkaSettings {
@@ -70,15 +58,7 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
     )
     .unwrap();
     let routes = Arc::new(HttpRoutes::default());
-    let mut engine = Engine::new(EngineContext {
-        kafka: settings.clone(),
-        producers: settings.producers().unwrap(),
-        routes: Arc::clone(&routes),
-        dead_letters_dir: dir.path().join("dl"),
-        limits: EngineConfig::default(),
-        contracts: Default::default(),
-        tracer: None,
-    });
+    let mut engine = mock_engine(&settings, Arc::clone(&routes), dir.path());
     engine
         .start(load_file(&path, &|_| None).unwrap())
         .await
@@ -163,14 +143,8 @@ async fn broker_down_then_up_is_retried_and_delivered_down_for_good_is_503() {
 async fn injected_request_errors_are_retried_and_delivered_once() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-    let cluster = MockCluster::new(1).unwrap();
-    for topic in ["in.v1", "out.v1", "out.v1.dlq"] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
-    let settings = KafkaSettings {
-        brokers: cluster.bootstrap_servers(),
-        ..KafkaSettings::default()
-    };
+    let cluster = mock_cluster(&["in.v1", "out.v1", "out.v1.dlq"]);
+    let settings = mock_settings(&cluster);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.toml");
     std::fs::write(
@@ -178,15 +152,7 @@ async fn injected_request_errors_are_retried_and_delivered_once() {
         "[source]\nkind='kafka'\ntopics=['in.v1']\ngroup='relay'\n[sink]\nkind='kafka'\ntopic='out.v1'\n",
     )
     .unwrap();
-    let mut engine = Engine::new(EngineContext {
-        kafka: settings.clone(),
-        producers: settings.producers().unwrap(),
-        routes: Arc::new(HttpRoutes::default()),
-        dead_letters_dir: dir.path().join("dl"),
-        limits: EngineConfig::default(),
-        contracts: Default::default(),
-        tracer: None,
-    });
+    let mut engine = mock_engine(&settings, Arc::new(HttpRoutes::default()), dir.path());
 
     let producer: gridflow::kafka::Producer = settings.producer().unwrap();
     for n in 0..20 {

@@ -3,48 +3,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-
-use axum::Router;
+use common::targets::{slow_target, wait_for_count};
 use common::*;
-
-/// An HTTP sink target that answers `204` after `delay`, counting the requests it got.
-async fn slow_target(delay: Duration) -> (Arc<AtomicUsize>, String) {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&seen);
-    let app = Router::new().route(
-        "/hook",
-        axum::routing::post(move || {
-            let counter = Arc::clone(&counter);
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(delay).await;
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (seen, format!("http://{addr}/hook"))
-}
 
 fn pipeline(url: &str) -> String {
     format!("[source]\nkind='http'\npath='/in'\n[sink]\nkind='http'\nurl='{url}'\n[on_error]\nmax_attempts=1\n")
-}
-
-async fn wait_for_count(seen: &AtomicUsize, n: usize) {
-    for _ in 0..200 {
-        if seen.load(Ordering::SeqCst) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the target never got the message");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -744,6 +744,22 @@ async fn keep_checkpoint(
 }
 
 impl FileSource {
+    /// The rejection of a file for its line `(number, start, length)` over `max_line_bytes`,
+    /// with `at` the checkpoint it got to.
+    fn line_too_long(
+        &self,
+        (number, start, length): (usize, u64, u64),
+        at: &Checkpoint,
+    ) -> Disposition {
+        Disposition::Rejected(Rejection::line_too_long(
+            number,
+            start,
+            length,
+            self.config.max_line_bytes,
+            at,
+        ))
+    }
+
     /// Processes one file from its checkpoint; returns where it goes.
     async fn process(
         &self,
@@ -758,7 +774,7 @@ impl FileSource {
         if ndjson {
             // Every line is checked before the first is sent: a file over the line cap is
             // not sent at all.
-            if let Some((number, start, length)) = first_long_line(
+            if let Some(long) = first_long_line(
                 path,
                 checkpoint.offset,
                 checkpoint.line,
@@ -766,13 +782,7 @@ impl FileSource {
             )
             .await?
             {
-                return Ok(Disposition::Rejected(Rejection::line_too_long(
-                    number,
-                    start,
-                    length,
-                    self.config.max_line_bytes,
-                    &checkpoint,
-                )));
+                return Ok(self.line_too_long(long, &checkpoint));
             }
         } else if identity.size > self.config.max_file_bytes {
             return Ok(Disposition::Rejected(Rejection::file_too_large(
@@ -885,14 +895,8 @@ impl FileSource {
             checkpoint = progress.checkpoint(&checkpoint);
         }
 
-        if let Some((number, start, length)) = rejected {
-            return Ok(Disposition::Rejected(Rejection::line_too_long(
-                number,
-                start,
-                length,
-                self.config.max_line_bytes,
-                &checkpoint,
-            )));
+        if let Some(long) = rejected {
+            return Ok(self.line_too_long(long, &checkpoint));
         }
         let failure = progress.lock().failure.clone();
         if let Some(error) = failure {
@@ -1124,6 +1128,18 @@ mod tests {
         }
     }
 
+    /// A sink's refusal, as the outcome of a record that failed or was dead-lettered.
+    fn refused() -> crate::error::Failure {
+        crate::error::Failure {
+            step: "sink".into(),
+            code: crate::error::ErrorCode::SinkRejected,
+            message: "no".into(),
+            attempts: 1,
+            details: None,
+            retry_after: None,
+        }
+    }
+
     /// Takes every input in and settles it at once, keeping (line, body): delivered, or
     /// dead-lettered / failed for the bodies given.
     #[derive(Default)]
@@ -1143,18 +1159,10 @@ mod tests {
                 panic!("raw bytes expected")
             };
             self.got.lock().unwrap().push((line, body.to_vec()));
-            let failure = || crate::error::Failure {
-                step: "sink".into(),
-                code: crate::error::ErrorCode::SinkRejected,
-                message: "no".into(),
-                attempts: 1,
-                details: None,
-                retry_after: None,
-            };
             if self.dead.contains(&&body[..]) {
-                message.ack.dead_lettered(failure());
+                message.ack.dead_lettered(refused());
             } else if self.fail.contains(&&body[..]) {
-                message.ack.failed(failure());
+                message.ack.failed(refused());
             } else {
                 message.ack.delivered();
             }
@@ -1261,40 +1269,34 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let downstream: Arc<dyn Downstream> = recorder.clone();
         let stop = CancellationToken::new();
-
-        let big = dir.path().join("big.json");
-        std::fs::write(&big, "{\"a\":\"0123456789\"}").unwrap();
-        let Disposition::Rejected(r) = source.process(&big, &downstream, &stop).await.unwrap()
-        else {
-            panic!()
+        // Writes `text` as the file `name` and processes it.
+        let process = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let (source, downstream, stop) = (&source, &downstream, &stop);
+            async move { source.process(&path, downstream, stop).await.unwrap() }
         };
+        let rejected = |d: Disposition| match d {
+            Disposition::Rejected(r) => r,
+            other => panic!("{other:?}"),
+        };
+
+        let r = rejected(process("big.json", "{\"a\":\"0123456789\"}").await);
         assert_eq!(
             (r.reason, r.limit, r.size),
             ("max_file_bytes", 10, Some(18))
         );
 
-        let long = dir.path().join("long.ndjson");
-        std::fs::write(&long, "{\"a\":1}\n\n{\"a\":1234}\n{}\n").unwrap();
-        let Disposition::Rejected(r) = source.process(&long, &downstream, &stop).await.unwrap()
-        else {
-            panic!()
-        };
+        let r = rejected(process("long.ndjson", "{\"a\":1}\n\n{\"a\":1234}\n{}\n").await);
         assert_eq!(
             (r.reason, r.limit, r.size, r.line, r.offset),
             ("max_line_bytes", 8, Some(10), Some(3), Some(9))
         );
         // The last line, without a line break, too.
-        let tail = dir.path().join("tail.ndjson");
-        std::fs::write(&tail, "{}\n\n0123456789").unwrap();
-        let Disposition::Rejected(r) = source.process(&tail, &downstream, &stop).await.unwrap()
-        else {
-            panic!()
-        };
+        let r = rejected(process("tail.ndjson", "{}\n\n0123456789").await);
         assert_eq!((r.size, r.line, r.offset), (Some(10), Some(3), Some(4)));
         // A file of exactly the caps passes.
-        let fits = dir.path().join("fits.ndjson");
-        std::fs::write(&fits, "{\"a\":12}\n{\"b\":34}").unwrap();
-        let d = source.process(&fits, &downstream, &stop).await.unwrap();
+        let d = process("fits.ndjson", "{\"a\":12}\n{\"b\":34}").await;
         assert!(matches!(d, Disposition::Done), "{d:?}");
         assert_eq!(recorder.take().len(), 2, "only the file that fits was sent");
     }
@@ -1382,16 +1384,8 @@ mod tests {
         assert_eq!(at(&p), (0, 0));
         p.settle(0, 10, 1, Some(&delivered));
         assert_eq!(at(&p), (20, 2));
-        let failure = crate::error::Failure {
-            step: "sink".into(),
-            code: crate::error::ErrorCode::SinkRejected,
-            message: "no".into(),
-            attempts: 1,
-            details: None,
-            retry_after: None,
-        };
         p.settle(4, 50, 5, Some(&delivered));
-        p.settle(3, 40, 4, Some(&Outcome::Failed(failure)));
+        p.settle(3, 40, 4, Some(&Outcome::Failed(refused())));
         p.settle(2, 30, 3, None);
         let s = p.lock();
         assert_eq!((s.offset, s.line, s.settled), (30, 3, 5));

@@ -5,6 +5,10 @@
 //! pipelines do.
 #![allow(dead_code)]
 
+pub mod mock_kafka;
+pub mod pki;
+pub mod targets;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
