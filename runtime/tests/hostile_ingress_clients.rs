@@ -751,11 +751,35 @@ async fn soap_bodies_share_the_same_budget() {
             .body(body)
             .send()
     };
-    let refused = send(envelope(5000)).await.unwrap();
+    // A body larger than the whole budget could never fit: too large, not "retry later".
+    let too_large = send(envelope(5000)).await.unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(too_large.headers().get("retry-after").is_none());
+    assert!(too_large.text().await.unwrap().contains("Fault"));
+    // A request whose declared body holds 1500 of the 2000 bytes (and sends none of it)...
+    let mut held = TcpStream::connect(gf.http_addr()).await.unwrap();
+    held.write_all(
+        b"POST /soap/lookup HTTP/1.1\r\nhost: gridflow\r\ncontent-type: text/xml\r\nsoapaction: \"urn:Lookup\"\r\ncontent-length: 1500\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...leaves no room for a SOAP body of 1200: 503 fault with Retry-After.
+    let refused = send(envelope(1000)).await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().get("retry-after").is_some());
     assert!(refused.text().await.unwrap().contains("Fault"));
-    let served = send(envelope(10)).await.unwrap();
-    assert_eq!(served.status(), StatusCode::OK);
-    assert!(served.text().await.unwrap().contains("m-1"));
+    // Its client gone, its share is given back: served.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = send(envelope(1000)).await.unwrap();
+        if answer.status() == StatusCode::OK {
+            assert!(answer.text().await.unwrap().contains("m-1"));
+            break;
+        }
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

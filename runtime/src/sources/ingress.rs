@@ -163,7 +163,8 @@ impl BodyError {
     }
 }
 
-/// Reads the body of `request` (at most `max` bytes) under the listener's limits, if any;
+/// Reads the body of `request` (at most `max` bytes, and at most the listener's whole body
+/// budget) under the listener's limits, if any;
 /// returns the request's head, its body and the lease to hold until the request is answered.
 pub async fn read_body(
     request: Request,
@@ -171,6 +172,9 @@ pub async fn read_body(
 ) -> Result<(Parts, Bytes, BodyLease), BodyError> {
     let (parts, body) = request.into_parts();
     let limits = parts.extensions.get::<Arc<IngressBodies>>().cloned();
+    // A body larger than the whole budget never fits, however long the client waits: it is
+    // too large (`413`), not refused for now (`503` with a `Retry-After` obeyed for ever).
+    let max = limits.as_ref().map_or(max, |limits| max.min(limits.budget));
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -274,6 +278,31 @@ mod tests {
         assert_eq!(limits.leased(), 0);
         let too_large = read_body(chunked(&limits, vec![b"0123456789ab"], false), 4).await;
         assert_eq!(too_large.unwrap_err(), BodyError::TooLarge(4));
+    }
+
+    /// A body larger than the whole budget can never fit: `413`, not `503` with a
+    /// `Retry-After` that a client would obey for ever.
+    #[tokio::test]
+    async fn a_body_larger_than_the_whole_budget_is_too_large_not_retried() {
+        let limits = IngressBodies::new(Duration::from_secs(5), 10);
+        let mut declared = Request::new(Body::from(vec![b'x'; 20]));
+        declared
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(20));
+        declared.extensions_mut().insert(Arc::clone(&limits));
+        let refused = read_body(declared, 100).await;
+        assert_eq!(refused.unwrap_err(), BodyError::TooLarge(10));
+        let chunks = chunked(&limits, vec![b"0123456", b"789ab"], false);
+        assert_eq!(
+            read_body(chunks, 100).await.unwrap_err(),
+            BodyError::TooLarge(10)
+        );
+        assert_eq!(limits.leased(), 0);
+        // Whatever fits the budget is read as before.
+        let fits = read_body(chunked(&limits, vec![b"0123456789"], false), 100)
+            .await
+            .unwrap();
+        assert_eq!(fits.1.len(), 10);
     }
 
     #[tokio::test]
