@@ -783,3 +783,44 @@ async fn soap_bodies_share_the_same_budget() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The admin listener (open to every network for probes and scrapes) holds its clients to
+/// the same header and idle limits: a client that stops mid-headers is cut, and one holding
+/// a half-sent request does not keep gridflow from stopping. (Served by `axum::serve`, it
+/// had no timeout at all: such a connection stayed open for ever, and its graceful shutdown
+/// waited for it for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_cuts_slow_clients_and_does_not_hold_the_stop() {
+    let (_dir, mut gf) = start("header_read_timeout_ms = 1000\nidle_timeout_ms = 30000\n");
+    let mut slow = TcpStream::connect(gf.admin_addr()).await.unwrap();
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nhost: gridflow\r\nx-sl")
+        .await
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(6)).await;
+    assert!(
+        closed,
+        "a client that stopped mid-headers still holds its admin connection"
+    );
+    // Probes, scrapes and the guard (peer address: loopback) still work.
+    assert!(gf.is_ready().await);
+    let reload = http()
+        .post(gf.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reload.status().is_success(), "{}", reload.status());
+    // A half-sent request while gridflow stops: it exits all the same.
+    let mut held = TcpStream::connect(gf.admin_addr()).await.unwrap();
+    held.write_all(b"POST /admin/reload HTTP/1.1\r\nhost: gridflow\r\nx-sl")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gf.terminate();
+    let exited = gf.wait_exit_async(Duration::from_secs(20)).await;
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "gridflow did not stop while an admin client held a half-sent request: {exited:?}\n{}",
+        gf.log_text()
+    );
+    drop(held);
+}
