@@ -824,3 +824,60 @@ async fn the_admin_listener_cuts_slow_clients_and_does_not_hold_the_stop() {
     );
     drop(held);
 }
+
+/// A body's share of the budget is held while its message is in its pipeline, also when its
+/// client goes away before the answer: else a client that sends a body and leaves at once
+/// frees its share while the body still sits in memory (its sink slow or down), and bodies
+/// pile up past `max_buffered_body_bytes` without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_keeps_its_budget_share_in_its_pipeline_when_its_client_leaves() {
+    let (seen, url) = slow_target(Duration::from_secs(4)).await;
+    let dir = test_dir();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[http]\nmax_buffered_body_bytes = 2000\n",
+    )
+    .unwrap();
+    write_pipeline(
+        dir.path(),
+        "slow.toml",
+        &format!("[source]\nkind='http'\npath='/in'\n[sink]\nkind='http'\nurl='{url}'\n[on_error]\nmax_attempts=1\n"),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(1500));
+    let mut first = TcpStream::connect(gf.http_addr()).await.unwrap();
+    first
+        .write_all(format!("{}{body}", request_head(body.len())).as_bytes())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first body never reached its sink"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its client leaves while the body is at its (slow) sink.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = TcpStream::connect(gf.http_addr()).await.unwrap();
+    let (status, head, _) = exchange(&mut second, &body).await.expect("an answer");
+    assert_eq!(
+        status, 503,
+        "a second body was let in while the first still holds its share in its pipeline"
+    );
+    assert!(head.contains("retry-after"), "{head}");
+    // Once the first is delivered, its share comes back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut next = TcpStream::connect(gf.http_addr()).await.unwrap();
+        let (status, _, _) = exchange(&mut next, &body).await.expect("an answer");
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -88,6 +88,55 @@ impl Drop for BodyLease {
     }
 }
 
+/// A body's share of the budget and the outcome of its input: the share is given back when
+/// the outcome comes (the pipeline is done with the body), also when the request is dropped
+/// before (its client went away): a task then holds the share until the outcome.
+pub struct HeldBody {
+    lease: Option<BodyLease>,
+    outcome: Option<tokio::sync::oneshot::Receiver<crate::ack::Outcome>>,
+}
+
+impl HeldBody {
+    /// Holds `lease` until `outcome`.
+    pub fn new(
+        lease: BodyLease,
+        outcome: tokio::sync::oneshot::Receiver<crate::ack::Outcome>,
+    ) -> HeldBody {
+        HeldBody {
+            lease: Some(lease),
+            outcome: Some(outcome),
+        }
+    }
+
+    /// The outcome of the input (`Err`: its acknowledgement was lost); the share is given
+    /// back.
+    pub async fn outcome(
+        mut self,
+    ) -> Result<crate::ack::Outcome, tokio::sync::oneshot::error::RecvError> {
+        let outcome = self.outcome.as_mut().expect("taken only here or on drop");
+        let settled = outcome.await;
+        self.outcome = None;
+        settled
+    }
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        // Dropped before the outcome (the request was dropped): the body may still be in its
+        // pipeline, so its share is kept until the outcome comes.
+        if let (Some(outcome), Some(lease)) = (self.outcome.take(), self.lease.take()) {
+            if lease.bytes > 0 {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = outcome.await;
+                        drop(lease);
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Why a body was not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
@@ -313,6 +362,39 @@ mod tests {
             matches!(stalled, Err(BodyError::TimedOut(_))),
             "{stalled:?}"
         );
+        assert_eq!(limits.leased(), 0);
+    }
+
+    /// A request dropped before its input is settled (its client left) keeps the body's share
+    /// until the outcome comes; one answered gives it back with the answer.
+    #[tokio::test]
+    async fn a_held_body_keeps_its_share_until_its_outcome() {
+        let limits = IngressBodies::new(Duration::from_secs(1), 100);
+        let mut lease = BodyLease::default();
+        limits.grow(&mut lease, 60).unwrap();
+        let (ack, outcome) = crate::ack::Ack::channel();
+        drop(HeldBody::new(lease, outcome));
+        tokio::task::yield_now().await;
+        assert_eq!(
+            limits.leased(),
+            60,
+            "given back while the body is in its pipeline"
+        );
+        ack.delivered();
+        for _ in 0..100 {
+            if limits.leased() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(limits.leased(), 0);
+
+        let mut lease = BodyLease::default();
+        limits.grow(&mut lease, 60).unwrap();
+        let (ack, outcome) = crate::ack::Ack::channel();
+        ack.delivered();
+        let held = HeldBody::new(lease, outcome);
+        assert!(held.outcome().await.is_ok());
         assert_eq!(limits.leased(), 0);
     }
 
