@@ -337,8 +337,12 @@ async fn connection(
                 },
                 _ = shared.drain.cancelled() => return,
             };
-            let subject = crate::tls::peer_subject(&stream);
-            let app = crate::tls::guard(shared.app.clone(), Arc::clone(&tls.access), subject, peer);
+            let client = crate::tls::Peer {
+                addr: peer,
+                subject: crate::tls::peer_subject(&stream),
+                chain: crate::tls::peer_chain(&stream),
+            };
+            let app = crate::tls::guard(shared.app.clone(), Arc::clone(&tls.access), client);
             // The header timeout starts after the handshake.
             state.restart();
             serve_connection(&shared, TokioIo::new(stream), peer, state, app).await
