@@ -890,16 +890,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Duration::from_millis(config.engine.drain_timeout_ms),
         ))
     };
-    let admin_server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        let app =
-            admin::router(admin_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        async move {
-            axum::serve(admin, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
-    });
+    // The admin listener is held to the ingress' header, idle and connection limits: a client
+    // of the port open to probes cannot hold a connection (nor the stop) for ever.
+    let admin_server = tokio::spawn(crate::listener::serve_admin(
+        admin,
+        admin::router(admin_state.clone()),
+        crate::listener::IngressLimits::from_config(&config.http),
+        shutdown.clone(),
+        Duration::from_millis(config.engine.drain_timeout_ms),
+    ));
     tracing::info!(pipelines = started, failed, "Gridflow started.");
 
     wait_for_signal().await;

@@ -23,6 +23,11 @@
 //! is answered `503` with `Retry-After` and `Connection: close`; requests in progress are
 //! answered (their pipelines still run) with `Connection: close`; when none is left, every
 //! connection is closed. The drain is bounded by `[engine] drain_timeout_ms`.
+//!
+//! The admin listener ([`serve_admin`]) is served the same way, with the same header, idle
+//! and connection limits (a count of its own), so that a client of the port open to probes
+//! and scrapes cannot hold a connection for ever either; its events are logged with
+//! `listener = "admin"` and left out of the ingress metrics.
 
 use std::convert::Infallible;
 use std::io;
@@ -96,8 +101,30 @@ pub struct Tls {
     pub access: Arc<crate::tls::ClientAccess>,
 }
 
+/// Which listener is served: logged with each event; only the ingress is counted in the
+/// `gridflow_http_*` metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Ingress,
+    Admin,
+}
+
+impl Listener {
+    fn name(self) -> &'static str {
+        match self {
+            Listener::Ingress => "ingress",
+            Listener::Admin => "admin",
+        }
+    }
+
+    fn metered(self) -> bool {
+        self == Listener::Ingress
+    }
+}
+
 /// What every connection of one listener shares.
 struct Shared {
+    listener: Listener,
     app: Router,
     tls: Option<Tls>,
     limits: IngressLimits,
@@ -115,11 +142,15 @@ struct Shared {
 impl Shared {
     /// Counts a timeout of `kind` and logs it (an idle connection closed is routine: debug).
     fn timed_out(&self, kind: &'static str, peer: SocketAddr) {
-        crate::metrics::http_timeout(kind);
+        if self.listener.metered() {
+            crate::metrics::http_timeout(kind);
+        }
+        let listener = self.listener.name();
         if kind == "idle" {
-            tracing::debug!(peer = %peer, kind, "Idle HTTP connection closed.");
+            tracing::debug!(listener, peer = %peer, kind, "Idle HTTP connection closed.");
         } else if let Some(held_back) = self.timeouts_log.allow() {
             tracing::info!(
+                listener,
                 peer = %peer,
                 kind,
                 held_back,
@@ -139,6 +170,51 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) {
+    serve_as(
+        Listener::Ingress,
+        tcp,
+        tls,
+        app,
+        limits,
+        shutdown,
+        drain_timeout,
+    )
+    .await
+}
+
+/// Serves the admin router `app` on `tcp` under the header, idle and connection limits of
+/// `limits` until `shutdown`, then drains like the ingress (see the module documentation).
+/// Each request carries the client's address (`ConnectInfo<SocketAddr>`) for the admin
+/// guard.
+pub async fn serve_admin(
+    tcp: TcpListener,
+    app: Router,
+    limits: IngressLimits,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
+    serve_as(
+        Listener::Admin,
+        tcp,
+        None,
+        app,
+        limits,
+        shutdown,
+        drain_timeout,
+    )
+    .await
+}
+
+async fn serve_as(
+    listener: Listener,
+    tcp: TcpListener,
+    tls: Option<Tls>,
+    app: Router,
+    limits: IngressLimits,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let name = listener.name();
     let mut http1 = hyper::server::conn::http1::Builder::new();
     // Header and idle timeouts are the watchdog's (module documentation).
     // Headers of at most 64 KiB (larger: 431); it bounds each connection's read buffer too.
@@ -147,9 +223,12 @@ pub async fn serve(
         .header_read_timeout(None)
         .max_header_size(64 * 1024)
         .max_buf_size(64 * 1024);
-    crate::metrics::ingress_started();
+    if listener.metered() {
+        crate::metrics::ingress_started();
+    }
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let shared = Arc::new(Shared {
+        listener,
         app,
         tls,
         limits,
@@ -171,7 +250,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors, mostly: let some connections end first.
                     if let Some(held_back) = accept_errors.allow() {
-                        tracing::warn!(error = %e, held_back, "HTTP listener accept failed.");
+                        tracing::warn!(listener = name, error = %e, held_back, "HTTP listener accept failed.");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -180,9 +259,12 @@ pub async fn serve(
         };
         while tasks.try_join_next().is_some() {}
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            crate::metrics::http_connection_rejected("max_connections");
+            if listener.metered() {
+                crate::metrics::http_connection_rejected("max_connections");
+            }
             if let Some(held_back) = refusals.allow() {
                 tracing::warn!(
+                    listener = name,
                     peer = %peer,
                     max_connections = shared.limits.max_connections,
                     held_back,
@@ -200,6 +282,7 @@ pub async fn serve(
     let open = tasks.len();
     if open > 0 {
         tracing::info!(
+            listener = name,
             connections = open,
             "HTTP listener draining: requests in progress are answered, new ones get 503."
         );
@@ -210,6 +293,7 @@ pub async fn serve(
     .await;
     if drained.is_err() {
         tracing::warn!(
+            listener = name,
             connections = tasks.len(),
             drain_timeout_ms = drain_timeout.as_millis() as u64,
             "HTTP listener drain timed out; the remaining connections are closed."
@@ -225,7 +309,10 @@ async fn connection(
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _open = crate::metrics::OpenConnection::opened();
+    let _open = shared
+        .listener
+        .metered()
+        .then(crate::metrics::OpenConnection::opened);
     let state = Arc::new(ConnState::new());
     let io = Activity {
         inner: stream,
@@ -250,8 +337,12 @@ async fn connection(
                 },
                 _ = shared.drain.cancelled() => return,
             };
-            let subject = crate::tls::peer_subject(&stream);
-            let app = crate::tls::guard(shared.app.clone(), Arc::clone(&tls.access), subject, peer);
+            let client = crate::tls::Peer {
+                addr: peer,
+                subject: crate::tls::peer_subject(&stream),
+                chain: crate::tls::peer_chain(&stream),
+            };
+            let app = crate::tls::guard(shared.app.clone(), Arc::clone(&tls.access), client);
             // The header timeout starts after the handshake.
             state.restart();
             serve_connection(&shared, TokioIo::new(stream), peer, state, app).await
@@ -326,7 +417,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         let progress = InProgress::enter(&self.shared, &self.state);
         if self.shared.drain.is_cancelled() {
-            crate::metrics::http_request_rejected("draining");
+            if self.shared.listener.metered() {
+                crate::metrics::http_request_rejected("draining");
+            }
             return futures::future::ready(Ok(draining())).boxed();
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
@@ -56,6 +56,10 @@ pub struct ClientAccess {
     config: TlsConfig,
     subjects: ArcSwap<Vec<String>>,
     verifier: Option<Arc<ReloadingVerifier>>,
+    /// Bumped each time a new client CA is applied: a connection whose certificate was
+    /// verified under an earlier one is verified again, against the new CA, on its next
+    /// request.
+    ca_generation: AtomicU64,
     /// SHA-256 of the last content seen of the CA file and of the subjects file (valid or
     /// not), so that a change is applied, or reported, once.
     seen: Mutex<[Option<[u8; 32]>; 2]>,
@@ -94,6 +98,38 @@ fn parse_subjects(text: &str, path: &std::path::Path) -> Result<Vec<String>, Str
 }
 
 impl ClientAccess {
+    /// The client CA in force now (see [`ClientAccess::still_trusted`]).
+    pub fn ca_generation(&self) -> u64 {
+        self.ca_generation.load(Ordering::SeqCst)
+    }
+
+    /// True when the client certificate `chain` (end entity first) of a connection is
+    /// trusted by the client CA in force. `verified` is the CA generation it was last
+    /// verified under here ([`NOT_VERIFIED`] at first): it is verified at the connection's
+    /// first request (a resumed TLS session skips the handshake's verification) and again
+    /// whenever a new CA was applied since, so a certificate of a replaced CA is refused on
+    /// the connection it already holds, not only at its next full handshake.
+    pub fn still_trusted(&self, chain: &[CertificateDer<'static>], verified: &AtomicU64) -> bool {
+        let Some(verifier) = &self.verifier else {
+            return true;
+        };
+        let now = self.ca_generation();
+        if verified.load(Ordering::SeqCst) == now {
+            return true;
+        }
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let trusted = verifier
+            .current()
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .is_ok();
+        if trusted {
+            verified.store(now, Ordering::SeqCst);
+        }
+        trusted
+    }
+
     /// True when a client certificate of `subject` may send requests.
     pub fn allows(&self, subject: Option<&str>) -> bool {
         let subjects = self.subjects.load();
@@ -152,6 +188,7 @@ impl ClientAccess {
                 match (&self.verifier, client_verifier(&bytes, path)) {
                     (Some(verifier), Ok(new)) => {
                         *verifier.inner.write().unwrap_or_else(|e| e.into_inner()) = new;
+                        self.ca_generation.fetch_add(1, Ordering::SeqCst);
                         Ok(())
                     }
                     (_, Err(e)) => Err(e),
@@ -337,6 +374,7 @@ pub fn acceptor_with_access(
         config: config.clone(),
         subjects: ArcSwap::from_pointee(Vec::new()),
         verifier,
+        ca_generation: AtomicU64::new(0),
         seen: Mutex::new([None, None]),
         failing: [AtomicBool::new(false), AtomicBool::new(false)],
     };
@@ -369,20 +407,47 @@ pub fn peer_subject<S>(stream: &tokio_rustls::server::TlsStream<S>) -> Option<St
         .and_then(|cert| subject(cert.as_ref()))
 }
 
-/// `app` for one TLS connection whose client presented `subject`: the allow-list is checked
-/// on every request, not once per connection, so a subject removed from the allow-list is
-/// refused (`403` problem+json) on a keep-alive connection it already holds.
-pub fn guard(
-    app: Router,
-    access: Arc<ClientAccess>,
-    subject: Option<String>,
-    peer: SocketAddr,
-) -> Router {
+/// The client certificate chain a TLS connection presented (end entity first; empty: none).
+pub fn peer_chain<S>(stream: &tokio_rustls::server::TlsStream<S>) -> Vec<CertificateDer<'static>> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The CA generation of a connection not yet verified by [`ClientAccess::still_trusted`].
+pub const NOT_VERIFIED: u64 = u64::MAX;
+
+/// The client of one TLS connection: its certificate's subject and chain.
+pub struct Peer {
+    /// Its address, for logs.
+    pub addr: SocketAddr,
+    /// The subject of its certificate.
+    pub subject: Option<String>,
+    /// Its certificate chain, end entity first.
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+/// `app` for one TLS connection of `peer`: the allow-list and the client CA are checked on
+/// every request, not once per connection, so a subject removed from the allow-list, or a
+/// certificate of a client CA that was replaced, is refused (`403` problem+json) on a
+/// keep-alive connection it already holds.
+pub fn guard(app: Router, access: Arc<ClientAccess>, peer: Peer) -> Router {
+    let Peer {
+        addr: peer,
+        subject,
+        chain,
+    } = peer;
+    let chain = Arc::new(chain);
+    let verified = Arc::new(AtomicU64::new(NOT_VERIFIED));
     app.layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
             let (access, subject) = (Arc::clone(&access), subject.clone());
+            let (chain, verified) = (Arc::clone(&chain), Arc::clone(&verified));
             async move {
-                if access.allows(subject.as_deref()) {
+                if access.allows(subject.as_deref()) && access.still_trusted(&chain, &verified) {
                     return next.run(request).await;
                 }
                 tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
@@ -439,6 +504,54 @@ mod tests {
             Ok(_) => panic!("the acceptor was built"),
             Err(e) => e,
         }
+    }
+
+    /// A CA and a client certificate it signed (DER).
+    fn ca_and_client() -> (String, CertificateDer<'static>) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "CA");
+        let key = KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        let issuer = Issuer::new(params, key);
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "partner-a");
+        let client_key = KeyPair::generate().unwrap();
+        let cert = client.signed_by(&client_key, &issuer).unwrap();
+        (ca_pem, cert.der().clone())
+    }
+
+    /// A connection's certificate is verified against the CA in force at its first request
+    /// (a resumed TLS session skips the handshake's verification) and again after a new CA
+    /// is applied: one the new CA did not sign is refused on the connection it holds.
+    #[test]
+    fn a_connection_is_verified_again_when_the_client_ca_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_pem, key_pem) = self_signed();
+        let cert = write(dir.path(), "server.pem", &cert_pem);
+        let key = write(dir.path(), "server.key", &key_pem);
+        let (ca_pem, client) = ca_and_client();
+        let (other_ca_pem, other_client) = ca_and_client();
+        let ca = write(dir.path(), "ca.pem", &ca_pem);
+        let (_, access) = acceptor_with_access(&config(cert, key, Some(ca.clone()))).unwrap();
+
+        let held = AtomicU64::new(NOT_VERIFIED);
+        assert!(access.still_trusted(std::slice::from_ref(&client), &held));
+        assert_eq!(held.load(Ordering::SeqCst), access.ca_generation());
+        // Never signed by the CA (a session resumed from before): refused at once.
+        let stranger = AtomicU64::new(NOT_VERIFIED);
+        assert!(!access.still_trusted(std::slice::from_ref(&other_client), &stranger));
+        assert!(!access.still_trusted(&[], &AtomicU64::new(NOT_VERIFIED)));
+
+        // The CA is replaced: the held connection's certificate is refused, the new CA's let in.
+        std::fs::write(&ca, &other_ca_pem).unwrap();
+        let outcomes = access.reload();
+        assert_eq!(outcomes, vec![("tls_client_ca", Check::Applied)]);
+        assert!(!access.still_trusted(std::slice::from_ref(&client), &held));
+        assert!(access.still_trusted(std::slice::from_ref(&other_client), &stranger));
     }
 
     #[test]

@@ -621,4 +621,12 @@ async fn mtls_allow_list_and_client_ca_rotate_without_a_restart() {
     );
     assert_eq!(tls_status(&tls_client(&pki.ca_pem, &old_b), &url).await, 0);
     assert!(gf.wait_for_log("TLS client access reloaded.", Duration::from_secs(1)));
+    // Nor is the old CA's certificate let in on the keep-alive connection it opened before
+    // the change (a CA is replaced when its key leaks: a client that kept its connection
+    // busy was let in for ever).
+    assert_eq!(
+        tls_status(&b, &url).await,
+        403,
+        "a certificate of the replaced CA is still let in on its open connection"
+    );
 }

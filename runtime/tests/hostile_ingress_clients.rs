@@ -687,11 +687,133 @@ async fn soap_bodies_share_the_same_budget() {
             .body(body)
             .send()
     };
-    let refused = send(envelope(5000)).await.unwrap();
+    // A body larger than the whole budget could never fit: too large, not "retry later".
+    let too_large = send(envelope(5000)).await.unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(too_large.headers().get("retry-after").is_none());
+    assert!(too_large.text().await.unwrap().contains("Fault"));
+    // A request whose declared body holds 1500 of the 2000 bytes (and sends none of it)...
+    let mut held = TcpStream::connect(gf.http_addr()).await.unwrap();
+    held.write_all(
+        b"POST /soap/lookup HTTP/1.1\r\nhost: gridflow\r\ncontent-type: text/xml\r\nsoapaction: \"urn:Lookup\"\r\ncontent-length: 1500\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...leaves no room for a SOAP body of 1200: 503 fault with Retry-After.
+    let refused = send(envelope(1000)).await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().get("retry-after").is_some());
     assert!(refused.text().await.unwrap().contains("Fault"));
-    let served = send(envelope(10)).await.unwrap();
-    assert_eq!(served.status(), StatusCode::OK);
-    assert!(served.text().await.unwrap().contains("m-1"));
+    // Its client gone, its share is given back: served.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = send(envelope(1000)).await.unwrap();
+        if answer.status() == StatusCode::OK {
+            assert!(answer.text().await.unwrap().contains("m-1"));
+            break;
+        }
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The admin listener (open to every network for probes and scrapes) holds its clients to
+/// the same header and idle limits: a client that stops mid-headers is cut, and one holding
+/// a half-sent request does not keep gridflow from stopping. (Served by `axum::serve`, it
+/// had no timeout at all: such a connection stayed open for ever, and its graceful shutdown
+/// waited for it for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_cuts_slow_clients_and_does_not_hold_the_stop() {
+    let (_dir, mut gf) = start("header_read_timeout_ms = 1000\nidle_timeout_ms = 30000\n");
+    let mut slow = TcpStream::connect(gf.admin_addr()).await.unwrap();
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nhost: gridflow\r\nx-sl")
+        .await
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(6)).await;
+    assert!(
+        closed,
+        "a client that stopped mid-headers still holds its admin connection"
+    );
+    // Probes, scrapes and the guard (peer address: loopback) still work.
+    assert!(gf.is_ready().await);
+    let reload = http()
+        .post(gf.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reload.status().is_success(), "{}", reload.status());
+    // A half-sent request while gridflow stops: it exits all the same.
+    let mut held = TcpStream::connect(gf.admin_addr()).await.unwrap();
+    held.write_all(b"POST /admin/reload HTTP/1.1\r\nhost: gridflow\r\nx-sl")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gf.terminate();
+    let exited = gf.wait_exit_async(Duration::from_secs(20)).await;
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "gridflow did not stop while an admin client held a half-sent request: {exited:?}\n{}",
+        gf.log_text()
+    );
+    drop(held);
+}
+
+/// A body's share of the budget is held while its message is in its pipeline, also when its
+/// client goes away before the answer: else a client that sends a body and leaves at once
+/// frees its share while the body still sits in memory (its sink slow or down), and bodies
+/// pile up past `max_buffered_body_bytes` without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_keeps_its_budget_share_in_its_pipeline_when_its_client_leaves() {
+    let (seen, url) = slow_target(Duration::from_secs(4)).await;
+    let dir = test_dir();
+    std::fs::write(
+        dir.path().join("gridflow.toml"),
+        "[http]\nmax_buffered_body_bytes = 2000\n",
+    )
+    .unwrap();
+    write_pipeline(
+        dir.path(),
+        "slow.toml",
+        &format!("[source]\nkind='http'\npath='/in'\n[sink]\nkind='http'\nurl='{url}'\n[on_error]\nmax_attempts=1\n"),
+    );
+    let gf = Gridflow::start(dir.path(), &[]);
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(1500));
+    let mut first = TcpStream::connect(gf.http_addr()).await.unwrap();
+    first
+        .write_all(format!("{}{body}", request_head(body.len())).as_bytes())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first body never reached its sink"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its client leaves while the body is at its (slow) sink.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = TcpStream::connect(gf.http_addr()).await.unwrap();
+    let (status, head, _) = exchange(&mut second, &body).await.expect("an answer");
+    assert_eq!(
+        status, 503,
+        "a second body was let in while the first still holds its share in its pipeline"
+    );
+    assert!(head.contains("retry-after"), "{head}");
+    // Once the first is delivered, its share comes back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut next = TcpStream::connect(gf.http_addr()).await.unwrap();
+        let (status, _, _) = exchange(&mut next, &body).await.expect("an answer");
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

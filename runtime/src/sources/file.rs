@@ -857,6 +857,9 @@ impl FileSource {
                 }
             }
             progress.wait_until(|s| s.settled == s.pushed).await;
+            // A failure that came with a stop (a pipeline stopped past its drain fails what
+            // it held) is the stop: the file goes on from its checkpoint, no attempt counted.
+            stopped |= shutdown.is_cancelled() && progress.lock().failed();
             stop_writer.cancel();
             let written = writer.await.unwrap_or_default();
             let now = progress.checkpoint(&checkpoint);
@@ -899,6 +902,10 @@ impl FileSource {
             return Ok(self.line_too_long(long, &checkpoint));
         }
         let failure = progress.lock().failure.clone();
+        if failure.is_some() && (stopped || shutdown.is_cancelled()) {
+            // Failed by the stop, not by the file: not an attempt (see above).
+            return Ok(Disposition::Stopped);
+        }
         if let Some(error) = failure {
             checkpoint.attempts += 1;
             if checkpoint.attempts >= self.config.max_attempts {
@@ -1147,6 +1154,9 @@ mod tests {
         got: std::sync::Mutex<Vec<(Option<usize>, Vec<u8>)>>,
         dead: Vec<&'static [u8]>,
         fail: Vec<&'static [u8]>,
+        /// Cancelled just before a `fail` body fails: the failure comes from a stop (a runner
+        /// stopped past its drain drops the acknowledgements it holds).
+        stops: Option<CancellationToken>,
     }
 
     impl Downstream for Recorder {
@@ -1162,6 +1172,9 @@ mod tests {
             if self.dead.contains(&&body[..]) {
                 message.ack.dead_lettered(refused());
             } else if self.fail.contains(&&body[..]) {
+                if let Some(stop) = &self.stops {
+                    stop.cancel();
+                }
                 message.ack.failed(refused());
             } else {
                 message.ack.delivered();
@@ -1299,6 +1312,36 @@ mod tests {
         let d = process("fits.ndjson", "{\"a\":12}\n{\"b\":34}").await;
         assert!(matches!(d, Disposition::Done), "{d:?}");
         assert_eq!(recorder.take().len(), 2, "only the file that fits was sent");
+    }
+
+    /// A failure that comes with a stop (the pipeline stopped past its drain and failed what
+    /// it held) is the stop, not a failed attempt: the file is not counted towards
+    /// `max_attempts`, let alone given up to `failed/` because gridflow was restarted.
+    #[tokio::test]
+    async fn a_failure_caused_by_a_stop_is_not_a_failed_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.max_attempts = 1;
+        let source = source(c);
+        let stop = CancellationToken::new();
+        let recorder = Arc::new(Recorder {
+            fail: vec![b"{\"n\":2}"],
+            stops: Some(stop.clone()),
+            ..Recorder::default()
+        });
+        let downstream: Arc<dyn Downstream> = recorder.clone();
+        let path = dir.path().join("a.ndjson");
+        std::fs::write(&path, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n").unwrap();
+
+        let d = source.process(&path, &downstream, &stop).await.unwrap();
+        assert!(matches!(d, Disposition::Stopped), "{d:?}");
+        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
+        let checkpoint = Checkpoint::load(&path, identity).await;
+        assert_eq!(
+            (checkpoint.line, checkpoint.offset, checkpoint.attempts),
+            (1, 8, 0),
+            "settled up to line 1, no attempt counted"
+        );
     }
 
     /// The checkpoint follows the settled prefix: a failed line stops it there, the next

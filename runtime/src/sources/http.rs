@@ -546,13 +546,15 @@ async fn serve(
     if let Err(refusal) = admit(&route, &request) {
         return refused(refusal, &route, ids);
     }
-    // `_lease`: the body's share of the listener's body budget, held until the answer.
-    let (parts, body, _lease) =
+    // `lease`: the body's share of the listener's body budget, held until the input is
+    // settled (also when the client leaves before its answer).
+    let (parts, body, lease) =
         match super::ingress::read_body(request, route.config.max_body_bytes).await {
             Ok(read) => read,
             Err(e) => return e.problem(ids),
         };
     let (ack, outcome) = Ack::channel();
+    let held = super::ingress::HeldBody::new(lease, outcome);
     let (meta, parsed) = request_input(
         &route.config,
         route.contract.as_deref(),
@@ -573,7 +575,7 @@ async fn serve(
             route.downstream.reject(message, failure).await
         }
     }
-    let outcome = outcome.await.unwrap_or_else(|_| {
+    let outcome = held.outcome().await.unwrap_or_else(|_| {
         Outcome::Failed(Failure::new(
             "engine",
             ErrorCode::Dropped,

@@ -88,6 +88,55 @@ impl Drop for BodyLease {
     }
 }
 
+/// A body's share of the budget and the outcome of its input: the share is given back when
+/// the outcome comes (the pipeline is done with the body), also when the request is dropped
+/// before (its client went away): a task then holds the share until the outcome.
+pub struct HeldBody {
+    lease: Option<BodyLease>,
+    outcome: Option<tokio::sync::oneshot::Receiver<crate::ack::Outcome>>,
+}
+
+impl HeldBody {
+    /// Holds `lease` until `outcome`.
+    pub fn new(
+        lease: BodyLease,
+        outcome: tokio::sync::oneshot::Receiver<crate::ack::Outcome>,
+    ) -> HeldBody {
+        HeldBody {
+            lease: Some(lease),
+            outcome: Some(outcome),
+        }
+    }
+
+    /// The outcome of the input (`Err`: its acknowledgement was lost); the share is given
+    /// back.
+    pub async fn outcome(
+        mut self,
+    ) -> Result<crate::ack::Outcome, tokio::sync::oneshot::error::RecvError> {
+        let outcome = self.outcome.as_mut().expect("taken only here or on drop");
+        let settled = outcome.await;
+        self.outcome = None;
+        settled
+    }
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        // Dropped before the outcome (the request was dropped): the body may still be in its
+        // pipeline, so its share is kept until the outcome comes.
+        if let (Some(outcome), Some(lease)) = (self.outcome.take(), self.lease.take()) {
+            if lease.bytes > 0 {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = outcome.await;
+                        drop(lease);
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Why a body was not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
@@ -163,7 +212,8 @@ impl BodyError {
     }
 }
 
-/// Reads the body of `request` (at most `max` bytes) under the listener's limits, if any;
+/// Reads the body of `request` (at most `max` bytes, and at most the listener's whole body
+/// budget) under the listener's limits, if any;
 /// returns the request's head, its body and the lease to hold until the request is answered.
 pub async fn read_body(
     request: Request,
@@ -171,6 +221,9 @@ pub async fn read_body(
 ) -> Result<(Parts, Bytes, BodyLease), BodyError> {
     let (parts, body) = request.into_parts();
     let limits = parts.extensions.get::<Arc<IngressBodies>>().cloned();
+    // A body larger than the whole budget never fits, however long the client waits: it is
+    // too large (`413`), not refused for now (`503` with a `Retry-After` obeyed for ever).
+    let max = limits.as_ref().map_or(max, |limits| max.min(limits.budget));
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -276,6 +329,31 @@ mod tests {
         assert_eq!(too_large.unwrap_err(), BodyError::TooLarge(4));
     }
 
+    /// A body larger than the whole budget can never fit: `413`, not `503` with a
+    /// `Retry-After` that a client would obey for ever.
+    #[tokio::test]
+    async fn a_body_larger_than_the_whole_budget_is_too_large_not_retried() {
+        let limits = IngressBodies::new(Duration::from_secs(5), 10);
+        let mut declared = Request::new(Body::from(vec![b'x'; 20]));
+        declared
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(20));
+        declared.extensions_mut().insert(Arc::clone(&limits));
+        let refused = read_body(declared, 100).await;
+        assert_eq!(refused.unwrap_err(), BodyError::TooLarge(10));
+        let chunks = chunked(&limits, vec![b"0123456", b"789ab"], false);
+        assert_eq!(
+            read_body(chunks, 100).await.unwrap_err(),
+            BodyError::TooLarge(10)
+        );
+        assert_eq!(limits.leased(), 0);
+        // Whatever fits the budget is read as before.
+        let fits = read_body(chunked(&limits, vec![b"0123456789"], false), 100)
+            .await
+            .unwrap();
+        assert_eq!(fits.1.len(), 10);
+    }
+
     #[tokio::test]
     async fn a_body_that_stops_coming_times_out() {
         let limits = IngressBodies::new(Duration::from_millis(50), 100);
@@ -284,6 +362,39 @@ mod tests {
             matches!(stalled, Err(BodyError::TimedOut(_))),
             "{stalled:?}"
         );
+        assert_eq!(limits.leased(), 0);
+    }
+
+    /// A request dropped before its input is settled (its client left) keeps the body's share
+    /// until the outcome comes; one answered gives it back with the answer.
+    #[tokio::test]
+    async fn a_held_body_keeps_its_share_until_its_outcome() {
+        let limits = IngressBodies::new(Duration::from_secs(1), 100);
+        let mut lease = BodyLease::default();
+        limits.grow(&mut lease, 60).unwrap();
+        let (ack, outcome) = crate::ack::Ack::channel();
+        drop(HeldBody::new(lease, outcome));
+        tokio::task::yield_now().await;
+        assert_eq!(
+            limits.leased(),
+            60,
+            "given back while the body is in its pipeline"
+        );
+        ack.delivered();
+        for _ in 0..100 {
+            if limits.leased() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(limits.leased(), 0);
+
+        let mut lease = BodyLease::default();
+        limits.grow(&mut lease, 60).unwrap();
+        let (ack, outcome) = crate::ack::Ack::channel();
+        ack.delivered();
+        let held = HeldBody::new(lease, outcome);
+        assert!(held.outcome().await.is_ok());
         assert_eq!(limits.leased(), 0);
     }
 

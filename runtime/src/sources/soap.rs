@@ -271,8 +271,9 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
     }
     let limit = route.config().max_body_bytes;
     let request_headers = crate::message::request_headers(request.headers());
-    // `_lease`: the body's share of the listener's body budget, held until the answer.
-    let (_, body, _lease) = match super::ingress::read_body(request, limit).await {
+    // `lease`: the body's share of the listener's body budget, held until the input is
+    // settled (also when the client leaves before its answer).
+    let (_, body, lease) = match super::ingress::read_body(request, limit).await {
         Ok(read) => read,
         Err(e) => {
             let (status, _, detail) = e.status();
@@ -282,6 +283,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         }
     };
     let (ack, outcome) = Ack::channel();
+    let held = super::ingress::HeldBody::new(lease, outcome);
     let meta = Arc::new(Meta {
         original: body.clone(),
         correlation_id: correlation_id.to_string(),
@@ -325,7 +327,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
             route.downstream().reject(message, failure).await
         }
     }
-    let outcome = outcome.await.unwrap_or_else(|_| {
+    let outcome = held.outcome().await.unwrap_or_else(|_| {
         Outcome::Failed(Failure::new(
             "engine",
             ErrorCode::Dropped,
