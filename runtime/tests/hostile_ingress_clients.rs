@@ -1,8 +1,9 @@
 //! Hostile-world tests, ingress clients: slow headers, trickled bodies, connection floods, a
-//! body budget exhausted by many large requests, a TLS handshake that never comes, and the
-//! drain of the plain and the TLS listener with a keep-alive client. Black-box against a real
-//! `gridflow run` with small `[http]` limits; the pipelines end in `blackhole` sinks or a test
-//! HTTP target, so no Kafka broker is needed.
+//! body budget exhausted by many large requests (and not held by lengths announced but not
+//! sent), a TLS handshake that never comes, and the drain of the plain and the TLS listener
+//! with a keep-alive client. Black-box against a real `gridflow run` with small `[http]`
+//! limits; the pipelines end in `blackhole` sinks or a test HTTP target, so no Kafka broker is
+//! needed.
 
 mod common;
 
@@ -692,13 +693,14 @@ async fn soap_bodies_share_the_same_budget() {
     assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(too_large.headers().get("retry-after").is_none());
     assert!(too_large.text().await.unwrap().contains("Fault"));
-    // A request whose declared body holds 1500 of the 2000 bytes (and sends none of it)...
+    // A request whose body has brought 1499 of the 2000 bytes (all but its last byte)...
     let mut held = TcpStream::connect(gf.http_addr()).await.unwrap();
     held.write_all(
         b"POST /soap/lookup HTTP/1.1\r\nhost: gridflow\r\ncontent-type: text/xml\r\nsoapaction: \"urn:Lookup\"\r\ncontent-length: 1500\r\n\r\n",
     )
     .await
     .unwrap();
+    held.write_all(&[b' '; 1499]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...leaves no room for a SOAP body of 1200: 503 fault with Retry-After.
     let refused = send(envelope(1000)).await.unwrap();
@@ -815,5 +817,78 @@ async fn a_body_keeps_its_budget_share_in_its_pipeline_when_its_client_leaves() 
         assert_eq!(status, 503);
         assert!(Instant::now() < deadline, "the budget was not given back");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The budget counts the bytes received, not the bytes announced: clients that each declare
+/// a large `Content-Length` and send nothing hold none of it. (Before, a declared length was
+/// reserved whole before a byte came: a few dozen such connections, at no cost to their
+/// client, held the whole budget for `body_read_timeout_ms` and every other upload got `503`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_lengths_that_never_come_do_not_hold_the_body_budget() {
+    const HANGING: usize = 64;
+    const DECLARED: usize = 1024 * 1024;
+    // Room for four declared bodies; 64 are declared.
+    let (_dir, gf) = start(&format!(
+        "max_buffered_body_bytes = {}\nbody_read_timeout_ms = 60000\n",
+        4 * DECLARED
+    ));
+    let baseline = rss(gf.pid());
+    let mut hanging = Vec::new();
+    for _ in 0..HANGING {
+        let mut stream = TcpStream::connect(gf.http_addr()).await.unwrap();
+        stream
+            .write_all(request_head(DECLARED).as_bytes())
+            .await
+            .unwrap();
+        hanging.push(stream);
+    }
+    // Every head is read and its handler waits for a body that does not come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let mut other = TcpStream::connect(gf.http_addr()).await.unwrap();
+        let (status, head, body) = exchange(&mut other, r#"{"id":1}"#)
+            .await
+            .expect("an answer");
+        assert_eq!(
+            status, 202,
+            "a small upload was refused while clients only announced bodies: {head}\n{body}"
+        );
+    }
+    let during = rss(gf.pid());
+    eprintln!(
+        "RSS before {} MiB, with {HANGING} bodies of {} MiB announced {} MiB",
+        baseline >> 20,
+        DECLARED >> 20,
+        during >> 20
+    );
+    // Well below the bodies announced (buffers, tasks and the allocator's slack).
+    let grown = during.saturating_sub(baseline);
+    assert!(
+        grown < 32 * 1024 * 1024,
+        "RSS grew by {} MiB with {} MiB of bodies announced and none sent",
+        grown >> 20,
+        (HANGING * DECLARED) >> 20
+    );
+    // A body that does come, as large as the announced ones, fits too.
+    let large = format!("\"{}\"", "x".repeat(DECLARED - 2));
+    let mut other = TcpStream::connect(gf.http_addr()).await.unwrap();
+    let (status, _, body) = exchange(&mut other, &large).await.expect("an answer");
+    assert_eq!(status, 202, "{body}");
+    let scrape = gf.metrics().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            "gridflow_http_requests_rejected_total",
+            "reason=\"body_budget\""
+        ),
+        0.0,
+        "{scrape}"
+    );
+    // The hanging clients are still connected (not refused): none has been answered.
+    for stream in &mut hanging {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await;
+        assert!(read.is_err(), "a hanging client was answered: {read:?}");
     }
 }

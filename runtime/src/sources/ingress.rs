@@ -4,9 +4,10 @@
 //! The listener (`crate::listener`) puts an [`IngressBodies`] into each request's extensions;
 //! the HTTP and SOAP sources read bodies through [`read_body`], which enforces the route's
 //! `max_body_bytes`, the listener's `body_read_timeout_ms` (the whole body, from the moment
-//! the handler starts reading it) and its `max_buffered_body_bytes` (a [`BodyLease`] holds the
-//! bytes until the request is answered). A request served without a listener (`gridflow test`)
-//! has no extension and only the size limit applies.
+//! the handler starts reading it) and its `max_buffered_body_bytes` (a [`BodyLease`] takes
+//! the bytes as they are received and holds them until the request is answered). A request
+//! served without a listener (`gridflow test`) has no extension and only the size limit
+//! applies.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -212,6 +213,9 @@ impl BodyError {
     }
 }
 
+/// Body frames smaller than this are copied together as they arrive (16 KiB).
+const SMALL_FRAME: usize = 16 * 1024;
+
 /// Reads the body of `request` (at most `max` bytes, and at most the listener's whole body
 /// budget) under the listener's limits, if any;
 /// returns the request's head, its body and the lease to hold until the request is answered.
@@ -232,36 +236,67 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > max) {
         return Err(BodyError::TooLarge(max));
     }
+    // The budget counts the bytes received, frame by frame, never the bytes announced: a
+    // declared length reserved whole before a byte came let clients that announce large
+    // bodies and send nothing hold the whole budget at no cost, and refuse every other
+    // upload, for as long as `body_read_timeout_ms`.
     let mut lease = BodyLease::default();
-    // A declared length is reserved whole before a byte is read: a flood of large bodies is
-    // refused at once instead of being buffered first.
-    if let (Some(limits), Some(n)) = (&limits, declared) {
-        if limits.grow(&mut lease, n).is_err() {
-            crate::metrics::http_request_rejected("body_budget");
-            return Err(BodyError::OverBudget);
-        }
-    }
     let mut body = Body::new(body);
     let read = async {
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max));
+        // The frames as they came, joined at the end: memory grows with what arrives, never
+        // to the size announced, and without the slack of a buffer grown by doubling. Small
+        // frames (a trickling client) are copied together so that they neither pin the
+        // connection's read buffer nor cost a list entry each.
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut small = BytesMut::new();
+        let mut received = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            if buf.len() + data.len() > max {
+            if data.is_empty() {
+                continue;
+            }
+            if received + data.len() > max {
                 return Err(BodyError::TooLarge(max));
             }
-            let beyond = (buf.len() + data.len()).saturating_sub(lease.bytes);
-            if let (Some(limits), true) = (&limits, beyond > 0) {
-                if limits.grow(&mut lease, beyond).is_err() {
+            if let Some(limits) = &limits {
+                if limits.grow(&mut lease, data.len()).is_err() {
                     crate::metrics::http_request_rejected("body_budget");
                     return Err(BodyError::OverBudget);
                 }
             }
-            buf.extend_from_slice(&data);
+            received += data.len();
+            if data.len() >= SMALL_FRAME {
+                if !small.is_empty() {
+                    frames.push(small.split().freeze());
+                }
+                frames.push(data);
+            } else {
+                if small.is_empty() {
+                    small.reserve(SMALL_FRAME);
+                }
+                small.extend_from_slice(&data);
+                if small.len() >= SMALL_FRAME {
+                    frames.push(small.split().freeze());
+                }
+            }
         }
-        Ok(buf.freeze())
+        if !small.is_empty() {
+            frames.push(small.freeze());
+        }
+        Ok(match frames.len() {
+            0 => Bytes::new(),
+            1 => frames.pop().expect("one frame"),
+            _ => {
+                let mut whole = BytesMut::with_capacity(received);
+                for frame in frames {
+                    whole.extend_from_slice(&frame);
+                }
+                whole.freeze()
+            }
+        })
     };
     let bytes = match &limits {
         Some(limits) => match tokio::time::timeout(limits.read_timeout, read).await {
@@ -352,6 +387,61 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fits.1.len(), 10);
+    }
+
+    /// A declared length takes nothing of the budget: only the bytes that came count.
+    #[tokio::test]
+    async fn a_declared_length_is_not_reserved_before_its_bytes_come() {
+        let limits = IngressBodies::new(Duration::from_secs(5), 10);
+        let mut announced = chunked(&limits, vec![b"ab"], true);
+        announced
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(8));
+        let waiting = tokio::spawn(read_body(announced, 100));
+        for _ in 0..100 {
+            if limits.leased() == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(limits.leased(), 2, "only the bytes received are counted");
+        // Room for another body of 8 while the first waits for its last 6 bytes.
+        let mut other = Request::new(Body::from(vec![b'x'; 8]));
+        other
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(8));
+        other.extensions_mut().insert(Arc::clone(&limits));
+        let served = read_body(other, 100).await.unwrap();
+        assert_eq!(limits.leased(), 10);
+        drop(served);
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(
+            limits.leased(),
+            0,
+            "a body given up on gives its bytes back"
+        );
+    }
+
+    /// Small and large frames in any order make the body they carried.
+    #[tokio::test]
+    async fn small_and_large_frames_are_joined_in_order() {
+        let limits = IngressBodies::new(Duration::from_secs(5), 1 << 20);
+        let sizes = [3, SMALL_FRAME, 1, SMALL_FRAME - 1, 2, SMALL_FRAME + 5, 7];
+        let mut expected = Vec::new();
+        let mut chunks = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let chunk = vec![b'a' + i as u8; *n];
+            expected.extend_from_slice(&chunk);
+            chunks.push(Ok::<_, std::io::Error>(Bytes::from(chunk)));
+        }
+        let mut request = Request::new(Body::from_stream(futures::stream::iter(chunks)));
+        request.extensions_mut().insert(Arc::clone(&limits));
+        let (_, bytes, lease) = read_body(request, 1 << 20).await.unwrap();
+        assert_eq!(bytes.as_ref(), expected.as_slice());
+        assert_eq!(limits.leased(), expected.len());
+        drop(lease);
+        assert_eq!(limits.leased(), 0);
     }
 
     #[tokio::test]
