@@ -44,7 +44,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::consumer::Consumer as _;
 
 const CUT: Duration = Duration::from_secs(20);
 
@@ -290,29 +289,6 @@ async fn post_reading(client: &reqwest::Client, gf_url: &str, id: &str) -> Optio
         .await
         .ok()
         .map(|r| r.status().as_u16())
-}
-
-/// The ids on `topic`, read from the start until every one of `expected` is there or `within`
-/// passed (duplicates, which at-least-once allows, do not count towards it).
-async fn read_ids(topic: &str, expected: &BTreeSet<String>, within: Duration) -> BTreeSet<String> {
-    let consumer = consumer(&unique("hostile-reader"));
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + within;
-    let mut seen = BTreeSet::new();
-    while !expected.is_subset(&seen) && Instant::now() < deadline {
-        seen.extend(ids(
-            &read_records(&consumer, None, Duration::from_secs(1)).await
-        ));
-    }
-    close_consumer(consumer).await;
-    seen
-}
-
-fn ids(records: &[Record]) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter_map(|r| r.json()["id"].as_str().map(str::to_owned))
-        .collect()
 }
 
 #[test]

@@ -49,31 +49,6 @@ async fn post_reading(gf: &Gridflow, id: usize) -> u16 {
     .as_u16()
 }
 
-/// The ids on `topic`, read from the start until every one of `expected` is there or `within`
-/// passed (duplicates, which at-least-once allows, do not count towards it).
-async fn read_ids(topic: &str, expected: &BTreeSet<String>, within: Duration) -> BTreeSet<String> {
-    use rdkafka::consumer::Consumer as _;
-    let consumer = consumer(&unique("fatal-reader"));
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + within;
-    let mut seen = BTreeSet::new();
-    while !expected.is_subset(&seen) && Instant::now() < deadline {
-        seen.extend(ids(
-            &read_records(&consumer, None, Duration::from_secs(1)).await
-        ));
-    }
-    close_consumer(consumer).await;
-    seen
-}
-
-/// Ids (`"id"` of the JSON payload) of `records`.
-fn ids(records: &[Record]) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter_map(|r| r.json()["id"].as_str().map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_producer_is_replaced_and_nothing_acknowledged_is_lost() {
     std::env::set_var("GRIDFLOW_TEST_FAULT_INJECTION", "1");

@@ -350,6 +350,30 @@ pub async fn close_consumer(c: StreamConsumer) {
     }
 }
 
+/// The `"id"`s of the JSON payloads on `topic`, read from the start until every one of
+/// `expected` is there or `within` passed (duplicates, which at-least-once allows, do not
+/// count towards it).
+pub async fn read_ids(
+    topic: &str,
+    expected: &std::collections::BTreeSet<String>,
+    within: Duration,
+) -> std::collections::BTreeSet<String> {
+    let consumer = consumer(&unique("ids-reader"));
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + within;
+    let mut seen = std::collections::BTreeSet::new();
+    while !expected.is_subset(&seen) && Instant::now() < deadline {
+        seen.extend(
+            read_records(&consumer, None, Duration::from_secs(1))
+                .await
+                .iter()
+                .filter_map(|r| r.json()["id"].as_str().map(str::to_owned)),
+        );
+    }
+    close_consumer(consumer).await;
+    seen
+}
+
 /// An HTTP client with a 30 s timeout for talking to gridflow's listeners.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
