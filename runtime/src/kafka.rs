@@ -1,5 +1,6 @@
 //! Kafka client settings shared by the Kafka source, the Kafka sink and the dead-letter writer,
-//! topic checks, and the embedded development broker.
+//! topic checks, the one builder of the records gridflow produces ([`record`]), and the
+//! embedded development broker.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
 
@@ -667,6 +669,85 @@ pub fn is_transient(error: &KafkaError) -> bool {
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::MessageBatchTooLarge
     )
+}
+
+/// Which of a message's own `gridflow.*` headers a record written by gridflow carries.
+///
+/// Headers of other names always travel with the message; gridflow writes its own headers
+/// anew (the `stamps` of [`record`]), so each writer says which ones of the message survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// None (the Kafka sink): a delivered message gets the sink's correlation id, pipeline
+    /// and version, never an upstream's.
+    Delivery,
+    /// The replay count only (`gridflow.replay.count`, `gridflow.replayed_from`): the dead
+    /// letter of a replayed input keeps how often it was replayed.
+    DeadLetter,
+    /// All but the facts of the failure (`gridflow.error.*`, `gridflow.source.*`,
+    /// `gridflow.failed_at`, `gridflow.pipeline[.version]`) and the replay headers that the
+    /// replay writes anew (`gridflow replay`): the correlation id travels on.
+    Replay,
+}
+
+impl Carry {
+    /// Whether a message's header `name` goes into the record.
+    pub fn carries(self, name: &str) -> bool {
+        if !name.starts_with("gridflow.") {
+            return true;
+        }
+        match self {
+            Carry::Delivery => false,
+            Carry::DeadLetter => name.starts_with("gridflow.replay"),
+            Carry::Replay => {
+                !(name.starts_with("gridflow.error.")
+                    || name.starts_with("gridflow.source.")
+                    || matches!(
+                        name,
+                        "gridflow.failed_at"
+                            | "gridflow.pipeline"
+                            | "gridflow.pipeline.version"
+                            | "gridflow.replay.count"
+                            | "gridflow.replayed_from"
+                    ))
+            }
+        }
+    }
+}
+
+/// Builds a record for `topic`: the one place gridflow turns a message into a Kafka record,
+/// used by the Kafka sink, the dead-letter route (through the Kafka sink) and `gridflow
+/// replay`.
+///
+/// The record has `payload`, `key` when there is one, and as headers first the message's own
+/// `headers` that `carry` keeps, in their order, then gridflow's `stamps` (its `gridflow.*`
+/// headers: correlation id, pipeline, envelope, replay count).
+pub fn record<'a, 'h>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    carry: Carry,
+    stamps: &[(&str, &[u8])],
+) -> FutureRecord<'a, [u8], [u8]> {
+    let headers = headers.into_iter();
+    let mut owned = OwnedHeaders::new_with_capacity(headers.size_hint().0 + stamps.len());
+    for (name, value) in headers.filter(|(name, _)| carry.carries(name)) {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    for (name, value) in stamps {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    let record = FutureRecord::to(topic).payload(payload).headers(owned);
+    match key {
+        Some(key) => record.key(key),
+        None => record,
+    }
 }
 
 /// librdkafka's in-process mock cluster, the default broker of `gridflow run` when none is

@@ -1,25 +1,34 @@
 //! The dead-letter route, the same for every pipeline: the input's original bytes, unchanged,
 //! with headers saying what failed where.
 //!
-//! Kafka: a record on the dead-letter topic (default `<sink topic>.dlq`) with the input's own
-//! headers and the `gridflow.*` envelope headers. Pipelines without a Kafka sink write NDJSON
-//! envelopes (`{"headers": {...}, "payload": "..."}`, or `payload_base64` for bytes that are
-//! not UTF-8) to a dead-letter file.
+//! A dead letter is an envelope, a [`Record`] whose payload is the input's original bytes,
+//! whose key is the input's key and whose `headers` are the `gridflow.*` envelope headers
+//! ([`envelope_headers`]); the input's own headers travel in its `meta`. It goes to an
+//! ordinary sink built from a sink config ([`DeadLetterTarget::sink`]), delivered by the
+//! runner's one retry loop ([`Runner`](super::runner::Runner)):
+//!
+//! - Kafka: a record on the dead-letter topic (default `<sink topic>.dlq`) with the input's
+//!   own headers and the `gridflow.*` envelope headers
+//!   ([`KafkaSinkConfig::build_dead_letters`]).
+//! - File: pipelines without a Kafka sink write NDJSON envelopes (`{"headers": {...},
+//!   "payload": "..."}`, or `payload_base64` for bytes that are not UTF-8) to a dead-letter
+//!   file ([`FileSinkConfig::build_dead_letters`]).
+//!
+//! When the destination refuses an envelope for good (too large for the topic, topic gone),
+//! it goes to a local fallback file, a file sink of the same kind.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::Engine as _;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
-use serde_json::{json, Map, Value};
+use bytes::Bytes;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::runner::settle;
 use crate::config::PipelineConfig;
-use crate::error::{Failure, SinkError};
-use crate::message::{Meta, Origin};
-use crate::sinks::SinkConfig;
+use crate::error::{BuildError, Failure, SinkError};
+use crate::message::{Meta, Origin, Payload};
+use crate::sinks::{FileSinkConfig, KafkaSinkConfig, Record, Sink, SinkConfig, SinkContext};
 
 /// Where a pipeline's dead letters go.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +61,28 @@ impl DeadLetterTarget {
                 DeadLetterTarget::File(dead_letters_dir.join(format!("{}.dlq.ndjson", config.name)))
             }
         }
+    }
+
+    /// The config of the sink that writes to this target: a Kafka sink without a key
+    /// expression (an envelope keeps the input's key, so that a replay to the source topic
+    /// keeps its partition), or a file sink.
+    pub fn sink(&self) -> SinkConfig {
+        match self {
+            DeadLetterTarget::Topic(topic) => SinkConfig::Kafka(KafkaSinkConfig {
+                topic: topic.clone(),
+                key: None,
+            }),
+            DeadLetterTarget::File(path) => SinkConfig::File(FileSinkConfig { path: path.clone() }),
+        }
+    }
+
+    /// Builds the sink of this target, writing envelopes.
+    fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
+        Ok(match self.sink() {
+            SinkConfig::Kafka(c) => Arc::new(c.build_dead_letters(ctx)?),
+            SinkConfig::File(c) => Arc::new(c.build_dead_letters()),
+            _ => unreachable!("a dead-letter target is a topic or a file"),
+        })
     }
 }
 
@@ -106,39 +137,58 @@ pub enum Written {
     Fallback,
 }
 
-/// Writes dead letters of one pipeline.
+/// The dead-letter route of one pipeline: its destination sink and its fallback file.
 ///
-/// When the dead-letter topic refuses a record for good (too large, topic gone), the envelope
-/// goes to a local fallback file instead, so that a Kafka source is never stuck on a record
-/// that can be neither delivered nor dead-lettered.
+/// When the destination refuses an envelope for good (too large, topic gone), the envelope
+/// goes to the local fallback file instead, so that a Kafka source is never stuck on a record
+/// that can be neither delivered nor dead-lettered. Retries are the runner's: [`send`] is one
+/// attempt.
+///
+/// [`send`]: DeadLetterWriter::send
 pub struct DeadLetterWriter {
     target: DeadLetterTarget,
-    producer: Option<crate::kafka::Producer>,
+    destination: Arc<dyn Sink>,
     pipeline: Arc<str>,
-    version: String,
-    file: tokio::sync::Mutex<Option<tokio::fs::File>>,
-    fallback: PathBuf,
-    fallback_file: tokio::sync::Mutex<Option<tokio::fs::File>>,
+    version: Arc<str>,
+    fallback_path: PathBuf,
+    fallback: Arc<dyn Sink>,
 }
 
 impl DeadLetterWriter {
-    /// A writer to `target`; a topic target needs `producer`. `fallback` is the file used
-    /// when the topic refuses a record for good.
+    /// The route to `target` for the pipeline of `ctx` (a topic target writes with its
+    /// producer). `fallback` is the file used when the destination refuses an envelope for
+    /// good.
+    pub fn build(
+        target: DeadLetterTarget,
+        ctx: &SinkContext,
+        fallback: PathBuf,
+    ) -> Result<Self, BuildError> {
+        let destination = target.build(ctx)?;
+        let fallback_sink = Arc::new(
+            FileSinkConfig {
+                path: fallback.clone(),
+            }
+            .build_dead_letters(),
+        );
+        Ok(Self::new(target, destination, ctx, fallback, fallback_sink))
+    }
+
+    /// The route to `target` through `destination`, with the `fallback` sink writing to the
+    /// file `fallback_path` (tests give sinks of their own).
     pub fn new(
         target: DeadLetterTarget,
-        producer: Option<crate::kafka::Producer>,
-        pipeline: Arc<str>,
-        version: String,
-        fallback: PathBuf,
+        destination: Arc<dyn Sink>,
+        ctx: &SinkContext,
+        fallback_path: PathBuf,
+        fallback: Arc<dyn Sink>,
     ) -> Self {
         DeadLetterWriter {
             target,
-            producer,
-            pipeline,
-            version,
-            file: tokio::sync::Mutex::new(None),
+            destination,
+            pipeline: Arc::clone(&ctx.pipeline),
+            version: Arc::clone(&ctx.version),
+            fallback_path,
             fallback,
-            fallback_file: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -147,123 +197,51 @@ impl DeadLetterWriter {
         &self.target
     }
 
-    /// Writes the input described by `meta`, which failed with `failure`.
-    pub async fn write(&self, meta: &Meta, failure: &Failure) -> Result<Written, SinkError> {
-        let headers = envelope_headers(&self.pipeline, &self.version, meta, failure);
-        match self.write_target(meta, &headers).await {
+    /// The envelope of the input described by `meta`, which failed with `failure`.
+    pub fn envelope(&self, meta: &Arc<Meta>, failure: &Failure) -> Record {
+        let headers = envelope_headers(&self.pipeline, &self.version, meta, failure)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Bytes::from(v)))
+            .collect();
+        Record {
+            payload: Payload::Bytes(meta.original.clone()),
+            meta: Arc::clone(meta),
+            headers: Arc::new(headers),
+            key: meta.key.clone(),
+        }
+    }
+
+    /// One attempt to write `envelope`: to the destination, or, when the destination refuses
+    /// it for good, to the fallback file.
+    pub async fn send(&self, envelope: &Record) -> Result<Written, SinkError> {
+        match settle(self.destination.send(envelope).await).await {
             Err(SinkError::Permanent { message, .. }) => {
-                tracing::error!(pipeline = %self.pipeline, step = %failure.step, correlation_id = %meta.correlation_id, error = %message, fallback = %self.fallback.display(), "Dead-letter destination refused the record; writing it to the fallback file.");
-                write_file(&self.fallback_file, &self.fallback, &headers, meta)
+                let step = header(envelope, "gridflow.error.step");
+                tracing::error!(pipeline = %self.pipeline, step = %step, correlation_id = %envelope.meta.correlation_id, error = %message, fallback = %self.fallback_path.display(), "Dead-letter destination refused the record; writing it to the fallback file.");
+                settle(self.fallback.send(envelope).await)
                     .await
                     .map(|()| Written::Fallback)
             }
             other => other.map(|()| Written::Destination),
         }
     }
-
-    async fn write_target(
-        &self,
-        meta: &Meta,
-        headers: &[(&'static str, String)],
-    ) -> Result<(), SinkError> {
-        match &self.target {
-            DeadLetterTarget::Topic(topic) => {
-                let producer = self.producer.as_ref().ok_or_else(|| {
-                    SinkError::Transient("no Kafka producer for the dead-letter topic".into())
-                })?;
-                let mut kafka_headers =
-                    OwnedHeaders::new_with_capacity(meta.headers.len() + headers.len());
-                for (k, v) in &meta.headers {
-                    // gridflow's own headers are written anew below; a replayed input keeps
-                    // its replay count (`gridflow.replay.count`, `gridflow.replayed_from`).
-                    if !k.starts_with("gridflow.") || k.starts_with("gridflow.replay") {
-                        kafka_headers = kafka_headers.insert(Header {
-                            key: k,
-                            value: Some(v),
-                        });
-                    }
-                }
-                for (k, v) in headers {
-                    kafka_headers = kafka_headers.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
-                let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-                    .payload(meta.original.as_ref())
-                    .headers(kafka_headers);
-                // The input's key, so that a replay to the source topic keeps its partition.
-                if let Some(key) = &meta.key {
-                    record = record.key(key.as_ref());
-                }
-                let fail = |e: rdkafka::error::KafkaError| {
-                    let message = format!("writing to dead-letter topic `{topic}` failed: {e}");
-                    if crate::kafka::is_transient(&e) {
-                        SinkError::Transient(message)
-                    } else {
-                        SinkError::Permanent {
-                            code: crate::error::ErrorCode::SinkRejected,
-                            message,
-                        }
-                    }
-                };
-                let delivery = crate::kafka::enqueue(producer, record)
-                    .await
-                    .map_err(fail)?;
-                match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(fail(e)),
-                    Err(_) => Err(SinkError::Transient("the producer was closed".into())),
-                }
-            }
-            DeadLetterTarget::File(path) => write_file(&self.file, path, headers, meta).await,
-        }
-    }
 }
 
-async fn write_file(
-    slot: &tokio::sync::Mutex<Option<tokio::fs::File>>,
-    path: &Path,
-    headers: &[(&'static str, String)],
-    meta: &Meta,
-) -> Result<(), SinkError> {
-    let mut line = serde_json::to_vec(&file_envelope(headers, meta)).unwrap_or_default();
-    line.push(b'\n');
-    crate::sinks::append_to_file(slot, path, &line)
-        .await
-        .map_err(|e| {
-            SinkError::Transient(format!(
-                "writing dead-letter file {} failed: {e}",
-                path.display()
-            ))
-        })
-}
-
-fn file_envelope(headers: &[(&str, String)], meta: &Meta) -> Value {
-    let mut h = Map::new();
-    for (k, v) in &meta.headers {
-        h.insert(
-            k.clone(),
-            Value::String(String::from_utf8_lossy(v).into_owned()),
-        );
-    }
-    for (k, v) in headers {
-        h.insert(k.to_string(), Value::String(v.clone()));
-    }
-    match std::str::from_utf8(&meta.original) {
-        Ok(text) => json!({ "headers": h, "payload": text }),
-        Err(_) => json!({
-            "headers": h,
-            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&meta.original),
-        }),
-    }
+/// The value of the envelope header `name` (empty when it has none).
+fn header<'a>(envelope: &'a Record, name: &str) -> std::borrow::Cow<'a, str> {
+    envelope
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorCode;
-    use bytes::Bytes;
+    use serde_json::Value;
     use std::time::Instant;
 
     fn meta(origin: Origin) -> Meta {
@@ -316,24 +294,29 @@ mod tests {
             .any(|(k, v)| *k == "gridflow.source.http_path" && v == "/x"));
     }
 
+    fn context() -> SinkContext {
+        SinkContext {
+            pipeline: "p".into(),
+            version: "v".into(),
+            producer: None,
+            dry: false,
+        }
+    }
+
     #[tokio::test]
     async fn file_target_writes_ndjson_envelopes_with_the_original_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/p.dlq.ndjson");
-        let w = DeadLetterWriter::new(
+        let w = DeadLetterWriter::build(
             DeadLetterTarget::File(path.clone()),
-            None,
-            "p".into(),
-            "v".into(),
+            &context(),
             dir.path().join("fallback"),
-        );
+        )
+        .unwrap();
         let f = Failure::new("sink.http", ErrorCode::SinkRejected, "400");
-        w.write(&meta(Origin::Http { path: "/x".into() }), &f)
-            .await
-            .unwrap();
-        w.write(&meta(Origin::Http { path: "/x".into() }), &f)
-            .await
-            .unwrap();
+        let meta = Arc::new(meta(Origin::Http { path: "/x".into() }));
+        w.send(&w.envelope(&meta, &f)).await.unwrap();
+        w.send(&w.envelope(&meta, &f)).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<Value> = text
             .lines()
@@ -345,16 +328,60 @@ mod tests {
         assert_eq!(lines[0]["headers"]["trace"], "t");
     }
 
-    /// A Kafka pipeline whose dead-letter topic stays down retries the write without end,
-    /// until the pipeline stops: then the retry ends, the input is left unsettled (`Failed`,
-    /// so its offset is not committed and it is consumed again) and nothing is dead-lettered.
-    #[tokio::test]
-    async fn a_stopped_pipeline_stops_retrying_its_dead_letters() {
-        use crate::ack::{Ack, Outcome};
-        use crate::sources::Downstream;
-        use std::sync::Arc;
-        use std::time::Duration;
+    /// A sink that fails transiently `failures` times, then hands the record to `then` (or
+    /// accepts it), and keeps when each attempt came.
+    struct Flaky {
+        failures: u32,
+        then: Option<Arc<dyn Sink>>,
+        attempts: std::sync::Mutex<Vec<Instant>>,
+    }
 
+    impl Flaky {
+        fn failing(failures: u32, then: Option<Arc<dyn Sink>>) -> Self {
+            Flaky {
+                failures,
+                then,
+                attempts: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+
+        fn attempts(&self) -> Vec<Instant> {
+            self.attempts.lock().unwrap().clone()
+        }
+    }
+
+    impl Sink for Flaky {
+        fn send<'a>(
+            &'a self,
+            record: &'a Record,
+        ) -> futures::future::BoxFuture<'a, Result<crate::sinks::Delivery, SinkError>> {
+            Box::pin(async move {
+                let attempt = {
+                    let mut attempts = self.attempts.lock().unwrap();
+                    attempts.push(Instant::now());
+                    attempts.len() as u32
+                };
+                if attempt <= self.failures {
+                    return Err(SinkError::Transient(format!("fault {attempt}")));
+                }
+                match &self.then {
+                    Some(sink) => sink.send(record).await,
+                    None => Ok(Box::pin(async { Ok(()) }) as crate::sinks::Delivery),
+                }
+            })
+        }
+    }
+
+    /// A running pipeline `p` (no steps, a blackhole sink) whose dead letters go through
+    /// `writer`, with `retry` as its policy. `source_redelivers`: an HTTP source (the dead
+    /// letter is retried within the policy's attempts), else a Kafka one (retried until
+    /// written or stopped).
+    fn runner(
+        writer: DeadLetterWriter,
+        retry: crate::retry::RetryPolicy,
+        source_redelivers: bool,
+    ) -> Arc<crate::engine::runner::Runner> {
+        use std::time::Duration;
         let sink: SinkConfig = toml::from_str("kind = 'blackhole'").unwrap();
         let program = crate::engine::program::Program::build(
             "p",
@@ -364,36 +391,16 @@ mod tests {
                 contracts: None,
                 upstream: None,
             },
-            &crate::sinks::SinkContext {
-                pipeline: "p".into(),
-                version: "v".into(),
-                producer: None,
-                dry: false,
-            },
+            &context(),
         )
         .map_err(|(c, e)| format!("{c}: {e}"))
         .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        // A topic target without a producer: every write is a transient fault, as when the
-        // dead-letter topic is down.
-        let writer = DeadLetterWriter::new(
-            DeadLetterTarget::Topic("t.dlq".into()),
-            None,
-            "p".into(),
-            "v".into(),
-            dir.path().join("fallback"),
-        );
-        let runner = Arc::new(crate::engine::runner::Runner {
+        Arc::new(crate::engine::runner::Runner {
             name: "p".into(),
             program,
             dead_letter: writer,
-            retry: crate::retry::RetryPolicy {
-                max_attempts: 3,
-                initial_backoff: Duration::from_millis(5),
-                max_backoff: Duration::from_millis(20),
-            },
-            // A Kafka source: the record cannot be offered again, the write is retried.
-            source_redelivers: false,
+            retry,
+            source_redelivers,
             sink_wait: None,
             processing: Arc::new(tokio::sync::Semaphore::new(4)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
@@ -404,17 +411,211 @@ mod tests {
             dead_letter_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
             sink_wait_warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
             tracer: None,
-        });
-        let (ack, outcome) = Ack::channel();
+        })
+    }
+
+    /// A message of input `meta`, and the outcome of its acknowledgement.
+    fn message(
+        meta: Meta,
+    ) -> (
+        crate::message::Message,
+        tokio::sync::oneshot::Receiver<crate::ack::Outcome>,
+    ) {
+        let (ack, outcome) = crate::ack::Ack::channel();
         let message = crate::message::Message {
-            payload: crate::message::Payload::Bytes(Bytes::from_static(b"<bad")),
-            meta: Arc::new(meta(Origin::Kafka {
-                topic: "in".into(),
-                partition: 0,
-                offset: 7,
-            })),
+            payload: crate::message::Payload::Bytes(meta.original.clone()),
+            meta: Arc::new(meta),
             ack,
         };
+        (message, outcome)
+    }
+
+    /// A dead letter whose file destination fails transiently is written by the runner's
+    /// retry loop (not by the dead-letter route itself), after the retry policy's backoffs,
+    /// exactly once, and the input ends dead-lettered.
+    #[tokio::test]
+    async fn a_dead_letter_is_retried_by_the_runner_with_the_policy_backoff_and_written_once() {
+        use crate::ack::Outcome;
+        use crate::sources::Downstream;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.dlq.ndjson");
+        let target = DeadLetterTarget::File(path.clone());
+        // The file sink of the target, failing its first two writes.
+        let flaky = Arc::new(Flaky::failing(2, Some(target.build(&context()).unwrap())));
+        let fallback = Arc::new(Flaky::failing(u32::MAX, None));
+        let writer = DeadLetterWriter::new(
+            target,
+            flaky.clone(),
+            &context(),
+            dir.path().join("fallback"),
+            fallback.clone(),
+        );
+        let retry = crate::retry::RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(60),
+            max_backoff: Duration::from_secs(1),
+        };
+        let runner = runner(writer, retry, true);
+        let (message, outcome) = message(meta(Origin::Http { path: "/x".into() }));
+        let failure = Failure::new("steps[0].xml_to_json", ErrorCode::InvalidXml, "bad");
+        tokio::time::timeout(Duration::from_secs(5), runner.reject(message, failure))
+            .await
+            .expect("the dead letter is written within its retries");
+
+        match outcome.await.unwrap() {
+            Outcome::DeadLettered(f) => assert_eq!(f.code, ErrorCode::InvalidXml, "{f:?}"),
+            other => panic!("the input must be dead-lettered: {other:?}"),
+        }
+        // Three attempts, after backoffs of at least half of 60 ms and of 120 ms ("equal
+        // jitter": half of the exponential backoff, plus up to as much again).
+        let attempts = flaky.attempts();
+        assert_eq!(attempts.len(), 3, "two faults, then the write");
+        assert!(attempts[1] - attempts[0] >= Duration::from_millis(30));
+        assert!(attempts[2] - attempts[1] >= Duration::from_millis(60));
+        assert!(
+            fallback.attempts().is_empty(),
+            "a transient fault is retried"
+        );
+        // Written once, as the file envelope.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["payload"], "<bad");
+        assert_eq!(lines[0]["headers"]["gridflow.error.code"], "invalid_xml");
+    }
+
+    /// The real file sink of a dead-letter file that cannot be written yet (its directory's
+    /// place is taken by a file) is retried until it can: a Kafka input's dead letter is
+    /// written once, when the way is clear.
+    #[tokio::test]
+    async fn a_dead_letter_file_that_fails_then_works_is_written_once() {
+        use crate::ack::Outcome;
+        use crate::sources::Downstream;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("dlq");
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        let path = blocker.join("p.dlq.ndjson");
+        let writer = DeadLetterWriter::build(
+            DeadLetterTarget::File(path.clone()),
+            &context(),
+            dir.path().join("fallback.ndjson"),
+        )
+        .unwrap();
+        let retry = crate::retry::RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(80),
+        };
+        let runner = runner(writer, retry, false);
+        let (message, outcome) = message(meta(Origin::Kafka {
+            topic: "in".into(),
+            partition: 0,
+            offset: 7,
+        }));
+        let failure = Failure::new("steps[0].xml_to_json", ErrorCode::InvalidXml, "bad");
+        let started = Instant::now();
+        let writing = tokio::spawn(async move { runner.reject(message, failure).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!writing.is_finished(), "retried past the policy's attempts");
+        std::fs::remove_file(&blocker).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), writing)
+            .await
+            .expect("written once the directory can be made")
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(matches!(outcome.await.unwrap(), Outcome::DeadLettered(_)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            !dir.path().join("fallback.ndjson").exists(),
+            "a transient fault does not go to the fallback file"
+        );
+    }
+
+    /// A dead letter its destination refuses for good goes to the fallback file (once,
+    /// counted as failed, not as dead-lettered: see `tests/dead_letters.rs`).
+    #[tokio::test]
+    async fn a_refused_dead_letter_goes_to_the_fallback_file() {
+        struct Refusing;
+        impl Sink for Refusing {
+            fn send<'a>(
+                &'a self,
+                _record: &'a Record,
+            ) -> futures::future::BoxFuture<'a, Result<crate::sinks::Delivery, SinkError>>
+            {
+                Box::pin(async {
+                    Err(SinkError::Permanent {
+                        code: ErrorCode::SinkRejected,
+                        message: "too large".into(),
+                    })
+                })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fallback = dir.path().join("p.fallback.dlq.ndjson");
+        let writer = DeadLetterWriter::new(
+            DeadLetterTarget::Topic("t.dlq".into()),
+            Arc::new(Refusing),
+            &context(),
+            fallback.clone(),
+            Arc::new(
+                FileSinkConfig {
+                    path: fallback.clone(),
+                }
+                .build_dead_letters(),
+            ),
+        );
+        let meta = Arc::new(meta(Origin::Http { path: "/x".into() }));
+        let f = Failure::new("sink.http", ErrorCode::SinkRejected, "400");
+        let written = writer.send(&writer.envelope(&meta, &f)).await.unwrap();
+        assert_eq!(written, Written::Fallback);
+        let line: Value =
+            serde_json::from_str(std::fs::read_to_string(&fallback).unwrap().trim()).unwrap();
+        assert_eq!(line["payload"], "<bad");
+        assert_eq!(line["headers"]["gridflow.pipeline"], "p");
+    }
+
+    /// A Kafka pipeline whose dead-letter topic stays down retries the write without end,
+    /// until the pipeline stops: then the retry ends, the input is left unsettled (`Failed`,
+    /// so its offset is not committed and it is consumed again) and nothing is dead-lettered.
+    #[tokio::test]
+    async fn a_stopped_pipeline_stops_retrying_its_dead_letters() {
+        use crate::ack::Outcome;
+        use crate::sources::Downstream;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        // A topic target whose every write is a transient fault, as when the dead-letter
+        // topic is down.
+        let writer = DeadLetterWriter::new(
+            DeadLetterTarget::Topic("t.dlq".into()),
+            Arc::new(Flaky::failing(u32::MAX, None)),
+            &context(),
+            dir.path().join("fallback"),
+            Arc::new(Flaky::failing(u32::MAX, None)),
+        );
+        // A Kafka source: the record cannot be offered again, the write is retried.
+        let runner = runner(
+            writer,
+            crate::retry::RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+            },
+            false,
+        );
+        let (message, outcome) = message(meta(Origin::Kafka {
+            topic: "in".into(),
+            partition: 0,
+            offset: 7,
+        }));
         let failure = Failure::new("steps[0].xml_to_json", ErrorCode::InvalidXml, "bad");
         let retrying = {
             let runner = Arc::clone(&runner);

@@ -268,15 +268,19 @@ impl Engine {
         )
         .map_err(|(component, e)| build_error(&component, e.to_string()))?;
         let target = DeadLetterTarget::resolve(config, &self.ctx.dead_letters_dir);
-        let dead_letter = DeadLetterWriter::new(
+        let dead_letter = DeadLetterWriter::build(
             target,
-            Some(producer),
-            Arc::clone(&pipeline),
-            file.version.clone(),
+            &SinkContext {
+                pipeline: Arc::clone(&pipeline),
+                version: Arc::clone(&version),
+                producer: Some(producer),
+                dry: false,
+            },
             self.ctx
                 .dead_letters_dir
                 .join(format!("{name}.fallback.dlq.ndjson")),
-        );
+        )
+        .map_err(|e| build_error("dead_letter", e.to_string()))?;
         let source = config
             .source
             .build(&SourceContext {

@@ -40,7 +40,7 @@ fn with_headers(
 }
 
 /// The acknowledgement of one send attempt: the delivery's result, or the send's error.
-async fn settle(sent: Result<Delivery, SinkError>) -> Result<(), SinkError> {
+pub(crate) async fn settle(sent: Result<Delivery, SinkError>) -> Result<(), SinkError> {
     match sent {
         Ok(delivery) => delivery.await,
         Err(e) => Err(e),
@@ -102,6 +102,40 @@ pub struct Runner {
 struct Permit {
     _room: OwnedSemaphorePermit,
     _counted: crate::metrics::InFlight,
+}
+
+/// How long [`Runner::retried`] goes on.
+struct Budget {
+    /// Attempts in all, the first included, before the write gives up; `None`: until it
+    /// succeeds or the pipeline stops.
+    attempts: Option<u32>,
+    /// Past `attempts`, how long after the first attempt the write still waits for its
+    /// destination (`on_error.max_sink_wait_ms`), its backoffs ending when the pipeline stops.
+    wait: Option<Duration>,
+    /// Whether the backoffs within `attempts` end when the pipeline stops, too.
+    stoppable: bool,
+}
+
+/// How a write retried by [`Runner::retried`] ended.
+enum Retried<T> {
+    /// An attempt succeeded.
+    Done(T),
+    /// The destination refused the write for good.
+    Refused {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// The destination's answer.
+        message: String,
+    },
+    /// Transient faults until the budget was spent.
+    Exhausted {
+        /// The last fault.
+        message: String,
+        /// Since the first attempt.
+        waited: Duration,
+    },
+    /// The pipeline stopped during a backoff.
+    Stopped,
 }
 
 /// Longest wait before an input whose upstream is unavailable is tried again.
@@ -326,7 +360,67 @@ impl Runner {
         }
     }
 
-    /// Awaits the sink's acknowledgement, retrying transient faults as the policy says: up
+    /// Retries a write that failed transiently, as the retry policy says: the one retry loop
+    /// of the pipeline, for its sinks and its dead letters. `first` is the first attempt (in
+    /// flight already, or started when awaited), `again` starts each next one after the
+    /// policy's backoff; `fault` hears of every transient fault that is retried (the attempts
+    /// so far, the error, and whether the attempt budget is spent: the write then waits).
+    ///
+    /// The loop ends when an attempt succeeds, when the sink refuses the write for good, when
+    /// the budget is spent ([`Budget`]), or when the pipeline stops during a backoff that may
+    /// end so.
+    async fn retried<T, F, Fut>(
+        &self,
+        budget: Budget,
+        first: impl std::future::Future<Output = Result<T, SinkError>>,
+        mut again: F,
+        mut fault: impl FnMut(u32, &str, bool),
+    ) -> (Retried<T>, u32)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SinkError>>,
+    {
+        let started = std::time::Instant::now();
+        let mut attempts = 1;
+        let mut result = first.await;
+        loop {
+            let message = match result {
+                Ok(done) => return (Retried::Done(done), attempts),
+                Err(SinkError::Permanent { code, message }) => {
+                    return (Retried::Refused { code, message }, attempts)
+                }
+                Err(SinkError::Transient(message)) => message,
+            };
+            let spent = budget.attempts.is_some_and(|max| attempts >= max);
+            if spent && budget.wait.is_none_or(|max| started.elapsed() >= max) {
+                let waited = started.elapsed();
+                return (Retried::Exhausted { message, waited }, attempts);
+            }
+            fault(attempts, &message, spent);
+            let backoff = self.retry.backoff(attempts);
+            let stoppable = spent || budget.stoppable;
+            // Boxed: the rare path's state would otherwise sit in every delivery task, and a
+            // task's future is moved in whole when it is spawned.
+            let next = Box::pin(async {
+                if stoppable {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stopped.cancelled() => return None,
+                    }
+                } else {
+                    tokio::time::sleep(backoff).await;
+                }
+                Some(again().await)
+            });
+            match next.await {
+                Some(next) => result = next,
+                None => return (Retried::Stopped, attempts),
+            }
+            attempts += 1;
+        }
+    }
+
+    /// Awaits the sink's acknowledgement, retrying transient faults ([`Runner::retried`]): up
     /// to `on_error.max_attempts` attempts, then, for a source that can wait (Kafka, file),
     /// on until `sink_wait` has passed since the first attempt (the message holds its
     /// in-flight room meanwhile, so the source stops reading: backpressure); then the
@@ -340,87 +434,71 @@ impl Runner {
         permit: Permit,
         (trace, delivery): (Trace, crate::telemetry::Delivery),
     ) {
-        let mut attempts = 1;
-        let started = std::time::Instant::now();
+        let target = &self.program.sinks[sink];
+        let budget = Budget {
+            attempts: Some(self.retry.max_attempts),
+            wait: self.sink_wait,
+            stoppable: false,
+        };
         let mut waiting = false;
-        let mut result = first.await;
-        let failure = loop {
-            match result {
-                Ok(()) => {
-                    self.metrics.sent(record.meta.received_at.elapsed());
-                    delivery.end(None);
-                    ack.delivered();
-                    return;
-                }
-                Err(SinkError::Permanent { code, message }) => {
-                    break Failure {
-                        step: self.program.sinks[sink].id.clone(),
-                        code,
-                        message,
-                        attempts,
-                        details: None,
-                        retry_after: None,
-                    };
-                }
-                Err(SinkError::Transient(message))
-                    if attempts >= self.retry.max_attempts
-                        && self.sink_wait.is_none_or(|max| started.elapsed() >= max) =>
-                {
-                    let message = match self.sink_wait {
-                        Some(max) => format!(
-                            "{message} (the sink stayed unavailable for {} ms, past on_error.max_sink_wait_ms = {})",
-                            started.elapsed().as_millis(),
-                            max.as_millis()
-                        ),
-                        None => message,
-                    };
-                    break Failure {
-                        step: self.program.sinks[sink].id.clone(),
-                        code: ErrorCode::RetriesExhausted,
-                        message,
-                        attempts,
-                        details: None,
-                        retry_after: None,
-                    };
-                }
-                Err(SinkError::Transient(message)) => {
-                    tracing::debug!(pipeline = %self.name, step = %self.program.sinks[sink].id, correlation_id = %record.meta.correlation_id, attempts, error = %message, "Sink fault; retrying.");
-                    self.metrics.retried();
-                    if attempts >= self.retry.max_attempts {
-                        // Past the retry budget: the input waits for the sink (its room held:
-                        // the source stops reading), rather than flood the dead letters.
-                        self.metrics.sink_waited();
-                        if !waiting {
-                            waiting = true;
-                            if let Some(suppressed) = self.sink_wait_warnings.allow() {
-                                tracing::warn!(pipeline = %self.name, step = %self.program.sinks[sink].id, correlation_id = %record.meta.correlation_id, attempts, suppressed, max_sink_wait_ms = self.sink_wait.unwrap_or_default().as_millis() as u64, error = %message, "Sink unavailable past its retry budget; the input waits.");
-                            }
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(self.retry.backoff(attempts)) => {}
-                            // Stopped: the unsettled ack fails the input; it is read again.
-                            _ = self.stopped.cancelled() => return,
-                        }
-                        result = settle(self.program.sinks[sink].sink.send(&record).await).await;
-                        attempts += 1;
-                        continue;
+        let fault = |attempts: u32, message: &str, spent: bool| {
+            tracing::debug!(pipeline = %self.name, step = %target.id, correlation_id = %record.meta.correlation_id, attempts, error = %message, "Sink fault; retrying.");
+            self.metrics.retried();
+            if spent {
+                // Past the retry budget: the input waits for the sink (its room held: the
+                // source stops reading), rather than flood the dead letters.
+                self.metrics.sink_waited();
+                if !waiting {
+                    waiting = true;
+                    if let Some(suppressed) = self.sink_wait_warnings.allow() {
+                        tracing::warn!(pipeline = %self.name, step = %target.id, correlation_id = %record.meta.correlation_id, attempts, suppressed, max_sink_wait_ms = self.sink_wait.unwrap_or_default().as_millis() as u64, error = %message, "Sink unavailable past its retry budget; the input waits.");
                     }
-                    result = Box::pin(async {
-                        tokio::time::sleep(self.retry.backoff(attempts)).await;
-                        settle(self.program.sinks[sink].sink.send(&record).await).await
-                    })
-                    .await;
-                    attempts += 1;
                 }
             }
         };
+        let again = || async { settle(target.sink.send(&record).await).await };
+        let (code, message, attempts) = match self.retried(budget, first, again, fault).await {
+            (Retried::Done(()), _) => {
+                self.metrics.sent(record.meta.received_at.elapsed());
+                delivery.end(None);
+                ack.delivered();
+                return;
+            }
+            // Stopped: the unsettled ack fails the input; it is read again.
+            (Retried::Stopped, _) => return,
+            (Retried::Refused { code, message }, attempts) => (code, message, attempts),
+            (Retried::Exhausted { message, waited }, attempts) => {
+                let message = match self.sink_wait {
+                    Some(max) => format!(
+                        "{message} (the sink stayed unavailable for {} ms, past on_error.max_sink_wait_ms = {})",
+                        waited.as_millis(),
+                        max.as_millis()
+                    ),
+                    None => message,
+                };
+                (ErrorCode::RetriesExhausted, message, attempts)
+            }
+        };
+        let failure = Failure {
+            step: target.id.clone(),
+            code,
+            message,
+            attempts,
+            details: None,
+            retry_after: None,
+        };
         delivery.end(Some(&failure));
-        // Boxed: the rare path's state would otherwise sit in every delivery task, and a
-        // task's future is moved in whole when it is spawned.
-        Box::pin(self.dead_letter(record.meta, ack, failure, permit, trace)).await;
+        // Boxed: the rare path's state would otherwise sit in every delivery task.
+        Box::pin(
+            self.clone()
+                .dead_letter(record.meta, ack, failure, permit, trace),
+        )
+        .await;
     }
 
-    /// Writes the input to the dead-letter destination (once per input) and settles `ack`.
+    /// Sends the input's envelope to the dead-letter destination (once per input, through
+    /// [`Runner::retried`]: a source that cannot offer the input again (Kafka) retries until
+    /// it is written or the pipeline stops) and settles `ack`.
     async fn dead_letter(
         self: Arc<Self>,
         meta: Arc<Meta>,
@@ -438,62 +516,65 @@ impl Runner {
             error = %failure.message,
             "Message dead-lettered."
         );
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut written = Written::Destination;
-            match ack
-                .dead_letter_once(|| async {
-                    written = self.dead_letter.write(&meta, &failure).await?;
-                    Ok::<(), SinkError>(())
-                })
-                .await
-            {
-                Ok(()) => {
-                    if written == Written::Fallback {
-                        // Kept on local disk, not where dead letters are looked for: failed.
-                        self.metrics.failed();
-                        self.metrics.dead_letter_fallback();
-                    } else {
-                        self.metrics
-                            .dead_lettered(&failure.step, failure.code.as_str());
-                    }
-                    trace.child("dead_letter", started, None);
-                    ack.dead_lettered(failure);
-                    return;
-                }
-                Err(e) if self.source_redelivers && attempt >= self.retry.max_attempts => {
-                    tracing::error!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, error = %e, "Dead-letter write failed; the input is refused.");
-                    self.metrics.failed();
-                    ack.failed(Failure {
-                        step: "dead_letter".into(),
-                        code: ErrorCode::RetriesExhausted,
-                        message: format!("{failure}; the dead-letter write failed too: {e}"),
-                        attempts: attempt,
-                        details: None,
-                        retry_after: None,
-                    });
-                    return;
-                }
-                Err(e) => {
-                    // During a broker outage every waiting input retries: one warning per
-                    // pipeline per interval, with the count of the others.
-                    if let Some(suppressed) = self.dead_letter_warnings.allow() {
-                        tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, suppressed, error = %e, "Dead-letter write failed; retrying.");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.retry.backoff(attempt)) => {}
-                        // A stopped or replaced pipeline stops retrying: the dropped ack
-                        // leaves the input unsettled (a Kafka record stays uncommitted and is
-                        // consumed again), nothing is lost.
-                        _ = self.stopped.cancelled() => {
-                            tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, "Dead-letter write abandoned: the pipeline stopped; the input is left unsettled.");
-                            return;
-                        }
-                    }
-                }
+        let envelope = self.dead_letter.envelope(&meta, &failure);
+        let budget = Budget {
+            attempts: self.source_redelivers.then_some(self.retry.max_attempts),
+            wait: None,
+            // A stopped or replaced pipeline stops retrying: the dropped ack leaves the input
+            // unsettled (a Kafka record stays uncommitted and is consumed again), nothing is
+            // lost.
+            stoppable: true,
+        };
+        let attempt = || self.dead_letter_once(&ack, &envelope);
+        let fault = |attempt: u32, error: &str, _| {
+            // During a broker outage every waiting input retries: one warning per pipeline
+            // per interval, with the count of the others.
+            if let Some(suppressed) = self.dead_letter_warnings.allow() {
+                tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, suppressed, error = %error, "Dead-letter write failed; retrying.");
             }
-        }
+        };
+        let (error, attempt) = match self.retried(budget, attempt(), attempt, fault).await {
+            (Retried::Done(written), _) => {
+                if written == Written::Fallback {
+                    // Kept on local disk, not where dead letters are looked for: failed.
+                    self.metrics.failed();
+                    self.metrics.dead_letter_fallback();
+                } else {
+                    self.metrics
+                        .dead_lettered(&failure.step, failure.code.as_str());
+                }
+                trace.child("dead_letter", started, None);
+                ack.dead_lettered(failure);
+                return;
+            }
+            (Retried::Stopped, attempt) => {
+                tracing::warn!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, attempt, "Dead-letter write abandoned: the pipeline stopped; the input is left unsettled.");
+                return;
+            }
+            (Retried::Exhausted { message, .. }, attempt)
+            | (Retried::Refused { message, .. }, attempt) => (message, attempt),
+        };
+        tracing::error!(pipeline = %self.name, step = %failure.step, correlation_id = %meta.correlation_id, error = %error, "Dead-letter write failed; the input is refused.");
+        self.metrics.failed();
+        ack.failed(Failure {
+            step: "dead_letter".into(),
+            code: ErrorCode::RetriesExhausted,
+            message: format!("{failure}; the dead-letter write failed too: {error}"),
+            attempts: attempt,
+            details: None,
+            retry_after: None,
+        });
+    }
+
+    /// One attempt to write `envelope`, unless a fork of the same input wrote it already.
+    async fn dead_letter_once(&self, ack: &Ack, envelope: &Record) -> Result<Written, SinkError> {
+        let mut written = Written::Destination;
+        ack.dead_letter_once(|| async {
+            written = self.dead_letter.send(envelope).await?;
+            Ok::<(), SinkError>(())
+        })
+        .await?;
+        Ok(written)
     }
 
     /// Waits until nothing is in flight, at most `timeout`; true when drained. Then inputs

@@ -1,11 +1,15 @@
-//! `file` sink: append one NDJSON line per message.
+//! `file` sink: append one NDJSON line per message; for dead letters, one NDJSON envelope
+//! per input (`{"headers": {...}, "payload": "..."}`, or `payload_base64` for bytes that are
+//! not UTF-8).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Deserialize;
+use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
@@ -26,7 +30,21 @@ impl FileSinkConfig {
         Ok(FileSink {
             path: self.path.clone(),
             file: Arc::new(Mutex::new(None)),
+            envelopes: false,
         })
+    }
+
+    /// Builds the sink of a pipeline's dead letters: it writes envelopes ([`Record`]s whose
+    /// `headers` are the `gridflow.*` envelope headers and whose payload is the input's
+    /// original bytes, see [`dead_letter`](crate::engine::dead_letter)), one NDJSON line each:
+    /// `{"headers": {...}, "payload": "..."}` (or `payload_base64`), the input's own headers
+    /// then the envelope's (which replace those of the same name).
+    pub fn build_dead_letters(&self) -> FileSink {
+        FileSink {
+            path: self.path.clone(),
+            file: Arc::new(Mutex::new(None)),
+            envelopes: true,
+        }
     }
 }
 
@@ -34,6 +52,31 @@ impl FileSinkConfig {
 pub struct FileSink {
     path: PathBuf,
     file: Arc<Mutex<Option<tokio::fs::File>>>,
+    /// Writes dead-letter envelopes (see [`FileSinkConfig::build_dead_letters`]).
+    envelopes: bool,
+}
+
+/// The NDJSON line of a dead-letter envelope.
+fn envelope_line(record: &Record) -> Vec<u8> {
+    let text = |v: &[u8]| Value::String(String::from_utf8_lossy(v).into_owned());
+    let mut headers = Map::new();
+    for (k, v) in &record.meta.headers {
+        headers.insert(k.clone(), text(v));
+    }
+    for (k, v) in record.headers.iter() {
+        headers.insert(k.clone(), text(v));
+    }
+    let payload = record.payload.to_bytes();
+    let envelope = match std::str::from_utf8(&payload) {
+        Ok(payload) => json!({ "headers": headers, "payload": payload }),
+        Err(_) => json!({
+            "headers": headers,
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&payload),
+        }),
+    };
+    let mut line = serde_json::to_vec(&envelope).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 /// Appends `line` to `path`, opening (and creating) the file when `slot` is empty.
@@ -81,10 +124,23 @@ pub(crate) async fn append_to_file(
 impl Sink for FileSink {
     fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
         async move {
-            append_to_file(&self.file, &self.path, &ndjson_line(&record.payload))
+            let line = if self.envelopes {
+                envelope_line(record)
+            } else {
+                ndjson_line(&record.payload)
+            };
+            append_to_file(&self.file, &self.path, &line)
                 .await
                 .map_err(|e| {
-                    SinkError::Transient(format!("writing {} failed: {e}", self.path.display()))
+                    let what = if self.envelopes {
+                        "dead-letter file "
+                    } else {
+                        ""
+                    };
+                    SinkError::Transient(format!(
+                        "writing {what}{} failed: {e}",
+                        self.path.display()
+                    ))
                 })?;
             let done: Delivery = Box::pin(async { Ok(()) });
             Ok(done)

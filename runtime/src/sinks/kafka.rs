@@ -7,7 +7,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,6 +14,7 @@ use serde_json::Value;
 use super::{Delivery, Record, Sink, SinkContext};
 use crate::error::{BuildError, ErrorCode, SinkError};
 use crate::jmes::Expr;
+use crate::kafka::Carry;
 
 /// `kind = "kafka"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -59,19 +59,43 @@ impl KafkaSinkConfig {
     /// Builds the sink on the process's shared producer.
     pub fn build(&self, ctx: &SinkContext) -> Result<KafkaSink, BuildError> {
         self.check()?;
-        let producer = ctx
-            .producer
-            .clone()
-            .ok_or_else(|| BuildError::new("no Kafka producer is configured"))?;
         Ok(KafkaSink {
             topic: Arc::from(self.topic.as_str()),
             key: self.key_expr()?,
-            producer,
-            health: super::DeliveryHealth::register(&ctx.pipeline),
+            producer: producer(ctx)?,
+            health: Some(super::DeliveryHealth::register(&ctx.pipeline)),
             pipeline: ctx.pipeline.clone(),
             version: ctx.version.clone(),
+            envelopes: false,
         })
     }
+
+    /// Builds the sink of a pipeline's dead letters on the process's shared producer: it
+    /// writes envelopes ([`Record`]s whose `headers` are the `gridflow.*` envelope headers and
+    /// whose payload is the input's original bytes, see
+    /// [`dead_letter`](crate::engine::dead_letter)): the input's own headers (those
+    /// [`Carry::DeadLetter`] keeps) then the envelope's, under the input's key. It is not the
+    /// pipeline's sink: its failures are not the pipeline's delivery health, and its errors
+    /// name the dead-letter topic. The topic name is not checked (`on_error.dead_letter_topic`
+    /// never was).
+    pub fn build_dead_letters(&self, ctx: &SinkContext) -> Result<KafkaSink, BuildError> {
+        Ok(KafkaSink {
+            topic: Arc::from(self.topic.as_str()),
+            key: self.key_expr()?,
+            producer: producer(ctx)?,
+            health: None,
+            pipeline: ctx.pipeline.clone(),
+            version: ctx.version.clone(),
+            envelopes: true,
+        })
+    }
+}
+
+/// The process's shared producer, which every Kafka sink writes with.
+fn producer(ctx: &SinkContext) -> Result<crate::kafka::Producer, BuildError> {
+    ctx.producer
+        .clone()
+        .ok_or_else(|| BuildError::new("no Kafka producer is configured"))
 }
 
 /// The running `kafka` sink.
@@ -79,10 +103,12 @@ pub struct KafkaSink {
     topic: Arc<str>,
     key: Option<Expr>,
     producer: crate::kafka::Producer,
-    /// Whether deliveries succeed, for the admin API.
-    health: Arc<super::DeliveryHealth>,
+    /// Whether deliveries succeed, for the admin API (`None` for dead letters).
+    health: Option<Arc<super::DeliveryHealth>>,
     pipeline: Arc<str>,
     version: Arc<str>,
+    /// Writes dead-letter envelopes (see [`KafkaSinkConfig::build_dead_letters`]).
+    envelopes: bool,
 }
 
 impl KafkaSink {
@@ -114,34 +140,68 @@ impl KafkaSink {
         Ok(key)
     }
 
-    fn headers(&self, record: &Record) -> OwnedHeaders {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 3);
-        for (k, v) in record.headers.iter() {
-            if !k.starts_with("gridflow.") {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_ref()),
-                });
-            }
+    /// The Kafka record of `record`, with `key` and `payload` (computed by the caller, which
+    /// holds them), built by the one builder [`crate::kafka::record`]: a message carries its own
+    /// headers but gridflow's, then the correlation id, pipeline and version; an envelope
+    /// carries the input's own headers, then the envelope (which names them all).
+    pub(crate) fn record<'a>(
+        &'a self,
+        record: &'a Record,
+        key: Option<&'a [u8]>,
+        payload: &'a [u8],
+    ) -> FutureRecord<'a, [u8], [u8]> {
+        let pairs = |headers: &'a crate::message::Headers| {
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+        };
+        if self.envelopes {
+            let envelope: Vec<(&str, &[u8])> = pairs(&record.headers).collect();
+            return crate::kafka::record(
+                &self.topic,
+                key,
+                payload,
+                record
+                    .meta
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice())),
+                Carry::DeadLetter,
+                &envelope,
+            );
         }
-        headers
-            .insert(Header {
-                key: "gridflow.correlation_id",
-                value: Some(&record.meta.correlation_id),
-            })
-            .insert(Header {
-                key: "gridflow.pipeline",
-                value: Some(&*self.pipeline),
-            })
-            .insert(Header {
-                key: "gridflow.pipeline.version",
-                value: Some(&*self.version),
-            })
+        crate::kafka::record(
+            &self.topic,
+            key,
+            payload,
+            pairs(&record.headers),
+            Carry::Delivery,
+            &[
+                (
+                    "gridflow.correlation_id",
+                    record.meta.correlation_id.as_bytes(),
+                ),
+                ("gridflow.pipeline", self.pipeline.as_bytes()),
+                ("gridflow.pipeline.version", self.version.as_bytes()),
+            ],
+        )
+    }
+
+    /// The error of a refused or failed write: a fault of the broker or the network is
+    /// transient, a record the broker refuses as such is not.
+    fn error(&self, error: KafkaError) -> SinkError {
+        delivery_error(error, &self.topic, self.envelopes)
+    }
+
+    /// Records a transient fault in the delivery health.
+    fn failed(&self, error: &SinkError) {
+        if let (Some(health), SinkError::Transient(message)) = (&self.health, error) {
+            health.failed(message);
+        }
     }
 }
 
-fn delivery_error(error: KafkaError, topic: &str) -> SinkError {
+fn delivery_error(error: KafkaError, topic: &str, dead_letters: bool) -> SinkError {
     let message = match &error {
+        _ if dead_letters => format!("writing to dead-letter topic `{topic}` failed: {error}"),
         KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
             format!("topic `{topic}` does not exist on the broker (create it first)")
         }
@@ -162,37 +222,32 @@ impl Sink for KafkaSink {
         async move {
             let key = self.key(record)?;
             let payload = record.payload.to_bytes();
-            let mut future = FutureRecord::<[u8], [u8]>::to(&self.topic)
-                .payload(payload.as_ref())
-                .headers(self.headers(record));
-            if let Some(key) = &key {
-                future = future.key(key.as_ref());
-            }
+            let future = self.record(record, key.as_deref(), &payload);
             let delivery = match crate::kafka::enqueue(&self.producer, future).await {
                 Ok(delivery) => delivery,
                 Err(e) => {
-                    let error = delivery_error(e, &self.topic);
-                    if let SinkError::Transient(message) = &error {
-                        self.health.failed(message);
-                    }
+                    let error = self.error(e);
+                    self.failed(&error);
                     return Err(error);
                 }
             };
-            let topic = Arc::clone(&self.topic);
-            let health = Arc::clone(&self.health);
+            let (topic, envelopes) = (Arc::clone(&self.topic), self.envelopes);
+            let health = self.health.clone();
             let delivery: Delivery = Box::pin(async move {
                 let result = match delivery.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((error, _))) => Err(delivery_error(error, &topic)),
+                    Ok(Err((error, _))) => Err(delivery_error(error, &topic, envelopes)),
                     // The client was closed (replaced after a fatal error): sent again.
                     Err(_) => Err(SinkError::Transient(
                         "the producer was closed before delivery".into(),
                     )),
                 };
-                match &result {
-                    Ok(()) => health.delivered(),
-                    Err(SinkError::Transient(message)) => health.failed(message),
-                    Err(_) => {}
+                if let Some(health) = &health {
+                    match &result {
+                        Ok(()) => health.delivered(),
+                        Err(SinkError::Transient(message)) => health.failed(message),
+                        Err(_) => {}
+                    }
                 }
                 result
             });

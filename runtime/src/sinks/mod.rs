@@ -8,8 +8,6 @@ mod http;
 mod kafka;
 mod stdout;
 
-pub(crate) use file::append_to_file;
-
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
