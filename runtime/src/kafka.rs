@@ -780,6 +780,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_writer_carries_its_own_set_of_gridflow_headers() {
+        let names = [
+            "trace",
+            "gridflow.correlation_id",
+            "gridflow.pipeline",
+            "gridflow.error.code",
+            "gridflow.source.topic",
+            "gridflow.failed_at",
+            "gridflow.replay.count",
+            "gridflow.replayed_from",
+        ];
+        let carried = |carry: Carry| {
+            names
+                .iter()
+                .copied()
+                .filter(|n| carry.carries(n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(carried(Carry::Delivery), ["trace"]);
+        assert_eq!(
+            carried(Carry::DeadLetter),
+            ["trace", "gridflow.replay.count", "gridflow.replayed_from"]
+        );
+        assert_eq!(carried(Carry::Replay), ["trace", "gridflow.correlation_id"]);
+        let r = record(
+            "t",
+            None,
+            b"x",
+            [("trace", &b"1"[..]), ("gridflow.pipeline", &b"up"[..])],
+            Carry::Delivery,
+            &[("gridflow.pipeline", b"p")],
+        );
+        use rdkafka::message::Headers as _;
+        let headers: Vec<_> = r
+            .headers
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.unwrap().to_vec()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("trace".to_string(), b"1".to_vec()),
+                ("gridflow.pipeline".to_string(), b"p".to_vec())
+            ]
+        );
+        assert!(r.key.is_none());
+    }
+
+    #[test]
     fn user_properties_override_defaults_but_not_the_offset_store() {
         let mut settings = KafkaSettings {
             brokers: "b:9092".into(),

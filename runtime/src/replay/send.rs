@@ -189,3 +189,223 @@ pub(super) fn post(
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use rdkafka::message::Headers as _;
+
+    use super::*;
+    use crate::error::{ErrorCode, Failure};
+    use crate::message::{Meta, Origin, Payload};
+    use crate::sinks::{KafkaSinkConfig, Record, SinkContext};
+
+    /// What a built record holds: topic, key, payload, headers in order.
+    type Built = (String, Option<Vec<u8>>, Vec<u8>, Vec<(String, String)>);
+
+    fn built(r: &FutureRecord<'_, [u8], [u8]>) -> Built {
+        let headers = r.headers.as_ref().map_or_else(Vec::new, |h| {
+            h.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_string(), value.into_owned())
+                })
+                .collect()
+        });
+        (
+            r.topic.to_string(),
+            r.key.map(<[u8]>::to_vec),
+            r.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        )
+    }
+
+    fn pairs(headers: &[(String, String)]) -> Vec<(&str, &[u8])> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect()
+    }
+
+    /// The Kafka sink, the dead-letter route and the replay build their records with the one
+    /// builder, `kafka::record`: for the same input each record is what the builder makes of
+    /// it with the writer's `Carry` and stamps, and the input's own headers come first, the
+    /// same in all three; the dead letter's own header travels to the replayed record.
+    #[test]
+    fn the_sink_the_dead_letters_and_the_replay_share_one_record_builder() {
+        let producer = crate::kafka::KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..Default::default()
+        }
+        .producer()
+        .unwrap();
+        let ctx = SinkContext {
+            pipeline: "p".into(),
+            version: "v1".into(),
+            producer: Some(producer),
+            dry: false,
+        };
+        let input = vec![
+            ("trace".to_string(), b"t".to_vec()),
+            ("gridflow.replay.count".to_string(), b"1".to_vec()),
+            ("gridflow.pipeline".to_string(), b"upstream".to_vec()),
+        ];
+        let meta = Arc::new(Meta {
+            original: Bytes::from_static(b"<bad"),
+            correlation_id: "c-1".into(),
+            content_type: crate::message::ContentType::Xml,
+            origin: Origin::Kafka {
+                topic: "in".into(),
+                partition: 2,
+                offset: 42,
+            },
+            key: Some(Bytes::from_static(b"k")),
+            headers: input.clone(),
+            reply: None,
+            request_headers: Vec::new(),
+            received_at: std::time::Instant::now(),
+        });
+        let as_text = |h: &[(String, Vec<u8>)]| -> Vec<(String, String)> {
+            h.iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect()
+        };
+        let input_text = as_text(&input);
+
+        // The Kafka sink delivering the input as it is.
+        let sink = KafkaSinkConfig {
+            topic: "out".into(),
+            key: None,
+        }
+        .build(&ctx)
+        .unwrap();
+        let message = Record {
+            payload: Payload::Bytes(meta.original.clone()),
+            meta: Arc::clone(&meta),
+            headers: Arc::new(
+                input
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Bytes::from(v.clone())))
+                    .collect(),
+            ),
+            key: meta.key.clone(),
+        };
+        let delivered = built(&sink.record(&message, Some(b"k"), b"<bad"));
+        let expected = crate::kafka::record(
+            "out",
+            Some(b"k"),
+            b"<bad",
+            pairs(&input_text),
+            Carry::Delivery,
+            &[
+                ("gridflow.correlation_id", b"c-1"),
+                ("gridflow.pipeline", b"p"),
+                ("gridflow.pipeline.version", b"v1"),
+            ],
+        );
+        assert_eq!(delivered, built(&expected));
+
+        // The dead-letter route: the envelope, through the Kafka sink of the target.
+        let target = crate::engine::dead_letter::DeadLetterTarget::Topic("out.dlq".into());
+        let writer = crate::engine::dead_letter::DeadLetterWriter::build(
+            target,
+            &ctx,
+            std::env::temp_dir().join("unused.fallback.ndjson"),
+        )
+        .unwrap();
+        let failure = Failure::new("steps[0].map", ErrorCode::InvalidXml, "bad");
+        let envelope = writer.envelope(&meta, &failure);
+        let dlq_sink = KafkaSinkConfig {
+            topic: "out.dlq".into(),
+            key: None,
+        }
+        .build_dead_letters(&ctx)
+        .unwrap();
+        let dead = built(&dlq_sink.record(&envelope, Some(b"k"), b"<bad"));
+        let stamps: Vec<(String, String)> = as_text(
+            &envelope
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_vec()))
+                .collect::<Vec<_>>(),
+        );
+        let expected = crate::kafka::record(
+            "out.dlq",
+            Some(b"k"),
+            b"<bad",
+            pairs(&input_text),
+            Carry::DeadLetter,
+            &pairs(&stamps),
+        );
+        assert_eq!(dead, built(&expected));
+
+        // The replay of that dead letter, as read from the dead-letter topic.
+        let outgoing = Outgoing {
+            at: "out.dlq/0/7".into(),
+            target: "in".into(),
+            key: Some(b"k".to_vec()),
+            payload: b"<bad".to_vec(),
+            headers: dead
+                .3
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect(),
+            count: 2,
+            correlation: "c-1".into(),
+            code: "invalid_xml".into(),
+            partition: 0,
+            offset: 7,
+        };
+        let replayed = built(&record(&outgoing));
+        let expected = crate::kafka::record(
+            "in",
+            Some(b"k"),
+            b"<bad",
+            pairs(&dead.3),
+            Carry::Replay,
+            &[
+                ("gridflow.replayed_from", b"out.dlq/0/7"),
+                ("gridflow.replay.count", b"2"),
+            ],
+        );
+        assert_eq!(replayed, built(&expected));
+
+        // The input's own header first, the same in all three.
+        for (_, key, payload, headers) in [&delivered, &dead, &replayed] {
+            assert_eq!(key.as_deref(), Some(&b"k"[..]));
+            assert_eq!(payload, b"<bad");
+            assert_eq!(headers[0], ("trace".to_string(), "t".to_string()));
+        }
+        let names = |h: &[(String, String)]| h.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&delivered.3),
+            [
+                "trace",
+                "gridflow.correlation_id",
+                "gridflow.pipeline",
+                "gridflow.pipeline.version"
+            ]
+        );
+        let value = |h: &[(String, String)], name: &str| {
+            h.iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
+        // The dead letter keeps the replay count, not the upstream's pipeline.
+        assert_eq!(value(&dead.3, "gridflow.replay.count"), ["1"]);
+        assert_eq!(value(&dead.3, "gridflow.pipeline"), ["p"]);
+        assert_eq!(value(&dead.3, "gridflow.error.code"), ["invalid_xml"]);
+        // The replayed record: no failure facts, the correlation id, a count one higher.
+        assert!(replayed
+            .3
+            .iter()
+            .all(|(k, _)| !k.starts_with("gridflow.error.")
+                && !k.starts_with("gridflow.source.")
+                && k != "gridflow.pipeline"));
+        assert_eq!(value(&replayed.3, "gridflow.correlation_id"), ["c-1"]);
+        assert_eq!(value(&replayed.3, "gridflow.replay.count"), ["2"]);
+    }
+}
