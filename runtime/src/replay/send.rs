@@ -229,30 +229,25 @@ mod tests {
             .collect()
     }
 
-    /// The Kafka sink, the dead-letter route and the replay build their records with the one
-    /// builder, `kafka::record`: for the same input each record is what the builder makes of
-    /// it with the writer's `Carry` and stamps, and the input's own headers come first, the
-    /// same in all three; the dead letter's own header travels to the replayed record.
-    #[test]
-    fn the_sink_the_dead_letters_and_the_replay_share_one_record_builder() {
+    /// A sink context with a producer (never connected) for pipeline `p`, version `v1`.
+    fn context() -> SinkContext {
         let producer = crate::kafka::KafkaSettings {
             brokers: "127.0.0.1:1".into(),
             ..Default::default()
         }
         .producer()
         .unwrap();
-        let ctx = SinkContext {
+        SinkContext {
             pipeline: "p".into(),
             version: "v1".into(),
             producer: Some(producer),
             dry: false,
-        };
-        let input = vec![
-            ("trace".to_string(), b"t".to_vec()),
-            ("gridflow.replay.count".to_string(), b"1".to_vec()),
-            ("gridflow.pipeline".to_string(), b"upstream".to_vec()),
-        ];
-        let meta = Arc::new(Meta {
+        }
+    }
+
+    /// An input from Kafka with key `k`, bytes `<bad` and `headers`.
+    fn input(headers: &[(String, String)]) -> Arc<Meta> {
+        Arc::new(Meta {
             original: Bytes::from_static(b"<bad"),
             correlation_id: "c-1".into(),
             content_type: crate::message::ContentType::Xml,
@@ -262,42 +257,40 @@ mod tests {
                 offset: 42,
             },
             key: Some(Bytes::from_static(b"k")),
-            headers: input.clone(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect(),
             reply: None,
             request_headers: Vec::new(),
             received_at: std::time::Instant::now(),
-        });
-        let as_text = |h: &[(String, Vec<u8>)]| -> Vec<(String, String)> {
-            h.iter()
-                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                .collect()
-        };
-        let input_text = as_text(&input);
+        })
+    }
 
-        // The Kafka sink delivering the input as it is.
+    /// The Kafka sink's record of `meta` delivered as it is, and the builder's.
+    fn delivered(ctx: &SinkContext, meta: &Arc<Meta>, headers: &[(String, String)]) -> [Built; 2] {
         let sink = KafkaSinkConfig {
             topic: "out".into(),
             key: None,
         }
-        .build(&ctx)
+        .build(ctx)
         .unwrap();
         let message = Record {
             payload: Payload::Bytes(meta.original.clone()),
-            meta: Arc::clone(&meta),
+            meta: Arc::clone(meta),
             headers: Arc::new(
-                input
+                headers
                     .iter()
                     .map(|(k, v)| (k.clone(), Bytes::from(v.clone())))
                     .collect(),
             ),
             key: meta.key.clone(),
         };
-        let delivered = built(&sink.record(&message, Some(b"k"), b"<bad"));
         let expected = crate::kafka::record(
             "out",
             Some(b"k"),
             b"<bad",
-            pairs(&input_text),
+            pairs(headers),
             Carry::Delivery,
             &[
                 ("gridflow.correlation_id", b"c-1"),
@@ -305,48 +298,58 @@ mod tests {
                 ("gridflow.pipeline.version", b"v1"),
             ],
         );
-        assert_eq!(delivered, built(&expected));
+        [
+            built(&sink.record(&message, Some(b"k"), b"<bad")),
+            built(&expected),
+        ]
+    }
 
-        // The dead-letter route: the envelope, through the Kafka sink of the target.
+    /// The dead-letter route's record of `meta` (its envelope, through the Kafka sink of the
+    /// target), and the builder's.
+    fn dead_lettered(
+        ctx: &SinkContext,
+        meta: &Arc<Meta>,
+        headers: &[(String, String)],
+    ) -> [Built; 2] {
         let target = crate::engine::dead_letter::DeadLetterTarget::Topic("out.dlq".into());
         let writer = crate::engine::dead_letter::DeadLetterWriter::build(
-            target,
-            &ctx,
+            target.clone(),
+            ctx,
             std::env::temp_dir().join("unused.fallback.ndjson"),
         )
         .unwrap();
         let failure = Failure::new("steps[0].map", ErrorCode::InvalidXml, "bad");
-        let envelope = writer.envelope(&meta, &failure);
-        let dlq_sink = KafkaSinkConfig {
-            topic: "out.dlq".into(),
-            key: None,
-        }
-        .build_dead_letters(&ctx)
-        .unwrap();
-        let dead = built(&dlq_sink.record(&envelope, Some(b"k"), b"<bad"));
-        let stamps: Vec<(String, String)> = as_text(
-            &envelope
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_vec()))
-                .collect::<Vec<_>>(),
-        );
+        let envelope = writer.envelope(meta, &failure);
+        let crate::sinks::SinkConfig::Kafka(config) = target.sink() else {
+            panic!("a topic target has a Kafka sink");
+        };
+        let sink = config.build_dead_letters(ctx).unwrap();
+        let stamps: Vec<(String, String)> = envelope
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
         let expected = crate::kafka::record(
             "out.dlq",
             Some(b"k"),
             b"<bad",
-            pairs(&input_text),
+            pairs(headers),
             Carry::DeadLetter,
             &pairs(&stamps),
         );
-        assert_eq!(dead, built(&expected));
+        [
+            built(&sink.record(&envelope, Some(b"k"), b"<bad")),
+            built(&expected),
+        ]
+    }
 
-        // The replay of that dead letter, as read from the dead-letter topic.
+    /// The replay's record of dead letter `dead`, read at `out.dlq/0/7`, and the builder's.
+    fn replayed(dead: &Built) -> [Built; 2] {
         let outgoing = Outgoing {
             at: "out.dlq/0/7".into(),
             target: "in".into(),
-            key: Some(b"k".to_vec()),
-            payload: b"<bad".to_vec(),
+            key: dead.1.clone(),
+            payload: dead.2.clone(),
             headers: dead
                 .3
                 .iter()
@@ -358,7 +361,6 @@ mod tests {
             partition: 0,
             offset: 7,
         };
-        let replayed = built(&record(&outgoing));
         let expected = crate::kafka::record(
             "in",
             Some(b"k"),
@@ -370,7 +372,36 @@ mod tests {
                 ("gridflow.replay.count", b"2"),
             ],
         );
-        assert_eq!(replayed, built(&expected));
+        [built(&record(&outgoing)), built(&expected)]
+    }
+
+    /// The values of header `name`.
+    fn values(h: &[(String, String)], name: &str) -> Vec<String> {
+        h.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The Kafka sink, the dead-letter route and the replay build their records with the one
+    /// builder, `kafka::record`: for the same input each record is what the builder makes of
+    /// it with the writer's `Carry` and stamps, and the input's own headers come first, the
+    /// same in all three; the dead letter's own headers travel to the replayed record.
+    #[test]
+    fn the_sink_the_dead_letters_and_the_replay_share_one_record_builder() {
+        let ctx = context();
+        let headers = [
+            ("trace".to_string(), "t".to_string()),
+            ("gridflow.replay.count".to_string(), "1".to_string()),
+            ("gridflow.pipeline".to_string(), "upstream".to_string()),
+        ];
+        let meta = input(&headers);
+        let [delivered, expected] = delivered(&ctx, &meta, &headers);
+        assert_eq!(delivered, expected);
+        let [dead, expected] = dead_lettered(&ctx, &meta, &headers);
+        assert_eq!(dead, expected);
+        let [replayed, expected] = replayed(&dead);
+        assert_eq!(replayed, expected);
 
         // The input's own header first, the same in all three.
         for (_, key, payload, headers) in [&delivered, &dead, &replayed] {
@@ -378,9 +409,9 @@ mod tests {
             assert_eq!(payload, b"<bad");
             assert_eq!(headers[0], ("trace".to_string(), "t".to_string()));
         }
-        let names = |h: &[(String, String)]| h.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let names: Vec<_> = delivered.3.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
-            names(&delivered.3),
+            names,
             [
                 "trace",
                 "gridflow.correlation_id",
@@ -388,16 +419,10 @@ mod tests {
                 "gridflow.pipeline.version"
             ]
         );
-        let value = |h: &[(String, String)], name: &str| {
-            h.iter()
-                .filter(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .collect::<Vec<_>>()
-        };
         // The dead letter keeps the replay count, not the upstream's pipeline.
-        assert_eq!(value(&dead.3, "gridflow.replay.count"), ["1"]);
-        assert_eq!(value(&dead.3, "gridflow.pipeline"), ["p"]);
-        assert_eq!(value(&dead.3, "gridflow.error.code"), ["invalid_xml"]);
+        assert_eq!(values(&dead.3, "gridflow.replay.count"), ["1"]);
+        assert_eq!(values(&dead.3, "gridflow.pipeline"), ["p"]);
+        assert_eq!(values(&dead.3, "gridflow.error.code"), ["invalid_xml"]);
         // The replayed record: no failure facts, the correlation id, a count one higher.
         assert!(replayed
             .3
@@ -405,7 +430,7 @@ mod tests {
             .all(|(k, _)| !k.starts_with("gridflow.error.")
                 && !k.starts_with("gridflow.source.")
                 && k != "gridflow.pipeline"));
-        assert_eq!(value(&replayed.3, "gridflow.correlation_id"), ["c-1"]);
-        assert_eq!(value(&replayed.3, "gridflow.replay.count"), ["2"]);
+        assert_eq!(values(&replayed.3, "gridflow.correlation_id"), ["c-1"]);
+        assert_eq!(values(&replayed.3, "gridflow.replay.count"), ["2"]);
     }
 }
