@@ -80,7 +80,7 @@ fn envelope_line(record: &Record) -> Vec<u8> {
 }
 
 /// Appends `line` to `path`, opening (and creating) the file when `slot` is empty.
-pub(crate) async fn append_to_file(
+async fn append_to_file(
     slot: &Mutex<Option<tokio::fs::File>>,
     path: &std::path::Path,
     line: &[u8],
