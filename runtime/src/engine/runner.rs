@@ -516,7 +516,6 @@ impl Runner {
             error = %failure.message,
             "Message dead-lettered."
         );
-        let envelope = self.dead_letter.envelope(&meta, &failure);
         let budget = Budget {
             attempts: self.source_redelivers.then_some(self.retry.max_attempts),
             wait: None,
@@ -525,7 +524,7 @@ impl Runner {
             // lost.
             stoppable: true,
         };
-        let attempt = || self.dead_letter_once(&ack, &envelope);
+        let attempt = || self.dead_letter_once(&ack, &meta, &failure);
         let fault = |attempt: u32, error: &str, _| {
             // During a broker outage every waiting input retries: one warning per pipeline
             // per interval, with the count of the others.
@@ -566,11 +565,19 @@ impl Runner {
         });
     }
 
-    /// One attempt to write `envelope`, unless a fork of the same input wrote it already.
-    async fn dead_letter_once(&self, ack: &Ack, envelope: &Record) -> Result<Written, SinkError> {
+    /// One attempt to write the envelope of the input, unless a fork of the same input wrote
+    /// it already. The envelope is made anew each time: `gridflow.failed_at` says when the
+    /// dead letter was written.
+    async fn dead_letter_once(
+        &self,
+        ack: &Ack,
+        meta: &Arc<Meta>,
+        failure: &Failure,
+    ) -> Result<Written, SinkError> {
         let mut written = Written::Destination;
         ack.dead_letter_once(|| async {
-            written = self.dead_letter.send(envelope).await?;
+            let envelope = self.dead_letter.envelope(meta, failure);
+            written = self.dead_letter.send(&envelope).await?;
             Ok::<(), SinkError>(())
         })
         .await?;

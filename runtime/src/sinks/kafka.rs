@@ -238,6 +238,9 @@ impl Sink for KafkaSink {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((error, _))) => Err(delivery_error(error, &topic, envelopes)),
                     // The client was closed (replaced after a fatal error): sent again.
+                    Err(_) if envelopes => {
+                        Err(SinkError::Transient("the producer was closed".into()))
+                    }
                     Err(_) => Err(SinkError::Transient(
                         "the producer was closed before delivery".into(),
                     )),
