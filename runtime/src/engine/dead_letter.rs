@@ -355,7 +355,7 @@ mod tests {
         use std::sync::Arc;
         use std::time::Duration;
 
-        let sink: SinkConfig = toml::from_str("kind = 'blackhole'").unwrap();
+        let sink: SinkConfig = crate::sinks::parse_sink_text("kind = 'blackhole'").unwrap();
         let program = crate::engine::program::Program::build(
             "p",
             &[],
