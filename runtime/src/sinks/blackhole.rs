@@ -34,7 +34,8 @@ impl Sink for BlackholeSink {
 
 impl super::SinkKind for BlackholeSinkConfig {
     const KIND: &'static str = "blackhole";
-    const EXAMPLE: &'static str = r#"kind = "blackhole""#;
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "blackhole""#;
 
     fn build(
         &self,

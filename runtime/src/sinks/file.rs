@@ -95,7 +95,8 @@ impl Sink for FileSink {
 
 impl super::SinkKind for FileSinkConfig {
     const KIND: &'static str = "file";
-    const EXAMPLE: &'static str = r#"kind = "file"
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "file"
 path = "out/readings.ndjson""#;
 
     fn build(

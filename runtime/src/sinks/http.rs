@@ -210,7 +210,8 @@ fn forwarded(name: &str) -> bool {
 
 impl super::SinkKind for HttpSinkConfig {
     const KIND: &'static str = "http";
-    const EXAMPLE: &'static str = r#"kind = "http"
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "http"
 url = "http://billing.example/readings""#;
 
     fn check(&self) -> Result<(), crate::error::BuildError> {

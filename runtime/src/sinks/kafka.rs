@@ -224,7 +224,8 @@ mod test_fault {
 
 impl super::SinkKind for KafkaSinkConfig {
     const KIND: &'static str = "kafka";
-    const EXAMPLE: &'static str = r#"kind = "kafka"
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "kafka"
 topic = "energy.meter.reading.v1"
 key = "meter_id""#;
 

@@ -42,7 +42,8 @@ impl Sink for StdoutSink {
 
 impl super::SinkKind for StdoutSinkConfig {
     const KIND: &'static str = "stdout";
-    const EXAMPLE: &'static str = r#"kind = "stdout""#;
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "stdout""#;
 
     fn build(
         &self,

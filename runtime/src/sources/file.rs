@@ -1064,7 +1064,8 @@ impl Source for FileSource {
 
 impl super::SourceKind for FileSourceConfig {
     const KIND: &'static str = "file";
-    const EXAMPLE: &'static str = r#"kind = "file"
+    const EXAMPLE: &'static str = r#"[source]
+kind = "file"
 dir = "inbox/readings""#;
     const WAITS_FOR_SINK: bool = true;
     const REDELIVERS: bool = true;

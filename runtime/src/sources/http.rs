@@ -743,7 +743,8 @@ fn failure_fields(
 
 impl super::SourceKind for HttpSourceConfig {
     const KIND: &'static str = "http";
-    const EXAMPLE: &'static str = r#"kind = "http"
+    const EXAMPLE: &'static str = r#"[source]
+kind = "http"
 path = "/ingest/meter-readings""#;
     const WAITS_FOR_SINK: bool = false;
     const REDELIVERS: bool = true;

@@ -711,7 +711,8 @@ impl Source for KafkaSource {
 
 impl super::SourceKind for KafkaSourceConfig {
     const KIND: &'static str = "kafka";
-    const EXAMPLE: &'static str = r#"kind = "kafka"
+    const EXAMPLE: &'static str = r#"[source]
+kind = "kafka"
 topics = ["energy.meter.reading.raw.v1"]
 group = "gridflow-meter-readings""#;
     const WAITS_FOR_SINK: bool = true;

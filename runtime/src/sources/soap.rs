@@ -386,7 +386,8 @@ pub struct SoapSourceConfig(pub super::http::HttpSourceConfig);
 
 impl super::SourceKind for SoapSourceConfig {
     const KIND: &'static str = "soap";
-    const EXAMPLE: &'static str = r#"kind = "soap"
+    const EXAMPLE: &'static str = r#"[source]
+kind = "soap"
 path = "/soap/meter-readings"
 operations = ["SubmitReading"]"#;
     const WAITS_FOR_SINK: bool = false;

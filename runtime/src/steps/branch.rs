@@ -63,7 +63,8 @@ pub struct BranchConfig {
 
 impl StepKind for BranchConfig {
     const KIND: &'static str = "branch";
-    const EXAMPLE: &'static str = r#"kind = "branch"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "branch"
 [[steps.routes]]
 name = "estimated"
 when = "unit != 'kWh'"

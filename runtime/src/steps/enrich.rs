@@ -892,7 +892,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 impl StepKind for EnrichConfig {
     const KIND: &'static str = "enrich";
-    const EXAMPLE: &'static str = r#"kind = "enrich"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "enrich"
 url = "http://assets.example/meters/{meter_id}"
 target = "asset""#;
 

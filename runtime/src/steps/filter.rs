@@ -29,7 +29,8 @@ impl FilterConfig {
 
 impl StepKind for FilterConfig {
     const KIND: &'static str = "filter";
-    const EXAMPLE: &'static str = r#"kind = "filter"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "filter"
 condition = "unit == 'kWh'""#;
 
     fn parse<'i>(

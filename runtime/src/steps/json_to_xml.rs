@@ -46,7 +46,8 @@ impl JsonToXmlConfig {
 
 impl StepKind for JsonToXmlConfig {
     const KIND: &'static str = "json_to_xml";
-    const EXAMPLE: &'static str = r#"kind = "json_to_xml"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "json_to_xml"
 root = "Reading""#;
 
     fn parse<'i>(

@@ -28,7 +28,8 @@ impl MapConfig {
 
 impl StepKind for MapConfig {
     const KIND: &'static str = "map";
-    const EXAMPLE: &'static str = r#"kind = "map"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "map"
 expression = "{meter: meter_id, kwh: to_number(value)}""#;
 
     fn parse<'i>(

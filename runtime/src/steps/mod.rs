@@ -33,8 +33,9 @@ pub trait StepKind: Sized + std::fmt::Debug + Clone + PartialEq + Send + Sync + 
     /// The `kind` as written in pipeline files.
     const KIND: &'static str;
 
-    /// One `[[steps]]` table of this kind as an integrator writes it (the reference shows
-    /// it; the registry test parses, builds and runs it on [`SAMPLE`](Self::SAMPLE)).
+    /// A `[[steps]]` table of this kind as an integrator writes it in a pipeline file,
+    /// header included (the reference shows it; the registry test parses it in a pipeline,
+    /// builds it and runs it on [`SAMPLE`](Self::SAMPLE)).
     const EXAMPLE: &'static str;
 
     /// A message the example accepts.

@@ -18,7 +18,8 @@ pub struct ParallelConfig {
 
 impl StepKind for ParallelConfig {
     const KIND: &'static str = "parallel";
-    const EXAMPLE: &'static str = r#"kind = "parallel"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "parallel"
 [[steps.steps]]
 kind = "enrich"
 url = "http://assets.example/meters/{meter_id}"

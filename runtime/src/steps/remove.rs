@@ -38,7 +38,8 @@ impl RemoveConfig {
 
 impl StepKind for RemoveConfig {
     const KIND: &'static str = "remove";
-    const EXAMPLE: &'static str = r#"kind = "remove"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "remove"
 fields = ["unit"]
 headers = ["x-debug"]"#;
 

@@ -45,8 +45,9 @@ impl RenameConfig {
 
 impl StepKind for RenameConfig {
     const KIND: &'static str = "rename";
-    const EXAMPLE: &'static str = r#"kind = "rename"
-[fields]
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "rename"
+[steps.fields]
 value = "reading.kwh""#;
 
     fn parse<'i>(

@@ -65,10 +65,11 @@ impl SetConfig {
 
 impl StepKind for SetConfig {
     const KIND: &'static str = "set";
-    const EXAMPLE: &'static str = r#"kind = "set"
-[fields]
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "set"
+[steps.fields]
 "site.region" = "'north'"
-[headers]
+[steps.headers]
 "x-meter" = "meter_id""#;
 
     fn parse<'i>(

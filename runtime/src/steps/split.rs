@@ -49,7 +49,8 @@ impl SplitConfig {
 
 impl StepKind for SplitConfig {
     const KIND: &'static str = "split";
-    const EXAMPLE: &'static str = r#"kind = "split"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "split"
 expression = "readings""#;
 
     fn parse<'i>(

@@ -30,7 +30,8 @@ pub struct TryConfig {
 
 impl StepKind for TryConfig {
     const KIND: &'static str = "try";
-    const EXAMPLE: &'static str = r#"kind = "try"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "try"
 [[steps.steps]]
 kind = "map"
 expression = "{meter: meter_id, kwh: to_number(value)}"

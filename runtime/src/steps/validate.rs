@@ -56,7 +56,8 @@ impl ValidateConfig {
 
 impl StepKind for ValidateConfig {
     const KIND: &'static str = "validate";
-    const EXAMPLE: &'static str = r#"kind = "validate"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "validate"
 contract = "meter-reading@1""#;
     const SAMPLE: &'static str = r#"{"meter_id": "FR-PRM-09182736450012", "measured_at": "2026-01-14T00:45:00Z", "value": 1.148, "unit": "kWh", "quality": null, "substation": null, "feeder": null}"#;
 

@@ -35,7 +35,8 @@ impl XmlToJsonConfig {
 
 impl StepKind for XmlToJsonConfig {
     const KIND: &'static str = "xml_to_json";
-    const EXAMPLE: &'static str = r#"kind = "xml_to_json"
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "xml_to_json"
 arrays = ["Point"]"#;
     const SAMPLE: &'static str = "<Reading><Point><v>1</v></Point></Reading>";
 
