@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use super::diagnostic::{did_you_mean, Diagnostic};
 use super::interpolate::interpolate;
+use crate::error::BuildError;
 
 /// Where `${VAR}` values come from.
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -132,37 +133,71 @@ impl<'i> Document<'i> {
         }
     }
 
-    /// Like [`section`](Self::section) for a section tagged by `kind`. On failure the variant
-    /// `kind` names is deserialized on its own (through `variant`), so that a fault is
-    /// reported at its key or value rather than at the section header.
-    pub fn section_tagged<T: DeserializeOwned>(
+    /// The `kind` of a tagged section (`[source]`, `[sink]`, a `[[steps]]` table) and the
+    /// section without it, to deserialize as that kind's config with
+    /// [`section`](Self::section). A missing or unknown kind is reported (at the `kind` value,
+    /// with the valid kinds and a did-you-mean hint) and gives `None`.
+    pub fn tagged(
         &mut self,
         value: &Spanned<DeValue<'i>>,
         context: &str,
         kinds: &[&str],
-        variant: fn(&str, ValueDeserializer<'i>) -> Result<T, toml::de::Error>,
-    ) -> Option<T> {
-        let error = match T::deserialize(ValueDeserializer::from(value.clone())) {
-            Ok(v) => return Some(v),
-            Err(e) => e,
+    ) -> Option<(String, Spanned<DeValue<'i>>)> {
+        let Some(table) = value.get_ref().as_table() else {
+            self.error(
+                Some(value.span()),
+                format!("{context}: expected a table with a `kind`"),
+                Some(format!("one of {}", quoted(kinds))),
+            );
+            return None;
         };
-        let kind = value
-            .get_ref()
-            .as_table()
-            .and_then(|t| t.get("kind"))
-            .and_then(|k| k.get_ref().as_str())
-            .filter(|k| kinds.contains(k))
-            .map(str::to_string);
-        let precise = kind.and_then(|kind| {
-            let mut table = value.get_ref().as_table()?.clone();
-            table.remove("kind");
-            let rest = Spanned::new(value.span(), DeValue::Table(table));
-            variant(&kind, ValueDeserializer::from(rest)).err()
-        });
-        let error = precise.unwrap_or(error);
-        let (span, message, hint) = explain(value, error.message(), error.span(), context, kinds);
-        self.error(span, message, hint);
-        None
+        let Some((_, kind)) = table.get_key_value("kind") else {
+            self.error(
+                Some(value.span()),
+                format!("missing key `kind` in {context}"),
+                Some(format!("add `kind = \"...\"`, one of {}", quoted(kinds))),
+            );
+            return None;
+        };
+        let Some(name) = kind.get_ref().as_str() else {
+            self.error(
+                Some(kind.span()),
+                format!("{context}: `kind` must be a string"),
+                Some(format!("one of {}", quoted(kinds))),
+            );
+            return None;
+        };
+        if !kinds.contains(&name) {
+            let hint = match did_you_mean(name, kinds) {
+                Some(m) => format!("did you mean `{m}`? valid kinds: {}", quoted(kinds)),
+                None => format!("valid kinds: {}", quoted(kinds)),
+            };
+            self.error(
+                Some(kind.span()),
+                format!("unknown kind `{name}` in {context}"),
+                Some(hint),
+            );
+            return None;
+        }
+        let name = name.to_string();
+        let mut rest = table.clone();
+        rest.remove("kind");
+        Some((name, Spanned::new(value.span(), DeValue::Table(rest))))
+    }
+
+    /// Records `e`, a component's check failure, at the key it names inside `value` (at the
+    /// fault inside the key's string when its offset is known), else at `value`.
+    pub fn report(&mut self, value: &Spanned<DeValue<'_>>, context: &str, e: BuildError) {
+        let span = e
+            .key
+            .as_deref()
+            .and_then(|key| self.offset_in_string(value, key, e.offset))
+            .or(Some(value.span()));
+        let message = match &e.key {
+            Some(key) => format!("{context} `{key}`: {}", e.message),
+            None => format!("{context}: {}", e.message),
+        };
+        self.error(span, message, e.hint);
     }
 
     /// Byte offset of character `offset` inside the string value of `key` in `table`.

@@ -2,7 +2,7 @@
 //! interpolation and diagnostics with file, line and column.
 
 pub mod diagnostic;
-pub(crate) mod document;
+pub mod document;
 pub mod interpolate;
 pub mod pipeline;
 

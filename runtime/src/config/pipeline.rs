@@ -162,14 +162,14 @@ pub fn parse_pipeline(
 
     let source = source_v
         .as_ref()
-        .and_then(|v| doc.section_tagged(v, "[source]", sources::KINDS, SourceConfig::variant));
+        .and_then(|v| sources::parse_source(&mut doc, v, "[source]"));
     let sink = sink_v
         .as_ref()
-        .and_then(|v| doc.section_tagged(v, "[sink]", sinks::KINDS, SinkConfig::variant));
+        .and_then(|v| sinks::parse_sink(&mut doc, v, "[sink]"));
 
     let (steps, steps_ok) = match table.get("steps") {
         None => (Vec::new(), true),
-        Some(v) => match parse_steps(&mut doc, v, "steps") {
+        Some(v) => match steps::parse_steps(&mut doc, v, "steps") {
             Some(steps) => (steps, true),
             None => (Vec::new(), false),
         },
@@ -181,22 +181,12 @@ pub fn parse_pipeline(
         None => Some(OnErrorConfig::default()),
     };
 
-    if let (Some(source), Some(v)) = (&source, &source_v) {
-        if let Err(e) = source.check() {
-            report(&mut doc, v, "[source]", e);
-        }
-    }
-    if let (Some(sink), Some(v)) = (&sink, &sink_v) {
-        if let Err(e) = sink.check() {
-            report(&mut doc, v, "[sink]", e);
-        }
-    }
     if let Some(on_error) = &on_error {
         if let Err(e) = on_error.check() {
             let at = on_error_v
                 .clone()
                 .unwrap_or_else(|| Spanned::new(0..0, DeValue::Boolean(false)));
-            report(&mut doc, &at, "[on_error]", e);
+            doc.report(&at, "[on_error]", e);
         }
     }
 
@@ -217,268 +207,6 @@ pub fn parse_pipeline(
             Err(diagnostics)
         }
     }
-}
-
-/// Parses an array of step tables (`steps`, a block's `steps` or `catch`, a route's `steps`),
-/// reporting every problem with its position; `None` when one of them is wrong.
-fn parse_steps<'i>(
-    doc: &mut Document<'i>,
-    value: &Spanned<DeValue<'i>>,
-    prefix: &str,
-) -> Option<Vec<StepConfig>> {
-    let Some(items) = value.get_ref().as_array() else {
-        doc.error(
-            Some(value.span()),
-            format!("`{prefix}` must be an array of tables"),
-            Some(format!("write each step as a `[[{prefix}]]` table")),
-        );
-        return None;
-    };
-    let mut steps = Vec::new();
-    let mut ok = true;
-    for (i, v) in items.iter().enumerate() {
-        match parse_step(doc, v, &format!("{prefix}[{i}]")) {
-            Some(step) => steps.push(step),
-            None => ok = false,
-        }
-    }
-    ok.then_some(steps)
-}
-
-/// Parses one step table; blocks (`branch`, `try`, `parallel`) are parsed part by part so
-/// that a fault deep inside one is reported where it is.
-fn parse_step<'i>(
-    doc: &mut Document<'i>,
-    value: &Spanned<DeValue<'i>>,
-    context: &str,
-) -> Option<StepConfig> {
-    let kind = value
-        .get_ref()
-        .as_table()
-        .and_then(|t| t.get("kind"))
-        .and_then(|k| k.get_ref().as_str())
-        .map(str::to_string);
-    let step = match kind.as_deref() {
-        Some("branch") => parse_branch(doc, value, context),
-        Some("try") => parse_try(doc, value, context),
-        Some("parallel") => parse_parallel(doc, value, context),
-        _ => {
-            let step = doc.section_tagged(value, context, steps::KINDS, StepConfig::variant)?;
-            if let Err(e) = step.check() {
-                report(doc, value, context, e);
-            }
-            Some(step)
-        }
-    }?;
-    Some(step)
-}
-
-/// The table of `value` without `keys`, and the removed values.
-fn split_table<'i>(
-    value: &Spanned<DeValue<'i>>,
-    keys: &[&str],
-) -> (Spanned<DeValue<'i>>, Vec<Option<Spanned<DeValue<'i>>>>) {
-    let mut table = value.get_ref().as_table().cloned().unwrap_or_default();
-    let removed = keys.iter().map(|k| table.remove(*k)).collect();
-    (Spanned::new(value.span(), DeValue::Table(table)), removed)
-}
-
-fn nested_steps<'i>(
-    doc: &mut Document<'i>,
-    value: Option<Spanned<DeValue<'i>>>,
-    prefix: &str,
-) -> Option<Vec<StepConfig>> {
-    match value {
-        Some(v) => parse_steps(doc, &v, prefix),
-        None => Some(Vec::new()),
-    }
-}
-
-fn parse_try<'i>(
-    doc: &mut Document<'i>,
-    value: &Spanned<DeValue<'i>>,
-    context: &str,
-) -> Option<StepConfig> {
-    let (shell, mut removed) = split_table(value, &["steps", "catch"]);
-    let catch_v = removed.pop().flatten();
-    let steps_v = removed.pop().flatten();
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Shell {
-        #[allow(dead_code)]
-        kind: String,
-        #[serde(default)]
-        rethrow: bool,
-    }
-    let shell: Option<Shell> = doc.section(&shell, context, &[]);
-    let missing = |doc: &mut Document<'_>, key: &str, hint: &str| {
-        doc.error(
-            Some(value.span()),
-            format!("{context}: a try block needs `{key}`"),
-            Some(hint.to_string()),
-        );
-    };
-    if steps_v.is_none() {
-        missing(
-            doc,
-            "steps",
-            "add `[[steps.steps]]` tables: the steps to guard",
-        );
-    }
-    if catch_v.is_none() {
-        missing(
-            doc,
-            "catch",
-            "add `[[steps.catch]]` tables: the steps run on failure",
-        );
-    }
-    let steps = nested_steps(doc, steps_v, &format!("{context}.steps"));
-    let catch = nested_steps(doc, catch_v, &format!("{context}.catch"));
-    Some(StepConfig::Try(crate::steps::TryConfig {
-        steps: steps?,
-        catch: catch?,
-        rethrow: shell?.rethrow,
-    }))
-}
-
-fn parse_parallel<'i>(
-    doc: &mut Document<'i>,
-    value: &Spanned<DeValue<'i>>,
-    context: &str,
-) -> Option<StepConfig> {
-    let (shell, mut removed) = split_table(value, &["steps"]);
-    let steps_v = removed.pop().flatten();
-    if let Some(t) = shell.get_ref().as_table() {
-        doc.check_keys(t, &["kind", "steps"], context);
-    }
-    let config = crate::steps::ParallelConfig {
-        steps: nested_steps(doc, steps_v, &format!("{context}.steps"))?,
-    };
-    if let Err(e) = config.check() {
-        report(doc, value, context, e);
-    }
-    Some(StepConfig::Parallel(config))
-}
-
-fn parse_branch<'i>(
-    doc: &mut Document<'i>,
-    value: &Spanned<DeValue<'i>>,
-    context: &str,
-) -> Option<StepConfig> {
-    use crate::steps::blocks::{BranchMode, DefaultRouteConfig, RouteConfig};
-    let (shell, mut removed) = split_table(value, &["routes", "default"]);
-    let default_v = removed.pop().flatten();
-    let routes_v = removed.pop().flatten();
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Shell {
-        #[allow(dead_code)]
-        kind: String,
-        #[serde(default)]
-        mode: BranchMode,
-    }
-    let shell: Option<Shell> = doc.section(&shell, context, &[]);
-    let mut ok = true;
-    let mut routes = Vec::new();
-    match routes_v.as_ref().and_then(|v| v.get_ref().as_array()) {
-        Some(items) if !items.is_empty() => {
-            for (i, route_v) in items.iter().enumerate() {
-                let at = format!("{context}.routes[{i}]");
-                let (route_shell, mut parts) = split_table(route_v, &["steps", "sink"]);
-                let sink_v = parts.pop().flatten();
-                let steps_v = parts.pop().flatten();
-                let route: Option<RouteConfig> = doc.section(&route_shell, &at, &[]);
-                if let Some(route) = &route {
-                    if let Err(e) = crate::jmes::Expr::compile(&route.when) {
-                        report(doc, route_v, &at, BuildError::jmespath("when", e));
-                    }
-                }
-                let steps = nested_steps(doc, steps_v, &format!("{at}.steps"));
-                let sink = sink_v
-                    .as_ref()
-                    .map(|v| parse_sink(doc, v, &format!("{at}.sink")));
-                match (route, steps, sink) {
-                    (Some(mut route), Some(steps), None) => {
-                        route.steps = steps;
-                        routes.push(route);
-                    }
-                    (Some(mut route), Some(steps), Some(Some(sink))) => {
-                        route.steps = steps;
-                        route.sink = Some(sink);
-                        routes.push(route);
-                    }
-                    _ => ok = false,
-                }
-            }
-        }
-        _ => {
-            doc.error(
-                Some(routes_v.as_ref().map_or(value.span(), |v| v.span())),
-                format!("{context}: a branch needs at least one route"),
-                Some("add `[[steps.routes]]` tables, each with `when`".into()),
-            );
-            ok = false;
-        }
-    }
-    let default = match default_v {
-        None => None,
-        Some(v) => {
-            let at = format!("{context}.default");
-            let (default_shell, mut parts) = split_table(&v, &["steps", "sink"]);
-            let sink_v = parts.pop().flatten();
-            let steps_v = parts.pop().flatten();
-            if let Some(t) = default_shell.get_ref().as_table() {
-                doc.check_keys(t, &["steps", "sink"], &at);
-            }
-            let steps = nested_steps(doc, steps_v, &format!("{at}.steps"));
-            let sink = match sink_v
-                .as_ref()
-                .map(|v| parse_sink(doc, v, &format!("{at}.sink")))
-            {
-                None => Some(None),
-                Some(Some(sink)) => Some(Some(sink)),
-                Some(None) => None,
-            };
-            match (steps, sink) {
-                (Some(steps), Some(sink)) => Some(DefaultRouteConfig { steps, sink }),
-                _ => {
-                    ok = false;
-                    None
-                }
-            }
-        }
-    };
-    let mode = shell?.mode;
-    ok.then_some(StepConfig::Branch(crate::steps::BranchConfig {
-        mode,
-        routes,
-        default,
-    }))
-}
-
-fn parse_sink<'i>(
-    doc: &mut Document<'i>,
-    value: &Spanned<DeValue<'i>>,
-    context: &str,
-) -> Option<SinkConfig> {
-    let sink = doc.section_tagged(value, context, sinks::KINDS, SinkConfig::variant)?;
-    if let Err(e) = sink.check() {
-        report(doc, value, context, e);
-    }
-    Some(sink)
-}
-
-fn report(doc: &mut Document<'_>, value: &Spanned<DeValue<'_>>, context: &str, e: BuildError) {
-    let span = e
-        .key
-        .as_deref()
-        .and_then(|key| doc.offset_in_string(value, key, e.offset))
-        .or(Some(value.span()));
-    let message = match &e.key {
-        Some(key) => format!("{context} `{key}`: {}", e.message),
-        None => format!("{context}: {}", e.message),
-    };
-    doc.error(span, message, e.hint);
 }
 
 fn valid_name(name: &str) -> bool {
@@ -821,7 +549,7 @@ kind = "stdout"
         let StepConfig::Branch(b) = &t.catch[0] else {
             panic!("{:?}", t.catch)
         };
-        assert_eq!(b.mode, crate::steps::blocks::BranchMode::All);
+        assert_eq!(b.mode, crate::steps::branch::BranchMode::All);
         assert_eq!(
             b.routes[0].sink.as_ref().and_then(|s| s.topic()),
             Some("x.y.z.v1")

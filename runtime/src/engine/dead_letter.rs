@@ -382,7 +382,7 @@ mod tests {
         source_redelivers: bool,
     ) -> Arc<crate::engine::runner::Runner> {
         use std::time::Duration;
-        let sink: SinkConfig = toml::from_str("kind = 'blackhole'").unwrap();
+        let sink: SinkConfig = crate::sinks::parse_sink_text("kind = 'blackhole'").unwrap();
         let program = crate::engine::program::Program::build(
             "p",
             &[],

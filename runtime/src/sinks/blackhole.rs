@@ -31,3 +31,17 @@ impl Sink for BlackholeSink {
         )))
     }
 }
+
+impl super::SinkKind for BlackholeSinkConfig {
+    const KIND: &'static str = "blackhole";
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "blackhole""#;
+
+    fn build(
+        &self,
+        ctx: &super::SinkContext,
+    ) -> Result<std::sync::Arc<dyn Sink>, crate::error::BuildError> {
+        let _ = ctx;
+        Ok(std::sync::Arc::new(BlackholeSinkConfig::build(self)))
+    }
+}

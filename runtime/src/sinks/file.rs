@@ -148,3 +148,18 @@ impl Sink for FileSink {
         .boxed()
     }
 }
+
+impl super::SinkKind for FileSinkConfig {
+    const KIND: &'static str = "file";
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "file"
+path = "out/readings.ndjson""#;
+
+    fn build(
+        &self,
+        ctx: &super::SinkContext,
+    ) -> Result<std::sync::Arc<dyn Sink>, crate::error::BuildError> {
+        let _ = ctx;
+        Ok(std::sync::Arc::new(FileSinkConfig::build(self)?))
+    }
+}

@@ -208,6 +208,24 @@ fn forwarded(name: &str) -> bool {
     !lower.starts_with("gridflow.") && !RESERVED.contains(&lower.as_str())
 }
 
+impl super::SinkKind for HttpSinkConfig {
+    const KIND: &'static str = "http";
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "http"
+url = "http://billing.example/readings""#;
+
+    fn check(&self) -> Result<(), crate::error::BuildError> {
+        HttpSinkConfig::check(self)
+    }
+
+    fn build(
+        &self,
+        ctx: &super::SinkContext,
+    ) -> Result<std::sync::Arc<dyn Sink>, crate::error::BuildError> {
+        Ok(std::sync::Arc::new(HttpSinkConfig::build(self, ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

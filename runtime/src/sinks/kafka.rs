@@ -279,3 +279,26 @@ mod test_fault {
         }
     }
 }
+
+impl super::SinkKind for KafkaSinkConfig {
+    const KIND: &'static str = "kafka";
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "kafka"
+topic = "energy.meter.reading.v1"
+key = "meter_id""#;
+
+    fn check(&self) -> Result<(), crate::error::BuildError> {
+        KafkaSinkConfig::check(self)
+    }
+
+    fn build(
+        &self,
+        ctx: &super::SinkContext,
+    ) -> Result<std::sync::Arc<dyn Sink>, crate::error::BuildError> {
+        Ok(std::sync::Arc::new(KafkaSinkConfig::build(self, ctx)?))
+    }
+
+    fn topic(&self) -> Option<&str> {
+        Some(&self.topic)
+    }
+}

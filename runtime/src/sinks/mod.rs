@@ -1,23 +1,15 @@
 //! Sinks: where a pipeline's messages go.
 //!
-//! Every sink kind is registered in [`SinkConfig`], the one registry.
-
-mod blackhole;
-mod file;
-mod http;
-mod kafka;
-mod stdout;
+//! A sink kind is one module whose config struct implements [`SinkKind`]; the registry
+//! (`sink_kinds!` below) lists every kind once, and from that line come the [`SinkConfig`]
+//! variant, [`KINDS`], the parse and the build dispatch. Adding a sink kind: write
+//! `sinks/<kind>.rs` (its config, `impl SinkKind`, its [`Sink`]) and add one registry line.
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
-
-pub use blackhole::BlackholeSinkConfig;
-pub use file::FileSinkConfig;
-pub use http::HttpSinkConfig;
-pub use kafka::KafkaSinkConfig;
-pub use stdout::StdoutSinkConfig;
+use toml::de::DeValue;
+use toml::Spanned;
 
 /// How long a pipeline's sink must have failed every delivery before the pipeline counts as
 /// not delivering (`/admin/pipelines` state `not_delivering`, `/health/ready` `503`): longer
@@ -25,6 +17,7 @@ pub use stdout::StdoutSinkConfig;
 /// that one transient fault does not flip readiness.
 pub const NOT_DELIVERING_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
 
+use crate::config::document::Document;
 use crate::error::{BuildError, SinkError};
 use crate::message::{Headers, Meta, Payload};
 
@@ -189,82 +182,127 @@ impl Sink for DrySink {
     }
 }
 
-/// The `[sink]` table of a pipeline file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SinkConfig {
-    /// A Kafka topic.
-    Kafka(KafkaSinkConfig),
-    /// An HTTP endpoint (POST).
-    Http(HttpSinkConfig),
-    /// A file, one NDJSON line per message.
-    File(FileSinkConfig),
-    /// Standard output, one line per message.
-    Stdout(StdoutSinkConfig),
-    /// Nowhere: every message is accepted and discarded (measurements, side-effect flows).
-    Blackhole(BlackholeSinkConfig),
-}
+/// A kind of sink: implemented by its config struct.
+pub trait SinkKind:
+    Sized + std::fmt::Debug + Clone + PartialEq + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+    /// The `kind` as written in pipeline files.
+    const KIND: &'static str;
 
-impl SinkConfig {
-    /// Deserializes the variant `kind` from a table without its `kind` key (for diagnostics
-    /// with exact positions; the derive above is the normal path).
-    pub fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, de: D) -> Result<Self, D::Error> {
-        Ok(match kind {
-            "kafka" => SinkConfig::Kafka(Deserialize::deserialize(de)?),
-            "http" => SinkConfig::Http(Deserialize::deserialize(de)?),
-            "file" => SinkConfig::File(Deserialize::deserialize(de)?),
-            "stdout" => SinkConfig::Stdout(Deserialize::deserialize(de)?),
-            "blackhole" => SinkConfig::Blackhole(Deserialize::deserialize(de)?),
-            other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
-        })
-    }
-}
-
-/// Every sink kind, for hints.
-pub const KINDS: &[&str] = &["kafka", "http", "file", "stdout", "blackhole"];
-
-impl SinkConfig {
-    /// The kind as written in pipeline files.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Kafka(_) => "kafka",
-            SinkConfig::Http(_) => "http",
-            SinkConfig::File(_) => "file",
-            SinkConfig::Stdout(_) => "stdout",
-            SinkConfig::Blackhole(_) => "blackhole",
-        }
-    }
+    /// A `[sink]` table of this kind as an integrator writes it (the reference shows it; the
+    /// registry test parses and builds it).
+    const EXAMPLE: &'static str;
 
     /// Semantic checks that need no connection (expressions compile, values make sense).
-    pub fn check(&self) -> Result<(), BuildError> {
-        match self {
-            SinkConfig::Kafka(c) => c.check(),
-            SinkConfig::Http(c) => c.check(),
-            SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Ok(()),
-        }
-    }
-
-    /// The Kafka topic this sink writes to, if any.
-    pub fn topic(&self) -> Option<&str> {
-        match self {
-            SinkConfig::Kafka(c) => Some(&c.topic),
-            _ => None,
-        }
+    fn check(&self) -> Result<(), BuildError> {
+        Ok(())
     }
 
     /// Builds the running sink.
-    pub fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
-        if ctx.dry {
-            self.check()?;
-            return Ok(Arc::new(DrySink));
+    fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError>;
+
+    /// The Kafka topic this sink writes to, if any.
+    fn topic(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// The registry: one line a kind, `Variant(module::Config)`; the module is declared here.
+macro_rules! sink_kinds {
+    ($( $(#[$doc:meta])* $variant:ident($module:ident :: $config:ident), )+) => {
+        $( mod $module; pub use $module::$config; )+
+
+        /// The `[sink]` table of a pipeline file (or a branch route's): the config of one
+        /// registered kind.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum SinkConfig {
+            $( $(#[$doc])* $variant($config), )+
         }
-        Ok(match self {
-            SinkConfig::Kafka(c) => Arc::new(c.build(ctx)?),
-            SinkConfig::Http(c) => Arc::new(c.build(ctx)?),
-            SinkConfig::File(c) => Arc::new(c.build()?),
-            SinkConfig::Stdout(c) => Arc::new(c.build()),
-            SinkConfig::Blackhole(c) => Arc::new(c.build()),
-        })
+
+        /// Every sink kind, in registry order.
+        pub const KINDS: &[&str] = &[$( <$config as SinkKind>::KIND ),+];
+
+        /// Every sink kind with its documented example.
+        pub const EXAMPLES: &[(&str, &str)] = &[$(
+            (<$config as SinkKind>::KIND, <$config as SinkKind>::EXAMPLE)
+        ),+];
+
+        impl SinkConfig {
+            /// The kind as written in pipeline files.
+            pub fn kind(&self) -> &'static str {
+                match self { $( SinkConfig::$variant(_) => <$config as SinkKind>::KIND, )+ }
+            }
+
+            /// Semantic checks that need no connection (expressions compile, values make sense).
+            pub fn check(&self) -> Result<(), BuildError> {
+                match self { $( SinkConfig::$variant(c) => SinkKind::check(c), )+ }
+            }
+
+            /// The Kafka topic this sink writes to, if any.
+            pub fn topic(&self) -> Option<&str> {
+                match self { $( SinkConfig::$variant(c) => SinkKind::topic(c), )+ }
+            }
+
+            /// Builds the running sink (a [`DrySink`] when `ctx.dry`).
+            pub fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
+                if ctx.dry {
+                    self.check()?;
+                    return Ok(Arc::new(DrySink));
+                }
+                match self { $( SinkConfig::$variant(c) => SinkKind::build(c, ctx), )+ }
+            }
+
+            fn parse_kind<'i>(
+                kind: &str,
+                doc: &mut Document<'i>,
+                value: &Spanned<DeValue<'i>>,
+                context: &str,
+            ) -> Option<SinkConfig> {
+                $( if kind == <$config as SinkKind>::KIND {
+                    return doc.section::<$config>(value, context, &[]).map(SinkConfig::$variant);
+                } )+
+                None
+            }
+        }
+    };
+}
+
+sink_kinds! {
+    /// A Kafka topic.
+    Kafka(kafka::KafkaSinkConfig),
+    /// An HTTP endpoint (POST).
+    Http(http::HttpSinkConfig),
+    /// A file, one NDJSON line per message.
+    File(file::FileSinkConfig),
+    /// Standard output, one line per message.
+    Stdout(stdout::StdoutSinkConfig),
+    /// Nowhere: every message is accepted and discarded (measurements, side-effect flows).
+    Blackhole(blackhole::BlackholeSinkConfig),
+}
+
+/// Reads a sink table (`[sink]`, a route's `sink`) at `context`: its `kind`, the kind's
+/// config, then its checks; every fault is reported in `doc`.
+pub fn parse_sink<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    context: &str,
+) -> Option<SinkConfig> {
+    let (kind, rest) = doc.tagged(value, context, KINDS)?;
+    let sink = SinkConfig::parse_kind(&kind, doc, &rest, context)?;
+    if let Err(e) = sink.check() {
+        doc.report(value, context, e);
+    }
+    Some(sink)
+}
+
+/// Reads a sink table given as TOML text (tests, tools): the same path as a pipeline file's.
+pub fn parse_sink_text(text: &str) -> Result<SinkConfig, Vec<crate::config::Diagnostic>> {
+    let path = std::path::Path::new("sink.toml");
+    let mut doc = Document::parse_literal(path, text)?;
+    let root = Spanned::new(0..0, DeValue::Table(doc.root.get_ref().clone()));
+    match parse_sink(&mut doc, &root, "[sink]") {
+        Some(sink) if doc.diagnostics.is_empty() => Ok(sink),
+        _ => Err(doc.diagnostics),
     }
 }
 

@@ -39,3 +39,17 @@ impl Sink for StdoutSink {
         .boxed()
     }
 }
+
+impl super::SinkKind for StdoutSinkConfig {
+    const KIND: &'static str = "stdout";
+    const EXAMPLE: &'static str = r#"[sink]
+kind = "stdout""#;
+
+    fn build(
+        &self,
+        ctx: &super::SinkContext,
+    ) -> Result<std::sync::Arc<dyn Sink>, crate::error::BuildError> {
+        let _ = ctx;
+        Ok(std::sync::Arc::new(StdoutSinkConfig::build(self)))
+    }
+}

@@ -1062,6 +1062,23 @@ impl Source for FileSource {
     }
 }
 
+impl super::SourceKind for FileSourceConfig {
+    const KIND: &'static str = "file";
+    const EXAMPLE: &'static str = r#"[source]
+kind = "file"
+dir = "inbox/readings""#;
+    const WAITS_FOR_SINK: bool = true;
+    const REDELIVERS: bool = true;
+
+    fn check(&self) -> Result<(), BuildError> {
+        FileSourceConfig::check(self)
+    }
+
+    fn build(&self, ctx: &super::SourceContext) -> Result<Box<dyn super::Source>, BuildError> {
+        Ok(Box::new(FileSourceConfig::build(self, ctx)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -741,6 +741,27 @@ fn failure_fields(
     fields
 }
 
+impl super::SourceKind for HttpSourceConfig {
+    const KIND: &'static str = "http";
+    const EXAMPLE: &'static str = r#"[source]
+kind = "http"
+path = "/ingest/meter-readings""#;
+    const WAITS_FOR_SINK: bool = false;
+    const REDELIVERS: bool = true;
+
+    fn check(&self) -> Result<(), BuildError> {
+        HttpSourceConfig::check(self)
+    }
+
+    fn build(&self, ctx: &super::SourceContext) -> Result<Box<dyn super::Source>, BuildError> {
+        Ok(Box::new(HttpSourceConfig::build(self, ctx)?))
+    }
+
+    fn http(&self) -> Option<&HttpSourceConfig> {
+        Some(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -708,3 +708,25 @@ impl Source for KafkaSource {
         .boxed()
     }
 }
+
+impl super::SourceKind for KafkaSourceConfig {
+    const KIND: &'static str = "kafka";
+    const EXAMPLE: &'static str = r#"[source]
+kind = "kafka"
+topics = ["energy.meter.reading.raw.v1"]
+group = "gridflow-meter-readings""#;
+    const WAITS_FOR_SINK: bool = true;
+    const REDELIVERS: bool = false;
+
+    fn check(&self) -> Result<(), BuildError> {
+        KafkaSourceConfig::check(self)
+    }
+
+    fn build(&self, ctx: &super::SourceContext) -> Result<Box<dyn super::Source>, BuildError> {
+        Ok(Box::new(KafkaSourceConfig::build(self, ctx)))
+    }
+
+    fn topics(&self) -> &[String] {
+        &self.topics
+    }
+}

@@ -1,26 +1,29 @@
 //! Sources: where a pipeline's inputs come from.
 //!
-//! Every source kind is registered in [`SourceConfig`], the one registry.
+//! A source kind is one module whose config struct implements [`SourceKind`]; the registry
+//! (`source_kinds!` below) lists every kind once, and from that line come the
+//! [`SourceConfig`] variant, [`KINDS`], the parse and the build dispatch. Adding a source
+//! kind: write `sources/<kind>.rs` (its config, `impl SourceKind`, its [`Source`]) and add
+//! one registry line.
 
 pub mod edge;
-mod file;
-pub mod http;
 pub mod ingress;
-mod kafka;
 pub mod openapi;
-pub mod soap;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use toml::de::DeValue;
+use toml::Spanned;
 
 pub use file::{file_meta, FileSourceConfig};
 pub use http::{HttpRoutes, HttpSourceConfig};
 pub use kafka::{record_meta, KafkaSourceConfig};
+pub use soap::SoapSourceConfig;
 
+use crate::config::document::Document;
 use crate::error::{BuildError, Failure};
 use crate::kafka::KafkaSettings;
 use crate::message::Message;
@@ -70,97 +73,140 @@ pub struct SourceContext {
     pub contracts: Arc<crate::contracts::Contracts>,
 }
 
-/// The `[source]` table of a pipeline file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SourceConfig {
-    /// HTTP POST on a path of the shared listener.
-    Http(HttpSourceConfig),
-    /// SOAP 1.1/1.2 on a path of the shared listener (same keys as `http`, plus
-    /// `operations` and `wsdl`).
-    Soap(HttpSourceConfig),
-    /// A Kafka consumer group.
-    Kafka(KafkaSourceConfig),
-    /// Files dropped in a directory.
-    File(FileSourceConfig),
-}
+/// A kind of source: implemented by its config struct.
+pub trait SourceKind:
+    Sized + std::fmt::Debug + Clone + PartialEq + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+    /// The `kind` as written in pipeline files.
+    const KIND: &'static str;
 
-impl SourceConfig {
-    /// Deserializes the variant `kind` from a table without its `kind` key (for diagnostics
-    /// with exact positions; the derive above is the normal path).
-    pub fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, de: D) -> Result<Self, D::Error> {
-        Ok(match kind {
-            "http" => SourceConfig::Http(Deserialize::deserialize(de)?),
-            "soap" => SourceConfig::Soap(Deserialize::deserialize(de)?),
-            "kafka" => SourceConfig::Kafka(Deserialize::deserialize(de)?),
-            "file" => SourceConfig::File(Deserialize::deserialize(de)?),
-            other => return Err(serde::de::Error::unknown_variant(other, KINDS)),
-        })
-    }
-}
-
-/// Every source kind, for hints.
-pub const KINDS: &[&str] = &["http", "soap", "kafka", "file"];
-
-impl SourceConfig {
-    /// The kind as written in pipeline files.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Http(_) => "http",
-            SourceConfig::Soap(_) => "soap",
-            SourceConfig::Kafka(_) => "kafka",
-            SourceConfig::File(_) => "file",
-        }
-    }
-
-    /// Semantic checks that need no connection.
-    pub fn check(&self) -> Result<(), BuildError> {
-        match self {
-            SourceConfig::Http(c) | SourceConfig::Soap(c) => c.check(),
-            SourceConfig::Kafka(c) => c.check(),
-            SourceConfig::File(c) => c.check(),
-        }
-    }
-
-    /// The HTTP-level config of an `http` or `soap` source.
-    pub fn http(&self) -> Option<&HttpSourceConfig> {
-        match self {
-            SourceConfig::Http(c) | SourceConfig::Soap(c) => Some(c),
-            _ => None,
-        }
-    }
-
-    /// Topics this source reads.
-    pub fn topics(&self) -> &[String] {
-        match self {
-            SourceConfig::Kafka(c) => &c.topics,
-            _ => &[],
-        }
-    }
+    /// A `[source]` table of this kind as an integrator writes it (the reference shows it;
+    /// the registry test parses it).
+    const EXAMPLE: &'static str;
 
     /// True when the source can wait for a sink that is down (Kafka: its partitions stop;
     /// file: the file stays), so a send that keeps failing transiently is retried past
     /// `on_error.max_attempts`, up to `on_error.max_sink_wait_ms`. An HTTP or SOAP caller is
     /// answered `503` instead and comes back.
-    pub fn waits_for_sink(&self) -> bool {
-        matches!(self, SourceConfig::Kafka(_) | SourceConfig::File(_))
-    }
+    const WAITS_FOR_SINK: bool;
 
     /// True when an input whose outcome is `Failed` is offered again by the source itself
     /// (the HTTP client retries after a 503; the file stays in place). A Kafka source cannot
     /// skip a record, so the engine retries its dead-letter write until it succeeds.
-    pub fn redelivers(&self) -> bool {
-        !matches!(self, SourceConfig::Kafka(_))
+    const REDELIVERS: bool;
+
+    /// Semantic checks that need no connection.
+    fn check(&self) -> Result<(), BuildError> {
+        Ok(())
     }
 
-    /// Builds the running source.
-    pub fn build(&self, ctx: &SourceContext) -> Result<Box<dyn Source>, BuildError> {
-        self.check()?;
-        Ok(match self {
-            SourceConfig::Http(c) => Box::new(c.build(ctx)?),
-            SourceConfig::Soap(c) => Box::new(c.build_soap(ctx)?),
-            SourceConfig::Kafka(c) => Box::new(c.build(ctx)),
-            SourceConfig::File(c) => Box::new(c.build(ctx)),
-        })
+    /// Builds the running source (checked first by [`SourceConfig::build`]).
+    fn build(&self, ctx: &SourceContext) -> Result<Box<dyn Source>, BuildError>;
+
+    /// The HTTP-level config of a source served on the shared listener.
+    fn http(&self) -> Option<&HttpSourceConfig> {
+        None
     }
+
+    /// Topics this source reads.
+    fn topics(&self) -> &[String] {
+        &[]
+    }
+}
+
+/// The registry: one line a kind, `Variant(module::Config)`.
+macro_rules! source_kinds {
+    ($( $(#[$doc:meta])* $variant:ident($module:ident :: $config:ident), )+) => {
+        $( pub mod $module; )+
+
+        /// The `[source]` table of a pipeline file: the config of one registered kind.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum SourceConfig {
+            $( $(#[$doc])* $variant($module::$config), )+
+        }
+
+        /// Every source kind, in registry order.
+        pub const KINDS: &[&str] = &[$( <$module::$config as SourceKind>::KIND ),+];
+
+        /// Every source kind with its documented example.
+        pub const EXAMPLES: &[(&str, &str)] = &[$(
+            (<$module::$config as SourceKind>::KIND, <$module::$config as SourceKind>::EXAMPLE)
+        ),+];
+
+        impl SourceConfig {
+            /// The kind as written in pipeline files.
+            pub fn kind(&self) -> &'static str {
+                match self { $( SourceConfig::$variant(_) => <$module::$config as SourceKind>::KIND, )+ }
+            }
+
+            /// Semantic checks that need no connection.
+            pub fn check(&self) -> Result<(), BuildError> {
+                match self { $( SourceConfig::$variant(c) => SourceKind::check(c), )+ }
+            }
+
+            /// The HTTP-level config of an `http` or `soap` source.
+            pub fn http(&self) -> Option<&HttpSourceConfig> {
+                match self { $( SourceConfig::$variant(c) => SourceKind::http(c), )+ }
+            }
+
+            /// Topics this source reads.
+            pub fn topics(&self) -> &[String] {
+                match self { $( SourceConfig::$variant(c) => SourceKind::topics(c), )+ }
+            }
+
+            /// See [`SourceKind::WAITS_FOR_SINK`].
+            pub fn waits_for_sink(&self) -> bool {
+                match self { $( SourceConfig::$variant(_) => <$module::$config as SourceKind>::WAITS_FOR_SINK, )+ }
+            }
+
+            /// See [`SourceKind::REDELIVERS`].
+            pub fn redelivers(&self) -> bool {
+                match self { $( SourceConfig::$variant(_) => <$module::$config as SourceKind>::REDELIVERS, )+ }
+            }
+
+            /// Builds the running source.
+            pub fn build(&self, ctx: &SourceContext) -> Result<Box<dyn Source>, BuildError> {
+                self.check()?;
+                match self { $( SourceConfig::$variant(c) => SourceKind::build(c, ctx), )+ }
+            }
+
+            fn parse_kind<'i>(
+                kind: &str,
+                doc: &mut Document<'i>,
+                value: &Spanned<DeValue<'i>>,
+                context: &str,
+            ) -> Option<SourceConfig> {
+                $( if kind == <$module::$config as SourceKind>::KIND {
+                    return doc.section::<$module::$config>(value, context, &[]).map(SourceConfig::$variant);
+                } )+
+                None
+            }
+        }
+    };
+}
+
+source_kinds! {
+    /// HTTP POST on a path of the shared listener.
+    Http(http::HttpSourceConfig),
+    /// SOAP 1.1/1.2 on a path of the shared listener.
+    Soap(soap::SoapSourceConfig),
+    /// A Kafka consumer group.
+    Kafka(kafka::KafkaSourceConfig),
+    /// Files dropped in a directory.
+    File(file::FileSourceConfig),
+}
+
+/// Reads the `[source]` table at `context`: its `kind`, the kind's config, then its checks;
+/// every fault is reported in `doc`.
+pub fn parse_source<'i>(
+    doc: &mut Document<'i>,
+    value: &Spanned<DeValue<'i>>,
+    context: &str,
+) -> Option<SourceConfig> {
+    let (kind, rest) = doc.tagged(value, context, KINDS)?;
+    let source = SourceConfig::parse_kind(&kind, doc, &rest, context)?;
+    if let Err(e) = source.check() {
+        doc.report(value, context, e);
+    }
+    Some(source)
 }

@@ -378,6 +378,37 @@ pub struct SoapRoute {
     pub wsdl: Option<String>,
 }
 
+/// `kind = "soap"`: SOAP 1.1/1.2 on a path of the shared listener, with the keys of an
+/// `http` source (plus `operations` and `wsdl`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SoapSourceConfig(pub super::http::HttpSourceConfig);
+
+impl super::SourceKind for SoapSourceConfig {
+    const KIND: &'static str = "soap";
+    const EXAMPLE: &'static str = r#"[source]
+kind = "soap"
+path = "/soap/meter-readings"
+operations = ["SubmitReading"]"#;
+    const WAITS_FOR_SINK: bool = false;
+    const REDELIVERS: bool = true;
+
+    fn check(&self) -> Result<(), crate::error::BuildError> {
+        self.0.check()
+    }
+
+    fn build(
+        &self,
+        ctx: &super::SourceContext,
+    ) -> Result<Box<dyn super::Source>, crate::error::BuildError> {
+        Ok(Box::new(self.0.build_soap(ctx)?))
+    }
+
+    fn http(&self) -> Option<&super::http::HttpSourceConfig> {
+        Some(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,11 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::fields::FieldPath;
+use super::{guarded, parse_plain, scope, BuildContext, Outcome, Run, RunContext, Step, StepKind};
+use crate::config::document::Document;
 use crate::error::{BuildError, ErrorCode, Failure, StepError};
+use crate::message::{Item, Payload};
+use crate::metrics::StepMetrics;
 use crate::jmes::Expr;
 use crate::retry::RetryPolicy;
 use crate::xml::{self, Namespaces, XmlToJsonOptions};
@@ -254,11 +258,6 @@ const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMER
     .remove(b'~');
 
 impl EnrichConfig {
-    /// Compiles the template and the body expression, checks the numbers.
-    pub fn check(&self) -> Result<(), BuildError> {
-        self.parts().map(drop)
-    }
-
     fn parts(&self) -> Result<(Vec<Part>, Option<Expr>, FieldPath), BuildError> {
         let parts = parse_template(&self.url)?;
         // Placeholder values are percent-encoded: the scheme and host must be written out.
@@ -305,7 +304,7 @@ impl EnrichConfig {
     }
 
     /// Builds the step; `id` names it in errors and metrics, `pipeline` in metrics.
-    pub fn build(&self, id: &str, pipeline: &str) -> Result<Enrich, BuildError> {
+    pub fn compile(&self, id: &str, pipeline: &str) -> Result<Enrich, BuildError> {
         let (parts, body, target) = self.parts()?;
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &self.headers {
@@ -891,6 +890,97 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     )
 }
 
+impl StepKind for EnrichConfig {
+    const KIND: &'static str = "enrich";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "enrich"
+url = "http://assets.example/meters/{meter_id}"
+target = "asset""#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    /// Compiles the template and the body expression, checks the numbers.
+    fn check(&self) -> Result<(), BuildError> {
+        self.parts().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        cx.may_wait();
+        let call = self.compile(cx.id(), cx.pipeline())?;
+        let call = call.with_upstream(cx.context().upstream.clone());
+        Ok(Box::new(Calls::new(cx.pipeline(), cx.id(), vec![call])))
+    }
+}
+
+/// `enrich` calls run as a step: one call (an `enrich` step) or several at once (a
+/// `parallel` block), concurrently across the messages of one input, each call bounded by
+/// its own concurrency limit.
+pub struct Calls {
+    calls: Vec<Enrich>,
+    metrics: StepMetrics,
+}
+
+impl Calls {
+    /// `calls` as the step `id` of `pipeline`.
+    pub fn new(pipeline: &str, id: &str, calls: Vec<Enrich>) -> Self {
+        Calls {
+            calls,
+            metrics: StepMetrics::new(pipeline, id),
+        }
+    }
+
+    /// Runs the calls for one message, counted in the step's metrics and span.
+    async fn item(&self, mut item: Item, cx: RunContext<'_>) -> Result<Item, Failure> {
+        let (started, wall) = (Instant::now(), cx.trace.now());
+        let result = async {
+            let first = self.calls.first().map(Enrich::id).unwrap_or("enrich");
+            let mut value = guarded(first, || {
+                std::mem::replace(&mut item.payload, Payload::Json(Value::Null)).into_json()
+            })?;
+            let scope = scope(cx.meta, &item);
+            let mut requests = Vec::with_capacity(self.calls.len());
+            for call in &self.calls {
+                requests.push(guarded(call.id(), || {
+                    crate::jmes::with_scope(&scope, || call.render(&value))
+                })?);
+            }
+            let answers: Vec<Answer> = futures::future::try_join_all(
+                self.calls
+                    .iter()
+                    .zip(requests)
+                    .map(|(call, request)| call.fetch(request)),
+            )
+            .await?;
+            for (call, answer) in self.calls.iter().zip(answers) {
+                call.apply(&mut value, answer)?;
+            }
+            item.payload = Payload::Json(value);
+            Ok(item)
+        }
+        .await;
+        match &result {
+            Ok(_) => self.metrics.processed(started.elapsed(), 1),
+            Err(f) => self.metrics.failed(started.elapsed(), f),
+        }
+        cx.trace.child(self.metrics.step(), wall, result.as_ref().err());
+        result
+    }
+}
+
+impl Step for Calls {
+    fn run<'a>(&'a self, items: Vec<Item>, cx: RunContext<'a>, _: &'a mut Outcome) -> Run<'a> {
+        Run::Pending(Box::pin(futures::future::try_join_all(
+            items.into_iter().map(move |item| self.item(item, cx)),
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -905,7 +995,7 @@ mod tests {
 
     #[test]
     fn templates_render_percent_encoded_values() {
-        let step = config("").build("steps[0].enrich", "p").unwrap();
+        let step = config("").compile("steps[0].enrich", "p").unwrap();
         let r = step.render(&json!({"meter": {"id": "a b/c"}})).unwrap();
         assert_eq!(r.url, "http://h/meters/a%20b%2Fc/x");
         let r = step.render(&json!({"meter": {"id": 42}})).unwrap();
@@ -916,7 +1006,7 @@ mod tests {
         // A placeholder in the host that gives no valid host fails the message.
         let c: EnrichConfig =
             toml::from_str("url = 'http://{region}.reg:8080/x'\ntarget = 't'\n").unwrap();
-        let step = c.build("s", "p").unwrap();
+        let step = c.compile("s", "p").unwrap();
         let err = step.render(&json!({"region": "eu west"})).unwrap_err();
         assert!(err.message.contains("not valid"), "{err}");
     }
@@ -967,7 +1057,7 @@ mod tests {
             "url = '{base}/meters/{{id}}/asset?q={{id}}'\ntarget = 'asset'\nmax_attempts = 1\n"
         ))
         .unwrap();
-        let step = c.build("steps[0].enrich", "p").unwrap();
+        let step = c.compile("steps[0].enrich", "p").unwrap();
         // Values with dots that are not whole segments, and a `..` with a slash (encoded).
         for (id, path) in [
             ("a.b", "/meters/a.b/asset?q=a.b"),
@@ -992,7 +1082,7 @@ mod tests {
             "url = '{base}/lookup?id={{id}}'\ntarget = 'asset'\nmax_attempts = 1\n"
         ))
         .unwrap();
-        let step = c.build("steps[0].enrich", "p").unwrap();
+        let step = c.compile("steps[0].enrich", "p").unwrap();
         let request = step.render(&json!({ "id": ".." })).unwrap();
         step.fetch(request).await.unwrap();
         assert_eq!(*seen.lock().unwrap(), vec!["/lookup?id=..".to_string()]);
@@ -1016,7 +1106,7 @@ mod tests {
                 "url = '{base}/meters/{{id}}'\nmethod = '{method}'\n{body}target = 'asset'\nmax_attempts = 1\n"
             ))
             .unwrap();
-            let step = c.build("steps[0].enrich", "p").unwrap();
+            let step = c.compile("steps[0].enrich", "p").unwrap();
             let request = step.render(&json!({ "id": "m1" })).unwrap();
             let err = step.fetch(request).await.unwrap_err();
             assert_eq!(err.code, ErrorCode::EnrichmentFailed, "{method}");
@@ -1040,7 +1130,7 @@ mod tests {
         assert!(c.check().unwrap_err().message.contains("unclosed"));
         let c: EnrichConfig =
             toml::from_str("url = 'http://h/{{literal}}/{a}'\ntarget = 't'\n").unwrap();
-        let step = c.build("s", "p").unwrap();
+        let step = c.compile("s", "p").unwrap();
         assert_eq!(
             step.render(&json!({"a": 1})).unwrap().url,
             "http://h/{literal}/1"
@@ -1057,14 +1147,14 @@ mod tests {
     #[test]
     fn on_missing_modes() {
         let mut v = json!({"a": 1});
-        let step = config("on_missing = 'null'").build("s", "p").unwrap();
+        let step = config("on_missing = 'null'").compile("s", "p").unwrap();
         step.apply(&mut v, Answer::Missing).unwrap();
         assert_eq!(v, json!({"a": 1, "asset": null}));
-        let step = config("on_missing = 'skip'").build("s", "p").unwrap();
+        let step = config("on_missing = 'skip'").compile("s", "p").unwrap();
         let mut v = json!({"a": 1});
         step.apply(&mut v, Answer::Missing).unwrap();
         assert_eq!(v, json!({"a": 1}));
-        let step = config("").build("s", "p").unwrap();
+        let step = config("").compile("s", "p").unwrap();
         assert_eq!(
             step.apply(&mut v, Answer::Missing).unwrap_err().code,
             ErrorCode::NotFound

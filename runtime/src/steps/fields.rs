@@ -1,19 +1,15 @@
-//! `set`, `remove` and `rename`: change fields of the body and the message's headers and key
-//! without writing a whole `map` expression.
+//! What `set`, `remove` and `rename` share: they change fields of the body and the message's
+//! headers and key without writing a whole `map` expression.
 //!
 //! A field is a dotted path into the JSON body (`asset.region`); missing objects on the way
 //! are created by `set`. A header is named as it is written on the record.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::Step;
+use super::Transform;
 use crate::error::{BuildError, ErrorCode, StepError};
-use crate::jmes::{needs, Doc, Expr, Need};
+use crate::jmes::Expr;
 use crate::message::{Item, Payload};
 
 /// A dotted path into a JSON body, checked when the pipeline loads.
@@ -83,7 +79,7 @@ impl std::fmt::Display for FieldPath {
     }
 }
 
-fn paths<'a>(
+pub(super) fn paths<'a>(
     key: &str,
     names: impl Iterator<Item = &'a String>,
 ) -> Result<Vec<FieldPath>, BuildError> {
@@ -92,13 +88,13 @@ fn paths<'a>(
         .collect()
 }
 
-fn compile(key: &str, source: &str) -> Result<Expr, BuildError> {
+pub(super) fn compile(key: &str, source: &str) -> Result<Expr, BuildError> {
     Expr::compile(source).map_err(|e| BuildError::jmespath(key, e))
 }
 
 /// A JMESPath result as header or key bytes: strings as they are, other values as compact
 /// JSON; `None` for null.
-fn to_bytes(value: Value) -> Option<Bytes> {
+pub(super) fn to_bytes(value: Value) -> Option<Bytes> {
     match value {
         Value::Null => None,
         Value::String(s) => Some(Bytes::from(s)),
@@ -107,244 +103,21 @@ fn to_bytes(value: Value) -> Option<Bytes> {
 }
 
 /// `process` of a step that works on whole messages: the body alone, without metadata.
-fn body_only(step: &dyn Step, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
+pub(super) fn body_only(
+    step: &dyn Transform,
+    payload: Payload,
+    out: &mut Vec<Payload>,
+) -> Result<(), StepError> {
     let mut items = Vec::with_capacity(1);
     step.process_item(Item::new(payload), &mut items)?;
     out.extend(items.into_iter().map(|i| i.payload));
     Ok(())
 }
 
-fn set_header(headers: &mut Vec<(String, Bytes)>, name: &str, value: Option<Bytes>) {
+pub(super) fn set_header(headers: &mut Vec<(String, Bytes)>, name: &str, value: Option<Bytes>) {
     headers.retain(|(k, _)| k != name);
     if let Some(value) = value {
         headers.push((name.to_string(), value));
-    }
-}
-
-/// `kind = "set"`: sets body fields, headers and the record key from JMESPath expressions,
-/// all evaluated on the message as it was before the step.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetConfig {
-    /// Field path → JMESPath expression.
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-    /// Header name → JMESPath expression (a string as it is, other values as JSON; null
-    /// removes the header).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// JMESPath expression giving the record key (null removes it).
-    pub key: Option<String>,
-}
-
-impl SetConfig {
-    /// Compiles the expressions.
-    pub fn build(&self) -> Result<SetStep, BuildError> {
-        if self.fields.is_empty() && self.headers.is_empty() && self.key.is_none() {
-            return Err(BuildError::at("fields", "`set` sets nothing")
-                .with_hint("give `fields`, `headers` or `key`"));
-        }
-        let fields: Vec<(FieldPath, Expr)> = paths("fields", self.fields.keys())?
-            .into_iter()
-            .zip(self.fields.values())
-            .map(|(p, e)| Ok((p, compile("fields", e)?)))
-            .collect::<Result<_, BuildError>>()?;
-        let headers: Vec<(String, Expr)> = self
-            .headers
-            .iter()
-            .map(|(h, e)| Ok((h.clone(), compile("headers", e)?)))
-            .collect::<Result<_, BuildError>>()?;
-        let key = self.key.as_deref().map(|k| compile("key", k)).transpose()?;
-        let need = needs(
-            fields
-                .iter()
-                .map(|(_, e)| e)
-                .chain(headers.iter().map(|(_, e)| e))
-                .chain(key.iter()),
-        );
-        Ok(SetStep {
-            fields,
-            headers,
-            key,
-            need,
-        })
-    }
-}
-
-/// The running `set` step.
-pub struct SetStep {
-    fields: Vec<(FieldPath, Expr)>,
-    headers: Vec<(String, Expr)>,
-    key: Option<Expr>,
-    /// What the expressions read.
-    need: Need,
-}
-
-impl Step for SetStep {
-    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        body_only(self, payload, out)
-    }
-
-    fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
-        // Every expression sees the message as it was before the step: one conversion, of
-        // what they read, for all of them.
-        let input = Doc::new(&item.payload, &self.need)?;
-        let mut results = Vec::with_capacity(self.fields.len());
-        for (_, expr) in &self.fields {
-            results.push(expr.search_doc(&input)?);
-        }
-        let mut headers = Vec::with_capacity(self.headers.len());
-        for (name, expr) in &self.headers {
-            headers.push((name, to_bytes(expr.search_doc(&input)?)));
-        }
-        let key = match &self.key {
-            Some(expr) => Some(to_bytes(expr.search_doc(&input)?)),
-            None => None,
-        };
-        drop(input);
-        if let Some(key) = key {
-            item.key = key;
-        }
-        if !headers.is_empty() {
-            let h = Arc::make_mut(&mut item.headers);
-            for (name, v) in headers {
-                set_header(h, name, v);
-            }
-        }
-        if !self.fields.is_empty() {
-            let mut body =
-                std::mem::replace(&mut item.payload, Payload::Json(Value::Null)).into_json()?;
-            for ((path, _), v) in self.fields.iter().zip(results) {
-                path.set(&mut body, v)?;
-            }
-            item.payload = Payload::Json(body);
-        }
-        out.push(item);
-        Ok(())
-    }
-}
-
-/// `kind = "remove"`: removes body fields and headers (missing ones are not an error).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoveConfig {
-    /// Field paths.
-    #[serde(default)]
-    pub fields: Vec<String>,
-    /// Header names.
-    #[serde(default)]
-    pub headers: Vec<String>,
-}
-
-impl RemoveConfig {
-    /// Checks the paths.
-    pub fn build(&self) -> Result<RemoveStep, BuildError> {
-        if self.fields.is_empty() && self.headers.is_empty() {
-            return Err(BuildError::at("fields", "`remove` removes nothing")
-                .with_hint("give `fields` or `headers`"));
-        }
-        Ok(RemoveStep {
-            fields: paths("fields", self.fields.iter())?,
-            headers: self.headers.clone(),
-        })
-    }
-}
-
-/// The running `remove` step.
-pub struct RemoveStep {
-    fields: Vec<FieldPath>,
-    headers: Vec<String>,
-}
-
-impl Step for RemoveStep {
-    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        body_only(self, payload, out)
-    }
-
-    fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
-        if !self.fields.is_empty() {
-            let mut value = item.payload.into_json()?;
-            for path in &self.fields {
-                path.remove(&mut value);
-            }
-            item.payload = Payload::Json(value);
-        }
-        if self
-            .headers
-            .iter()
-            .any(|n| item.headers.iter().any(|(k, _)| k == n))
-        {
-            Arc::make_mut(&mut item.headers).retain(|(k, _)| !self.headers.contains(k));
-        }
-        out.push(item);
-        Ok(())
-    }
-}
-
-/// `kind = "rename"`: moves body fields and renames headers (missing ones are not an error).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenameConfig {
-    /// Old field path → new field path.
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-    /// Old header name → new header name.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-impl RenameConfig {
-    /// Checks the paths.
-    pub fn build(&self) -> Result<RenameStep, BuildError> {
-        if self.fields.is_empty() && self.headers.is_empty() {
-            return Err(BuildError::at("fields", "`rename` renames nothing")
-                .with_hint("give `fields` or `headers`"));
-        }
-        let from = paths("fields", self.fields.keys())?;
-        let to = paths("fields", self.fields.values())?;
-        Ok(RenameStep {
-            fields: from.into_iter().zip(to).collect(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(a, b)| (a.clone(), b.clone()))
-                .collect(),
-        })
-    }
-}
-
-/// The running `rename` step.
-pub struct RenameStep {
-    fields: Vec<(FieldPath, FieldPath)>,
-    headers: Vec<(String, String)>,
-}
-
-impl Step for RenameStep {
-    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        body_only(self, payload, out)
-    }
-
-    fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
-        if !self.fields.is_empty() {
-            let mut value = item.payload.into_json()?;
-            for (from, to) in &self.fields {
-                if let Some(v) = from.remove(&mut value) {
-                    to.set(&mut value, v)?;
-                }
-            }
-            item.payload = Payload::Json(value);
-        }
-        for (from, to) in &self.headers {
-            if item.headers.iter().any(|(k, _)| k == from) {
-                for (k, _) in Arc::make_mut(&mut item.headers).iter_mut() {
-                    if k == from {
-                        *k = to.clone();
-                    }
-                }
-            }
-        }
-        out.push(item);
-        Ok(())
     }
 }
 
@@ -353,10 +126,10 @@ mod tests {
     use super::super::parse;
     use super::*;
     use serde_json::json;
+    use std::sync::Arc;
 
-    fn run_item(step: &dyn Step, item: Item) -> Item {
-        let mut out = Vec::new();
-        step.process_item(item, &mut out).unwrap();
+    fn run_item(step: &dyn crate::steps::Step, item: Item) -> Item {
+        let mut out = super::super::run_items(step, item).unwrap();
         assert_eq!(out.len(), 1);
         out.pop().unwrap()
     }
@@ -390,10 +163,8 @@ mod tests {
         let step = parse("kind = 'set'\n[fields]\n'a.b' = '`1`'\n")
             .build()
             .unwrap();
-        let mut out = Vec::new();
-        let err = step
-            .process_item(Item::new(Payload::Json(json!({"a": 3}))), &mut out)
-            .unwrap_err();
+        let err =
+            super::super::run_items(&*step, Item::new(Payload::Json(json!({"a": 3})))).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnexpectedShape);
         assert!(err.message.contains("`a` is not an object"), "{err}");
     }

@@ -3,7 +3,8 @@
 
 use serde::Deserialize;
 
-use super::Step;
+use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
+use crate::config::document::Document;
 use crate::error::{BuildError, StepError};
 use crate::jmes::{Doc, Expr};
 use crate::message::Payload;
@@ -18,10 +19,34 @@ pub struct FilterConfig {
 
 impl FilterConfig {
     /// Compiles the condition.
-    pub fn build(&self) -> Result<Filter, BuildError> {
+    pub fn compile(&self) -> Result<Filter, BuildError> {
         let expr =
             Expr::compile(&self.condition).map_err(|e| BuildError::jmespath("condition", e))?;
         Ok(Filter { expr })
+    }
+}
+
+
+impl StepKind for FilterConfig {
+    const KIND: &'static str = "filter";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "filter"
+condition = "unit == 'kWh'""#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
     }
 }
 
@@ -31,7 +56,7 @@ pub struct Filter {
     expr: Expr,
 }
 
-impl Step for Filter {
+impl Transform for Filter {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         // The condition reads what it names; a kept message goes on as it came (raw bytes
         // stay the bytes received).

@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use super::Step;
+use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
+use crate::config::document::Document;
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::message::Payload;
 use crate::xml;
@@ -18,7 +19,7 @@ pub struct JsonToXmlConfig {
 
 impl JsonToXmlConfig {
     /// Builds the step.
-    pub fn build(&self) -> Result<JsonToXml, BuildError> {
+    pub fn compile(&self) -> Result<JsonToXml, BuildError> {
         if let Some(root) = &self.root {
             let valid = root
                 .chars()
@@ -42,13 +43,37 @@ impl JsonToXmlConfig {
     }
 }
 
+
+impl StepKind for JsonToXmlConfig {
+    const KIND: &'static str = "json_to_xml";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "json_to_xml"
+root = "Reading""#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    }
+}
+
 /// The running `json_to_xml` step.
 #[derive(Debug)]
 pub struct JsonToXml {
     root: Option<String>,
 }
 
-impl Step for JsonToXml {
+impl Transform for JsonToXml {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         let value = payload.into_json()?;
         let bytes = xml::json_to_xml(&value, self.root.as_deref())

@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use super::Step;
+use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
+use crate::config::document::Document;
 use crate::error::{BuildError, StepError};
 use crate::jmes::Expr;
 use crate::message::Payload;
@@ -17,10 +18,34 @@ pub struct MapConfig {
 
 impl MapConfig {
     /// Compiles the expression.
-    pub fn build(&self) -> Result<Map, BuildError> {
+    pub fn compile(&self) -> Result<Map, BuildError> {
         let expr =
             Expr::compile(&self.expression).map_err(|e| BuildError::jmespath("expression", e))?;
         Ok(Map { expr })
+    }
+}
+
+
+impl StepKind for MapConfig {
+    const KIND: &'static str = "map";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "map"
+expression = "{meter: meter_id, kwh: to_number(value)}""#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
     }
 }
 
@@ -30,7 +55,7 @@ pub struct Map {
     expr: Expr,
 }
 
-impl Step for Map {
+impl Transform for Map {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         // Raw bytes are parsed for what the expression reads only.
         out.push(Payload::Json(self.expr.search_payload(&payload)?));

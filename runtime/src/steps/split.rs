@@ -8,7 +8,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Step;
+use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
+use crate::config::document::Document;
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::jmes::{into_value, needs, Doc, Expr, Need};
 use crate::message::Payload;
@@ -27,7 +28,7 @@ pub struct SplitConfig {
 
 impl SplitConfig {
     /// Compiles the expressions.
-    pub fn build(&self) -> Result<Split, BuildError> {
+    pub fn compile(&self) -> Result<Split, BuildError> {
         let compile = |key: &str, src: &Option<String>| {
             src.as_deref()
                 .map(Expr::compile)
@@ -45,6 +46,30 @@ impl SplitConfig {
     }
 }
 
+
+impl StepKind for SplitConfig {
+    const KIND: &'static str = "split";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "split"
+expression = "readings""#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    }
+}
+
 /// The running `split` step.
 #[derive(Debug)]
 pub struct Split {
@@ -54,7 +79,7 @@ pub struct Split {
     need: Need,
 }
 
-impl Step for Split {
+impl Transform for Split {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         // One conversion for both expressions, of what they read.
         let (merged, array) = match &self.expression {

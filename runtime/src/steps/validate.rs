@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Step, StepContext};
+use super::{parse_plain, BuildContext, Each, Step, StepContext, StepKind, Transform};
+use crate::config::document::Document;
 use crate::contracts::{valid_reference, violations_json, Contract};
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::message::Payload;
@@ -21,7 +22,7 @@ pub struct ValidateConfig {
 
 impl ValidateConfig {
     /// Checks the reference's form.
-    pub fn check(&self) -> Result<(), BuildError> {
+    fn check_reference(&self) -> Result<(), BuildError> {
         if !valid_reference(&self.contract) {
             return Err(BuildError::at(
                 "contract",
@@ -33,8 +34,8 @@ impl ValidateConfig {
     }
 
     /// Finds the contract among those loaded.
-    pub fn build(&self, ctx: &StepContext) -> Result<Validate, BuildError> {
-        self.check()?;
+    pub fn compile(&self, ctx: &StepContext) -> Result<Validate, BuildError> {
+        self.check_reference()?;
         let contract = ctx
             .contracts
             .as_ref()
@@ -52,13 +53,39 @@ impl ValidateConfig {
     }
 }
 
+
+impl StepKind for ValidateConfig {
+    const KIND: &'static str = "validate";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "validate"
+contract = "meter-reading@1""#;
+    const SAMPLE: &'static str = r#"{"meter_id": "FR-PRM-09182736450012", "measured_at": "2026-01-14T00:45:00Z", "value": 1.148, "unit": "kWh", "quality": null, "substation": null, "feeder": null}"#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.check_reference()
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        let validate = self.compile(cx.context())?;
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), validate)))
+    }
+}
+
 /// The running `validate` step.
 #[derive(Debug)]
 pub struct Validate {
     contract: Arc<Contract>,
 }
 
-impl Step for Validate {
+impl Transform for Validate {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         let value = payload.into_json()?;
         if let Err(violations) = self.contract.validate(&value) {

@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use super::Step;
+use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
+use crate::config::document::Document;
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::message::Payload;
 use crate::xml::{self, Namespaces, XmlToJsonOptions};
@@ -21,7 +22,7 @@ pub struct XmlToJsonConfig {
 
 impl XmlToJsonConfig {
     /// Builds the step.
-    pub fn build(&self) -> Result<XmlToJson, BuildError> {
+    pub fn compile(&self) -> Result<XmlToJson, BuildError> {
         Ok(XmlToJson {
             options: XmlToJsonOptions {
                 arrays: self.arrays.iter().cloned().collect(),
@@ -31,13 +32,38 @@ impl XmlToJsonConfig {
     }
 }
 
+
+impl StepKind for XmlToJsonConfig {
+    const KIND: &'static str = "xml_to_json";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "xml_to_json"
+arrays = ["Point"]"#;
+    const SAMPLE: &'static str = "<Reading><Point><v>1</v></Point></Reading>";
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    }
+}
+
 /// The running `xml_to_json` step.
 #[derive(Debug)]
 pub struct XmlToJson {
     options: XmlToJsonOptions,
 }
 
-impl Step for XmlToJson {
+impl Transform for XmlToJson {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         let bytes = match payload {
             Payload::Bytes(bytes) => bytes,

@@ -1,0 +1,92 @@
+//! `remove`: removes body fields and headers.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::fields::{body_only, paths, FieldPath};
+use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
+use crate::config::document::Document;
+use crate::error::{BuildError, StepError};
+use crate::message::{Item, Payload};
+
+/// `kind = "remove"`: removes body fields and headers (missing ones are not an error).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveConfig {
+    /// Field paths.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// Header names.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+impl RemoveConfig {
+    /// Checks the paths.
+    pub fn compile(&self) -> Result<RemoveStep, BuildError> {
+        if self.fields.is_empty() && self.headers.is_empty() {
+            return Err(BuildError::at("fields", "`remove` removes nothing")
+                .with_hint("give `fields` or `headers`"));
+        }
+        Ok(RemoveStep {
+            fields: paths("fields", self.fields.iter())?,
+            headers: self.headers.clone(),
+        })
+    }
+}
+
+impl StepKind for RemoveConfig {
+    const KIND: &'static str = "remove";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "remove"
+fields = ["unit"]
+headers = ["x-debug"]"#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    }
+}
+
+/// The running `remove` step.
+pub struct RemoveStep {
+    fields: Vec<FieldPath>,
+    headers: Vec<String>,
+}
+
+impl Transform for RemoveStep {
+    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
+        body_only(self, payload, out)
+    }
+
+    fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
+        if !self.fields.is_empty() {
+            let mut value = item.payload.into_json()?;
+            for path in &self.fields {
+                path.remove(&mut value);
+            }
+            item.payload = Payload::Json(value);
+        }
+        if self
+            .headers
+            .iter()
+            .any(|n| item.headers.iter().any(|(k, _)| k == n))
+        {
+            Arc::make_mut(&mut item.headers).retain(|(k, _)| !self.headers.contains(k));
+        }
+        out.push(item);
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! `rename`: moves body fields and renames headers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::fields::{body_only, paths, FieldPath};
+use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
+use crate::config::document::Document;
+use crate::error::{BuildError, StepError};
+use crate::message::{Item, Payload};
+
+/// `kind = "rename"`: moves body fields and renames headers (missing ones are not an error).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameConfig {
+    /// Old field path → new field path.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Old header name → new header name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl RenameConfig {
+    /// Checks the paths.
+    pub fn compile(&self) -> Result<RenameStep, BuildError> {
+        if self.fields.is_empty() && self.headers.is_empty() {
+            return Err(BuildError::at("fields", "`rename` renames nothing")
+                .with_hint("give `fields` or `headers`"));
+        }
+        let from = paths("fields", self.fields.keys())?;
+        let to = paths("fields", self.fields.values())?;
+        Ok(RenameStep {
+            fields: from.into_iter().zip(to).collect(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect(),
+        })
+    }
+}
+
+impl StepKind for RenameConfig {
+    const KIND: &'static str = "rename";
+    const EXAMPLE: &'static str = r#"[[steps]]
+kind = "rename"
+[steps.fields]
+value = "reading.kwh""#;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &toml::Spanned<toml::de::DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    }
+}
+
+/// The running `rename` step.
+pub struct RenameStep {
+    fields: Vec<(FieldPath, FieldPath)>,
+    headers: Vec<(String, String)>,
+}
+
+impl Transform for RenameStep {
+    fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
+        body_only(self, payload, out)
+    }
+
+    fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
+        if !self.fields.is_empty() {
+            let mut value = item.payload.into_json()?;
+            for (from, to) in &self.fields {
+                if let Some(v) = from.remove(&mut value) {
+                    to.set(&mut value, v)?;
+                }
+            }
+            item.payload = Payload::Json(value);
+        }
+        for (from, to) in &self.headers {
+            if item.headers.iter().any(|(k, _)| k == from) {
+                for (k, _) in Arc::make_mut(&mut item.headers).iter_mut() {
+                    if k == from {
+                        *k = to.clone();
+                    }
+                }
+            }
+        }
+        out.push(item);
+        Ok(())
+    }
+}
