@@ -390,7 +390,7 @@ fn parse_branch<'i>(
                 let route: Option<RouteConfig> = doc.section(&route_shell, &at, &[]);
                 if let Some(route) = &route {
                     if let Err(e) = crate::jmes::Expr::compile(&route.when) {
-                        report(doc, route_v, &at, BuildError::jmespath("when", e));
+                        report(doc, route_v, &at, e.at("when"));
                     }
                 }
                 let steps = nested_steps(doc, steps_v, &format!("{at}.steps"));

@@ -156,8 +156,8 @@ impl Builder<'_> {
                 let mut routes = Vec::new();
                 for (i, r) in c.routes.iter().enumerate() {
                     let at = format!("{id}.routes[{i}]");
-                    let when = Expr::compile(&r.when)
-                        .map_err(|e| (format!("{at}.when"), BuildError::jmespath("when", e)))?;
+                    let when =
+                        Expr::compile(&r.when).map_err(|e| (format!("{at}.when"), e.at("when")))?;
                     let nodes = self.nodes(&format!("{at}.steps"), &r.steps)?;
                     let sink = match &r.sink {
                         Some(s) => Some(self.sink(format!("{at}.sink.{}", s.kind()), s)?),

@@ -93,7 +93,7 @@ fn paths<'a>(
 }
 
 fn compile(key: &str, source: &str) -> Result<Expr, BuildError> {
-    Expr::compile(source).map_err(|e| BuildError::jmespath(key, e))
+    Expr::compile(source).map_err(|e| e.at(key))
 }
 
 /// A JMESPath result as header or key bytes: strings as they are, other values as compact

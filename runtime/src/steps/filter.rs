@@ -19,8 +19,7 @@ pub struct FilterConfig {
 impl FilterConfig {
     /// Compiles the condition.
     pub fn build(&self) -> Result<Filter, BuildError> {
-        let expr =
-            Expr::compile(&self.condition).map_err(|e| BuildError::jmespath("condition", e))?;
+        let expr = Expr::compile(&self.condition).map_err(|e| e.at("condition"))?;
         Ok(Filter { expr })
     }
 }

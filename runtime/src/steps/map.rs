@@ -18,8 +18,7 @@ pub struct MapConfig {
 impl MapConfig {
     /// Compiles the expression.
     pub fn build(&self) -> Result<Map, BuildError> {
-        let expr =
-            Expr::compile(&self.expression).map_err(|e| BuildError::jmespath("expression", e))?;
+        let expr = Expr::compile(&self.expression).map_err(|e| e.at("expression"))?;
         Ok(Map { expr })
     }
 }
