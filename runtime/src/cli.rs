@@ -884,7 +884,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(crate::listener::serve(
             http,
             tls,
-            crate::sources::http::router(Arc::clone(&routes)),
+            crate::sources::route::router(Arc::clone(&routes)),
             crate::listener::IngressLimits::from_config(&config.http),
             stop_ingress.clone(),
             Duration::from_millis(config.engine.drain_timeout_ms),

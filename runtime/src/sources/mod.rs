@@ -8,6 +8,7 @@ pub mod http;
 pub mod ingress;
 mod kafka;
 pub mod openapi;
+pub mod route;
 pub mod soap;
 
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use file::{file_meta, FileSourceConfig};
-pub use http::{HttpRoutes, HttpSourceConfig};
 pub use kafka::{record_meta, KafkaSourceConfig};
+pub use route::{HttpRoutes, HttpSourceConfig};
 
 use crate::error::{BuildError, Failure};
 use crate::kafka::KafkaSettings;

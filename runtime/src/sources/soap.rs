@@ -14,12 +14,18 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use super::edge::Refusal;
-use super::http::{ReplyMode, Route};
+use super::route::{
+    admit, check_contract, retry_after_secs, HttpSource, HttpSourceConfig, ReplyMode, Route,
+    SoapRoute,
+};
+use super::SourceContext;
 use crate::ack::{Ack, Outcome};
+use crate::error::BuildError;
 use crate::error::{ErrorCode, Failure};
 use crate::message::{ContentType, Message, Meta, Origin, Payload};
 
@@ -203,6 +209,36 @@ fn success(version: Version, body: String) -> Response {
         .into_response()
 }
 
+impl HttpSourceConfig {
+    /// Builds a `soap` source on the same listener.
+    pub fn build_soap(&self, ctx: &SourceContext) -> Result<HttpSource, BuildError> {
+        let wsdl = match &self.wsdl {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                BuildError::at("wsdl", format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        self.build_route(
+            ctx,
+            serve_boxed,
+            Some(Arc::new(SoapRoute {
+                operations: self.operations.clone(),
+                wsdl,
+            })),
+        )
+    }
+}
+
+/// [`serve`] as the route table's [`Serve`](super::route::Serve).
+fn serve_boxed<'a>(
+    route: Route,
+    request: Request,
+    correlation_id: &'a str,
+    path: &'a str,
+) -> BoxFuture<'a, Response> {
+    Box::pin(serve(route, request, correlation_id, path))
+}
+
 /// Serves one request on a SOAP route.
 pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &str) -> Response {
     let soap = route.soap().cloned().unwrap_or_default();
@@ -249,7 +285,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         );
         return fault(version, true, None, &reason, correlation_id, None);
     }
-    if let Err(refusal) = super::http::admit(&route, &request) {
+    if let Err(refusal) = admit(&route, &request) {
         let (status, reason) = match refusal {
             Refusal::Unauthenticated => (
                 StatusCode::UNAUTHORIZED,
@@ -306,9 +342,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         .map(|content| Payload::Bytes(body.slice_ref(content)))
         .map_err(|reason| Failure::new("source.soap", ErrorCode::InvalidXml, reason))
         .and_then(|payload| match route.contract() {
-            Some(contract) => {
-                super::http::check_contract(contract, payload, ContentType::Xml, "source.soap")
-            }
+            Some(contract) => check_contract(contract, payload, ContentType::Xml, "source.soap"),
             None => Ok(payload),
         });
     match payload {
@@ -363,19 +397,10 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         }
         Outcome::DeadLettered(f) | Outcome::Failed(f) => {
             let mut response = fault(version, false, Some(StatusCode::SERVICE_UNAVAILABLE), &format!("the message could not be written; try again later ({})", f.message), correlation_id, Some(&f));
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(super::http::retry_after_secs(&f, route.config().retry_after_secs)));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(&f, route.config().retry_after_secs)));
             response
         }
     }
-}
-
-/// What a SOAP route knows beyond an HTTP one.
-#[derive(Debug, Clone, Default)]
-pub struct SoapRoute {
-    /// Accepted operations (SOAPAction / action); empty: any.
-    pub operations: Vec<String>,
-    /// The WSDL served on `GET <path>?wsdl`.
-    pub wsdl: Option<String>,
 }
 
 #[cfg(test)]
