@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -146,26 +147,12 @@ impl Server {
         config_file: &Path,
         hangup: Hangup,
     ) -> anyhow::Result<Server> {
-        let metrics = match crate::metrics::install() {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                tracing::warn!(error = %e, "Metrics disabled.");
-                None
-            }
-        };
+        let metrics = install_metrics();
         let (embedded, kafka) = start_kafka(&mut config)?;
 
         let shutdown = CancellationToken::new();
         let routes = Arc::new(HttpRoutes::default());
-        let guard = admin::AdminGuard::new(config.admin.token_file.as_deref(), |name| {
-            std::env::var(name).ok()
-        })
-        .map_err(|e| anyhow::anyhow!(e))?;
-        let mut admin_state = AdminState {
-            metrics,
-            guard: Arc::new(guard),
-            ..AdminState::default()
-        };
+        let mut admin_state = admin_state(&config, metrics)?;
         let broker_watch =
             admin_state.watch_broker(kafka.clone(), Duration::from_secs(5), shutdown.clone());
         let (http, admin) = bind_listeners(&config, &admin_state).await?;
@@ -251,6 +238,34 @@ impl Server {
         drop(self.reloads.watcher);
         drop(self.embedded);
     }
+}
+
+/// The Prometheus recorder, or none (logged) when it cannot be installed.
+fn install_metrics() -> Option<PrometheusHandle> {
+    match crate::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "Metrics disabled.");
+            None
+        }
+    }
+}
+
+/// The admin listener's state before the pipelines are loaded: the metrics and the guard of
+/// its mutating requests (`[admin] token_file` or `GRIDFLOW_ADMIN_TOKEN`).
+fn admin_state(
+    config: &RuntimeConfig,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<AdminState> {
+    let guard = admin::AdminGuard::new(config.admin.token_file.as_deref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(AdminState {
+        metrics,
+        guard: Arc::new(guard),
+        ..AdminState::default()
+    })
 }
 
 /// The embedded development broker when no brokers are configured (with the topics of the
