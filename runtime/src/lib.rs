@@ -34,7 +34,7 @@
 //! - [`telemetry`]: OpenTelemetry traces (OTLP), a span per input and per step.
 //! - [`kafka`]: client settings shared by the Kafka source, sink and dead-letter writer, the
 //!   topic checks and the embedded development broker.
-//! - [`config::document`]: a TOML document parsed with positions, checked section by section.
+//! - `config::document`: a TOML document parsed with positions, checked section by section.
 //!
 //! ## Layer 2, components: one module per kind, registered in the closed enum of its `mod.rs`
 //!

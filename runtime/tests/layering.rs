@@ -459,7 +459,8 @@ fn cycles(graph: &BTreeMap<&str, BTreeMap<&str, String>>) -> Vec<String> {
 }
 
 /// The layers `lib.rs`'s `# Layout` section states: under each `## Layer N, name` heading,
-/// the modules linked at the start of its list items (``- [`a`], [`b`]: …``).
+/// the modules named at the start of its list items (``- [`a`], `b`: …``: a link, or code
+/// for a module private to the crate, that rustdoc cannot link to).
 fn documented_layers(lib: &str) -> Vec<(String, BTreeSet<String>)> {
     let mut layers: Vec<(String, BTreeSet<String>)> = Vec::new();
     let mut in_layout = false;
@@ -482,7 +483,11 @@ fn documented_layers(lib: &str) -> Vec<(String, BTreeSet<String>)> {
             let head = item.split(": ").next().unwrap_or("");
             for link in head.split(',') {
                 let link = link.trim();
-                if let Some(name) = link.strip_prefix("[`").and_then(|l| l.strip_suffix("`]")) {
+                let name = link
+                    .strip_prefix('[')
+                    .and_then(|l| l.strip_suffix(']'))
+                    .unwrap_or(link);
+                if let Some(name) = name.strip_prefix('`').and_then(|l| l.strip_suffix('`')) {
                     modules.insert(name.to_string());
                 }
             }
