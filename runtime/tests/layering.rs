@@ -8,7 +8,9 @@
 //!
 //! What counts as an import: every `crate::…` path and every `super::…` path (resolved to the
 //! module it names, inline `mod tests` included) in the code of a file, comments and string
-//! literals left out; `use crate::{a, b::c}` groups name each of their modules.
+//! literals left out; `use crate::{a, b::c}` groups name each of their modules. A path through
+//! a re-export counts where the item is defined: `crate::config::Diagnostic` (re-exported by
+//! `config`) is an import of `config::diagnostic`.
 //!
 //! `lib.rs` states the same layers in its `# Layout` section; the test checks that it lists
 //! exactly the modules of this table, layer by layer, so that the documentation cannot drift.
@@ -342,6 +344,66 @@ fn path_tree(toks: &[Token], mut i: usize, mut base: Vec<String>) -> (Vec<Vec<St
     }
 }
 
+/// The re-exports of `src`, the file of module `module`: `pub use diagnostic::Diagnostic;` in
+/// `config` makes `config::Diagnostic` an alias of `config::diagnostic::Diagnostic`.
+/// Returns (alias, what it names), both from the crate root.
+fn reexports(module: &[String], src: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let toks = tokens(&code_only(src));
+    let text = |i: usize| toks.get(i).map(|t| t.text.as_str()).unwrap_or("");
+    let mut found = Vec::new();
+    for i in 1..toks.len() {
+        // `pub use`, `pub(crate) use`.
+        if text(i) != "use" || !matches!(text(i - 1), "pub" | ")") {
+            continue;
+        }
+        let (base, start) = match (text(i + 1), text(i + 2)) {
+            ("crate", "::") => (Vec::new(), i + 3),
+            ("self", "::") => (module.to_vec(), i + 3),
+            ("super", "::") => {
+                let mut base = module.to_vec();
+                let mut j = i + 1;
+                while text(j) == "super" && text(j + 1) == "::" {
+                    base.pop();
+                    j += 2;
+                }
+                (base, j)
+            }
+            _ => (module.to_vec(), i + 1),
+        };
+        for path in path_tree(&toks, start, base.clone()).0 {
+            // A glob (`pub use x::*`) names no item of its own.
+            if let Some(name) = path.last().filter(|_| path.len() > base.len()) {
+                let mut alias = module.to_vec();
+                alias.push(name.clone());
+                if alias != path {
+                    found.push((alias, path));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Where `path` is defined: re-exports followed (`config::Diagnostic` →
+/// `config::diagnostic::Diagnostic`), the longest alias first.
+fn defined(aliases: &[(Vec<String>, Vec<String>)], path: &[String]) -> Vec<String> {
+    let mut path = path.to_vec();
+    // A bound, in case re-exports go round.
+    for _ in 0..8 {
+        let longest = aliases
+            .iter()
+            .filter(|(alias, _)| path.starts_with(alias))
+            .max_by_key(|(alias, _)| alias.len());
+        let Some((alias, target)) = longest else {
+            break;
+        };
+        let mut resolved = target.clone();
+        resolved.extend_from_slice(&path[alias.len()..]);
+        path = resolved;
+    }
+    path
+}
+
 /// `src/a/b.rs` and `src/a/b/mod.rs` → `["a", "b"]`; `lib.rs` → `[]`.
 fn module_of(relative: &Path) -> Vec<String> {
     let mut parts: Vec<String> = relative
@@ -376,6 +438,10 @@ fn faults(files: &[(String, Vec<String>, String)]) -> Vec<String> {
     let mut faults = Vec::new();
     // entry → entries it imports (a submodule's imports of its enclosing modules left out).
     let mut graph: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
+    let aliases: Vec<(Vec<String>, Vec<String>)> = files
+        .iter()
+        .flat_map(|(_, module, src)| reexports(module, src))
+        .collect();
     for (shown, module, src) in files {
         let Some(from) = entry_of(module) else {
             faults.push(format!(
@@ -386,7 +452,9 @@ fn faults(files: &[(String, Vec<String>, String)]) -> Vec<String> {
         };
         let from_layer = layer_of(from).expect("an entry has a layer");
         for import in imports(module, src) {
-            let Some(to) = entry_of(&import.path) else {
+            let written = import.path.join("::");
+            let path = defined(&aliases, &import.path);
+            let Some(to) = entry_of(&path) else {
                 faults.push(format!(
                     "{shown}:{}: `{from}` imports `{}`, which is in no layer",
                     import.line,
@@ -400,10 +468,9 @@ fn faults(files: &[(String, Vec<String>, String)]) -> Vec<String> {
             let to_layer = layer_of(to).expect("an entry has a layer");
             if to_layer > from_layer {
                 faults.push(format!(
-                    "{shown}:{}: `{from}` (layer {}) imports `{}` of `{to}` (layer {}), a higher layer",
+                    "{shown}:{}: `{from}` (layer {}) imports `{written}` of `{to}` (layer {}), a higher layer",
                     import.line,
                     describe(from_layer),
-                    import.path.join("::"),
                     describe(to_layer),
                 ));
             }
@@ -663,5 +730,36 @@ mod tests {
     assert_eq!(
         faults[4],
         "import cycle: `sources::http` imports `sources::soap` (src/sources/http.rs:1), `sources::soap` imports `sources::http` (src/sources/soap.rs:3)"
+    );
+}
+
+/// A path through a re-export counts where the item is defined.
+#[test]
+fn the_checker_follows_re_exports() {
+    let m = |s: &str| s.split("::").map(str::to_string).collect::<Vec<_>>();
+    let config = "pub mod diagnostic;\npub use diagnostic::Diagnostic;\npub use pipeline::{OnErrorConfig, PipelineFile};\npub use crate::retry;\n";
+    let step = "use crate::config::Diagnostic;\nuse crate::config::retry::RetryPolicy;\nuse crate::config::OnErrorConfig;\n";
+    assert_eq!(
+        reexports(&m("config"), config),
+        vec![
+            (m("config::Diagnostic"), m("config::diagnostic::Diagnostic")),
+            (
+                m("config::OnErrorConfig"),
+                m("config::pipeline::OnErrorConfig")
+            ),
+            (
+                m("config::PipelineFile"),
+                m("config::pipeline::PipelineFile")
+            ),
+            (m("config::retry"), m("retry")),
+        ]
+    );
+    let faults = faults(&[
+        ("src/config/mod.rs".into(), m("config"), config.into()),
+        ("src/steps/step.rs".into(), m("steps::step"), step.into()),
+    ]);
+    assert_eq!(
+        faults,
+        vec!["src/steps/step.rs:3: `steps` (layer 2 (components)) imports `config::OnErrorConfig` of `config::pipeline` (layer 3 (configuration)), a higher layer"]
     );
 }
