@@ -108,99 +108,93 @@ struct Import {
     path: Vec<String>,
 }
 
-/// `src` with its comments and the contents of its string and character literals blanked
-/// (newlines kept, so that lines still count).
+/// `src` with its comments and its string and character literals blanked (newlines kept, so
+/// that lines still count).
 fn code_only(src: &str) -> String {
     let chars: Vec<char> = src.chars().collect();
     let mut out = String::with_capacity(src.len());
-    let blank = |c: char| if c == '\n' { '\n' } else { ' ' };
     let mut i = 0;
     while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if c == '/' && next == Some('/') {
-            while i < chars.len() && chars[i] != '\n' {
-                out.push(' ');
+        match skipped_end(&chars, i) {
+            Some(end) => {
+                let end = end.min(chars.len());
+                out.extend(
+                    chars[i..end]
+                        .iter()
+                        .map(|&c| if c == '\n' { '\n' } else { ' ' }),
+                );
+                i = end;
+            }
+            None => {
+                out.push(chars[i]);
                 i += 1;
             }
-        } else if c == '/' && next == Some('*') {
-            let mut depth = 0;
-            while i < chars.len() {
-                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    out.push_str("  ");
-                    i += 2;
-                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    out.push_str("  ");
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    out.push(blank(chars[i]));
-                    i += 1;
-                }
-            }
-        } else if c == 'r' && (next == Some('"') || next == Some('#')) && starts_literal(&chars, i)
-        {
-            // A raw string: r"…", r#"…"#, br#"…"#.
-            let mut j = i + 1;
-            let mut hashes = 0;
-            while chars.get(j) == Some(&'#') {
-                hashes += 1;
-                j += 1;
-            }
-            if chars.get(j) != Some(&'"') {
-                out.push(c);
-                i += 1;
-                continue;
-            }
-            out.extend(std::iter::repeat_n(' ', j + 1 - i));
-            i = j + 1;
-            while i < chars.len() {
-                if chars[i] == '"' && (1..=hashes).all(|h| chars.get(i + h) == Some(&'#')) {
-                    out.extend(std::iter::repeat_n(' ', hashes + 1));
-                    i += hashes + 1;
-                    break;
-                }
-                out.push(blank(chars[i]));
-                i += 1;
-            }
-        } else if c == '"' {
-            out.push(' ');
-            i += 1;
-            while i < chars.len() && chars[i] != '"' {
-                if chars[i] == '\\' {
-                    out.push(' ');
-                    i += 1;
-                }
-                if i < chars.len() {
-                    out.push(blank(chars[i]));
-                    i += 1;
-                }
-            }
-            out.push(' ');
-            i += 1;
-        } else if c == '\'' && (next == Some('\\') || chars.get(i + 2) == Some(&'\'')) {
-            // A character literal ('"', '\n', '\''); a lifetime ('a) is left as it is.
-            let mut j = i + 1;
-            if chars.get(j) == Some(&'\\') {
-                j += 2;
-            } else {
-                j += 1;
-            }
-            while j < chars.len() && chars[j] != '\'' {
-                j += 1;
-            }
-            out.extend(std::iter::repeat_n(' ', j + 1 - i));
-            i = j + 1;
-        } else {
-            out.push(c);
-            i += 1;
         }
     }
     out
+}
+
+/// The end (exclusive) of the comment or literal that starts at `i`, if one does.
+fn skipped_end(chars: &[char], i: usize) -> Option<usize> {
+    let at = |j: usize| chars.get(j).copied();
+    match (chars[i], at(i + 1)) {
+        ('/', Some('/')) => Some(
+            (i..chars.len())
+                .find(|&j| chars[j] == '\n')
+                .unwrap_or(chars.len()),
+        ),
+        ('/', Some('*')) => Some(block_comment_end(chars, i)),
+        ('r', Some('"' | '#')) if starts_literal(chars, i) => raw_string_end(chars, i),
+        ('"', _) => {
+            let mut j = i + 1;
+            while j < chars.len() && chars[j] != '"' {
+                j += if chars[j] == '\\' { 2 } else { 1 };
+            }
+            Some(j + 1)
+        }
+        // A character literal ('"', '\n', '\''); a lifetime ('a) is not one.
+        ('\'', Some('\\')) => (i + 3..chars.len())
+            .find(|&j| chars[j] == '\'')
+            .map(|j| j + 1),
+        ('\'', _) if at(i + 2) == Some('\'') => Some(i + 3),
+        _ => None,
+    }
+}
+
+/// The end of the block comment (nested ones included) that starts at `i`.
+fn block_comment_end(chars: &[char], i: usize) -> usize {
+    let (mut depth, mut j) = (0, i);
+    while j < chars.len() {
+        if chars[j] == '/' && chars.get(j + 1) == Some(&'*') {
+            depth += 1;
+            j += 2;
+        } else if chars[j] == '*' && chars.get(j + 1) == Some(&'/') {
+            depth -= 1;
+            j += 2;
+            if depth == 0 {
+                return j;
+            }
+        } else {
+            j += 1;
+        }
+    }
+    j
+}
+
+/// The end of the raw string (`r"…"`, `r#"…"#`) that starts at `i`; none for a raw
+/// identifier (`r#type`).
+fn raw_string_end(chars: &[char], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while chars.get(j) == Some(&'#') {
+        j += 1;
+    }
+    let hashes = j - i - 1;
+    if chars.get(j) != Some(&'"') {
+        return None;
+    }
+    (j + 1..chars.len())
+        .find(|&k| chars[k] == '"' && (1..=hashes).all(|h| chars.get(k + h) == Some(&'#')))
+        .map(|k| k + hashes + 1)
 }
 
 /// True when the `r` at `i` is not the end of an identifier (`br` of a raw byte string is).
