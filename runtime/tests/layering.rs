@@ -430,7 +430,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// layer, modules outside the table, and cycles among the modules of one layer.
 fn faults(files: &[(String, Vec<String>, String)]) -> Vec<String> {
     let mut faults = Vec::new();
-    // entry → entries it imports (a submodule's imports of its enclosing modules left out).
+    // entry → entries of its layer it imports (a submodule's imports of its enclosing modules
+    // left out).
     let mut graph: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
     let aliases: Vec<(Vec<String>, Vec<String>)> = files
         .iter()
@@ -468,8 +469,10 @@ fn faults(files: &[(String, Vec<String>, String)]) -> Vec<String> {
                     describe(to_layer),
                 ));
             }
+            // Cycles are looked for within a layer (one across layers has an upward import,
+            // reported above).
             let enclosing = from.starts_with(&format!("{to}::"));
-            if !enclosing {
+            if to_layer == from_layer && !enclosing {
                 graph
                     .entry(from)
                     .or_default()
