@@ -549,3 +549,57 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(config: PathBuf) -> Options {
+        Options {
+            config,
+            pipelines: None,
+            http_addr: None,
+            admin_addr: None,
+            brokers: None,
+        }
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_runtime_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbrokers = 'file:9092'\n[http]\nlisten = '127.0.0.1:8081'\n[paths]\npipelines = 'from-file'\n",
+        )
+        .unwrap();
+        let kept = load_config(&options(file.clone())).unwrap();
+        assert_eq!(kept.kafka.brokers, "file:9092");
+        assert_eq!(kept.http.listen.port(), 8081);
+        assert_eq!(kept.paths.pipelines, Path::new("from-file"));
+
+        let overridden = load_config(&Options {
+            pipelines: Some("from-flag".into()),
+            http_addr: Some("127.0.0.1:1".parse().unwrap()),
+            admin_addr: Some("127.0.0.1:2".parse().unwrap()),
+            brokers: Some(String::new()),
+            ..options(file)
+        })
+        .unwrap();
+        assert_eq!(overridden.paths.pipelines, Path::new("from-flag"));
+        assert_eq!(overridden.http.listen.port(), 1);
+        assert_eq!(overridden.admin.listen.port(), 2);
+        assert_eq!(overridden.kafka.brokers, "", "empty: the embedded broker");
+    }
+
+    #[test]
+    fn a_runtime_configuration_named_explicitly_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let e = load_config(&options(missing)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid runtime configuration"),
+            "{e}"
+        );
+    }
+}

@@ -385,6 +385,8 @@ pub fn correlation_id_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Answers every request of the listener: through the handler of the route of its path (or
+/// `404`), counted for that route's pipeline, with its correlation id in the answer.
 async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
     // X-Correlation-ID, else the trace id of a W3C traceparent, else a new UUID v7.
