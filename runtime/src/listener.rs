@@ -447,7 +447,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
 
 /// The answer to a request that arrives while the listener drains.
 fn draining() -> Response {
-    let mut response = crate::sources::http::problem(
+    let mut response = crate::sources::route::problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "Service Unavailable",
         "gridflow is shutting down; send the request again",

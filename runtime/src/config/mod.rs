@@ -410,6 +410,21 @@ fn key_span(
 mod tests {
     use super::*;
 
+    /// The runtime configuration's own Debug hides them as the Kafka settings' does
+    /// (`kafka`'s `every_property_librdkafka_marks_sensitive_is_redacted`).
+    #[test]
+    fn every_property_librdkafka_marks_sensitive_is_redacted_in_the_runtime_config() {
+        let mut text = String::from("[kafka.properties]\n");
+        for (i, p) in crate::secrets::LIBRDKAFKA_SENSITIVE.iter().enumerate() {
+            text.push_str(&format!("'{p}' = 'value-{i}-x'\n"));
+        }
+        let config = RuntimeConfig::parse(Path::new("g.toml"), &text, &|_| None).unwrap();
+        let shown = format!("{config:?}");
+        for i in 0..crate::secrets::LIBRDKAFKA_SENSITIVE.len() {
+            assert!(!shown.contains(&format!("value-{i}-x")), "{shown}");
+        }
+    }
+
     #[test]
     fn ages_parse_and_bad_ones_are_errors_not_panics() {
         assert_eq!(parse_age("90s").unwrap().as_secs(), 90);

@@ -53,7 +53,7 @@ impl KafkaSinkConfig {
             .as_deref()
             .map(Expr::compile)
             .transpose()
-            .map_err(|e| BuildError::jmespath("key", e))
+            .map_err(|e| e.at("key"))
     }
 
     /// Builds the sink on the process's shared producer.

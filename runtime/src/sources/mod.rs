@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod ingress;
 pub mod openapi;
+pub mod route;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 pub use file::{file_meta, FileSourceConfig};
-pub use http::{HttpRoutes, HttpSourceConfig};
 pub use kafka::{record_meta, KafkaSourceConfig};
+pub use route::{HttpRoutes, HttpSourceConfig};
 pub use soap::SoapSourceConfig;
 
 use crate::config::document::Document;

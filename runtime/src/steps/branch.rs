@@ -157,7 +157,7 @@ checked = "`true`""#;
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             let when = Expr::compile(&r.when)
-                .map_err(|e| cx.error_at(&format!("{at}.when"), BuildError::jmespath("when", e)))?;
+                .map_err(|e| cx.error_at(&format!("{at}.when"), e.at("when")))?;
             let steps = cx.steps(&format!("{at}.steps"), &r.steps)?;
             let sink = match &r.sink {
                 Some(s) => Some(cx.sink(&format!("{at}.sink"), s)?),
@@ -225,7 +225,7 @@ fn parse_route<'i>(
     let shell: Option<Shell> = doc.section(&shell, at, &[]);
     if let Some(shell) = &shell {
         if let Err(e) = Expr::compile(&shell.when) {
-            doc.report(value, at, BuildError::jmespath("when", e));
+            doc.report(value, at, e.at("when"));
         }
     }
     let steps = nested_steps(doc, steps_v, &format!("{at}.steps"));

@@ -211,7 +211,7 @@ fn parse_template(url: &str) -> Result<Vec<Part>, BuildError> {
                 };
                 let source = url[start..end].trim();
                 let expr = Expr::compile(source).map_err(|e| {
-                    let mut err = BuildError::jmespath("url", e);
+                    let mut err = e.at("url");
                     err.offset = err.offset.map(|o| o + start);
                     err
                 })?;
@@ -270,9 +270,7 @@ impl EnrichConfig {
                 return Err(BuildError::at("body", "a GET request has no body")
                     .with_hint("set `method = \"POST\"`, or remove `body`"))
             }
-            (Some(b), Method::Post) => {
-                Some(Expr::compile(b).map_err(|e| BuildError::jmespath("body", e))?)
-            }
+            (Some(b), Method::Post) => Some(Expr::compile(b).map_err(|e| e.at("body"))?),
             (None, _) => None,
         };
         let target = FieldPath::parse(&self.target).map_err(|m| BuildError::at("target", m))?;

@@ -21,7 +21,7 @@ impl FilterConfig {
     /// Compiles the condition.
     pub fn compile(&self) -> Result<Filter, BuildError> {
         let expr =
-            Expr::compile(&self.condition).map_err(|e| BuildError::jmespath("condition", e))?;
+            Expr::compile(&self.condition).map_err(|e| e.at("condition"))?;
         Ok(Filter { expr })
     }
 }

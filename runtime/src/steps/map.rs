@@ -20,7 +20,7 @@ impl MapConfig {
     /// Compiles the expression.
     pub fn compile(&self) -> Result<Map, BuildError> {
         let expr =
-            Expr::compile(&self.expression).map_err(|e| BuildError::jmespath("expression", e))?;
+            Expr::compile(&self.expression).map_err(|e| e.at("expression"))?;
         Ok(Map { expr })
     }
 }

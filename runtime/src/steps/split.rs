@@ -33,7 +33,7 @@ impl SplitConfig {
             src.as_deref()
                 .map(Expr::compile)
                 .transpose()
-                .map_err(|e| BuildError::jmespath(key, e))
+                .map_err(|e| e.at(key))
         };
         let expression = compile("expression", &self.expression)?;
         let merge = compile("merge", &self.merge)?;
