@@ -10,6 +10,9 @@
 //! kinds of files are not checked. `ci/advisory-db/` (a vendored copy of the RustSec database)
 //! is left out.
 //!
+//! Also: every metric of the contract `ops/metrics.txt` is named in the metrics table of
+//! `docs/operations/observability.md`.
+//!
 //! No broker, no network: this only reads files.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -346,6 +349,22 @@ fn every_relative_link_of_the_markdown_files_resolves() {
         "{} broken link(s):\n{}",
         broken.len(),
         broken.join("\n")
+    );
+}
+
+#[test]
+fn every_metric_of_the_contract_is_documented_in_the_observability_page() {
+    let root = repo();
+    let contract = std::fs::read_to_string(root.join("ops/metrics.txt")).unwrap();
+    let page = std::fs::read_to_string(root.join("docs/operations/observability.md")).unwrap();
+    let missing: Vec<&str> = contract
+        .lines()
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !page.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics of ops/metrics.txt missing from docs/operations/observability.md: {missing:?}"
     );
 }
 
