@@ -11,7 +11,8 @@
 //! is left out.
 //!
 //! Also: every metric of the contract `ops/metrics.txt` is named in the metrics table of
-//! `docs/operations/observability.md`.
+//! `docs/operations/observability.md`, and the pipeline and the test that
+//! `docs/getting-started.md` has a newcomer write pass `gridflow validate` and `gridflow test`.
 //!
 //! No broker, no network: this only reads files.
 
@@ -366,6 +367,65 @@ fn every_metric_of_the_contract_is_documented_in_the_observability_page() {
         missing.is_empty(),
         "metrics of ops/metrics.txt missing from docs/operations/observability.md: {missing:?}"
     );
+}
+
+/// The first ```toml block of `page` after the heading `heading`.
+fn toml_block_after(page: &str, heading: &str) -> String {
+    let at = page
+        .find(heading)
+        .unwrap_or_else(|| panic!("no `{heading}`"));
+    let start = at + page[at..].find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + page[start..].find("```").unwrap();
+    page[start..end].to_string()
+}
+
+#[test]
+fn the_tutorials_pipeline_and_test_pass() {
+    let root = repo();
+    let page = std::fs::read_to_string(root.join("docs/getting-started.md")).unwrap();
+    let pipeline = toml_block_after(&page, "## 2. Write a pipeline");
+    // Step 6 changes the `map` expression; the test of step 7 expects the changed pipeline.
+    let changed = toml_block_after(&page, "## 6. Change it while it runs");
+    let changed = changed.trim();
+    assert!(changed.starts_with("expression = "), "{changed}");
+    let expression_line = pipeline
+        .lines()
+        .find(|l| l.starts_with("expression = "))
+        .expect("the pipeline has a map expression");
+    let test = toml_block_after(&page, "## 7. Test it");
+
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("my-flows");
+    std::fs::create_dir_all(flows.join("tests")).unwrap();
+    let gridflow = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gridflow"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("KAFKA_BROKERS")
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("gridflow runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    std::fs::write(flows.join("meter-hello.toml"), &pipeline).unwrap();
+    let (code, output) = gridflow(&["validate", "my-flows/"]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("1 pipeline file(s) OK."), "{output}");
+
+    std::fs::write(
+        flows.join("meter-hello.toml"),
+        pipeline.replace(expression_line, changed),
+    )
+    .unwrap();
+    std::fs::write(flows.join("tests/meter-hello.test.toml"), &test).unwrap();
+    let (code, output) = gridflow(&["test", "my-flows/tests/meter-hello.test.toml"]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("3 passed, 0 failed"), "{output}");
 }
 
 #[test]
