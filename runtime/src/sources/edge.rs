@@ -5,7 +5,7 @@
 //! are token buckets (governor) per client: the API key's client name, or the caller's IP
 //! address when the source has no authentication.
 //!
-//! # The key-file format (`docs/security.md`)
+//! # The key-file format (`docs/operations/security.md`)
 //!
 //! One entry a line (a comma-separated list in the environment variable); blank lines and
 //! lines starting with `#` are skipped; spaces around an entry and around `=` are ignored.
@@ -99,7 +99,7 @@ impl AuthConfig {
         })?;
         let set = origin.parse(&text).map_err(|e| {
             BuildError::at("auth", e).with_hint(
-                "one key a line, alone or as `client=key` (see docs/security.md); generate keys with `openssl rand -base64 32`",
+                "one key a line, alone or as `client=key` (see docs/operations/security.md); generate keys with `openssl rand -base64 32`",
             )
         })?;
         for line in &set.short {
