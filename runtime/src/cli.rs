@@ -48,6 +48,8 @@ enum Command {
     /// without network; prints one line per case and exits 1 on a failure, 2 on a test file
     /// that cannot be loaded.
     Test(TestArgs),
+    /// Print the JSON Schema (draft 2020-12) of a file format, for editors (see docs/editor.md).
+    Schema(crate::schema::SchemaArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -187,6 +189,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay(args),
         Command::Topics(TopicsCommand::Apply(args)) => topics_apply(args),
         Command::Test(args) => test(args),
+        Command::Schema(args) => crate::schema::run(args),
         Command::Run(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -37,6 +37,8 @@
 //! - [`logging`]: the log subscriber, its style, and a throttle for repeated warnings.
 //! - [`secrets`]: Kafka secrets from files, re-read when they change, never shown.
 //! - [`tls`]: TLS and client certificates (mTLS) on the ingress listener.
+//! - [`schema`]: `gridflow schema`, the JSON Schemas of the files (from the config types) and
+//!   the reference's key tables written from them.
 //! - [`config`]: the file models (`gridflow.toml`, pipeline files), `${VAR}` interpolation and
 //!   diagnostics with file, line and column.
 
@@ -56,6 +58,7 @@ pub mod metrics;
 pub mod pipeline_test;
 pub mod replay;
 pub mod retry;
+pub mod schema;
 pub mod secrets;
 pub mod sinks;
 pub mod sources;

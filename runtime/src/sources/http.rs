@@ -38,7 +38,7 @@ use crate::message::{new_correlation_id, trace_id, ContentType, Message, Meta, O
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
 /// `kind = "http"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     /// The path that receives POSTs, e.g. `/ingest/entsoe/actual-load`.
@@ -71,7 +71,9 @@ pub struct HttpSourceConfig {
 }
 
 /// What an HTTP source answers on success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyMode {
     /// `202` with the correlation id and the number of messages written.

@@ -11,7 +11,7 @@ use crate::sinks::SinkConfig;
 
 /// `kind = "parallel"`: `enrich` steps run at once on the message as it enters the block;
 /// their answers are placed in the order the steps are written.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParallelConfig {
     /// The `enrich` steps (`[[steps.steps]]`).
@@ -56,7 +56,7 @@ impl ParallelConfig {
 
 /// `kind = "try"`: `steps`, and `catch` steps run on a message for which one of them failed
 /// (the message as it entered the block, the failure under `meta().error`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TryConfig {
     /// The guarded steps (`[[steps.steps]]`).
@@ -85,7 +85,9 @@ impl TryConfig {
 }
 
 /// `mode` of a branch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BranchMode {
     /// The first route whose `when` holds (default).
@@ -96,7 +98,7 @@ pub enum BranchMode {
 }
 
 /// One route of a branch.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// A name for logs and errors (default `routes[<i>]`).
@@ -112,7 +114,7 @@ pub struct RouteConfig {
 }
 
 /// The route of messages no `when` matched.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultRouteConfig {
     /// Steps (`[[steps.default.steps]]`).
@@ -123,7 +125,7 @@ pub struct DefaultRouteConfig {
 }
 
 /// `kind = "branch"`: ordered conditions, each with its own steps and sink, and a default.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BranchConfig {
     /// `first` (default) or `all`.

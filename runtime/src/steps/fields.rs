@@ -123,7 +123,7 @@ fn set_header(headers: &mut Vec<(String, Bytes)>, name: &str, value: Option<Byte
 
 /// `kind = "set"`: sets body fields, headers and the record key from JMESPath expressions,
 /// all evaluated on the message as it was before the step.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetConfig {
     /// Field path → JMESPath expression.
@@ -225,7 +225,7 @@ impl Step for SetStep {
 }
 
 /// `kind = "remove"`: removes body fields and headers (missing ones are not an error).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveConfig {
     /// Field paths.
@@ -282,7 +282,7 @@ impl Step for RemoveStep {
 }
 
 /// `kind = "rename"`: moves body fields and renames headers (missing ones are not an error).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameConfig {
     /// Old field path → new field path.

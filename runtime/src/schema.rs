@@ -1,0 +1,860 @@
+//! JSON Schemas (draft 2020-12) of gridflow's files, generated from the config types that
+//! parse them: `gridflow schema <pipeline|config|test|catalog>` prints one, `schemas/*.json`
+//! ships them for editors (see `docs/editor.md`), and the key tables of the reference
+//! (`<!-- keys: steps.map -->` blocks in `docs/`) are written from them.
+//!
+//! The config structs derive [`JsonSchema`]: their doc comments become descriptions and their
+//! serde defaults become `default`. The component families (`[source]`, `[[steps]]`,
+//! `[sink]`) are described by [`tagged`]: one branch per kind, told apart by `kind`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{json, Map, Value};
+
+use crate::config::{OnErrorConfig, RuntimeConfig};
+use crate::contracts::TopicCatalog;
+use crate::pipeline_test::file::CaseConfig;
+use crate::sinks::{self, SinkConfig};
+use crate::sources::{self, SourceConfig};
+use crate::steps::{self, StepConfig};
+
+/// A file format gridflow reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A pipeline file, `pipelines/*.toml`.
+    Pipeline,
+    /// The runtime configuration, `gridflow.toml`.
+    Config,
+    /// A pipeline test file, `pipelines/tests/*.test.toml`.
+    Test,
+    /// The topic catalog, `contracts/topics.toml`.
+    Catalog,
+}
+
+impl Format {
+    /// Every format, in the order of the command's help.
+    pub const ALL: [Format; 4] = [
+        Format::Pipeline,
+        Format::Config,
+        Format::Test,
+        Format::Catalog,
+    ];
+
+    /// The name given to `gridflow schema` (and the stem of the shipped `schemas/*.json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Pipeline => "pipeline",
+            Format::Config => "config",
+            Format::Test => "test",
+            Format::Catalog => "catalog",
+        }
+    }
+
+    /// The schema, as printed.
+    pub fn schema(self) -> Value {
+        let generator = SchemaSettings::draft2020_12().into_generator();
+        let (root, title) = match self {
+            Format::Pipeline => (
+                generator.into_root_schema_for::<PipelineFileSchema>(),
+                "gridflow pipeline file",
+            ),
+            Format::Config => (
+                generator.into_root_schema_for::<RuntimeConfig>(),
+                "gridflow runtime configuration (gridflow.toml)",
+            ),
+            Format::Test => (
+                generator.into_root_schema_for::<TestFileSchema>(),
+                "gridflow pipeline test file",
+            ),
+            Format::Catalog => (
+                generator.into_root_schema_for::<TopicCatalog>(),
+                "gridflow topic catalog (contracts/topics.toml)",
+            ),
+        };
+        let mut value = root.to_value();
+        if let Value::Object(object) = &mut value {
+            // `$schema` first, then who this is, then the rest.
+            let mut ordered = Map::new();
+            if let Some(dialect) = object.remove("$schema") {
+                ordered.insert("$schema".into(), dialect);
+            }
+            ordered.insert(
+                "$id".into(),
+                Value::String(format!("urn:gridflow:schema:{}", self.name())),
+            );
+            ordered.insert("title".into(), Value::String(title.into()));
+            object.remove("title");
+            ordered.append(object);
+            *object = ordered;
+        }
+        tidy(&mut value);
+        value
+    }
+
+    /// The schema as `gridflow schema` prints it and `schemas/<name>.json` holds it: pretty
+    /// JSON and a final line break.
+    pub fn text(self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.schema()).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+}
+
+/// `gridflow schema <format>`.
+#[derive(Debug, clap::Args)]
+pub struct SchemaArgs {
+    /// The file format.
+    #[arg(value_enum)]
+    format: Format,
+}
+
+/// Prints the schema of `args.format` on standard output.
+pub fn run(args: SchemaArgs) -> ExitCode {
+    print!("{}", args.format.text());
+    ExitCode::SUCCESS
+}
+
+// Only for the schema: pipeline files are parsed by `config::pipeline::parse_pipeline`, which
+// reports problems with their positions.
+/// A pipeline file (`pipelines/*.toml`): where inputs come from, the steps they go through,
+/// where they go, and what happens on failure.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[allow(dead_code)]
+struct PipelineFileSchema {
+    /// Unique name of the pipeline: letters, digits, `.`, `_` and `-` (default: the file
+    /// name without `.toml`).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    name: Option<String>,
+    /// What the flow does, for people.
+    description: Option<String>,
+    /// `[source]`: where inputs come from.
+    source: SourceConfig,
+    /// `[[steps]]`: transformations, in order.
+    #[schemars(default)]
+    steps: Vec<StepConfig>,
+    /// `[sink]`: where messages go.
+    sink: SinkConfig,
+    /// `[on_error]`: retries of transient faults and the dead-letter destination.
+    #[schemars(default)]
+    on_error: OnErrorConfig,
+}
+
+// Only for the schema: test files are parsed by `pipeline_test::file::parse`.
+/// A pipeline test file (`pipelines/tests/*.test.toml`): the pipeline under test and its
+/// cases, run by `gridflow test` without Kafka and without network.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TestFileSchema {
+    /// The pipeline file under test, relative to the test file (`../my-flow.toml`).
+    pipeline: String,
+    /// `[env]`: the `${VAR}` values the pipeline is loaded with (the shell's environment is
+    /// not read).
+    #[schemars(default)]
+    env: BTreeMap<String, String>,
+    /// `[[case]]`: the cases, at least one.
+    #[schemars(length(min = 1))]
+    case: Vec<CaseConfig>,
+}
+
+/// One kind of a component family, as [`tagged`] lists it: its name (the value of `kind`),
+/// what it does, and the schema of its config table (without `kind`), usually
+/// `<Config as JsonSchema>::json_schema`.
+pub type KindSchema = (
+    &'static str,
+    &'static str,
+    fn(&mut SchemaGenerator) -> Schema,
+);
+
+/// The schema of a table tagged by `kind` (`[source]`, `[[steps]]`, `[sink]`): `kind` is one
+/// of the kinds' names (editors complete it), and the table must match the config of that
+/// kind (`oneOf` one branch per kind, each with `kind` as a required constant and no other
+/// key than its config's, as `deny_unknown_fields` parses it). `family` names the family in
+/// descriptions (`step`, `sink`, `source`).
+pub fn tagged(generator: &mut SchemaGenerator, family: &str, kinds: &[KindSchema]) -> Schema {
+    let names: Vec<&str> = kinds.iter().map(|(name, _, _)| *name).collect();
+    let branches: Vec<Value> = kinds
+        .iter()
+        .map(|(name, description, schema)| {
+            let mut branch = schema(generator).to_value();
+            let object = branch.as_object_mut().expect("a kind's config is a table");
+            let own = object
+                .remove("description")
+                .and_then(|d| d.as_str().map(str::to_string))
+                .map(|d| strip_kind_prefix(&d, name))
+                .unwrap_or_default();
+            let description = if own.is_empty() {
+                description.to_string()
+            } else {
+                format!("{description}\n\n{own}")
+            };
+            let mut properties = Map::new();
+            properties.insert(
+                "kind".into(),
+                json!({ "const": name, "description": format!("This {family} kind.") }),
+            );
+            if let Some(Value::Object(own)) = object.remove("properties") {
+                properties.extend(own);
+            }
+            let mut required = vec![Value::String("kind".into())];
+            if let Some(Value::Array(own)) = object.remove("required") {
+                required.extend(own);
+            }
+            let mut out = Map::new();
+            out.insert("title".into(), Value::String(format!("{family} `{name}`")));
+            out.insert("description".into(), Value::String(description));
+            out.insert("type".into(), Value::String("object".into()));
+            out.insert("properties".into(), Value::Object(properties));
+            out.insert("required".into(), Value::Array(required.clone()));
+            out.insert("additionalProperties".into(), Value::Bool(false));
+            out.insert("x-taplo".into(), json!({ "initKeys": required }));
+            // Anything else the derive said (`default` of a defaulted container, ...).
+            for (k, v) in std::mem::take(object) {
+                if !matches!(k.as_str(), "type" | "additionalProperties" | "title") {
+                    out.entry(k).or_insert(v);
+                }
+            }
+            Value::Object(out)
+        })
+        .collect();
+    let kind_docs: Vec<Value> = kinds
+        .iter()
+        .map(|(_, description, _)| Value::String((*description).into()))
+        .collect();
+    let schema = json!({
+        "title": family,
+        "description": format!("A {family}: `kind` says which one; the other keys are that kind's."),
+        "type": "object",
+        "required": ["kind"],
+        "properties": {
+            "kind": {
+                "description": format!("The {family} kind."),
+                "type": "string",
+                "enum": names,
+                "x-taplo": { "docs": { "enumValues": kind_docs } },
+            }
+        },
+        "oneOf": branches,
+        "x-taplo": { "initKeys": ["kind"] },
+    });
+    Schema::try_from(schema).expect("an object is a schema")
+}
+
+/// `doc` without its leading "`kind = "name"`:" or "`kind = "name"`." (struct docs start so).
+fn strip_kind_prefix(doc: &str, name: &str) -> String {
+    let prefix = format!("`kind = \"{name}\"`");
+    match doc.strip_prefix(&prefix) {
+        Some(rest) => rest.trim_start_matches([':', '.']).trim().to_string(),
+        None => doc.trim().to_string(),
+    }
+}
+
+/// The schema of one kind's config table.
+fn config<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    T::json_schema(generator)
+}
+
+/// The step kinds. By hand until the step registry lists them.
+const STEP_KINDS: &[KindSchema] = &[
+    (
+        "xml_to_json",
+        "XML bytes to a JSON document.",
+        config::<steps::XmlToJsonConfig>,
+    ),
+    (
+        "json_to_xml",
+        "A JSON document to XML bytes.",
+        config::<steps::JsonToXmlConfig>,
+    ),
+    (
+        "map",
+        "A JMESPath expression gives the new message.",
+        config::<steps::MapConfig>,
+    ),
+    (
+        "filter",
+        "A JMESPath condition keeps or drops the message.",
+        config::<steps::FilterConfig>,
+    ),
+    (
+        "split",
+        "An array becomes one message per element.",
+        config::<steps::SplitConfig>,
+    ),
+    (
+        "validate",
+        "The message must conform to a contract.",
+        config::<steps::ValidateConfig>,
+    ),
+    (
+        "set",
+        "Sets body fields, headers and the key.",
+        config::<steps::SetConfig>,
+    ),
+    (
+        "remove",
+        "Removes body fields and headers.",
+        config::<steps::RemoveConfig>,
+    ),
+    (
+        "rename",
+        "Renames body fields and headers.",
+        config::<steps::RenameConfig>,
+    ),
+    (
+        "enrich",
+        "An HTTP call whose answer goes into the message.",
+        config::<steps::EnrichConfig>,
+    ),
+    (
+        "parallel",
+        "`enrich` steps run at once.",
+        config::<steps::ParallelConfig>,
+    ),
+    (
+        "try",
+        "Steps with `catch` steps run on failure.",
+        config::<steps::TryConfig>,
+    ),
+    (
+        "branch",
+        "Routes, each with its steps and sink.",
+        config::<steps::BranchConfig>,
+    ),
+];
+
+/// The sink kinds. By hand until the sink registry lists them.
+const SINK_KINDS: &[KindSchema] = &[
+    ("kafka", "A Kafka topic.", config::<sinks::KafkaSinkConfig>),
+    (
+        "http",
+        "An HTTP endpoint (POST).",
+        config::<sinks::HttpSinkConfig>,
+    ),
+    (
+        "file",
+        "A file, one NDJSON line per message.",
+        config::<sinks::FileSinkConfig>,
+    ),
+    (
+        "stdout",
+        "Standard output, one line per message.",
+        config::<sinks::StdoutSinkConfig>,
+    ),
+    (
+        "blackhole",
+        "Nowhere: every message is accepted and discarded (measurements, side-effect flows).",
+        config::<sinks::BlackholeSinkConfig>,
+    ),
+];
+
+/// The source kinds. By hand until the source registry lists them.
+const SOURCE_KINDS: &[KindSchema] = &[
+    (
+        "http",
+        "HTTP POST on a path of the shared listener.",
+        config::<sources::HttpSourceConfig>,
+    ),
+    (
+        "soap",
+        "SOAP 1.1/1.2 on a path of the shared listener (same keys as `http`, plus \
+         `operations` and `wsdl`).",
+        config::<sources::HttpSourceConfig>,
+    ),
+    (
+        "kafka",
+        "A Kafka consumer group.",
+        config::<sources::KafkaSourceConfig>,
+    ),
+    (
+        "file",
+        "Files dropped in a directory.",
+        config::<sources::FileSourceConfig>,
+    ),
+];
+
+impl JsonSchema for StepConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "Step".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        tagged(generator, "step", STEP_KINDS)
+    }
+}
+
+impl JsonSchema for SinkConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "Sink".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        tagged(generator, "sink", SINK_KINDS)
+    }
+}
+
+impl JsonSchema for SourceConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "Source".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        tagged(generator, "source", SOURCE_KINDS)
+    }
+}
+
+/// Adapts a generated schema to TOML and to editors, everywhere in it:
+/// - TOML has no null: `null` leaves every `type` and `anyOf` (what `Option` adds), and so
+///   does a `default` of null;
+/// - a closed set of strings written as `oneOf` constants (a Rust enum with documented
+///   variants) becomes an `enum`, its values' descriptions kept for Taplo
+///   (`x-taplo.docs.enumValues`) and appended to the description;
+/// - descriptions are unwrapped: a line break inside a paragraph (source line wrapping)
+///   becomes a space.
+fn tidy(value: &mut Value) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(tidy),
+        Value::Object(object) => {
+            object.values_mut().for_each(tidy);
+            drop_null(object);
+            constants_to_enum(object);
+            if let Some(Value::String(description)) = object.get_mut("description") {
+                *description = unwrap_lines(description);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn drop_null(object: &mut Map<String, Value>) {
+    if let Some(Value::Array(types)) = object.get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let single = types.remove(0);
+            object.insert("type".into(), single);
+        }
+    }
+    if object.get("default") == Some(&Value::Null) {
+        object.remove("default");
+    }
+    if let Some(Value::Array(alternatives)) = object.get_mut("anyOf") {
+        alternatives.retain(|a| a.get("type") != Some(&json!("null")));
+        if alternatives.len() == 1 {
+            if let Some(Value::Object(single)) = object.remove("anyOf").and_then(|mut a| {
+                a.as_array_mut()
+                    .and_then(|a| a.pop())
+                    .filter(Value::is_object)
+            }) {
+                for (k, v) in single {
+                    object.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+}
+
+fn constants_to_enum(object: &mut Map<String, Value>) {
+    let Some(Value::Array(alternatives)) = object.get("oneOf") else {
+        return;
+    };
+    let constants: Option<Vec<(Value, String)>> = alternatives
+        .iter()
+        .map(|a| {
+            let a = a.as_object()?;
+            let constant = a.get("const").filter(|c| c.is_string())?.clone();
+            let only_metadata = a
+                .keys()
+                .all(|k| matches!(k.as_str(), "const" | "type" | "description"));
+            only_metadata.then(|| {
+                let description = a.get("description").and_then(Value::as_str);
+                (constant, unwrap_lines(description.unwrap_or("")))
+            })
+        })
+        .collect();
+    let Some(constants) = constants.filter(|c| !c.is_empty()) else {
+        return;
+    };
+    object.remove("oneOf");
+    let listed: Vec<String> = constants
+        .iter()
+        .filter(|(_, d)| !d.is_empty())
+        .map(|(c, d)| format!("`{}`: {d}", c.as_str().unwrap_or_default()))
+        .collect();
+    if !listed.is_empty() && !object.contains_key("description") {
+        object.insert("description".into(), Value::String(listed.join("\n")));
+    }
+    object.insert("type".into(), Value::String("string".into()));
+    object.insert(
+        "enum".into(),
+        Value::Array(constants.iter().map(|(c, _)| c.clone()).collect()),
+    );
+    object.insert(
+        "x-taplo".into(),
+        json!({ "docs": { "enumValues": constants.iter().map(|(_, d)| d).collect::<Vec<_>>() } }),
+    );
+}
+
+/// `text` with every single line break (one inside a paragraph) turned into a space.
+fn unwrap_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// The names of the kinds of `family` (`sources`, `steps`, `sinks`) as the schema lists them.
+pub fn kinds(family: &str) -> Vec<&'static str> {
+    let list = match family {
+        "sources" => SOURCE_KINDS,
+        "steps" => STEP_KINDS,
+        "sinks" => SINK_KINDS,
+        _ => &[],
+    };
+    list.iter().map(|(name, _, _)| *name).collect()
+}
+
+// --- The reference's key tables --------------------------------------------------------
+
+/// The line that opens a generated key table: `<!-- keys: steps.map -->`.
+const MARKER_OPEN: &str = "<!-- keys: ";
+/// The line that closes it.
+const MARKER_CLOSE: &str = "<!-- /keys -->";
+
+/// The Markdown table of the keys at `marker`: `sources.<kind>`, `steps.<kind>` and
+/// `sinks.<kind>` (a kind's config table), `config.<section>` (a section of `gridflow.toml`),
+/// `test.<key>` and `catalog.<key>`; any other name is a key of the pipeline file
+/// (`on_error`). Further dotted names go down into nested tables (`steps.enrich.cache`,
+/// `config.http.tls`). One row per key: its type, its default, its description; required
+/// keys say so in the default column.
+pub fn key_table(marker: &str) -> Result<String, String> {
+    let mut parts = marker.split('.');
+    let first = parts.next().unwrap_or_default();
+    let (root, mut at) = match first {
+        "sources" | "steps" | "sinks" => {
+            let kind = parts
+                .next()
+                .ok_or_else(|| format!("`{marker}`: name the kind, `{first}.<kind>`"))?;
+            let root = Format::Pipeline.schema();
+            let family = match first {
+                "sources" => "Source",
+                "steps" => "Step",
+                _ => "Sink",
+            };
+            let branch = root
+                .pointer(&format!("/$defs/{family}/oneOf"))
+                .and_then(Value::as_array)
+                .and_then(|branches| {
+                    branches
+                        .iter()
+                        .find(|b| b.pointer("/properties/kind/const") == Some(&json!(kind)))
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "`{marker}`: no {first} kind `{kind}` (kinds: {})",
+                        kinds(first).join(", ")
+                    )
+                })?;
+            (root, branch)
+        }
+        "config" | "test" | "catalog" => {
+            let format = match first {
+                "config" => Format::Config,
+                "test" => Format::Test,
+                _ => Format::Catalog,
+            };
+            let root = format.schema();
+            (root.clone(), root)
+        }
+        _ => {
+            let root = Format::Pipeline.schema();
+            let section = property(&root, &root, first)
+                .ok_or_else(|| format!("`{marker}`: no key `{first}` in a pipeline file"))?;
+            (root, section)
+        }
+    };
+    for key in parts {
+        at = property(&root, &at, key).ok_or_else(|| format!("`{marker}`: no key `{key}`"))?;
+    }
+    let at = resolve(&root, &at);
+    let Some(properties) = at.get("properties").and_then(Value::as_object) else {
+        return Err(format!("`{marker}` is not a table with keys"));
+    };
+    let required: Vec<&str> = at
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut keys: Vec<(&String, &Value)> =
+        properties.iter().filter(|(k, _)| *k != "kind").collect();
+    // Required keys first, then the others, each in alphabetical order.
+    keys.sort_by_key(|(k, _)| (!required.contains(&k.as_str()), k.as_str()));
+    let mut table =
+        String::from("| key | type | default | description |\n| --- | --- | --- | --- |\n");
+    for (key, schema) in keys {
+        let resolved = resolve(&root, schema);
+        let default = if required.contains(&key.as_str()) {
+            "required".to_string()
+        } else {
+            schema
+                .get("default")
+                .or_else(|| resolved.get("default"))
+                .map(|d| format!("`{}`", toml_value(d)))
+                .unwrap_or_default()
+        };
+        let description = schema
+            .get("description")
+            .or_else(|| resolved.get("description"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        table.push_str(&format!(
+            "| `{key}` | {} | {} | {} |\n",
+            type_name(&root, schema),
+            cell(&default),
+            cell(description)
+        ));
+    }
+    Ok(table)
+}
+
+/// `text` with every key table between its markers written anew from the schema.
+pub fn update_key_tables(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find(MARKER_OPEN) {
+        let after_open = &rest[open + MARKER_OPEN.len()..];
+        let end = after_open
+            .find("-->")
+            .ok_or_else(|| "a `<!-- keys:` marker is not closed by `-->`".to_string())?;
+        let marker = after_open[..end].trim();
+        let body_start = open + MARKER_OPEN.len() + end + "-->".len();
+        let close = rest[body_start..]
+            .find(MARKER_CLOSE)
+            .ok_or_else(|| format!("`<!-- keys: {marker} -->` has no `{MARKER_CLOSE}`"))?;
+        out.push_str(&rest[..body_start]);
+        out.push('\n');
+        out.push_str(&key_table(marker)?);
+        out.push_str(MARKER_CLOSE);
+        rest = &rest[body_start + close + MARKER_CLOSE.len()..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The markers of the key tables of `text` (`steps.map`, `config.http`, ...).
+pub fn key_table_markers(text: &str) -> Vec<String> {
+    text.match_indices(MARKER_OPEN)
+        .filter_map(|(i, _)| {
+            let after = &text[i + MARKER_OPEN.len()..];
+            after.find("-->").map(|end| after[..end].trim().to_string())
+        })
+        .collect()
+}
+
+/// `schema` with its `$ref` followed (within `root`).
+fn resolve(root: &Value, schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    for _ in 0..8 {
+        let Some(reference) = schema.get("$ref").and_then(Value::as_str) else {
+            break;
+        };
+        match reference
+            .strip_prefix('#')
+            .and_then(|pointer| root.pointer(pointer))
+        {
+            Some(target) => schema = target.clone(),
+            None => break,
+        }
+    }
+    schema
+}
+
+/// The schema of `key` in the table `schema` (of the elements, for an array of tables).
+fn property(root: &Value, schema: &Value, key: &str) -> Option<Value> {
+    let mut table = resolve(root, schema);
+    if let Some(items) = table.get("items") {
+        table = resolve(root, items);
+    }
+    table.pointer(&format!("/properties/{key}")).cloned()
+}
+
+/// The type of `schema` in words: `string`, `integer`, `table of string`, `array of step`,
+/// `` `first` or `all` ``.
+fn type_name(root: &Value, schema: &Value) -> String {
+    let resolved = resolve(root, schema);
+    if let Some(values) = resolved.get("enum").and_then(Value::as_array) {
+        let values: Vec<String> = values
+            .iter()
+            .map(|v| format!("`{}`", toml_value(v)))
+            .collect();
+        return match values.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => values.concat(),
+        };
+    }
+    if resolved.get("oneOf").is_some() {
+        if let Some(family) = resolved.get("title").and_then(Value::as_str) {
+            return family.to_string();
+        }
+    }
+    if let Some(alternatives) = resolved.get("anyOf").and_then(Value::as_array) {
+        let names: Vec<String> = alternatives.iter().map(|a| type_name(root, a)).collect();
+        return names.join(" or ");
+    }
+    match resolved.get("type").and_then(Value::as_str) {
+        Some("array") => match resolved.get("items") {
+            Some(items) => format!("array of {}", type_name(root, items)),
+            None => "array".into(),
+        },
+        Some("object") => match resolved.get("additionalProperties") {
+            Some(Value::Object(_)) if resolved.get("properties").is_none() => format!(
+                "table of {}",
+                type_name(root, &resolved["additionalProperties"])
+            ),
+            _ => "table".into(),
+        },
+        Some(other) => other.to_string(),
+        None => "any".into(),
+    }
+}
+
+/// `value` as it would be written in TOML (short forms: `[]`, `{}`).
+fn toml_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) if map.is_empty() => "{}".into(),
+        Value::Object(map) => format!(
+            "{{ {} }}",
+            map.iter()
+                .map(|(k, v)| format!("{k} = {}", toml_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// `text` fit for a table cell: one line, `|` escaped.
+fn cell(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_every_family_is_a_branch_of_its_schema() {
+        let pipeline = Format::Pipeline.schema();
+        for (family, def, registered) in [
+            ("steps", "Step", steps::KINDS),
+            ("sinks", "Sink", sinks::KINDS),
+            ("sources", "Source", sources::KINDS),
+        ] {
+            assert_eq!(kinds(family), registered, "{family}");
+            let listed = pipeline
+                .pointer(&format!("/$defs/{def}/properties/kind/enum"))
+                .unwrap();
+            assert_eq!(listed, &json!(registered), "{family}");
+            for kind in registered {
+                assert!(
+                    key_table(&format!("{family}.{kind}")).is_ok(),
+                    "{family}.{kind}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nulls_leave_and_documented_constants_become_an_enum() {
+        let mut schema = json!({
+            "type": ["string", "null"],
+            "default": null,
+            "properties": {
+                "mode": { "oneOf": [
+                    { "type": "string", "const": "first", "description": "The first\nroute." },
+                    { "type": "string", "const": "all", "description": "Every route." },
+                ]},
+                "sink": { "anyOf": [{ "$ref": "#/$defs/Sink" }, { "type": "null" }], "description": "x" },
+            }
+        });
+        tidy(&mut schema);
+        assert_eq!(schema["type"], "string");
+        assert!(schema.get("default").is_none());
+        assert_eq!(
+            schema["properties"]["mode"]["enum"],
+            json!(["first", "all"])
+        );
+        assert_eq!(
+            schema["properties"]["mode"]["x-taplo"]["docs"]["enumValues"],
+            json!(["The first route.", "Every route."])
+        );
+        assert_eq!(
+            schema["properties"]["sink"],
+            json!({ "$ref": "#/$defs/Sink", "description": "x" })
+        );
+    }
+
+    #[test]
+    fn a_kind_table_lists_required_keys_first_with_types_and_defaults() {
+        let table = key_table("sinks.http").unwrap();
+        let rows: Vec<&str> = table.lines().collect();
+        assert_eq!(rows[0], "| key | type | default | description |");
+        assert!(
+            rows[2].starts_with("| `url` | string | required | The endpoint"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `timeout_ms` | integer | `10000` | Timeout of one request"),
+            "{table}"
+        );
+        let enrich = key_table("steps.enrich").unwrap();
+        assert!(
+            enrich.contains("| `method` | `\"GET\"` or `\"POST\"` |"),
+            "{enrich}"
+        );
+        assert!(key_table("steps.enrich.cache")
+            .unwrap()
+            .contains("`ttl_ms`"));
+        assert!(key_table("config.http.tls")
+            .unwrap()
+            .contains("`client_ca`"));
+        assert!(key_table("on_error").unwrap().contains("`max_attempts`"));
+        assert!(key_table("steps.mapp")
+            .unwrap_err()
+            .contains("no steps kind `mapp`"));
+    }
+
+    #[test]
+    fn key_tables_are_written_between_their_markers() {
+        let page = "# map\n\n<!-- keys: steps.map -->\nstale\n<!-- /keys -->\n\nAfter.\n";
+        let updated = update_key_tables(page).unwrap();
+        assert!(updated.starts_with("# map\n\n<!-- keys: steps.map -->\n| key |"));
+        assert!(
+            updated.contains("| `expression` | string | required |"),
+            "{updated}"
+        );
+        assert!(updated.ends_with("<!-- /keys -->\n\nAfter.\n"), "{updated}");
+        assert_eq!(update_key_tables(&updated).unwrap(), updated);
+        assert_eq!(key_table_markers(page), ["steps.map"]);
+        assert!(update_key_tables("<!-- keys: steps.map -->\n").is_err());
+    }
+}
