@@ -91,6 +91,7 @@ impl Format {
             ordered.append(object);
             *object = ordered;
         }
+        inline_definitions(&mut value);
         tidy(&mut value);
         value
     }
@@ -408,6 +409,67 @@ impl JsonSchema for SourceConfig {
     }
 }
 
+/// The definitions that stay in `$defs`: the component families, which hold one another
+/// (a `try` step holds steps, a branch route holds a sink).
+const SHARED_DEFINITIONS: &[&str] = &["Step", "Sink", "Source"];
+
+/// Writes every definition but the families' where it is used: editors such as Taplo read a
+/// `$ref` as draft 4 did, ignoring the description and defaults written beside it, so a
+/// key's own description and its type's values are best in one object.
+fn inline_definitions(root: &mut Value) {
+    let Some(Value::Object(definitions)) = root.get_mut("$defs").map(Value::take) else {
+        return;
+    };
+    let (shared, inlined): (Map<String, Value>, Map<String, Value>) = definitions
+        .into_iter()
+        .partition(|(name, _)| SHARED_DEFINITIONS.contains(&name.as_str()));
+    inline_refs(root, &inlined, 0);
+    let mut shared = Value::Object(shared);
+    inline_refs(&mut shared, &inlined, 0);
+    if shared.as_object().is_some_and(|s| !s.is_empty()) {
+        root["$defs"] = shared;
+    } else if let Value::Object(object) = root {
+        object.remove("$defs");
+    }
+}
+
+/// Replaces in `value` every `$ref` to one of `definitions` by the definition, the keys
+/// written beside the `$ref` (description, default) kept over the definition's.
+fn inline_refs(value: &mut Value, definitions: &Map<String, Value>, depth: usize) {
+    assert!(
+        depth < 64,
+        "a definition that holds itself must stay shared"
+    );
+    match value {
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| inline_refs(v, definitions, depth)),
+        Value::Object(object) => {
+            let target = object
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+                .and_then(|name| definitions.get(name));
+            if let Some(Value::Object(target)) = target {
+                let mut inlined = target.clone();
+                object.remove("$ref");
+                inlined.extend(std::mem::take(object));
+                *object = inlined;
+                let mut nested = Value::Object(std::mem::take(object));
+                inline_refs(&mut nested, definitions, depth + 1);
+                if let Value::Object(nested) = nested {
+                    *object = nested;
+                }
+            } else {
+                object
+                    .values_mut()
+                    .for_each(|v| inline_refs(v, definitions, depth));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Adapts a generated schema to TOML and to editors, everywhere in it:
 /// - TOML has no null: `null` leaves every `type` and `anyOf` (what `Option` adds), and so
 ///   does a `default` of null;
@@ -587,7 +649,11 @@ pub fn key_table(marker: &str) -> Result<String, String> {
     for key in parts {
         at = property(&root, &at, key).ok_or_else(|| format!("`{marker}`: no key `{key}`"))?;
     }
-    let at = resolve(&root, &at);
+    let mut at = resolve(&root, &at);
+    if let Some(items) = at.get("items") {
+        // An array of tables (`[[case]]`): the keys of each.
+        at = resolve(&root, items);
+    }
     let Some(properties) = at.get("properties").and_then(Value::as_object) else {
         return Err(format!("`{marker}` is not a table with keys"));
     };
@@ -642,9 +708,11 @@ pub fn update_key_tables(text: &str) -> Result<String, String> {
         let close = rest[body_start..]
             .find(MARKER_CLOSE)
             .ok_or_else(|| format!("`<!-- keys: {marker} -->` has no `{MARKER_CLOSE}`"))?;
+        // Blank lines around the table: no Markdown reader takes a marker for a table row.
         out.push_str(&rest[..body_start]);
-        out.push('\n');
+        out.push_str("\n\n");
         out.push_str(&key_table(marker)?);
+        out.push('\n');
         out.push_str(MARKER_CLOSE);
         rest = &rest[body_start + close + MARKER_CLOSE.len()..];
     }
@@ -689,7 +757,7 @@ fn property(root: &Value, schema: &Value, key: &str) -> Option<Value> {
     table.pointer(&format!("/properties/{key}")).cloned()
 }
 
-/// The type of `schema` in words: `string`, `integer`, `table of string`, `array of step`,
+/// The type of `schema` in words: `string`, `integer`, `table of string`, `array of steps`,
 /// `` `first` or `all` ``.
 fn type_name(root: &Value, schema: &Value) -> String {
     let resolved = resolve(root, schema);
@@ -714,7 +782,14 @@ fn type_name(root: &Value, schema: &Value) -> String {
     }
     match resolved.get("type").and_then(Value::as_str) {
         Some("array") => match resolved.get("items") {
-            Some(items) => format!("array of {}", type_name(root, items)),
+            Some(items) => {
+                let each = type_name(root, items);
+                if each.contains(['`', ' ']) {
+                    format!("array of ({each})")
+                } else {
+                    format!("array of {each}s")
+                }
+            }
             None => "array".into(),
         },
         Some("object") => match resolved.get("additionalProperties") {
@@ -783,6 +858,75 @@ mod tests {
         }
     }
 
+    /// Keywords that draft 7 (what editors' TOML validators often implement) reads as draft
+    /// 2020-12 does, and Taplo's extension.
+    const PORTABLE: &[&str] = &[
+        "$schema",
+        "$id",
+        "$defs",
+        "$ref",
+        "title",
+        "description",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "oneOf",
+        "anyOf",
+        "default",
+        "pattern",
+        "minimum",
+        "maximum",
+        "minItems",
+        "format",
+        "x-taplo",
+    ];
+
+    fn only_portable_keywords(schema: &Value, at: &str) {
+        let Some(object) = schema.as_object() else {
+            assert!(schema.is_boolean(), "{at}: {schema}");
+            return;
+        };
+        for (keyword, value) in object {
+            assert!(PORTABLE.contains(&keyword.as_str()), "{at}: `{keyword}`");
+            match (keyword.as_str(), value) {
+                ("properties" | "$defs", Value::Object(named)) => named
+                    .iter()
+                    .for_each(|(name, s)| only_portable_keywords(s, &format!("{at}/{name}"))),
+                ("items" | "additionalProperties", s) => {
+                    only_portable_keywords(s, &format!("{at}/{keyword}"))
+                }
+                ("oneOf" | "anyOf", Value::Array(all)) => all
+                    .iter()
+                    .for_each(|s| only_portable_keywords(s, &format!("{at}/{keyword}"))),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_schemas_use_only_keywords_older_drafts_read_alike() {
+        for format in Format::ALL {
+            let schema = format.schema();
+            only_portable_keywords(&schema, format.name());
+            // Only the families stay shared: a key's description and its type are together.
+            let shared: Vec<&String> = schema
+                .get("$defs")
+                .and_then(Value::as_object)
+                .map(|d| d.keys().collect())
+                .unwrap_or_default();
+            assert!(
+                shared
+                    .iter()
+                    .all(|d| SHARED_DEFINITIONS.contains(&d.as_str())),
+                "{shared:?}"
+            );
+        }
+    }
+
     #[test]
     fn nulls_leave_and_documented_constants_become_an_enum() {
         let mut schema = json!({
@@ -847,12 +991,15 @@ mod tests {
     fn key_tables_are_written_between_their_markers() {
         let page = "# map\n\n<!-- keys: steps.map -->\nstale\n<!-- /keys -->\n\nAfter.\n";
         let updated = update_key_tables(page).unwrap();
-        assert!(updated.starts_with("# map\n\n<!-- keys: steps.map -->\n| key |"));
+        assert!(updated.starts_with("# map\n\n<!-- keys: steps.map -->\n\n| key |"));
         assert!(
             updated.contains("| `expression` | string | required |"),
             "{updated}"
         );
-        assert!(updated.ends_with("<!-- /keys -->\n\nAfter.\n"), "{updated}");
+        assert!(
+            updated.ends_with(" |\n\n<!-- /keys -->\n\nAfter.\n"),
+            "{updated}"
+        );
         assert_eq!(update_key_tables(&updated).unwrap(), updated);
         assert_eq!(key_table_markers(page), ["steps.map"]);
         assert!(update_key_tables("<!-- keys: steps.map -->\n").is_err());
