@@ -255,8 +255,9 @@ fn strip_kind_prefix(doc: &str, name: &str) -> String {
     }
 }
 
-/// The schema of one kind's config table.
-fn config<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+/// The schema of one kind's config table, written where the kind is (not a `$ref`), for
+/// [`tagged`] to add `kind` to: the third part of a [`KindSchema`].
+pub fn config_schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     T::json_schema(generator)
 }
 
@@ -265,92 +266,96 @@ const STEP_KINDS: &[KindSchema] = &[
     (
         "xml_to_json",
         "XML bytes to a JSON document.",
-        config::<steps::XmlToJsonConfig>,
+        config_schema::<steps::XmlToJsonConfig>,
     ),
     (
         "json_to_xml",
         "A JSON document to XML bytes.",
-        config::<steps::JsonToXmlConfig>,
+        config_schema::<steps::JsonToXmlConfig>,
     ),
     (
         "map",
         "A JMESPath expression gives the new message.",
-        config::<steps::MapConfig>,
+        config_schema::<steps::MapConfig>,
     ),
     (
         "filter",
         "A JMESPath condition keeps or drops the message.",
-        config::<steps::FilterConfig>,
+        config_schema::<steps::FilterConfig>,
     ),
     (
         "split",
         "An array becomes one message per element.",
-        config::<steps::SplitConfig>,
+        config_schema::<steps::SplitConfig>,
     ),
     (
         "validate",
         "The message must conform to a contract.",
-        config::<steps::ValidateConfig>,
+        config_schema::<steps::ValidateConfig>,
     ),
     (
         "set",
         "Sets body fields, headers and the key.",
-        config::<steps::SetConfig>,
+        config_schema::<steps::SetConfig>,
     ),
     (
         "remove",
         "Removes body fields and headers.",
-        config::<steps::RemoveConfig>,
+        config_schema::<steps::RemoveConfig>,
     ),
     (
         "rename",
         "Renames body fields and headers.",
-        config::<steps::RenameConfig>,
+        config_schema::<steps::RenameConfig>,
     ),
     (
         "enrich",
         "An HTTP call whose answer goes into the message.",
-        config::<steps::EnrichConfig>,
+        config_schema::<steps::EnrichConfig>,
     ),
     (
         "parallel",
         "`enrich` steps run at once.",
-        config::<steps::ParallelConfig>,
+        config_schema::<steps::ParallelConfig>,
     ),
     (
         "try",
         "Steps with `catch` steps run on failure.",
-        config::<steps::TryConfig>,
+        config_schema::<steps::TryConfig>,
     ),
     (
         "branch",
         "Routes, each with its steps and sink.",
-        config::<steps::BranchConfig>,
+        config_schema::<steps::BranchConfig>,
     ),
 ];
 
 /// The sink kinds. By hand until the sink registry lists them.
 const SINK_KINDS: &[KindSchema] = &[
-    ("kafka", "A Kafka topic.", config::<sinks::KafkaSinkConfig>),
+    (
+        "kafka",
+        "A Kafka topic.",
+        config_schema::<sinks::KafkaSinkConfig>,
+    ),
     (
         "http",
         "An HTTP endpoint (POST).",
-        config::<sinks::HttpSinkConfig>,
+        config_schema::<sinks::HttpSinkConfig>,
     ),
     (
         "file",
         "A file, one NDJSON line per message.",
-        config::<sinks::FileSinkConfig>,
+        config_schema::<sinks::FileSinkConfig>,
     ),
     (
         "stdout",
         "Standard output, one line per message.",
-        config::<sinks::StdoutSinkConfig>,
+        config_schema::<sinks::StdoutSinkConfig>,
     ),
     (
         "blackhole",
         "Nowhere: every message is accepted and discarded (measurements, side-effect flows).",
-        config::<sinks::BlackholeSinkConfig>,
+        config_schema::<sinks::BlackholeSinkConfig>,
     ),
 ];
 
@@ -359,23 +364,23 @@ const SOURCE_KINDS: &[KindSchema] = &[
     (
         "http",
         "HTTP POST on a path of the shared listener.",
-        config::<sources::HttpSourceConfig>,
+        config_schema::<sources::HttpSourceConfig>,
     ),
     (
         "soap",
         "SOAP 1.1/1.2 on a path of the shared listener (same keys as `http`, plus \
          `operations` and `wsdl`).",
-        config::<sources::HttpSourceConfig>,
+        config_schema::<sources::HttpSourceConfig>,
     ),
     (
         "kafka",
         "A Kafka consumer group.",
-        config::<sources::KafkaSourceConfig>,
+        config_schema::<sources::KafkaSourceConfig>,
     ),
     (
         "file",
         "Files dropped in a directory.",
-        config::<sources::FileSourceConfig>,
+        config_schema::<sources::FileSourceConfig>,
     ),
 ];
 
@@ -664,6 +669,9 @@ pub fn key_table(marker: &str) -> Result<String, String> {
         .unwrap_or_default();
     let mut keys: Vec<(&String, &Value)> =
         properties.iter().filter(|(k, _)| *k != "kind").collect();
+    if keys.is_empty() {
+        return Ok("No key but `kind`.\n".into());
+    }
     // Required keys first, then the others, each in alphabetical order.
     keys.sort_by_key(|(k, _)| (!required.contains(&k.as_str()), k.as_str()));
     let mut table =
@@ -757,7 +765,7 @@ fn property(root: &Value, schema: &Value, key: &str) -> Option<Value> {
     table.pointer(&format!("/properties/{key}")).cloned()
 }
 
-/// The type of `schema` in words: `string`, `integer`, `table of string`, `array of steps`,
+/// The type of `schema` in words: `string`, `integer`, `table of strings`, `array of steps`,
 /// `` `first` or `all` ``.
 fn type_name(root: &Value, schema: &Value) -> String {
     let resolved = resolve(root, schema);
@@ -778,25 +786,26 @@ fn type_name(root: &Value, schema: &Value) -> String {
     }
     if let Some(alternatives) = resolved.get("anyOf").and_then(Value::as_array) {
         let names: Vec<String> = alternatives.iter().map(|a| type_name(root, a)).collect();
-        return names.join(" or ");
+        return match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        };
     }
+    // `array of strings`, `table of (string, integer or table)`; `array` of anything.
+    let of = |what: &str, each: String| match each.as_str() {
+        "any" => what.to_string(),
+        _ if each.contains(['`', ' ']) => format!("{what} of ({each})"),
+        _ => format!("{what} of {each}s"),
+    };
     match resolved.get("type").and_then(Value::as_str) {
         Some("array") => match resolved.get("items") {
-            Some(items) => {
-                let each = type_name(root, items);
-                if each.contains(['`', ' ']) {
-                    format!("array of ({each})")
-                } else {
-                    format!("array of {each}s")
-                }
-            }
+            Some(items) => of("array", type_name(root, items)),
             None => "array".into(),
         },
         Some("object") => match resolved.get("additionalProperties") {
-            Some(Value::Object(_)) if resolved.get("properties").is_none() => format!(
-                "table of {}",
-                type_name(root, &resolved["additionalProperties"])
-            ),
+            Some(each @ Value::Object(_)) if resolved.get("properties").is_none() => {
+                of("table", type_name(root, each))
+            }
             _ => "table".into(),
         },
         Some(other) => other.to_string(),
@@ -982,6 +991,16 @@ mod tests {
             .unwrap()
             .contains("`client_ca`"));
         assert!(key_table("on_error").unwrap().contains("`max_attempts`"));
+        assert_eq!(key_table("sinks.stdout").unwrap(), "No key but `kind`.\n");
+        assert!(key_table("config.kafka")
+            .unwrap()
+            .contains("| `properties` | table of (string, integer, boolean, number or table) |"));
+        assert!(key_table("test.case.expect")
+            .unwrap()
+            .contains("| `messages` | array |"));
+        assert!(key_table("steps.try")
+            .unwrap()
+            .contains("| `catch` | array of steps | required |"));
         assert!(key_table("steps.mapp")
             .unwrap_err()
             .contains("no steps kind `mapp`"));
