@@ -702,40 +702,72 @@ pub fn key_table(marker: &str) -> Result<String, String> {
     Ok(table)
 }
 
-/// `text` with every key table between its markers written anew from the schema.
+/// The marker of `line` if it opens a key table (`<!-- keys: steps.map -->`, alone on its
+/// line).
+fn opening_marker(line: &str) -> Option<&str> {
+    line.trim()
+        .strip_prefix(MARKER_OPEN)
+        .and_then(|rest| rest.strip_suffix("-->"))
+        .map(str::trim)
+}
+
+/// Whether `line` opens or closes a fenced code block (whose content is not Markdown).
+fn is_fence(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with("```") || line.starts_with("~~~")
+}
+
+/// `text` with every key table between its markers written anew from the schema. Markers
+/// stand alone on their lines; those inside fenced code blocks are examples, left as they are.
 pub fn update_key_tables(text: &str) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(open) = rest.find(MARKER_OPEN) {
-        let after_open = &rest[open + MARKER_OPEN.len()..];
-        let end = after_open
-            .find("-->")
-            .ok_or_else(|| "a `<!-- keys:` marker is not closed by `-->`".to_string())?;
-        let marker = after_open[..end].trim();
-        let body_start = open + MARKER_OPEN.len() + end + "-->".len();
-        let close = rest[body_start..]
-            .find(MARKER_CLOSE)
-            .ok_or_else(|| format!("`<!-- keys: {marker} -->` has no `{MARKER_CLOSE}`"))?;
+    let mut lines = text.split_inclusive('\n').enumerate();
+    let mut in_fence = false;
+    while let Some((number, line)) = lines.next() {
+        out.push_str(line);
+        if is_fence(line) {
+            in_fence = !in_fence;
+        }
+        let Some(marker) = opening_marker(line).filter(|_| !in_fence) else {
+            continue;
+        };
+        if !line.ends_with('\n') {
+            out.push('\n');
+        }
+        let table = key_table(marker).map_err(|e| format!("line {}: {e}", number + 1))?;
+        let close = lines
+            .by_ref()
+            .find(|(_, l)| l.trim() == MARKER_CLOSE)
+            .map(|(_, l)| l)
+            .ok_or_else(|| {
+                format!(
+                    "line {}: `{}` has no `{MARKER_CLOSE}`",
+                    number + 1,
+                    line.trim()
+                )
+            })?;
         // Blank lines around the table: no Markdown reader takes a marker for a table row.
-        out.push_str(&rest[..body_start]);
-        out.push_str("\n\n");
-        out.push_str(&key_table(marker)?);
         out.push('\n');
-        out.push_str(MARKER_CLOSE);
-        rest = &rest[body_start + close + MARKER_CLOSE.len()..];
+        out.push_str(&table);
+        out.push('\n');
+        out.push_str(close);
     }
-    out.push_str(rest);
     Ok(out)
 }
 
-/// The markers of the key tables of `text` (`steps.map`, `config.http`, ...).
+/// The markers of the key tables of `text` (`steps.map`, `config.http`, ...), outside fenced
+/// code blocks.
 pub fn key_table_markers(text: &str) -> Vec<String> {
-    text.match_indices(MARKER_OPEN)
-        .filter_map(|(i, _)| {
-            let after = &text[i + MARKER_OPEN.len()..];
-            after.find("-->").map(|end| after[..end].trim().to_string())
-        })
-        .collect()
+    let mut in_fence = false;
+    let mut markers = Vec::new();
+    for line in text.lines() {
+        if is_fence(line) {
+            in_fence = !in_fence;
+        } else if let Some(marker) = opening_marker(line).filter(|_| !in_fence) {
+            markers.push(marker.to_string());
+        }
+    }
+    markers
 }
 
 /// `schema` with its `$ref` followed (within `root`).
@@ -1022,5 +1054,14 @@ mod tests {
         assert_eq!(update_key_tables(&updated).unwrap(), updated);
         assert_eq!(key_table_markers(page), ["steps.map"]);
         assert!(update_key_tables("<!-- keys: steps.map -->\n").is_err());
+        assert!(
+            update_key_tables("<!-- keys: steps.mapp -->\n<!-- /keys -->\n")
+                .unwrap_err()
+                .starts_with("line 1: ")
+        );
+        // Examples in code blocks are left alone.
+        let example = "```markdown\n<!-- keys: steps.map -->\n<!-- /keys -->\n```\n";
+        assert_eq!(update_key_tables(example).unwrap(), example);
+        assert!(key_table_markers(example).is_empty());
     }
 }
