@@ -115,8 +115,17 @@ pub struct SchemaArgs {
 
 /// Prints the schema of `args.format` on standard output.
 pub fn run(args: SchemaArgs) -> ExitCode {
-    print!("{}", args.format.text());
-    ExitCode::SUCCESS
+    use std::io::Write;
+    match std::io::stdout()
+        .lock()
+        .write_all(args.format.text().as_bytes())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the schema: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 // Only for the schema: pipeline files are parsed by `config::pipeline::parse_pipeline`, which
