@@ -977,6 +977,98 @@ mod tests {
         }
     }
 
+    /// Every key's schema, with its path, at any depth.
+    fn keys<'a>(schema: &'a Value, at: String, out: &mut Vec<(String, &'a Value)>) {
+        let Some(object) = schema.as_object() else {
+            return;
+        };
+        for (name, key) in object
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            out.push((format!("{at}.{name}"), key));
+            keys(key, format!("{at}.{name}"), out);
+        }
+        for nested in ["items", "additionalProperties"] {
+            if let Some(s) = object.get(nested) {
+                keys(s, format!("{at}[]"), out);
+            }
+        }
+        for list in ["oneOf", "anyOf"] {
+            for (i, s) in object
+                .get(list)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                keys(s, format!("{at}|{i}"), out);
+            }
+        }
+        for (name, s) in object
+            .get("$defs")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            keys(s, format!("#{name}"), out);
+        }
+    }
+
+    /// The value a description says is the default: `(default 5000)`, `(default 10 MiB)`,
+    /// `(default `0.0.0.0:8080`)`; `None` when it says it otherwise, or not at all.
+    fn stated_default(description: &str) -> Option<Value> {
+        let after = &description[description.find("(default ")? + "(default ".len()..];
+        if let Some(quoted) = after.strip_prefix('`') {
+            return Some(Value::String(quoted[..quoted.find('`')?].into()));
+        }
+        let text = &after[..after.find([')', ',', ';', ':'].as_slice())?];
+        let (number, unit) = text.split_once(' ').unwrap_or((text, ""));
+        let scale: u64 = match unit {
+            "" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return None,
+        };
+        number.parse::<u64>().ok().map(|n| json!(n * scale))
+    }
+
+    #[test]
+    fn defaults_stated_in_descriptions_are_the_real_ones() {
+        let mut checked = 0;
+        for format in Format::ALL {
+            let schema = format.schema();
+            let mut all = Vec::new();
+            keys(&schema, format.name().into(), &mut all);
+            for (at, key) in all {
+                let (Some(default), Some(description)) = (
+                    key.get("default"),
+                    key.get("description").and_then(Value::as_str),
+                ) else {
+                    continue;
+                };
+                if let Some(stated) = stated_default(description) {
+                    assert_eq!(&stated, default, "{at}: {description}");
+                    checked += 1;
+                }
+            }
+        }
+        // The timeouts, limits, addresses and paths whose doc comments give their default.
+        assert!(checked >= 30, "{checked}");
+        assert_eq!(
+            stated_default("Port (default `0.0.0.0:80`)."),
+            Some(json!("0.0.0.0:80"))
+        );
+        assert_eq!(
+            stated_default("Size (default 64 MiB)."),
+            Some(json!(64 << 20))
+        );
+        assert_eq!(stated_default("Mode (default false: refused)."), None);
+    }
+
     #[test]
     fn nulls_leave_and_documented_constants_become_an_enum() {
         let mut schema = json!({
