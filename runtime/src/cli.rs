@@ -41,6 +41,8 @@ enum Command {
     /// without network; prints one line per case and exits 1 on a failure, 2 on a test file
     /// that cannot be loaded.
     Test(TestArgs),
+    /// Print the JSON Schema (draft 2020-12) of a file format, for editors (see docs/editor.md).
+    Schema(crate::schema::SchemaArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Topics(TopicsCommand::Apply(args)) => topics_apply(args),
         Command::Test(args) => test(args),
         Command::Run(args) => crate::server::run(args.into()),
+        Command::Schema(args) => crate::schema::run(args),
     }
 }
 

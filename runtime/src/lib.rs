@@ -74,7 +74,10 @@
 //! ## Layer 6, command line
 //!
 //! - [`cli`]: the `gridflow` command line (clap): parses the arguments and calls the command:
-//!   `run` ([`server`]), `validate`, `contracts check`, `replay`, `test`, `topics apply`.
+//!   `run` ([`server`]), `validate`, `contracts check`, `replay`, `test`, `topics apply`,
+//!   `schema`.
+//! - [`schema`]: `gridflow schema`, the JSON Schemas of the files (from the config types and
+//!   the three registries) and the reference's key tables written from them.
 
 pub mod ack;
 pub mod admin;
@@ -92,6 +95,7 @@ pub mod metrics;
 pub mod pipeline_test;
 pub mod replay;
 pub mod retry;
+pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod sinks;

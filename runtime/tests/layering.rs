@@ -71,7 +71,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "pipeline_test",
         ],
     ),
-    ("command line", &["cli"]),
+    ("command line", &["cli", "schema"]),
 ];
 
 /// The layer of a table entry.

@@ -17,7 +17,7 @@ use crate::error::{BuildError, ErrorCode, SinkError};
 use crate::jmes::Expr;
 
 /// `kind = "kafka"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// The topic to write to. It must exist: gridflow does not create topics.

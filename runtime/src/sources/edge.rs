@@ -47,7 +47,7 @@ use crate::error::BuildError;
 pub const KEY_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `[source.auth]` of an HTTP source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Environment variable holding the accepted keys: comma-separated `key` or `client=key`.
@@ -60,7 +60,7 @@ pub struct AuthConfig {
 }
 
 /// `[source.quota]` of an HTTP source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     /// Requests per second each client may make, on average.

@@ -30,8 +30,9 @@ use crate::message::{new_correlation_id, trace_id, ContentType, Payload};
 /// The header carrying the correlation id, in and out.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
-/// `kind = "http"` and `kind = "soap"`: the keys of both (`operations` and `wsdl` are SOAP's).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `kind = "http"`: the keys of a source on the shared listener; `kind = "soap"` takes the
+/// same keys (`operations` and `wsdl` are SOAP's only).
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     /// The path that receives POSTs, e.g. `/ingest/entsoe/actual-load`.
@@ -64,7 +65,9 @@ pub struct HttpSourceConfig {
 }
 
 /// What an HTTP source answers on success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyMode {
     /// `202` with the correlation id and the number of messages written.

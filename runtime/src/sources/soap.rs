@@ -449,6 +449,19 @@ fn answer(
 #[serde(transparent)]
 pub struct SoapSourceConfig(pub super::route::HttpSourceConfig);
 
+/// The keys of an `http` source, described by the registry line.
+impl schemars::JsonSchema for SoapSourceConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SoapSourceConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = <super::route::HttpSourceConfig as schemars::JsonSchema>::json_schema(generator);
+        schema.remove("description");
+        schema
+    }
+}
+
 impl super::SourceKind for SoapSourceConfig {
     const KIND: &'static str = "soap";
     const EXAMPLE: &'static str = r#"[source]

@@ -31,7 +31,9 @@ use crate::retry::RetryPolicy;
 use crate::xml::{self, Namespaces, XmlToJsonOptions};
 
 /// What to do when the upstream answers `404`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnMissing {
     /// The message fails with `not_found` (dead-lettered).
@@ -44,7 +46,9 @@ pub enum OnMissing {
 }
 
 /// HTTP method of the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     /// GET (default).
@@ -55,7 +59,7 @@ pub enum Method {
 }
 
 /// `[steps.cache]`: answers kept for `ttl_ms`, at most `max_bytes` of them.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// How long an answer is reused, in milliseconds.
@@ -71,7 +75,7 @@ fn default_max_bytes() -> u64 {
 
 /// `[steps.breaker]`: after `failures` consecutive failed calls the step fails fast for
 /// `cooldown_ms`, then lets one trial call through.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Consecutive failed calls that open the breaker (default 5).
@@ -90,7 +94,7 @@ impl Default for BreakerConfig {
 }
 
 /// `kind = "enrich"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichConfig {
     /// URL template: `{expression}` is replaced by the JMESPath result on the message,

@@ -10,7 +10,7 @@ use crate::jmes::{Doc, Expr};
 use crate::message::Payload;
 
 /// `kind = "filter"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// JMESPath condition; messages for which it is false, null or empty are dropped.

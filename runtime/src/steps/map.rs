@@ -9,7 +9,7 @@ use crate::jmes::Expr;
 use crate::message::Payload;
 
 /// `kind = "map"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MapConfig {
     /// JMESPath evaluated on the message; its result is the new message.

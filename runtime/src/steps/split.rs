@@ -15,7 +15,7 @@ use crate::jmes::{into_value, needs, Doc, Expr, Need};
 use crate::message::Payload;
 
 /// `kind = "split"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
     /// JMESPath giving the array to split; default the whole message.
