@@ -54,13 +54,13 @@ ENV GRIDFLOW_ENV=dev \
     GRIDFLOW_HEALTH_URL=http://127.0.0.1:9090/health/live
 # The admin token (POST /admin/reload): mount it and set GRIDFLOW_ADMIN_TOKEN_FILE (recette
 # and prod read /run/secrets/gridflow-admin/token by default), or pass GRIDFLOW_ADMIN_TOKEN.
-# Without one, only loopback clients may reload (docs/security.md).
+# Without one, only loopback clients may reload (docs/operations/security.md).
 USER 10001:10001
 EXPOSE 8080 9090
 # Liveness only: readiness (/health/ready) depends on Kafka and is for load balancers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD curl -fsS -o /dev/null "$GRIDFLOW_HEALTH_URL" || exit 1
-# SIGTERM drains (README, Graceful shutdown): give `docker stop -t` enough time.
+# SIGTERM drains (docs/operations/shutdown.md): give `docker stop -t` enough time.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["gridflow-entrypoint"]
 CMD ["run"]

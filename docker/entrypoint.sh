@@ -17,7 +17,7 @@
 #   GRIDFLOW_ADMIN_TOKEN_FILE   the admin token (POST /admin/reload needs it as
 #                     `Authorization: Bearer`); recette and prod read
 #                     /run/secrets/gridflow-admin/token by default, dev only when it is set;
-#                     GRIDFLOW_ADMIN_TOKEN instead holds the token itself (docs/security.md)
+#                     GRIDFLOW_ADMIN_TOKEN instead holds the token itself (docs/operations/security.md)
 set -eu
 
 die() {

@@ -69,7 +69,7 @@ fn harness() -> &'static Harness {
             .body(Body::from(r#"{"ok":true}"#))
             .unwrap();
         let answer = runtime
-            .block_on(gridflow::sources::http::router(Arc::clone(&routes)).oneshot(probe))
+            .block_on(gridflow::sources::route::router(Arc::clone(&routes)).oneshot(probe))
             .unwrap();
         assert_eq!(answer.status().as_u16(), 204, "the fuzzed route is not live");
         Harness { runtime, routes }
@@ -96,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
         .header("soapaction", "\"urn:op\"")
         .body(Body::from(body.to_vec()))
         .unwrap();
-    let router = gridflow::sources::http::router(Arc::clone(&h.routes));
+    let router = gridflow::sources::route::router(Arc::clone(&h.routes));
     let response = h.runtime.block_on(router.oneshot(request)).unwrap();
     assert!(
         response.status().as_u16() >= 200 && response.status().as_u16() < 600,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Asset registry stub for the local stack (standard library only).
 
-Answers what an `enrich` step of a gridflow pipeline calls (pipelines/README.md, section 9):
+Answers what an `enrich` step of a gridflow pipeline calls (docs/worked-example.md):
 
     GET /meters/<meter_id>      the meter's asset record, JSON, 200
     GET /v2/meters/<meter_id>   the same (the path of the worked example meter-reading-routing)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One Kafka-sourced pipeline on the embedded broker, varied one setting at a time: the probe
-# behind the Kafka → Kafka diagnosis in BENCHMARKS.md (phase b of e2e.sh measures the same
+# behind the Kafka → Kafka diagnosis in docs/benchmarks-history.md (phase b of e2e.sh measures the same
 # pipeline for the table). Prints one line from e2e.sh's measure (`<sent> <seconds> <msg/s>
 # <peak RSS kB> <msg per CPU-second>`), after an optional bare-loop run on the same broker.
 #

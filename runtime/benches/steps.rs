@@ -421,7 +421,7 @@ fn bench(c: &mut Criterion) {
     );
     group.finish();
 
-    // set and rename on the normalised reading (the README's examples).
+    // set and rename on the normalised reading (the examples of docs/reference/steps/{set,rename}.md).
     let set = steps_of(
         r#"
 [[steps]]

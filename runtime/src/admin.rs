@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 
 use crate::engine::reload::ReloadHandle;
 use crate::kafka::KafkaSettings;
-use crate::sources::http::problem;
+use crate::sources::route::problem;
 
 /// What the admin endpoints report.
 #[derive(Clone, Default)]

@@ -3,21 +3,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminState};
 use crate::config::pipeline::{load_all, pipeline_paths};
 use crate::config::{interpolate, Diagnostic, RuntimeConfig};
 use crate::contracts::Contracts;
-use crate::engine::reload::{self, Action, ReloadHandle, Reloader};
-use crate::engine::{Engine, EngineContext};
-use crate::kafka::EmbeddedBroker;
-use crate::sources::HttpRoutes;
+use crate::engine::Engine;
 
 /// gridflow: declarative pipelines for real-time energy data exchange on Kafka.
 #[derive(Debug, Parser)]
@@ -48,6 +41,8 @@ enum Command {
     /// without network; prints one line per case and exits 1 on a failure, 2 on a test file
     /// that cannot be loaded.
     Test(TestArgs),
+    /// Print the JSON Schema (draft 2020-12) of a file format, for editors (see docs/editor.md).
+    Schema(crate::schema::SchemaArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +163,18 @@ struct RunArgs {
     brokers: Option<String>,
 }
 
+impl From<RunArgs> for crate::server::Options {
+    fn from(args: RunArgs) -> Self {
+        crate::server::Options {
+            config: args.config,
+            pipelines: args.pipelines,
+            http_addr: args.http_addr,
+            admin_addr: args.admin_addr,
+            brokers: args.brokers,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct ValidateArgs {
     /// Files or directories to check (default: the pipelines directory).
@@ -187,25 +194,8 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay(args),
         Command::Topics(TopicsCommand::Apply(args)) => topics_apply(args),
         Command::Test(args) => test(args),
-        Command::Run(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "Gridflow stopped.");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run(args) => crate::server::run(args.into()),
+        Command::Schema(args) => crate::schema::run(args),
     }
 }
 
@@ -677,318 +667,5 @@ fn io_diagnostic(path: &Path, e: std::io::Error) -> Diagnostic {
         column: 1,
         message: format!("cannot read: {e}"),
         hint: None,
-    }
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Registered first: a SIGHUP during start-up must reload, not end the process.
-    let hangup = hangup_signal();
-    let explicit = args.config != Path::new("gridflow.toml");
-    let mut config = RuntimeConfig::load(&args.config, explicit).map_err(|d| {
-        print_diagnostics(&d);
-        anyhow::anyhow!("invalid runtime configuration {}", args.config.display())
-    })?;
-    if let Some(dir) = args.pipelines {
-        config.paths.pipelines = dir;
-    }
-    if let Some(addr) = args.http_addr {
-        config.http.listen = addr;
-    }
-    if let Some(addr) = args.admin_addr {
-        config.admin.listen = addr;
-    }
-    if let Some(brokers) = args.brokers {
-        config.kafka.brokers = brokers;
-    }
-
-    let metrics = match crate::metrics::install() {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            tracing::warn!(error = %e, "Metrics disabled.");
-            None
-        }
-    };
-
-    // The embedded broker lives as long as this function: the whole run.
-    let mut embedded = None;
-    if config.kafka.brokers.trim().is_empty() {
-        let broker = EmbeddedBroker::start()?;
-        config.kafka.brokers = broker.bootstrap_servers();
-        tracing::warn!(brokers = %config.kafka.brokers, "No Kafka brokers configured: using the embedded mock broker. It is for development only: it keeps nothing across a restart, and at most 5 MiB per partition (older records are dropped).");
-        embedded = Some(broker);
-    }
-    let kafka = config.kafka_settings().map_err(|e| anyhow::anyhow!(e))?;
-
-    let paths = pipeline_paths(&config.paths.pipelines).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the pipelines directory {}: {e}",
-            config.paths.pipelines.display()
-        )
-    })?;
-    // Errors are reported by the first reload below; here only the topics are wanted.
-    let (files, _) = load_all(&paths, &interpolate::from_env);
-
-    if let Some(broker) = &embedded {
-        let mut topics: Vec<String> = files
-            .iter()
-            .flat_map(|file| Engine::topics_of(file, &config.paths.dead_letters))
-            .collect();
-        topics.sort();
-        topics.dedup();
-        for topic in topics {
-            broker.create_topic(&topic, i32::from(config.kafka.embedded_partitions.max(1)))?;
-        }
-    }
-
-    let shutdown = CancellationToken::new();
-    let routes = Arc::new(HttpRoutes::default());
-    let guard = admin::AdminGuard::new(config.admin.token_file.as_deref(), |name| {
-        std::env::var(name).ok()
-    })
-    .map_err(|e| anyhow::anyhow!(e))?;
-    let mut admin_state = AdminState {
-        metrics,
-        guard: Arc::new(guard),
-        ..AdminState::default()
-    };
-    let broker_watch =
-        admin_state.watch_broker(kafka.clone(), Duration::from_secs(5), shutdown.clone());
-
-    let http = tokio::net::TcpListener::bind(config.http.listen).await?;
-    tracing::info!(addr = %http.local_addr()?, "HTTP listener started.");
-    let admin = tokio::net::TcpListener::bind(config.admin.listen).await?;
-    tracing::info!(addr = %admin.local_addr()?, "Admin listener started.");
-    if !admin_state.guard.has_token() && !admin.local_addr()?.ip().is_loopback() {
-        tracing::warn!(addr = %admin.local_addr()?, "No admin token ([admin] token_file or GRIDFLOW_ADMIN_TOKEN): POST /admin/reload and other mutating admin requests are answered only to loopback clients.");
-    }
-
-    let producers = kafka.producers()?;
-    // Secret files are re-read every second; rotated SASL credentials reach the shared
-    // producers here and every Kafka source's consumer in the source.
-    let secrets_watch = tokio::spawn(
-        kafka
-            .secrets
-            .clone()
-            .watch(Duration::from_secs(1), shutdown.clone()),
-    );
-    let credentials_task = {
-        let (kafka, producers) = (kafka.clone(), producers.distinct());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let Some(mut changes) = kafka.secrets.subscribe() else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    _ = stop.cancelled() => return,
-                }
-                if let Some((user, password)) = kafka.sasl_credentials() {
-                    use rdkafka::producer::Producer;
-                    for producer in &producers {
-                        if let Err(e) = crate::secrets::set_sasl_credentials(
-                            producer.current().client(),
-                            &user,
-                            &password,
-                        ) {
-                            tracing::error!(error = %e, "New SASL credentials not applied to the producer.");
-                        }
-                    }
-                }
-            }
-        })
-    };
-    // A producer that hit a fatal error is replaced on its next use; this check replaces an
-    // idle one too, so that it is ready (and its state true) before the next record.
-    let fatal_watch = {
-        let (producers, stop) = (producers.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                producers.recover_if_fatal();
-            }
-        })
-    };
-    let (contracts, contract_errors) = Contracts::load(&config.paths.contracts);
-    for e in &contract_errors {
-        tracing::error!(path = %e.path.display(), error = %e.message, "Contract rejected.");
-    }
-    let traces = config.traces.start().map_err(|e| anyhow::anyhow!(e))?;
-    if traces.is_some() {
-        tracing::info!(endpoint = %config.traces.otlp_endpoint, "Traces exported over OTLP.");
-    }
-    let producers_for_admin = producers.clone();
-    let engine = Engine::new(EngineContext {
-        tracer: traces.as_ref().map(|t| t.tracer()),
-        contracts: Arc::new(contracts),
-        kafka: kafka.clone(),
-        producers,
-        routes: Arc::clone(&routes),
-        dead_letters_dir: config.paths.dead_letters.clone(),
-        limits: config.engine.clone(),
-    });
-    let config_file = args.config.exists().then(|| args.config.clone());
-    let reloader = Reloader::new(engine, config.paths.pipelines.clone(), config_file.clone());
-    let stop_reloads = CancellationToken::new();
-    let (reload, reload_task) = reload::spawn(reloader, stop_reloads.clone());
-    // Watch before the first load, so that no edit falls between the two.
-    let _watcher = match reload::watch(
-        &config.paths.pipelines,
-        config_file.as_deref(),
-        reload.clone(),
-        Duration::from_millis(200),
-    ) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "Pipelines directory not watched; reload with SIGHUP or POST /admin/reload.");
-            None
-        }
-    };
-    let hangups = tokio::spawn(reload_on_sighup(hangup, reload.clone()));
-    let first = reload
-        .reload("start")
-        .await
-        .ok_or_else(|| anyhow::anyhow!("the reload task stopped during start-up"))?;
-    let count = |action: Action| {
-        first
-            .pipelines
-            .iter()
-            .filter(|p| p.action == action)
-            .count()
-    };
-    let (started, failed) = (count(Action::Started), count(Action::Failed));
-    admin_state.reload = Some(reload.clone());
-    admin_state.routes = Some(Arc::clone(&routes));
-    admin_state.producers = Some(producers_for_admin);
-    admin_state.loaded.store(true, Ordering::SeqCst);
-
-    let stop_ingress = CancellationToken::new();
-    let http_server = {
-        let tls = match &config.http.tls {
-            Some(tls) => {
-                let (acceptor, access) = crate::tls::acceptor_with_access(tls)
-                    .map_err(|e| anyhow::anyhow!("[http.tls]: {e}"))?;
-                // The client CA and the subjects file are re-read: a revoked partner is
-                // refused on its next request, without a restart.
-                tokio::spawn(
-                    Arc::clone(&access)
-                        .watch(crate::tls::ACCESS_CHECK_INTERVAL, stop_ingress.clone()),
-                );
-                Some(crate::listener::Tls { acceptor, access })
-            }
-            None => None,
-        };
-        tokio::spawn(crate::listener::serve(
-            http,
-            tls,
-            crate::sources::http::router(Arc::clone(&routes)),
-            crate::listener::IngressLimits::from_config(&config.http),
-            stop_ingress.clone(),
-            Duration::from_millis(config.engine.drain_timeout_ms),
-        ))
-    };
-    // The admin listener is held to the ingress' header, idle and connection limits: a client
-    // of the port open to probes cannot hold a connection (nor the stop) for ever.
-    let admin_server = tokio::spawn(crate::listener::serve_admin(
-        admin,
-        admin::router(admin_state.clone()),
-        crate::listener::IngressLimits::from_config(&config.http),
-        shutdown.clone(),
-        Duration::from_millis(config.engine.drain_timeout_ms),
-    ));
-    tracing::info!(pipelines = started, failed, "Gridflow started.");
-
-    wait_for_signal().await;
-    tracing::info!("Shutting down; a second signal forces the exit.");
-    // A second SIGTERM/SIGINT does not wait for the drain: what is in flight is not settled
-    // (Kafka offsets not committed: consumed again after the restart; HTTP callers get no
-    // answer and send again).
-    tokio::spawn(async {
-        wait_for_signal().await;
-        tracing::error!("Second signal: exiting now, without waiting for in-flight messages.");
-        std::process::exit(130);
-    });
-    // Not ready any more; no more reloads; the ingress stops accepting and finishes the
-    // requests it has (their pipelines still run); then the pipelines drain; then the admin
-    // listener stops.
-    admin_state.loaded.store(false, Ordering::SeqCst);
-    hangups.abort();
-    stop_reloads.cancel();
-    stop_ingress.cancel();
-    let _ = http_server.await;
-    match reload_task.await {
-        Ok(mut engine) => {
-            engine.shutdown().await;
-            // Clients first, then the embedded broker they talk to.
-            drop(engine);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "The reload task failed; pipelines stop with the process.")
-        }
-    }
-    shutdown.cancel();
-    let _ = admin_server.await;
-    let _ = broker_watch.await;
-    let _ = secrets_watch.await;
-    let _ = credentials_task.await;
-    let _ = fatal_watch.await;
-    if let Some(traces) = traces {
-        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
-    }
-    drop(embedded);
-    tracing::info!("Gridflow stopped cleanly.");
-    Ok(())
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
-
-/// Reloads the pipelines on every SIGHUP.
-async fn reload_on_sighup(hangup: Hangup, reload: ReloadHandle) {
-    #[cfg(unix)]
-    {
-        let Some(mut hangup) = hangup else {
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            reload.trigger("SIGHUP");
-        }
-    }
-    #[cfg(not(unix))]
-    drop((hangup, reload));
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -251,7 +251,7 @@ pub fn valid_reference(reference: &str) -> bool {
 }
 
 /// `contracts/topics.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopicCatalog {
     /// The topics.
@@ -269,7 +269,7 @@ impl TopicCatalog {
 }
 
 /// One `[[topic]]` of the catalog.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogTopic {
     /// Topic name.

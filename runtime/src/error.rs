@@ -254,16 +254,4 @@ impl BuildError {
         self.hint = Some(hint.into());
         self
     }
-
-    /// A JMESPath compile error in the value of `key`.
-    pub fn jmespath(key: &str, err: crate::jmes::CompileError) -> Self {
-        BuildError {
-            key: Some(key.to_string()),
-            offset: Some(err.offset),
-            message: err.to_string(),
-            hint: Some(
-                "check the expression against the JMESPath specification (jmespath.org)".into(),
-            ),
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //!
 //! Each connection is served by hyper's HTTP/1.1 server with the axum router of the HTTP
 //! sources. Around it, the listener enforces `[http]` of `gridflow.toml` (the keys, their
-//! defaults and what happens when each fires: `docs/ingress-limits.md`):
+//! defaults and what happens when each fires: `docs/operations/ingress-limits.md`):
 //!
 //! - `max_connections`: a connection beyond it is closed at once;
 //! - `tls_handshake_timeout_ms`: the TLS handshake, whole;
@@ -447,7 +447,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
 
 /// The answer to a request that arrives while the listener drains.
 fn draining() -> Response {
-    let mut response = crate::sources::http::problem(
+    let mut response = crate::sources::route::problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "Service Unavailable",
         "gridflow is shutting down; send the request again",

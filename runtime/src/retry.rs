@@ -1,10 +1,11 @@
 //! The retry policy of every pipeline: exponential backoff with jitter.
+//!
+//! Ground floor: the policy knows no configuration file; the engine builds it from a
+//! pipeline's `[on_error]` table ([`crate::engine::retry_policy`]), `enrich` from its own keys.
 
 use std::time::Duration;
 
 use rand::RngExt;
-
-use crate::config::OnErrorConfig;
 
 /// When and how often a transient fault is retried.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,16 +16,6 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Longest backoff.
     pub max_backoff: Duration,
-}
-
-impl From<&OnErrorConfig> for RetryPolicy {
-    fn from(c: &OnErrorConfig) -> Self {
-        RetryPolicy {
-            max_attempts: c.max_attempts.max(1),
-            initial_backoff: Duration::from_millis(c.initial_backoff_ms),
-            max_backoff: Duration::from_millis(c.max_backoff_ms),
-        }
-    }
 }
 
 impl RetryPolicy {

@@ -33,7 +33,7 @@ use crate::error::Failure;
 use crate::message::{Meta, Origin};
 
 /// `[traces]` of `gridflow.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {
     /// Base URL of an OTLP/HTTP collector (`http://otel-collector:4318`); spans go to

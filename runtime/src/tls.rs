@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// `[http.tls]` in `gridflow.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The server certificate chain (PEM).
@@ -451,7 +451,7 @@ pub fn guard(app: Router, access: Arc<ClientAccess>, peer: Peer) -> Router {
                     return next.run(request).await;
                 }
                 tracing::warn!(peer = %peer, subject = subject.as_deref().unwrap_or(""), "Client certificate not allowed.");
-                crate::sources::http::problem(
+                crate::sources::route::problem(
                     StatusCode::FORBIDDEN,
                     "Forbidden",
                     "this client certificate is not allowed",

@@ -75,7 +75,17 @@ const TEXT_KEY: &str = "#text";
 const XML_DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
 /// How namespace prefixes are treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Namespaces {
     /// Remove prefixes (`soapenv:Envelope` → `Envelope`) and drop `xmlns` / `xmlns:*` attributes.

@@ -19,7 +19,7 @@ async fn serve(routes: Arc<HttpRoutes>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, gridflow::sources::http::router(routes))
+        axum::serve(listener, gridflow::sources::route::router(routes))
             .await
             .unwrap()
     });

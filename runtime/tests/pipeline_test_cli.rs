@@ -50,20 +50,20 @@ fn toml_block_after(readme: &str, heading: &str) -> String {
     readme[start..end].to_string()
 }
 
-/// A temp dir holding the README's worked example (§9) and its test (§10), as the README
+/// A temp dir holding the worked example of `docs/worked-example.md` and its test, as that page
 /// shows them.
 fn readme_example() -> tempfile::TempDir {
-    let readme = std::fs::read_to_string(repo().join("pipelines/README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("docs/worked-example.md")).unwrap();
     let dir = test_dir();
     write_pipeline(
         dir.path(),
         "meter-reading-routing.toml",
-        &toml_block_after(&readme, "## 9. Worked example"),
+        &toml_block_after(&readme, "# Worked example"),
     );
     write_test(
         dir.path(),
         "meter-reading-routing.test.toml",
-        &toml_block_after(&readme, "### Example: a pipeline with an `enrich` call"),
+        &toml_block_after(&readme, "## Its test: a pipeline with an `enrich` call"),
     );
     dir
 }

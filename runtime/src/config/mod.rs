@@ -39,7 +39,7 @@ pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// `gridflow.toml`: what the process needs, shared by every pipeline.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// `[kafka]`: brokers and client properties.
@@ -57,7 +57,7 @@ pub struct RuntimeConfig {
 }
 
 /// `[kafka]`. Its `Debug` never shows a secret property.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers (`host:port,...`); empty: the embedded development broker.
@@ -113,7 +113,7 @@ impl std::fmt::Debug for KafkaConfig {
 }
 
 /// A librdkafka property value as written in TOML.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum PropertyValue {
     /// `"value"`
@@ -145,7 +145,7 @@ impl std::fmt::Display for PropertyValue {
 }
 
 /// `[http]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
     /// Address of the ingress listener (default `0.0.0.0:8080`).
@@ -191,7 +191,7 @@ impl Default for ListenerConfig {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener (default `0.0.0.0:9090`).
@@ -214,7 +214,7 @@ impl Default for AdminConfig {
 }
 
 /// `[paths]`, relative to the working directory.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathsConfig {
     /// Pipeline files (default `pipelines`).
@@ -236,7 +236,7 @@ impl Default for PathsConfig {
 }
 
 /// `[engine]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Messages of one pipeline handed to its sink and not yet acknowledged, at most
@@ -409,6 +409,21 @@ fn key_span(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The runtime configuration's own Debug hides them as the Kafka settings' does
+    /// (`kafka`'s `every_property_librdkafka_marks_sensitive_is_redacted`).
+    #[test]
+    fn every_property_librdkafka_marks_sensitive_is_redacted_in_the_runtime_config() {
+        let mut text = String::from("[kafka.properties]\n");
+        for (i, p) in crate::secrets::LIBRDKAFKA_SENSITIVE.iter().enumerate() {
+            text.push_str(&format!("'{p}' = 'value-{i}-x'\n"));
+        }
+        let config = RuntimeConfig::parse(Path::new("g.toml"), &text, &|_| None).unwrap();
+        let shown = format!("{config:?}");
+        for i in 0..crate::secrets::LIBRDKAFKA_SENSITIVE.len() {
+            assert!(!shown.contains(&format!("value-{i}-x")), "{shown}");
+        }
+    }
 
     #[test]
     fn ages_parse_and_bad_ones_are_errors_not_panics() {

@@ -33,7 +33,7 @@ pub struct PipelineConfig {
 }
 
 /// The `[on_error]` table: the same retry policy and dead-letter route for every pipeline.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnErrorConfig {
     /// Delivery attempts for transient faults, the first included (default 5).

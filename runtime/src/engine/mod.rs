@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EngineConfig, PipelineFile};
+use crate::config::{EngineConfig, OnErrorConfig, PipelineFile};
 use crate::kafka::KafkaSettings;
 use crate::metrics::PipelineMetrics;
 use crate::sinks::SinkContext;
@@ -101,6 +101,15 @@ pub struct PipelineStatus {
     pub started_at: SystemTime,
     /// True while its source runs.
     pub running: bool,
+}
+
+/// The retry policy of a pipeline, built from its `[on_error]` table: at least one attempt.
+pub fn retry_policy(on_error: &OnErrorConfig) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: on_error.max_attempts.max(1),
+        initial_backoff: Duration::from_millis(on_error.initial_backoff_ms),
+        max_backoff: Duration::from_millis(on_error.max_backoff_ms),
+    }
 }
 
 /// The running pipelines.
@@ -297,7 +306,7 @@ impl Engine {
             name: Arc::clone(&pipeline),
             program,
             dead_letter,
-            retry: RetryPolicy::from(&config.on_error),
+            retry: retry_policy(&config.on_error),
             source_redelivers: config.source.redelivers(),
             sink_wait: config
                 .source

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use jmespath::{Rcvar, Runtime, Variable};
 use serde_json::{json, Map, Value};
 
-use crate::error::{ErrorCode, Failure, StepError};
+use crate::error::{BuildError, ErrorCode, Failure, StepError};
 use crate::message::{Headers, Meta, Origin, Payload};
 
 pub mod need;
@@ -132,6 +132,21 @@ pub struct CompileError {
     pub offset: usize,
     /// What is wrong.
     pub reason: String,
+}
+
+impl CompileError {
+    /// The build error of a component whose `key` holds this expression: located at the
+    /// fault's offset inside the key's value, with a hint to the specification.
+    pub fn at(self, key: &str) -> BuildError {
+        BuildError {
+            key: Some(key.to_string()),
+            offset: Some(self.offset),
+            message: self.to_string(),
+            hint: Some(
+                "check the expression against the JMESPath specification (jmespath.org)".into(),
+            ),
+        }
+    }
 }
 
 /// A message converted once for the expressions of a step: only the parts they read (see

@@ -22,7 +22,7 @@ use crate::jmes::Expr;
 use crate::sources::SourceConfig;
 
 /// `[[case]]`: one input and what must come out of it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseConfig {
     /// What the case shows; printed with its result.
@@ -37,7 +37,7 @@ pub struct CaseConfig {
 }
 
 /// `input`: the body (exactly one of `file`, `body`, `json`) and what travels with it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
     /// A fixture file, relative to the test file.
@@ -57,7 +57,7 @@ pub struct InputConfig {
 }
 
 /// `[[case.http]]`: one recorded answer, given to every call with its method and URL.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingConfig {
     /// `GET` (default) or `POST`.
@@ -91,7 +91,7 @@ fn default_status() -> u16 {
 }
 
 /// `[case.expect]`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectConfig {
     /// Messages delivered (to `sink`, or to every sink).
@@ -113,7 +113,7 @@ pub struct ExpectConfig {
 }
 
 /// A failure as a case expects it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailureExpect {
     /// The error code (`mapping_error`, `contract_violation`, `retries_exhausted`, ...).

@@ -298,7 +298,7 @@ async fn execute(
                 ),
                 None => None,
             };
-            let id = crate::sources::http::correlation_id_of(&headers)
+            let id = crate::sources::route::correlation_id_of(&headers)
                 .unwrap_or_else(|| TEST_CORRELATION_ID.to_string());
             crate::sources::http::request_input(
                 config,

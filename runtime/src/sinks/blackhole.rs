@@ -10,7 +10,7 @@ use super::{Delivery, Record, Sink};
 use crate::error::SinkError;
 
 /// `kind = "blackhole"` (no options).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlackholeSinkConfig {}
 

@@ -17,7 +17,7 @@ use super::{ndjson_line, Delivery, Record, Sink};
 use crate::error::{BuildError, SinkError};
 
 /// `kind = "file"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The file to append to (created with its directory when missing).

@@ -19,7 +19,7 @@ use crate::error::{BuildError, ErrorCode, SinkError};
 use crate::message::{ContentType, Payload};
 
 /// `kind = "http"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// The endpoint; each message is POSTed to it.

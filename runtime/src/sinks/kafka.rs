@@ -17,7 +17,7 @@ use crate::jmes::Expr;
 use crate::kafka::Carry;
 
 /// `kind = "kafka"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// The topic to write to. It must exist: gridflow does not create topics.
@@ -53,7 +53,7 @@ impl KafkaSinkConfig {
             .as_deref()
             .map(Expr::compile)
             .transpose()
-            .map_err(|e| BuildError::jmespath("key", e))
+            .map_err(|e| e.at("key"))
     }
 
     /// Builds the sink on the process's shared producer.

@@ -209,14 +209,14 @@ pub trait SinkKind:
 
 /// The registry: one line a kind, `Variant(module::Config)`; the module is declared here.
 macro_rules! sink_kinds {
-    ($( $(#[$doc:meta])* $variant:ident($module:ident :: $config:ident), )+) => {
+    ($( $(#[doc = $doc:literal])* $variant:ident($module:ident :: $config:ident), )+) => {
         $( mod $module; pub use $module::$config; )+
 
         /// The `[sink]` table of a pipeline file (or a branch route's): the config of one
         /// registered kind.
         #[derive(Debug, Clone, PartialEq)]
         pub enum SinkConfig {
-            $( $(#[$doc])* $variant($config), )+
+            $( $(#[doc = $doc])* $variant($config), )+
         }
 
         /// Every sink kind, in registry order.
@@ -225,6 +225,12 @@ macro_rules! sink_kinds {
         /// Every sink kind with its documented example.
         pub const EXAMPLES: &[(&str, &str)] = &[$(
             (<$config as SinkKind>::KIND, <$config as SinkKind>::EXAMPLE)
+        ),+];
+
+        /// Every sink kind with its one-line description and the JSON Schema of its config
+        /// (for `gridflow schema`, which adds `kind`).
+        pub const SCHEMAS: &[(&str, &str, fn(&mut schemars::SchemaGenerator) -> schemars::Schema)] = &[$(
+            (<$config as SinkKind>::KIND, concat!($($doc),*), <$config as schemars::JsonSchema>::json_schema)
         ),+];
 
         impl SinkConfig {

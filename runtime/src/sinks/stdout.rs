@@ -10,7 +10,7 @@ use super::{ndjson_line, Delivery, Record, Sink};
 use crate::error::SinkError;
 
 /// `kind = "stdout"` (no options).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {}
 

@@ -5,7 +5,7 @@
 //! are token buckets (governor) per client: the API key's client name, or the caller's IP
 //! address when the source has no authentication.
 //!
-//! # The key-file format (`docs/security.md`)
+//! # The key-file format (`docs/operations/security.md`)
 //!
 //! One entry a line (a comma-separated list in the environment variable); blank lines and
 //! lines starting with `#` are skipped; spaces around an entry and around `=` are ignored.
@@ -47,7 +47,7 @@ use crate::error::BuildError;
 pub const KEY_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `[source.auth]` of an HTTP source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Environment variable holding the accepted keys: comma-separated `key` or `client=key`.
@@ -60,7 +60,7 @@ pub struct AuthConfig {
 }
 
 /// `[source.quota]` of an HTTP source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     /// Requests per second each client may make, on average.
@@ -99,7 +99,7 @@ impl AuthConfig {
         })?;
         let set = origin.parse(&text).map_err(|e| {
             BuildError::at("auth", e).with_hint(
-                "one key a line, alone or as `client=key` (see docs/security.md); generate keys with `openssl rand -base64 32`",
+                "one key a line, alone or as `client=key` (see docs/operations/security.md); generate keys with `openssl rand -base64 32`",
             )
         })?;
         for line in &set.short {

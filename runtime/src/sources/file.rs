@@ -43,7 +43,7 @@ use crate::message::{new_correlation_id, ContentType, Message, Meta, Origin, Pay
 use crate::metrics::{FileLimit, FileSourceMetrics};
 
 /// `kind = "file"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// The directory to poll (created when missing); `done/` and `failed/` are made inside it.

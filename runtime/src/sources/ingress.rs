@@ -207,7 +207,7 @@ impl BodyError {
     /// The `application/problem+json` answer.
     pub fn problem(&self, ids: Value) -> Response {
         let (status, title, detail) = self.status();
-        let mut response = super::http::problem(status, title, &detail, ids);
+        let mut response = super::route::problem(status, title, &detail, ids);
         self.decorate(&mut response);
         response
     }

@@ -37,7 +37,7 @@ use crate::kafka::KafkaSettings;
 use crate::message::{new_correlation_id, ContentType, Message, Meta, Origin, Payload};
 
 /// `kind = "kafka"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Topics to consume.
@@ -58,7 +58,9 @@ fn default_concurrency() -> usize {
 }
 
 /// The unit whose records are processed in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderBy {
     /// Records of one partition, in offset order.

@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod ingress;
 pub mod openapi;
+pub mod route;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 pub use file::{file_meta, FileSourceConfig};
-pub use http::{HttpRoutes, HttpSourceConfig};
 pub use kafka::{record_meta, KafkaSourceConfig};
+pub use route::{HttpRoutes, HttpSourceConfig};
 pub use soap::SoapSourceConfig;
 
 use crate::config::document::Document;
@@ -116,13 +117,13 @@ pub trait SourceKind:
 
 /// The registry: one line a kind, `Variant(module::Config)`.
 macro_rules! source_kinds {
-    ($( $(#[$doc:meta])* $variant:ident($module:ident :: $config:ident), )+) => {
+    ($( $(#[doc = $doc:literal])* $variant:ident($module:ident :: $config:ident), )+) => {
         $( pub mod $module; )+
 
         /// The `[source]` table of a pipeline file: the config of one registered kind.
         #[derive(Debug, Clone, PartialEq)]
         pub enum SourceConfig {
-            $( $(#[$doc])* $variant($module::$config), )+
+            $( $(#[doc = $doc])* $variant($module::$config), )+
         }
 
         /// Every source kind, in registry order.
@@ -131,6 +132,12 @@ macro_rules! source_kinds {
         /// Every source kind with its documented example.
         pub const EXAMPLES: &[(&str, &str)] = &[$(
             (<$module::$config as SourceKind>::KIND, <$module::$config as SourceKind>::EXAMPLE)
+        ),+];
+
+        /// Every source kind with its one-line description and the JSON Schema of its config
+        /// (for `gridflow schema`, which adds `kind`).
+        pub const SCHEMAS: &[(&str, &str, fn(&mut schemars::SchemaGenerator) -> schemars::Schema)] = &[$(
+            (<$module::$config as SourceKind>::KIND, concat!($($doc),*), <$module::$config as schemars::JsonSchema>::json_schema)
         ),+];
 
         impl SourceConfig {
@@ -188,7 +195,8 @@ macro_rules! source_kinds {
 source_kinds! {
     /// HTTP POST on a path of the shared listener.
     Http(http::HttpSourceConfig),
-    /// SOAP 1.1/1.2 on a path of the shared listener.
+    /// SOAP 1.1/1.2 on a path of the shared listener (same keys as `http`, plus
+    /// `operations` and `wsdl`).
     Soap(soap::SoapSourceConfig),
     /// A Kafka consumer group.
     Kafka(kafka::KafkaSourceConfig),

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::http::{HttpRoutes, ReplyMode, CORRELATION_HEADER};
+use super::route::{HttpRoutes, ReplyMode, CORRELATION_HEADER};
 
 /// A component name for a contract reference (`load-actual@1` → `load-actual_v1`).
 fn component_name(reference: &str) -> String {

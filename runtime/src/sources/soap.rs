@@ -14,12 +14,18 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use super::edge::Refusal;
-use super::http::{ReplyMode, Route};
+use super::route::{
+    admit, check_contract, retry_after_secs, HttpSource, HttpSourceConfig, ReplyMode, Route,
+    SoapRoute,
+};
+use super::SourceContext;
 use crate::ack::{Ack, Outcome};
+use crate::error::BuildError;
 use crate::error::{ErrorCode, Failure};
 use crate::message::{ContentType, Message, Meta, Origin, Payload};
 
@@ -203,72 +209,46 @@ fn success(version: Version, body: String) -> Response {
         .into_response()
 }
 
+impl HttpSourceConfig {
+    /// Builds a `soap` source on the same listener.
+    pub fn build_soap(&self, ctx: &SourceContext) -> Result<HttpSource, BuildError> {
+        let wsdl = match &self.wsdl {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                BuildError::at("wsdl", format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        self.build_route(
+            ctx,
+            serve_boxed,
+            Some(Arc::new(SoapRoute {
+                operations: self.operations.clone(),
+                wsdl,
+            })),
+        )
+    }
+}
+
+/// [`serve`] as the route table's [`Serve`](super::route::Serve).
+fn serve_boxed<'a>(
+    route: Route,
+    request: Request,
+    correlation_id: &'a str,
+    path: &'a str,
+) -> BoxFuture<'a, Response> {
+    Box::pin(serve(route, request, correlation_id, path))
+}
+
 /// Serves one request on a SOAP route.
 pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &str) -> Response {
     let soap = route.soap().cloned().unwrap_or_default();
     if request.method() == Method::GET {
-        let wants_wsdl = request
-            .uri()
-            .query()
-            .is_some_and(|q| q.eq_ignore_ascii_case("wsdl"));
-        return match (&soap.wsdl, wants_wsdl) {
-            (Some(wsdl), true) => (
-                [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-                wsdl.clone(),
-            )
-                .into_response(),
-            _ => StatusCode::NOT_FOUND.into_response(),
-        };
+        return wsdl(&soap, &request);
     }
-    let Some((version, action)) = version_and_action(request.headers()) else {
-        return fault(
-            Version::V11,
-            true,
-            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
-            "a SOAP request is text/xml (1.1) or application/soap+xml (1.2)",
-            correlation_id,
-            None,
-        );
+    let (version, action) = match accept(&route, &soap, &request, correlation_id) {
+        Ok(accepted) => accepted,
+        Err(fault) => return fault,
     };
-    if request.method() != Method::POST {
-        return fault(
-            version,
-            true,
-            Some(StatusCode::METHOD_NOT_ALLOWED),
-            "SOAP requests are POSTed",
-            correlation_id,
-            None,
-        );
-    }
-    if !soap.operations.is_empty() && !action.as_ref().is_some_and(|a| soap.operations.contains(a))
-    {
-        let reason = format!(
-            "unknown operation {:?}; this endpoint serves {}",
-            action.unwrap_or_default(),
-            soap.operations.join(", ")
-        );
-        return fault(version, true, None, &reason, correlation_id, None);
-    }
-    if let Err(refusal) = super::http::admit(&route, &request) {
-        let (status, reason) = match refusal {
-            Refusal::Unauthenticated => (
-                StatusCode::UNAUTHORIZED,
-                "an API key is required".to_string(),
-            ),
-            Refusal::Forbidden => (
-                StatusCode::FORBIDDEN,
-                "this API key is not accepted here".to_string(),
-            ),
-            Refusal::OverQuota(wait) => {
-                crate::metrics::quota_rejected(route.pipeline());
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("over quota; retry in {} s", wait.as_secs().max(1)),
-                )
-            }
-        };
-        return fault(version, true, Some(status), &reason, correlation_id, None);
-    }
     let limit = route.config().max_body_bytes;
     let request_headers = crate::message::request_headers(request.headers());
     // `lease`: the body's share of the listener's body budget, held until the input is
@@ -306,9 +286,7 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         .map(|content| Payload::Bytes(body.slice_ref(content)))
         .map_err(|reason| Failure::new("source.soap", ErrorCode::InvalidXml, reason))
         .and_then(|payload| match route.contract() {
-            Some(contract) => {
-                super::http::check_contract(contract, payload, ContentType::Xml, "source.soap")
-            }
+            Some(contract) => check_contract(contract, payload, ContentType::Xml, "source.soap"),
             None => Ok(payload),
         });
     match payload {
@@ -334,8 +312,104 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
             "the pipeline stopped",
         ))
     });
+    answer(outcome, &reply, version, &route, correlation_id)
+}
+
+/// `GET <path>?wsdl`: the WSDL, when the route has one.
+fn wsdl(soap: &SoapRoute, request: &Request) -> Response {
+    let wants_wsdl = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.eq_ignore_ascii_case("wsdl"));
+    match (&soap.wsdl, wants_wsdl) {
+        (Some(wsdl), true) => (
+            [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+            wsdl.clone(),
+        )
+            .into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The version and operation of a request this route accepts (a SOAP media type, POST, a
+/// served operation, an admitted client), or the fault it is answered with.
+fn accept(
+    route: &Route,
+    soap: &SoapRoute,
+    request: &Request,
+    correlation_id: &str,
+) -> Result<(Version, Option<String>), Response> {
+    let Some((version, action)) = version_and_action(request.headers()) else {
+        return Err(fault(
+            Version::V11,
+            true,
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            "a SOAP request is text/xml (1.1) or application/soap+xml (1.2)",
+            correlation_id,
+            None,
+        ));
+    };
+    if request.method() != Method::POST {
+        return Err(fault(
+            version,
+            true,
+            Some(StatusCode::METHOD_NOT_ALLOWED),
+            "SOAP requests are POSTed",
+            correlation_id,
+            None,
+        ));
+    }
+    if !soap.operations.is_empty() && !action.as_ref().is_some_and(|a| soap.operations.contains(a))
+    {
+        let reason = format!(
+            "unknown operation {:?}; this endpoint serves {}",
+            action.unwrap_or_default(),
+            soap.operations.join(", ")
+        );
+        return Err(fault(version, true, None, &reason, correlation_id, None));
+    }
+    if let Err(refusal) = admit(route, request) {
+        let (status, reason) = match refusal {
+            Refusal::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "an API key is required".to_string(),
+            ),
+            Refusal::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "this API key is not accepted here".to_string(),
+            ),
+            Refusal::OverQuota(wait) => {
+                crate::metrics::quota_rejected(route.pipeline());
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("over quota; retry in {} s", wait.as_secs().max(1)),
+                )
+            }
+        };
+        return Err(fault(
+            version,
+            true,
+            Some(status),
+            &reason,
+            correlation_id,
+            None,
+        ));
+    }
+    Ok((version, action))
+}
+
+/// The answer once the input is settled: an acknowledgement or the mapped result, a Client
+/// fault for an input dead-lettered, a Server fault with `Retry-After` when it could not be
+/// written.
+fn answer(
+    outcome: Outcome,
+    meta: &Meta,
+    version: Version,
+    route: &Route,
+    correlation_id: &str,
+) -> Response {
     match outcome {
-        Outcome::Delivered { messages } => match &reply.reply {
+        Outcome::Delivered { messages } => match &meta.reply {
             Some(results) => {
                 let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
                 let mut body = String::new();
@@ -363,26 +437,30 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         }
         Outcome::DeadLettered(f) | Outcome::Failed(f) => {
             let mut response = fault(version, false, Some(StatusCode::SERVICE_UNAVAILABLE), &format!("the message could not be written; try again later ({})", f.message), correlation_id, Some(&f));
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(super::http::retry_after_secs(&f, route.config().retry_after_secs)));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(&f, route.config().retry_after_secs)));
             response
         }
     }
-}
-
-/// What a SOAP route knows beyond an HTTP one.
-#[derive(Debug, Clone, Default)]
-pub struct SoapRoute {
-    /// Accepted operations (SOAPAction / action); empty: any.
-    pub operations: Vec<String>,
-    /// The WSDL served on `GET <path>?wsdl`.
-    pub wsdl: Option<String>,
 }
 
 /// `kind = "soap"`: SOAP 1.1/1.2 on a path of the shared listener, with the keys of an
 /// `http` source (plus `operations` and `wsdl`).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(transparent)]
-pub struct SoapSourceConfig(pub super::http::HttpSourceConfig);
+pub struct SoapSourceConfig(pub super::route::HttpSourceConfig);
+
+/// The keys of an `http` source, described by the registry line.
+impl schemars::JsonSchema for SoapSourceConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SoapSourceConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = <super::route::HttpSourceConfig as schemars::JsonSchema>::json_schema(generator);
+        schema.remove("description");
+        schema
+    }
+}
 
 impl super::SourceKind for SoapSourceConfig {
     const KIND: &'static str = "soap";
@@ -404,7 +482,7 @@ operations = ["SubmitReading"]"#;
         Ok(Box::new(self.0.build_soap(ctx)?))
     }
 
-    fn http(&self) -> Option<&super::http::HttpSourceConfig> {
+    fn http(&self) -> Option<&super::route::HttpSourceConfig> {
         Some(&self.0)
     }
 }

@@ -17,7 +17,9 @@ use crate::message::Item;
 use crate::sinks::{parse_sink, SinkConfig};
 
 /// `mode` of a branch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BranchMode {
     /// The first route whose `when` holds (default).
@@ -28,13 +30,15 @@ pub enum BranchMode {
 }
 
 /// One route of a branch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// A name for logs and errors (default `routes[<i>]`).
     pub name: Option<String>,
     /// JMESPath condition on the message (`meta()` included), JMESPath truthiness.
     pub when: String,
     /// Steps of this route (`[[steps.routes.steps]]`).
+    #[serde(default)]
     pub steps: Vec<StepConfig>,
     /// Where the route's messages go (`[steps.routes.sink]`); without it they continue
     /// after the branch to the next step and the pipeline's sink.
@@ -42,18 +46,22 @@ pub struct RouteConfig {
 }
 
 /// The route of messages no `when` matched.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DefaultRouteConfig {
     /// Steps (`[[steps.default.steps]]`).
+    #[serde(default)]
     pub steps: Vec<StepConfig>,
     /// Where they go (`[steps.default.sink]`); without it they continue after the branch.
     pub sink: Option<SinkConfig>,
 }
 
 /// `kind = "branch"`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct BranchConfig {
     /// `first` (default) or `all`.
+    #[serde(default)]
     pub mode: BranchMode,
     /// The routes, in order (`[[steps.routes]]`).
     pub routes: Vec<RouteConfig>,
@@ -157,7 +165,7 @@ checked = "`true`""#;
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             let when = Expr::compile(&r.when)
-                .map_err(|e| cx.error_at(&format!("{at}.when"), BuildError::jmespath("when", e)))?;
+                .map_err(|e| cx.error_at(&format!("{at}.when"), e.at("when")))?;
             let steps = cx.steps(&format!("{at}.steps"), &r.steps)?;
             let sink = match &r.sink {
                 Some(s) => Some(cx.sink(&format!("{at}.sink"), s)?),
@@ -225,7 +233,7 @@ fn parse_route<'i>(
     let shell: Option<Shell> = doc.section(&shell, at, &[]);
     if let Some(shell) = &shell {
         if let Err(e) = Expr::compile(&shell.when) {
-            doc.report(value, at, BuildError::jmespath("when", e));
+            doc.report(value, at, e.at("when"));
         }
     }
     let steps = nested_steps(doc, steps_v, &format!("{at}.steps"));

@@ -89,7 +89,7 @@ pub(super) fn paths<'a>(
 }
 
 pub(super) fn compile(key: &str, source: &str) -> Result<Expr, BuildError> {
-    Expr::compile(source).map_err(|e| BuildError::jmespath(key, e))
+    Expr::compile(source).map_err(|e| e.at(key))
 }
 
 /// A JMESPath result as header or key bytes: strings as they are, other values as compact

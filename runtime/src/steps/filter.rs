@@ -10,7 +10,7 @@ use crate::jmes::{Doc, Expr};
 use crate::message::Payload;
 
 /// `kind = "filter"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// JMESPath condition; messages for which it is false, null or empty are dropped.
@@ -21,7 +21,7 @@ impl FilterConfig {
     /// Compiles the condition.
     pub fn compile(&self) -> Result<Filter, BuildError> {
         let expr =
-            Expr::compile(&self.condition).map_err(|e| BuildError::jmespath("condition", e))?;
+            Expr::compile(&self.condition).map_err(|e| e.at("condition"))?;
         Ok(Filter { expr })
     }
 }

@@ -9,7 +9,7 @@ use crate::message::Payload;
 use crate::xml;
 
 /// `kind = "json_to_xml"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonToXmlConfig {
     /// Name of the root element; without it the message must be an object with one key.

@@ -9,7 +9,7 @@ use crate::jmes::Expr;
 use crate::message::Payload;
 
 /// `kind = "map"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MapConfig {
     /// JMESPath evaluated on the message; its result is the new message.
@@ -20,7 +20,7 @@ impl MapConfig {
     /// Compiles the expression.
     pub fn compile(&self) -> Result<Map, BuildError> {
         let expr =
-            Expr::compile(&self.expression).map_err(|e| BuildError::jmespath("expression", e))?;
+            Expr::compile(&self.expression).map_err(|e| e.at("expression"))?;
         Ok(Map { expr })
     }
 }

@@ -73,13 +73,13 @@ pub trait StepKind: Sized + std::fmt::Debug + Clone + PartialEq + Send + Sync + 
 
 /// The registry: one line a kind, `Variant(module::Config)`; the module is declared here.
 macro_rules! step_kinds {
-    ($( $(#[$doc:meta])* $variant:ident($module:ident :: $config:ident), )+) => {
+    ($( $(#[doc = $doc:literal])* $variant:ident($module:ident :: $config:ident), )+) => {
         $( pub mod $module; pub use $module::$config; )+
 
         /// One `[[steps]]` table of a pipeline file: the config of one registered kind.
         #[derive(Debug, Clone, PartialEq)]
         pub enum StepConfig {
-            $( $(#[$doc])* $variant($config), )+
+            $( $(#[doc = $doc])* $variant($config), )+
         }
 
         /// Every step kind, in registry order.
@@ -88,6 +88,12 @@ macro_rules! step_kinds {
         /// Every step kind with its documented example and a message it accepts.
         pub const EXAMPLES: &[(&str, &str, &str)] = &[$(
             (<$config as StepKind>::KIND, <$config as StepKind>::EXAMPLE, <$config as StepKind>::SAMPLE)
+        ),+];
+
+        /// Every step kind with its one-line description and the JSON Schema of its config
+        /// (for `gridflow schema`, which adds `kind`).
+        pub const SCHEMAS: &[(&str, &str, fn(&mut schemars::SchemaGenerator) -> schemars::Schema)] = &[$(
+            (<$config as StepKind>::KIND, concat!($($doc),*), <$config as schemars::JsonSchema>::json_schema)
         ),+];
 
         impl StepConfig {

@@ -10,7 +10,8 @@ use crate::config::document::Document;
 use crate::error::BuildError;
 
 /// `kind = "parallel"`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ParallelConfig {
     /// The `enrich` steps (`[[steps.steps]]`).
     pub steps: Vec<StepConfig>,

@@ -11,7 +11,7 @@ use crate::error::{BuildError, StepError};
 use crate::message::{Item, Payload};
 
 /// `kind = "remove"`: removes body fields and headers (missing ones are not an error).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveConfig {
     /// Field paths.

@@ -12,7 +12,7 @@ use crate::error::{BuildError, StepError};
 use crate::message::{Item, Payload};
 
 /// `kind = "rename"`: moves body fields and renames headers (missing ones are not an error).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameConfig {
     /// Old field path → new field path.

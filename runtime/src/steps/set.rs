@@ -15,7 +15,7 @@ use crate::jmes::{needs, Doc, Expr, Need};
 
 /// `kind = "set"`: sets body fields, headers and the record key from JMESPath expressions,
 /// all evaluated on the message as it was before the step.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetConfig {
     /// Field path → JMESPath expression.

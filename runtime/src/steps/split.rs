@@ -15,7 +15,7 @@ use crate::jmes::{into_value, needs, Doc, Expr, Need};
 use crate::message::Payload;
 
 /// `kind = "split"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
     /// JMESPath giving the array to split; default the whole message.
@@ -33,7 +33,7 @@ impl SplitConfig {
             src.as_deref()
                 .map(Expr::compile)
                 .transpose()
-                .map_err(|e| BuildError::jmespath(key, e))
+                .map_err(|e| e.at(key))
         };
         let expression = compile("expression", &self.expression)?;
         let merge = compile("merge", &self.merge)?;

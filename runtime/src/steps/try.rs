@@ -17,7 +17,8 @@ use crate::error::{BuildError, Failure};
 use crate::message::Item;
 
 /// `kind = "try"`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TryConfig {
     /// The guarded steps (`[[steps.steps]]`).
     pub steps: Vec<StepConfig>,
@@ -25,6 +26,7 @@ pub struct TryConfig {
     pub catch: Vec<StepConfig>,
     /// After the catch steps, also send the input to the dead-letter route with the original
     /// failure (what the catch steps produced is delivered too).
+    #[serde(default)]
     pub rethrow: bool,
 }
 

@@ -13,7 +13,7 @@ use crate::error::{BuildError, ErrorCode, StepError};
 use crate::message::Payload;
 
 /// `kind = "validate"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateConfig {
     /// The contract, `name@version` (a directory `contracts/<name>/<version>/`).

@@ -9,7 +9,7 @@ use crate::message::Payload;
 use crate::xml::{self, Namespaces, XmlToJsonOptions};
 
 /// `kind = "xml_to_json"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XmlToJsonConfig {
     /// Element names that always become arrays, even when they occur once.
