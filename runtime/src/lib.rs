@@ -36,10 +36,14 @@
 //!   topic checks and the embedded development broker.
 //! - `config::document`: a TOML document parsed with positions, checked section by section.
 //!
-//! ## Layer 2, components: one module per kind, registered in the closed enum of its `mod.rs`
+//! ## Layer 2, components: one module per kind, one registry per family
 //!
 //! - [`sources`], [`steps`], [`sinks`]: where inputs come from, what is done to them, where
-//!   they go.
+//!   they go. A kind is one module whose config implements its family's trait
+//!   ([`sources::SourceKind`], [`steps::StepKind`], [`sinks::SinkKind`]: name, example,
+//!   parse, check, build), listed once in its family's registry macro in `mod.rs`. Steps run
+//!   through one trait, [`steps::Step`] (a synchronous [`steps::Transform`] or a future;
+//!   blocks hold steps), so the engine knows no kind by name.
 //! - [`sources::route`]: what the `http` and `soap` sources share: their config, the HTTP
 //!   listener's route table and router, admission, the request contract, problem answers.
 //! - [`sources::http`], [`sources::soap`]: the two sources of the HTTP listener; each imports

@@ -598,11 +598,11 @@ pub fn key_table(marker: &str) -> Result<String, String> {
     Ok(table)
 }
 
-/// The marker of `line` if it opens a key table (`<!-- keys: steps.map -->`, alone on its
-/// line).
-fn opening_marker(line: &str) -> Option<&str> {
+/// The marker of `line` if it opens a generated block with `open` (`<!-- keys: steps.map -->`,
+/// alone on its line).
+fn opening_marker<'a>(line: &'a str, open: &str) -> Option<&'a str> {
     line.trim()
-        .strip_prefix(MARKER_OPEN)
+        .strip_prefix(open)
         .and_then(|rest| rest.strip_suffix("-->"))
         .map(str::trim)
 }
@@ -616,6 +616,59 @@ fn is_fence(line: &str) -> bool {
 /// `text` with every key table between its markers written anew from the schema. Markers
 /// stand alone on their lines; those inside fenced code blocks are examples, left as they are.
 pub fn update_key_tables(text: &str) -> Result<String, String> {
+    update_blocks(text, MARKER_OPEN, MARKER_CLOSE, key_table)
+}
+
+/// The markers of the key tables of `text` (`steps.map`, `config.http`, ...), outside fenced
+/// code blocks.
+pub fn key_table_markers(text: &str) -> Vec<String> {
+    block_markers(text, MARKER_OPEN)
+}
+
+/// The line that opens a kind's generated example: `<!-- example: steps.map -->`.
+const EXAMPLE_OPEN: &str = "<!-- example: ";
+/// The line that closes it.
+const EXAMPLE_CLOSE: &str = "<!-- /example -->";
+
+/// The documented example of the kind at `marker` (`steps.map`, `sinks.kafka`,
+/// `sources.http`) as a fenced TOML block: the `EXAMPLE` of its registry line, which the
+/// registry test parses, builds and (steps) runs.
+pub fn example_block(marker: &str) -> Result<String, String> {
+    let (family, kind) = marker
+        .split_once('.')
+        .ok_or_else(|| format!("`{marker}` is not `<family>.<kind>`"))?;
+    let examples: Vec<(&str, &str)> = match family {
+        "steps" => steps::EXAMPLES.iter().map(|(k, e, _)| (*k, *e)).collect(),
+        "sinks" => sinks::EXAMPLES.to_vec(),
+        "sources" => sources::EXAMPLES.to_vec(),
+        other => return Err(format!("no family `{other}`: sources, steps or sinks")),
+    };
+    let example = examples
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, e)| e)
+        .ok_or_else(|| format!("no {family} kind `{kind}`"))?;
+    Ok(format!("```toml\n{example}\n```\n"))
+}
+
+/// `text` with every example block between its markers written anew from the registries.
+pub fn update_examples(text: &str) -> Result<String, String> {
+    update_blocks(text, EXAMPLE_OPEN, EXAMPLE_CLOSE, example_block)
+}
+
+/// The markers of the example blocks of `text`, outside fenced code blocks.
+pub fn example_markers(text: &str) -> Vec<String> {
+    block_markers(text, EXAMPLE_OPEN)
+}
+
+/// `text` with the content between each `open`…`close` marker pair written by `generate`
+/// from the marker.
+fn update_blocks(
+    text: &str,
+    open: &str,
+    close: &str,
+    generate: fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut lines = text.split_inclusive('\n').enumerate();
     let mut in_fence = false;
@@ -624,42 +677,35 @@ pub fn update_key_tables(text: &str) -> Result<String, String> {
         if is_fence(line) {
             in_fence = !in_fence;
         }
-        let Some(marker) = opening_marker(line).filter(|_| !in_fence) else {
+        let Some(marker) = opening_marker(line, open).filter(|_| !in_fence) else {
             continue;
         };
         if !line.ends_with('\n') {
             out.push('\n');
         }
-        let table = key_table(marker).map_err(|e| format!("line {}: {e}", number + 1))?;
-        let close = lines
+        let block = generate(marker).map_err(|e| format!("line {}: {e}", number + 1))?;
+        let end = lines
             .by_ref()
-            .find(|(_, l)| l.trim() == MARKER_CLOSE)
+            .find(|(_, l)| l.trim() == close)
             .map(|(_, l)| l)
-            .ok_or_else(|| {
-                format!(
-                    "line {}: `{}` has no `{MARKER_CLOSE}`",
-                    number + 1,
-                    line.trim()
-                )
-            })?;
-        // Blank lines around the table: no Markdown reader takes a marker for a table row.
+            .ok_or_else(|| format!("line {}: `{}` has no `{close}`", number + 1, line.trim()))?;
+        // Blank lines around the block: no Markdown reader takes a marker for part of it.
         out.push('\n');
-        out.push_str(&table);
+        out.push_str(&block);
         out.push('\n');
-        out.push_str(close);
+        out.push_str(end);
     }
     Ok(out)
 }
 
-/// The markers of the key tables of `text` (`steps.map`, `config.http`, ...), outside fenced
-/// code blocks.
-pub fn key_table_markers(text: &str) -> Vec<String> {
+/// The markers opened with `open` in `text`, outside fenced code blocks.
+fn block_markers(text: &str, open: &str) -> Vec<String> {
     let mut in_fence = false;
     let mut markers = Vec::new();
     for line in text.lines() {
         if is_fence(line) {
             in_fence = !in_fence;
-        } else if let Some(marker) = opening_marker(line).filter(|_| !in_fence) {
+        } else if let Some(marker) = opening_marker(line, open).filter(|_| !in_fence) {
             markers.push(marker.to_string());
         }
     }

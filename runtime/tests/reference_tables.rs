@@ -9,11 +9,13 @@
 //!
 //! of a page under `docs/` must hold the table `gridflow::schema::key_table("steps.map")`
 //! writes (`UPDATE_DOCS=1 cargo test -p gridflow --test reference_tables` rewrites them), and
-//! every registered source, step and sink kind has its block somewhere in `docs/`.
+//! every registered source, step and sink kind has its block somewhere in `docs/`. The same
+//! for each kind's registered example: `<!-- example: steps.map -->` blocks on the kind's
+//! page hold the `EXAMPLE` of its registry line.
 
 use std::path::{Path, PathBuf};
 
-use gridflow::schema::{key_table_markers, update_key_tables};
+use gridflow::schema::{example_markers, key_table_markers, update_examples, update_key_tables};
 
 fn docs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,8 +51,9 @@ fn every_key_table_is_the_one_the_schema_gives() {
     let mut stale = Vec::new();
     for path in markdown_files(&docs()) {
         let text = std::fs::read_to_string(&path).unwrap();
-        let updated =
-            update_key_tables(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let updated = update_key_tables(&text)
+            .and_then(|t| update_examples(&t))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         if updated == text {
             continue;
         }
@@ -68,7 +71,7 @@ fn every_key_table_is_the_one_the_schema_gives() {
     }
     assert!(
         stale.is_empty(),
-        "key tables differ from the schema at {stale:?}; run `UPDATE_DOCS=1 cargo test -p gridflow --test reference_tables` and commit the pages"
+        "key tables or examples differ from the schema and the registries at {stale:?}; run `UPDATE_DOCS=1 cargo test -p gridflow --test reference_tables` and commit the pages"
     );
 }
 
@@ -87,16 +90,36 @@ fn every_registered_kind_has_a_key_table_in_the_docs() {
     .flat_map(|(family, kinds)| kinds.iter().map(move |kind| format!("{family}.{kind}")))
     .filter(|marker| !markers.contains(marker))
     .collect();
-    // The reference pages (docs/reference/{sources,steps,sinks}/<kind>.md) come with another
-    // change of the same issue: until docs/reference exists, a kind without a block is not a
-    // failure yet, so that this test is green before those pages are merged. Once the folder
-    // is there, every kind must have its block.
-    if !docs().join("reference").is_dir() {
-        eprintln!("docs/reference does not exist yet; kinds without a key table: {missing:?}");
-        return;
-    }
     assert!(
         missing.is_empty(),
         "kinds without a `<!-- keys: family.kind -->` block in docs/: {missing:?}"
+    );
+}
+
+/// Every registered kind's page shows the example of its registry line (the one the registry
+/// test parses, builds and runs), between `<!-- example: family.kind -->` markers.
+#[test]
+fn every_registered_kind_shows_its_registered_example_on_its_page() {
+    let mut missing = Vec::new();
+    for (family, kinds) in [
+        ("sources", gridflow::sources::KINDS),
+        ("steps", gridflow::steps::KINDS),
+        ("sinks", gridflow::sinks::KINDS),
+    ] {
+        for kind in kinds {
+            let page = docs()
+                .join("reference")
+                .join(family)
+                .join(format!("{kind}.md"));
+            let text = std::fs::read_to_string(&page).unwrap_or_default();
+            let marker = format!("{family}.{kind}");
+            if !example_markers(&text).contains(&marker) {
+                missing.push(page.display().to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "pages without their kind's `<!-- example: family.kind -->` block: {missing:?}"
     );
 }

@@ -32,7 +32,7 @@ use crate::engine::program::Program;
 use crate::error::Failure;
 use crate::message::{Item, Payload};
 use crate::sinks::SinkContext;
-use crate::sources::SourceConfig;
+use crate::sources::OfflineInput;
 use crate::steps::enrich::{Response, Upstream};
 use crate::steps::StepContext;
 use crate::telemetry::Trace;
@@ -273,76 +273,15 @@ async fn execute(
     let pipeline = &file.pipeline;
     let program = build(pipeline, contracts, Some(recordings))?;
     let input = &case.config.input;
-    let body = case.body.clone();
-    let (meta, first) = match &pipeline.config.source {
-        SourceConfig::Http(config) => {
-            let mut headers = axum::http::HeaderMap::new();
-            for (name, value) in &input.headers {
-                if let (Ok(name), Ok(value)) = (
-                    axum::http::HeaderName::from_bytes(name.as_bytes()),
-                    axum::http::HeaderValue::from_str(value),
-                ) {
-                    headers.insert(name, value);
-                }
-            }
-            if let Some(ct) = &case.content_type {
-                let value = axum::http::HeaderValue::from_str(ct)
-                    .map_err(|_| format!("`{ct}` is not a valid Content-Type"))?;
-                headers.insert(axum::http::header::CONTENT_TYPE, value);
-            }
-            let contract = match &config.contract {
-                Some(reference) => Some(
-                    contracts
-                        .get(reference)
-                        .ok_or_else(|| format!("source: unknown contract `{reference}`"))?,
-                ),
-                None => None,
-            };
-            let id = crate::sources::route::correlation_id_of(&headers)
-                .unwrap_or_else(|| TEST_CORRELATION_ID.to_string());
-            crate::sources::http::request_input(
-                config,
-                contract.as_deref(),
-                &config.path,
-                &headers,
-                body,
-                &id,
-            )
-        }
-        SourceConfig::Kafka(config) => {
-            let headers = input
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                .collect();
-            let meta = crate::sources::record_meta(
-                config.topics.first().map(String::as_str).unwrap_or(""),
-                0,
-                0,
-                input.key.as_deref().map(str::as_bytes),
-                headers,
-                body.clone(),
-                || TEST_CORRELATION_ID.to_string(),
-            );
-            (Arc::new(meta), Ok(Payload::Bytes(body)))
-        }
-        SourceConfig::File(config) => {
-            let name = input
-                .file
-                .as_ref()
-                .and_then(|f| f.file_name())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("input"));
-            let meta = crate::sources::file_meta(
-                &config.dir.join(name),
-                None,
-                body.clone(),
-                TEST_CORRELATION_ID.to_string(),
-            );
-            (Arc::new(meta), Ok(Payload::Bytes(body)))
-        }
-        SourceConfig::Soap(_) => return Err("a `soap` source is not supported".into()),
-    };
+    let (meta, first) = pipeline.config.source.offline_input(&OfflineInput {
+        body: case.body.clone(),
+        headers: &input.headers,
+        content_type: case.content_type.as_deref(),
+        key: input.key.as_deref(),
+        file: input.file.as_deref(),
+        contracts,
+        correlation_id: TEST_CORRELATION_ID,
+    })?;
     let payload = match first {
         Ok(payload) => payload,
         // The source rejects the input: the runner dead-letters it.

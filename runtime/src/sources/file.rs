@@ -1077,6 +1077,28 @@ dir = "inbox/readings""#;
     fn build(&self, ctx: &super::SourceContext) -> Result<Box<dyn super::Source>, BuildError> {
         Ok(Box::new(FileSourceConfig::build(self, ctx)))
     }
+
+    /// A file of the input's name (default `input`) in the source's directory.
+    fn offline_input(
+        &self,
+        input: &super::OfflineInput<'_>,
+    ) -> Result<super::Received, String> {
+        let name = input
+            .file
+            .and_then(|f| f.file_name())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from("input"));
+        let meta = file_meta(
+            &self.dir.join(name),
+            None,
+            input.body.clone(),
+            input.correlation_id.to_string(),
+        );
+        Ok((
+            std::sync::Arc::new(meta),
+            Ok(crate::message::Payload::Bytes(input.body.clone())),
+        ))
+    }
 }
 
 #[cfg(test)]

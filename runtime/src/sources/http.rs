@@ -336,6 +336,47 @@ path = "/ingest/meter-readings""#;
     fn http(&self) -> Option<&HttpSourceConfig> {
         Some(self)
     }
+
+    /// The request a client would have made: its headers and `Content-Type`, the
+    /// correlation id it gives, the source's contract checked.
+    fn offline_input(
+        &self,
+        input: &super::OfflineInput<'_>,
+    ) -> Result<super::Received, String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in input.headers {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(ct) = input.content_type {
+            let value = HeaderValue::from_str(ct)
+                .map_err(|_| format!("`{ct}` is not a valid Content-Type"))?;
+            headers.insert(header::CONTENT_TYPE, value);
+        }
+        let contract = match &self.contract {
+            Some(reference) => Some(
+                input
+                    .contracts
+                    .get(reference)
+                    .ok_or_else(|| format!("source: unknown contract `{reference}`"))?,
+            ),
+            None => None,
+        };
+        let id = super::route::correlation_id_of(&headers)
+            .unwrap_or_else(|| input.correlation_id.to_string());
+        Ok(request_input(
+            self,
+            contract.as_deref(),
+            &self.path,
+            &headers,
+            input.body.clone(),
+            &id,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -731,4 +731,29 @@ group = "gridflow-meter-readings""#;
     fn topics(&self) -> &[String] {
         &self.topics
     }
+
+    /// A record of the first topic (partition 0, offset 0) with the input's key and headers.
+    fn offline_input(
+        &self,
+        input: &super::OfflineInput<'_>,
+    ) -> Result<super::Received, String> {
+        let headers = input
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect();
+        let meta = record_meta(
+            self.topics.first().map(String::as_str).unwrap_or(""),
+            0,
+            0,
+            input.key.map(str::as_bytes),
+            headers,
+            input.body.clone(),
+            || input.correlation_id.to_string(),
+        );
+        Ok((
+            std::sync::Arc::new(meta),
+            Ok(crate::message::Payload::Bytes(input.body.clone())),
+        ))
+    }
 }

@@ -113,7 +113,40 @@ pub trait SourceKind:
     fn topics(&self) -> &[String] {
         &[]
     }
+
+    /// The input this source would have made of `input`, given by hand (`gridflow test`):
+    /// its facts, and its first message or the failure the source itself found (an
+    /// invalid body); `Err` when the kind cannot be tested offline.
+    fn offline_input(&self, input: &OfflineInput<'_>) -> Result<Received, String> {
+        let _ = input;
+        Err(format!("a `{}` source is not supported", Self::KIND))
+    }
 }
+
+/// An input given by hand (`gridflow test`): what a source would have received.
+pub struct OfflineInput<'a> {
+    /// The body (or record value, or file content).
+    pub body: bytes::Bytes,
+    /// HTTP headers or Kafka record headers.
+    pub headers: &'a std::collections::BTreeMap<String, String>,
+    /// The HTTP `Content-Type`, when given.
+    pub content_type: Option<&'a str>,
+    /// The Kafka record key, when given.
+    pub key: Option<&'a str>,
+    /// The file's name, when given.
+    pub file: Option<&'a std::path::Path>,
+    /// The contracts, for a source that checks its input against one.
+    pub contracts: &'a crate::contracts::Contracts,
+    /// The correlation id when the input gives none.
+    pub correlation_id: &'a str,
+}
+
+/// What a source makes of an input: its facts, and its first message or the failure the
+/// source found.
+pub type Received = (
+    Arc<crate::message::Meta>,
+    Result<crate::message::Payload, Failure>,
+);
 
 /// The registry: one line a kind, `Variant(module::Config)`.
 macro_rules! source_kinds {
@@ -159,6 +192,11 @@ macro_rules! source_kinds {
             /// Topics this source reads.
             pub fn topics(&self) -> &[String] {
                 match self { $( SourceConfig::$variant(c) => SourceKind::topics(c), )+ }
+            }
+
+            /// See [`SourceKind::offline_input`].
+            pub fn offline_input(&self, input: &OfflineInput<'_>) -> Result<Received, String> {
+                match self { $( SourceConfig::$variant(c) => SourceKind::offline_input(c, input), )+ }
             }
 
             /// See [`SourceKind::WAITS_FOR_SINK`].

@@ -3,8 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, StepError};
 use crate::jmes::{Doc, Expr};
 use crate::message::Payload;
@@ -26,27 +25,15 @@ impl FilterConfig {
     }
 }
 
-
-impl StepKind for FilterConfig {
+impl TransformKind for FilterConfig {
     const KIND: &'static str = "filter";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "filter"
 condition = "unit == 'kWh'""#;
+    type Transform = Filter;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<Filter, BuildError> {
+        self.compile()
     }
 }
 

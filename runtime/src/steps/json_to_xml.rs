@@ -2,8 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::message::Payload;
 use crate::xml;
@@ -43,27 +42,15 @@ impl JsonToXmlConfig {
     }
 }
 
-
-impl StepKind for JsonToXmlConfig {
+impl TransformKind for JsonToXmlConfig {
     const KIND: &'static str = "json_to_xml";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "json_to_xml"
 root = "Reading""#;
+    type Transform = JsonToXml;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<JsonToXml, BuildError> {
+        self.compile()
     }
 }
 

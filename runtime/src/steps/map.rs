@@ -2,8 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, StepError};
 use crate::jmes::Expr;
 use crate::message::Payload;
@@ -25,27 +24,15 @@ impl MapConfig {
     }
 }
 
-
-impl StepKind for MapConfig {
+impl TransformKind for MapConfig {
     const KIND: &'static str = "map";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "map"
 expression = "{meter: meter_id, kwh: to_number(value)}""#;
+    type Transform = Map;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<Map, BuildError> {
+        self.compile()
     }
 }
 

@@ -8,8 +8,10 @@
 //! [`Step`]s (see [`run`]) and knows no kind by name.
 //!
 //! Adding a step kind: write `steps/<kind>.rs` with its config (`Deserialize`,
-//! `deny_unknown_fields`), its `impl StepKind` and its running form (a [`Transform`] for a
-//! synchronous step, a [`Step`] otherwise), then add one line to `step_kinds!` below.
+//! `deny_unknown_fields`, `JsonSchema`) and its running form, then add one line to
+//! `step_kinds!` below. A synchronous step implements [`Transform`] and its config
+//! [`TransformKind`] (name, example, compile: the rest is given); a step that waits or holds
+//! steps implements [`Step`] and its config [`StepKind`].
 
 mod build;
 pub mod fields;
@@ -70,6 +72,58 @@ pub trait StepKind: Sized + std::fmt::Debug + Clone + PartialEq + Send + Sync + 
         Vec::new()
     }
 }
+
+/// A kind whose config is a plain table and whose running form is a [`Transform`] (a
+/// synchronous step): all it writes is its name, its example and how it compiles; parse,
+/// checks and build come from here (its `StepKind` is the blanket one below).
+pub trait TransformKind:
+    Sized + std::fmt::Debug + Clone + PartialEq + DeserializeOwned + Send + Sync + 'static
+{
+    /// See [`StepKind::KIND`].
+    const KIND: &'static str;
+    /// See [`StepKind::EXAMPLE`].
+    const EXAMPLE: &'static str;
+    /// See [`StepKind::SAMPLE`].
+    const SAMPLE: &'static str = DEFAULT_SAMPLE;
+    /// The running transform.
+    type Transform: Transform + 'static;
+
+    /// Compiles the config (expressions, paths) into its transform; `context` offers what
+    /// the process loaded (contracts).
+    fn compile_in(&self, context: &StepContext) -> Result<Self::Transform, BuildError>;
+
+    /// The checks that need nothing loaded; by default, compiling with nothing loaded.
+    fn check_alone(&self) -> Result<(), BuildError> {
+        self.compile_in(&StepContext::default()).map(drop)
+    }
+}
+
+impl<T: TransformKind> StepKind for T {
+    const KIND: &'static str = <T as TransformKind>::KIND;
+    const EXAMPLE: &'static str = <T as TransformKind>::EXAMPLE;
+    const SAMPLE: &'static str = <T as TransformKind>::SAMPLE;
+
+    fn parse<'i>(
+        doc: &mut Document<'i>,
+        value: &Spanned<DeValue<'i>>,
+        context: &str,
+    ) -> Option<Self> {
+        parse_plain(doc, value, context)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        self.check_alone()
+    }
+
+    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        let transform = self.compile_in(cx.context())?;
+        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), transform)))
+    }
+}
+
+/// The message a kind's example runs on, unless the kind gives its own.
+pub const DEFAULT_SAMPLE: &str =
+    r#"{"meter_id": "m-1", "value": "42.5", "unit": "kWh", "readings": [{"v": 1}, {"v": 2}]}"#;
 
 /// The registry: one line a kind, `Variant(module::Config)`; the module is declared here.
 macro_rules! step_kinds {

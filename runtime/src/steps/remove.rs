@@ -5,8 +5,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::fields::{body_only, paths, FieldPath};
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, StepError};
 use crate::message::{Item, Payload};
 
@@ -36,27 +35,16 @@ impl RemoveConfig {
     }
 }
 
-impl StepKind for RemoveConfig {
+impl TransformKind for RemoveConfig {
     const KIND: &'static str = "remove";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "remove"
 fields = ["unit"]
 headers = ["x-debug"]"#;
+    type Transform = RemoveStep;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<RemoveStep, BuildError> {
+        self.compile()
     }
 }
 

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::fields::{body_only, paths, FieldPath};
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, StepError};
 use crate::message::{Item, Payload};
 
@@ -43,27 +42,16 @@ impl RenameConfig {
     }
 }
 
-impl StepKind for RenameConfig {
+impl TransformKind for RenameConfig {
     const KIND: &'static str = "rename";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "rename"
 [steps.fields]
 value = "reading.kwh""#;
+    type Transform = RenameStep;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<RenameStep, BuildError> {
+        self.compile()
     }
 }
 

@@ -7,8 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fields::{body_only, compile, paths, set_header, to_bytes, FieldPath};
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, StepError};
 use crate::message::{Item, Payload};
 use crate::jmes::{needs, Doc, Expr, Need};
@@ -63,7 +62,7 @@ impl SetConfig {
     }
 }
 
-impl StepKind for SetConfig {
+impl TransformKind for SetConfig {
     const KIND: &'static str = "set";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "set"
@@ -71,21 +70,10 @@ kind = "set"
 "site.region" = "'north'"
 [steps.headers]
 "x-meter" = "meter_id""#;
+    type Transform = SetStep;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<SetStep, BuildError> {
+        self.compile()
     }
 }
 

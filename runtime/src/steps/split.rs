@@ -8,8 +8,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::jmes::{into_value, needs, Doc, Expr, Need};
 use crate::message::Payload;
@@ -46,27 +45,15 @@ impl SplitConfig {
     }
 }
 
-
-impl StepKind for SplitConfig {
+impl TransformKind for SplitConfig {
     const KIND: &'static str = "split";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "split"
 expression = "readings""#;
+    type Transform = Split;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<Split, BuildError> {
+        self.compile()
     }
 }
 

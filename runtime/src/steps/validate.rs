@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{parse_plain, BuildContext, Each, Step, StepContext, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::contracts::{valid_reference, violations_json, Contract};
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::message::Payload;
@@ -53,29 +52,21 @@ impl ValidateConfig {
     }
 }
 
-
-impl StepKind for ValidateConfig {
+impl TransformKind for ValidateConfig {
     const KIND: &'static str = "validate";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "validate"
 contract = "meter-reading@1""#;
     const SAMPLE: &'static str = r#"{"meter_id": "FR-PRM-09182736450012", "measured_at": "2026-01-14T00:45:00Z", "value": 1.148, "unit": "kWh", "quality": null, "substation": null, "feeder": null}"#;
+    type Transform = Validate;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
+    fn compile_in(&self, context: &StepContext) -> Result<Validate, BuildError> {
+        self.compile(context)
     }
 
-    fn check(&self) -> Result<(), BuildError> {
+    /// The reference's form only: the contract is looked up when the pipeline is built.
+    fn check_alone(&self) -> Result<(), BuildError> {
         self.check_reference()
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        let validate = self.compile(cx.context())?;
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), validate)))
     }
 }
 

@@ -2,8 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{parse_plain, BuildContext, Each, Step, StepKind, Transform};
-use crate::config::document::Document;
+use super::{StepContext, Transform, TransformKind};
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::message::Payload;
 use crate::xml::{self, Namespaces, XmlToJsonOptions};
@@ -32,28 +31,16 @@ impl XmlToJsonConfig {
     }
 }
 
-
-impl StepKind for XmlToJsonConfig {
+impl TransformKind for XmlToJsonConfig {
     const KIND: &'static str = "xml_to_json";
     const EXAMPLE: &'static str = r#"[[steps]]
 kind = "xml_to_json"
 arrays = ["Point"]"#;
     const SAMPLE: &'static str = "<Reading><Point><v>1</v></Point></Reading>";
+    type Transform = XmlToJson;
 
-    fn parse<'i>(
-        doc: &mut Document<'i>,
-        value: &toml::Spanned<toml::de::DeValue<'i>>,
-        context: &str,
-    ) -> Option<Self> {
-        parse_plain(doc, value, context)
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        self.compile().map(drop)
-    }
-
-    fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
-        Ok(Box::new(Each::new(cx.pipeline(), cx.id(), self.compile()?)))
+    fn compile_in(&self, _: &StepContext) -> Result<XmlToJson, BuildError> {
+        self.compile()
     }
 }
 
