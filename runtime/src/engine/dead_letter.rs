@@ -28,7 +28,9 @@ use super::runner::settle;
 use crate::config::PipelineConfig;
 use crate::error::{BuildError, Failure, SinkError};
 use crate::message::{Meta, Origin, Payload};
-use crate::sinks::{FileSinkConfig, KafkaSinkConfig, Record, Sink, SinkConfig, SinkContext};
+use crate::sinks::{
+    DeadLetterPlace, FileSinkConfig, KafkaSinkConfig, Record, Sink, SinkConfig, SinkContext,
+};
 
 /// Where a pipeline's dead letters go.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,14 +52,10 @@ impl DeadLetterTarget {
         if let Some(file) = &config.on_error.dead_letter_file {
             return DeadLetterTarget::File(file.clone());
         }
-        match &config.sink {
-            SinkConfig::Kafka(k) => DeadLetterTarget::Topic(format!("{}.dlq", k.topic)),
-            SinkConfig::File(f) => {
-                let mut path = f.path.clone().into_os_string();
-                path.push(".dlq");
-                DeadLetterTarget::File(path.into())
-            }
-            _ => {
+        match config.sink.dead_letters_beside() {
+            Some(DeadLetterPlace::Topic(topic)) => DeadLetterTarget::Topic(topic),
+            Some(DeadLetterPlace::File(path)) => DeadLetterTarget::File(path),
+            None => {
                 DeadLetterTarget::File(dead_letters_dir.join(format!("{}.dlq.ndjson", config.name)))
             }
         }
@@ -78,10 +76,17 @@ impl DeadLetterTarget {
 
     /// Builds the sink of this target, writing envelopes.
     fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
-        Ok(match self.sink() {
-            SinkConfig::Kafka(c) => Arc::new(c.build_dead_letters(ctx)?),
-            SinkConfig::File(c) => Arc::new(c.build_dead_letters()),
-            _ => unreachable!("a dead-letter target is a topic or a file"),
+        Ok(match self {
+            DeadLetterTarget::Topic(topic) => Arc::new(
+                KafkaSinkConfig {
+                    topic: topic.clone(),
+                    key: None,
+                }
+                .build_dead_letters(ctx)?,
+            ),
+            DeadLetterTarget::File(path) => {
+                Arc::new(FileSinkConfig { path: path.clone() }.build_dead_letters())
+            }
         })
     }
 }

@@ -162,4 +162,10 @@ path = "out/readings.ndjson""#;
         let _ = ctx;
         Ok(std::sync::Arc::new(FileSinkConfig::build(self)?))
     }
+
+    fn dead_letters_beside(&self) -> Option<super::DeadLetterPlace> {
+        let mut path = self.path.clone().into_os_string();
+        path.push(".dlq");
+        Some(super::DeadLetterPlace::File(path.into()))
+    }
 }

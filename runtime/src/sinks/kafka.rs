@@ -301,4 +301,8 @@ key = "meter_id""#;
     fn topic(&self) -> Option<&str> {
         Some(&self.topic)
     }
+
+    fn dead_letters_beside(&self) -> Option<super::DeadLetterPlace> {
+        Some(super::DeadLetterPlace::Topic(format!("{}.dlq", self.topic)))
+    }
 }

@@ -205,6 +205,21 @@ pub trait SinkKind:
     fn topic(&self) -> Option<&str> {
         None
     }
+
+    /// Where the pipeline's dead letters go when `[on_error]` names no place: beside what
+    /// this sink writes (`<topic>.dlq`, `<path>.dlq`); `None`: in the dead-letters directory.
+    fn dead_letters_beside(&self) -> Option<DeadLetterPlace> {
+        None
+    }
+}
+
+/// A place for dead letters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetterPlace {
+    /// A Kafka topic.
+    Topic(String),
+    /// An NDJSON file.
+    File(std::path::PathBuf),
 }
 
 /// The registry: one line a kind, `Variant(module::Config)`; the module is declared here.
@@ -242,6 +257,11 @@ macro_rules! sink_kinds {
             /// Semantic checks that need no connection (expressions compile, values make sense).
             pub fn check(&self) -> Result<(), BuildError> {
                 match self { $( SinkConfig::$variant(c) => SinkKind::check(c), )+ }
+            }
+
+            /// See [`SinkKind::dead_letters_beside`].
+            pub fn dead_letters_beside(&self) -> Option<DeadLetterPlace> {
+                match self { $( SinkConfig::$variant(c) => SinkKind::dead_letters_beside(c), )+ }
             }
 
             /// The Kafka topic this sink writes to, if any.
