@@ -5,7 +5,7 @@
 //! pipeline file, checked and built. The registry below lists every kind once; from that
 //! line come the [`StepConfig`] variant, the [`KINDS`] list, the parse and the build
 //! dispatch, and the kind's example (walked by the registry test). The engine runs the built
-//! [`Step`]s (see [`run`]) and knows no kind by name.
+//! [`Step`]s (see [`run_all`]) and knows no kind by name.
 //!
 //! Adding a step kind: write `steps/<kind>.rs` with its config (`Deserialize`,
 //! `deny_unknown_fields`, `JsonSchema`) and its running form, then add one line to
@@ -41,8 +41,7 @@ pub trait StepKind: Sized + std::fmt::Debug + Clone + PartialEq + Send + Sync + 
     const EXAMPLE: &'static str;
 
     /// A message the example accepts.
-    const SAMPLE: &'static str =
-        r#"{"meter_id": "m-1", "value": "42.5", "unit": "kWh", "readings": [{"v": 1}, {"v": 2}]}"#;
+    const SAMPLE: &'static str = DEFAULT_SAMPLE;
 
     /// Reads the table `value` (without its `kind`) at `context` (`steps[2]`), reporting
     /// every fault in `doc` at its line and column; `None` when one was found. A plain
