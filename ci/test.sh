@@ -160,6 +160,8 @@ if (($# == 0)); then
     ci/check-templates.sh || status=$?
     log "checking the supply chain (cargo-deny: advisories, licences, bans, sources)"
     ci/deny.sh || status=$?
+    log "building the benchmarks (criterion; run with cargo bench, see BENCHMARKS.md)"
+    cargo build --workspace --locked --benches || status=$?
 fi
 ((status == 0)) && { cargo test --workspace --locked "$@" || status=$?; }
 if ((status != 0)) && [[ -n "$BROKER_DIR" ]]; then

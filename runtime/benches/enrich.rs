@@ -43,14 +43,9 @@ async fn upstream() -> String {
 }
 
 fn program(steps: &str) -> Program {
-    let file: toml::Table = toml::from_str(steps).unwrap();
-    let steps: Vec<StepConfig> = file["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.clone().try_into().unwrap())
-        .collect();
-    let sink: SinkConfig = toml::from_str("kind = 'stdout'").unwrap();
+    let steps: Vec<StepConfig> =
+        gridflow::steps::parse_steps_text(steps).unwrap_or_else(|e| panic!("{e:?}"));
+    let sink: SinkConfig = gridflow::sinks::parse_sink_text("kind = 'stdout'").unwrap();
     Program::build(
         "bench",
         &steps,

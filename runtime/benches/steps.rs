@@ -28,7 +28,7 @@ use gridflow::engine::program::Program;
 use gridflow::error::{ErrorCode, Failure};
 use gridflow::message::{ContentType, Item, Meta, Origin, Payload};
 use gridflow::sinks::{SinkConfig, SinkContext};
-use gridflow::steps::{Step, StepConfig, StepContext};
+use gridflow::steps::{StepConfig, StepContext, Transform};
 use gridflow::telemetry::Trace;
 use serde_json::Value;
 
@@ -49,13 +49,7 @@ fn fixture(name: &str) -> Bytes {
 
 /// The `[[steps]]` of a TOML text (a pipeline file or a fragment).
 fn steps_of(text: &str) -> Vec<StepConfig> {
-    let file: toml::Table = toml::from_str(text).unwrap();
-    file["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.clone().try_into().unwrap())
-        .collect()
+    gridflow::steps::parse_steps_text(text).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 fn pipeline_steps(name: &str) -> Vec<StepConfig> {
@@ -74,7 +68,7 @@ fn context() -> StepContext {
 
 fn program(steps: &[StepConfig], ctx: &StepContext) -> Program {
     // The sink is built but never called: `Program::run` only says where messages go.
-    let sink: SinkConfig = toml::from_str("kind = 'stdout'").unwrap();
+    let sink: SinkConfig = gridflow::sinks::parse_sink_text("kind = 'stdout'").unwrap();
     Program::build(
         "bench",
         steps,
@@ -236,8 +230,11 @@ fn bench(c: &mut Criterion) {
         &reading_meta,
         1,
     );
-    // The bare step, without the engine's guard, scope and metrics.
-    let step: Box<dyn Step> = map_config.build_in(&ctx).unwrap();
+    // The bare step (its transform), without the engine's guard, scope and metrics.
+    let StepConfig::Map(bare) = &map_config else {
+        panic!("the meter-readings flow starts with a map step")
+    };
+    let step = bare.compile().unwrap();
     group.bench_function("step_1k_bytes", |b| {
         b.iter(|| {
             let mut out = Vec::with_capacity(1);

@@ -280,6 +280,20 @@ pub fn parse_steps<'i>(
     ok.then_some(steps)
 }
 
+/// Reads the `[[steps]]` tables of a TOML text (a pipeline file or a fragment of one), as
+/// written, without `${VAR}` interpolation (benchmarks, tools): the pipeline file's path.
+pub fn parse_steps_text(text: &str) -> Result<Vec<StepConfig>, Vec<crate::config::Diagnostic>> {
+    let path = std::path::Path::new("steps.toml");
+    let mut doc = Document::parse_literal(path, text)?;
+    let Some(value) = doc.root.get_ref().get("steps").cloned() else {
+        return Ok(Vec::new());
+    };
+    match parse_steps(&mut doc, &value, "steps") {
+        Some(steps) if doc.diagnostics.is_empty() => Ok(steps),
+        _ => Err(doc.diagnostics),
+    }
+}
+
 /// The parse of a kind whose config is a plain table: deserialized (unknown keys and wrong
 /// types reported at their place), then [`StepKind::check`]ed.
 pub fn parse_plain<'i, T: StepKind + DeserializeOwned>(
