@@ -47,7 +47,7 @@ fn harness() -> &'static Harness {
             "kind = 'http'\npath = '/json'\nmax_body_bytes = 65536\nreply = 'mapped'\n",
             "kind = 'soap'\npath = '/soap'\nmax_body_bytes = 65536\n",
         ] {
-            let config: SourceConfig = toml::from_str(source).unwrap();
+            let config: SourceConfig = gridflow::sources::parse_source_text(source).unwrap();
             let ctx = SourceContext {
                 pipeline: Arc::from("fuzz"),
                 kafka: Default::default(),
