@@ -87,6 +87,12 @@ impl<'i> Document<'i> {
         })
     }
 
+    /// The root table as a value, for a file that is one section (a sink or source table
+    /// given as text).
+    pub fn root_value(&self) -> Spanned<DeValue<'i>> {
+        Spanned::new(0..0, DeValue::Table(self.root.get_ref().clone()))
+    }
+
     /// Records a diagnostic at `span`.
     pub fn error(
         &mut self,

@@ -325,7 +325,7 @@ pub fn parse_sink<'i>(
 pub fn parse_sink_text(text: &str) -> Result<SinkConfig, Vec<crate::config::Diagnostic>> {
     let path = std::path::Path::new("sink.toml");
     let mut doc = Document::parse_literal(path, text)?;
-    let root = Spanned::new(0..0, DeValue::Table(doc.root.get_ref().clone()));
+    let root = doc.root_value();
     match parse_sink(&mut doc, &root, "[sink]") {
         Some(sink) if doc.diagnostics.is_empty() => Ok(sink),
         _ => Err(doc.diagnostics),

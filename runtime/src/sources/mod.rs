@@ -262,7 +262,7 @@ pub fn parse_source<'i>(
 pub fn parse_source_text(text: &str) -> Result<SourceConfig, Vec<crate::config::Diagnostic>> {
     let path = std::path::Path::new("source.toml");
     let mut doc = Document::parse_literal(path, text)?;
-    let root = Spanned::new(0..0, DeValue::Table(doc.root.get_ref().clone()));
+    let root = doc.root_value();
     match parse_source(&mut doc, &root, "[source]") {
         Some(source) if doc.diagnostics.is_empty() => Ok(source),
         _ => Err(doc.diagnostics),

@@ -7,7 +7,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::{
-    check_all, guarded, nested_error, nested_steps, run_all, scope, split_table, BuildContext,
+    guarded, nested_steps, run_all, scope, split_table, BuildContext,
     Outcome, Run, RunContext, Step, StepConfig, StepKind,
 };
 use crate::config::document::Document;
@@ -131,33 +131,6 @@ checked = "`true`""#;
             routes,
             default,
         })
-    }
-
-    /// Conditions compile, nested steps and sinks check.
-    fn check(&self) -> Result<(), BuildError> {
-        if self.routes.is_empty() {
-            return Err(
-                BuildError::at("routes", "a branch needs at least one route")
-                    .with_hint("add a `[[steps.routes]]` table with `when`"),
-            );
-        }
-        for (i, route) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            Expr::compile(&route.when)
-                .map_err(|e| BuildError::at("routes", format!("{at}.when: {e}")))?;
-            check_all(&format!("{at}.steps"), &route.steps)?;
-            if let Some(sink) = &route.sink {
-                sink.check()
-                    .map_err(|e| nested_error(&format!("{at}.sink"), e))?;
-            }
-        }
-        if let Some(default) = &self.default {
-            check_all("default.steps", &default.steps)?;
-            if let Some(sink) = &default.sink {
-                sink.check().map_err(|e| nested_error("default.sink", e))?;
-            }
-        }
-        Ok(())
     }
 
     fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {

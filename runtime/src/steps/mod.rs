@@ -155,11 +155,6 @@ macro_rules! step_kinds {
                 match self { $( StepConfig::$variant(_) => <$config as StepKind>::KIND, )+ }
             }
 
-            /// The checks that need nothing loaded.
-            pub fn check(&self) -> Result<(), BuildError> {
-                match self { $( StepConfig::$variant(c) => c.check(), )+ }
-            }
-
             /// Builds the running step (see [`build_steps`] for a list of them).
             pub fn build_in(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
                 match self { $( StepConfig::$variant(c) => c.build(cx), )+ }
@@ -330,15 +325,6 @@ pub fn nested_steps<'i>(
     }
 }
 
-/// Checks every step of a block's list `at` (`steps`, `catch`, `routes[0].steps`).
-pub fn check_all(at: &str, steps: &[StepConfig]) -> Result<(), BuildError> {
-    for (i, step) in steps.iter().enumerate() {
-        step.check()
-            .map_err(|e| nested_error(&format!("{at}[{i}] ({})", step.kind()), e))?;
-    }
-    Ok(())
-}
-
 /// A nested component's error, reported on the block's key with the path inside it.
 pub fn nested_error(at: &str, e: BuildError) -> BuildError {
     let key = at.split(['.', '[']).next().unwrap_or(at).to_string();
@@ -358,7 +344,7 @@ pub fn nested_error(at: &str, e: BuildError) -> BuildError {
 pub(crate) fn parse(toml_text: &str) -> StepConfig {
     let path = std::path::Path::new("step.toml");
     let mut doc = Document::parse_literal(path, toml_text).expect("step config parses");
-    let root = Spanned::new(0..0, DeValue::Table(doc.root.get_ref().clone()));
+    let root = doc.root_value();
     // Check failures (a bad expression) are left to the test: it builds the step.
     parse_step(&mut doc, &root, "steps[0]").expect("step config parses")
 }

@@ -9,7 +9,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::{
-    check_all, nested_steps, run_all, split_table, BuildContext, Outcome, Run, RunContext,
+    nested_steps, run_all, split_table, BuildContext, Outcome, Run, RunContext,
     Step, StepConfig, StepKind,
 };
 use crate::config::document::Document;
@@ -82,19 +82,6 @@ failed = "`true`""#;
             catch: catch?,
             rethrow: shell?.rethrow,
         })
-    }
-
-    /// Checks both step lists.
-    fn check(&self) -> Result<(), BuildError> {
-        if self.steps.is_empty() {
-            return Err(BuildError::at("steps", "a try block needs steps to guard"));
-        }
-        if self.catch.is_empty() {
-            return Err(BuildError::at("catch", "a try block needs catch steps")
-                .with_hint("add `[[steps.catch]]` tables; a `map` can build the reply or the compensating event"));
-        }
-        check_all("steps", &self.steps)?;
-        check_all("catch", &self.catch)
     }
 
     fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
