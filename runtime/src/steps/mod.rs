@@ -155,6 +155,12 @@ macro_rules! step_kinds {
                 match self { $( StepConfig::$variant(_) => <$config as StepKind>::KIND, )+ }
             }
 
+            /// The checks that need nothing loaded (a block's nested steps are checked where
+            /// they are parsed).
+            pub fn check(&self) -> Result<(), BuildError> {
+                match self { $( StepConfig::$variant(c) => c.check(), )+ }
+            }
+
             /// Builds the running step (see [`build_steps`] for a list of them).
             pub fn build_in(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
                 match self { $( StepConfig::$variant(c) => c.build(cx), )+ }
