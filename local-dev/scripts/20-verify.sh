@@ -11,6 +11,12 @@
 #   5. Kafka pipeline meter-readings: a raw reading produced to energy.meter.reading.raw.v1
 #      comes out normalised on energy.meter.reading.v1, keyed by meter_id
 #   6. the asset registry stub answers a known meter (200) and an unknown one (404)
+#   7. ENTSO-E time series (the timeseries step): the A65 events carry their UTC start and end;
+#      HTTP pipeline entsoe-day-ahead-prices: the A44 fixture (curve type A03, position 7
+#      absent) gives 24 events on energy.price.dayahead.v1, position 7 filled; an A01 gap is
+#      refused (422) and dead-lettered with invalid_time_series; HTTP pipeline
+#      entsoe-generation-per-type: the A75 fixture gives 72 events (3 production types x 24) on
+#      energy.generation.actual.v1
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -160,6 +166,44 @@ known="$(curl -s --max-time 5 -H "$auth" "$stub_url/meters/$meter" | jq -r '.max
 unknown="$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "$auth" "$stub_url/meters/FR-PRM-00000000000000")"
 [[ -n "$known" && "$unknown" == 404 ]] && row PASS "stub: asset registry" "known meter 200 (max_interval_kwh $known), unknown 404" ||
     row FAIL "stub: asset registry" "known meter: '$known', unknown meter: $unknown (want a record, 404)"
+
+# 7. ENTSO-E time series: per-point start and end, A44 day-ahead prices, A75 generation per type.
+cid="$run_id-load"   # the A65 document of section 3: its points carry their own UTC interval
+n="$(wait_matched energy.load.actual.v1 "correlation_id == '$cid' && body.position == \`1\` && body.start == '2026-01-13T23:00:00Z' && body.end == '2026-01-13T23:15:00Z'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "entsoe: A65 start/end" "position 1 from 2026-01-13T23:00:00Z to 23:15:00Z" ||
+    row FAIL "entsoe: A65 start/end" "$n matching event(s) (want 1)"
+cid="$run_id-prices"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/day-ahead-prices" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/A44-day-ahead-prices-FR.xml")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 24 ]] && row PASS "prices: POST A44" "202, 24 messages" ||
+    row FAIL "prices: POST A44" "status $code, messages '${messages}' (want 202, 24): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched energy.price.dayahead.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YFR-RTE------C' && body.start != null && body.end != null" 24 20)"
+[[ "$n" == 24 ]] && row PASS "prices: energy.price.dayahead.v1" "24 events keyed by area 10YFR-RTE------C" ||
+    row FAIL "prices: energy.price.dayahead.v1" "$n matching event(s) (want 24)"
+n="$(wait_matched energy.price.dayahead.v1 "correlation_id == '$cid' && body.position == \`7\` && body.price == \`87.05\` && body.start == '2026-01-14T05:00:00Z' && body.end == '2026-01-14T06:00:00Z'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "prices: A03 gap filled" "position 7 repeats 87.05, 05:00Z-06:00Z" ||
+    row FAIL "prices: A03 gap filled" "$n matching event(s) (want 1)"
+cid="$run_id-prices-gap"
+code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/ingest/entsoe/day-ahead-prices" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary '<Publication_MarketDocument><mRID>gap</mRID><revisionNumber>1</revisionNumber><type>A44</type><createdDateTime>2026-01-13T12:58:02Z</createdDateTime><TimeSeries><in_Domain.mRID>10YFR-RTE------C</in_Domain.mRID><currency_Unit.name>EUR</currency_Unit.name><price_Measure_Unit.name>MWH</price_Measure_Unit.name><curveType>A01</curveType><Period><timeInterval><start>2026-01-13T23:00Z</start><end>2026-01-14T01:00Z</end></timeInterval><resolution>PT60M</resolution><Point><position>2</position><price.amount>1</price.amount></Point></Period></TimeSeries></Publication_MarketDocument>')"
+n="$(wait_matched energy.price.dayahead.v1.dlq "correlation_id == '$cid' && error.code == 'invalid_time_series' && pipeline == 'entsoe-day-ahead-prices'" 1 20)"
+[[ "$code" == 422 && "$n" == 1 ]] && row PASS "prices: A01 gap dead letter" "422, 1 on energy.price.dayahead.v1.dlq, code invalid_time_series" ||
+    row FAIL "prices: A01 gap dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
+cid="$run_id-generation"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/generation-per-type" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/A75-generation-per-type-NL.xml")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 72 ]] && row PASS "generation: POST A75" "202, 72 messages" ||
+    row FAIL "generation: POST A75" "status $code, messages '${messages}' (want 202, 72): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched energy.generation.actual.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YNL----------L' && contains(['B14', 'B16', 'B19'], body.psr_type) && body.start != null" 72 20)"
+[[ "$n" == 72 ]] && row PASS "generation: energy.generation.actual.v1" "72 events (B14, B16, B19 x 24) keyed by 10YNL----------L" ||
+    row FAIL "generation: energy.generation.actual.v1" "$n matching event(s) (want 72)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
