@@ -199,11 +199,11 @@ body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/ents
     --data-binary @"$LOCAL_DEV/fixtures/A75-generation-per-type-NL.xml")"
 code="$(tail -n 1 <<<"$body")"
 messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
-[[ "$code" == 202 && "$messages" == 72 ]] && row PASS "generation: POST A75" "202, 72 messages" ||
-    row FAIL "generation: POST A75" "status $code, messages '${messages}' (want 202, 72): $(head -n -1 <<<"$body" | head -c 300)"
+[[ "$code" == 202 && "$messages" == 72 ]] && row PASS "gen: POST A75" "202, 72 messages" ||
+    row FAIL "gen: POST A75" "status $code, messages '${messages}' (want 202, 72): $(head -n -1 <<<"$body" | head -c 300)"
 n="$(wait_matched energy.generation.actual.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YNL----------L' && contains(['B14', 'B16', 'B19'], body.psr_type) && body.start != null" 72 20)"
-[[ "$n" == 72 ]] && row PASS "generation: energy.generation.actual.v1" "72 events (B14, B16, B19 x 24) keyed by 10YNL----------L" ||
-    row FAIL "generation: energy.generation.actual.v1" "$n matching event(s) (want 72)"
+[[ "$n" == 72 ]] && row PASS "gen: energy.generation.actual.v1" "72 events (B14, B16, B19 x 24) keyed by 10YNL----------L" ||
+    row FAIL "gen: energy.generation.actual.v1" "$n matching event(s) (want 72)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
