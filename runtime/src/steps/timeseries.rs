@@ -944,6 +944,17 @@ mod tests {
                 &["more than 110000 positions"],
             ),
             (
+                "a one-nanosecond resolution over a day",
+                json!({"Period": period(day.0, day.1, "PT0.000000001S", &all(1))}),
+                &["more than 110000 positions"],
+            ),
+            (
+                "a position too large for any interval",
+                json!({"Period": {"timeInterval": {"start": day.0, "end": day.1}, "resolution": "PT60M",
+                                  "Point": [{"position": "99999999999999999999999"}]}}),
+                &["is beyond the interval"],
+            ),
+            (
                 "a calendar interval of more than MAX_POSITIONS",
                 json!({"Period": period("1999-12-31T23:00Z", "2400-12-31T23:00Z", "P1D", &all(1))}),
                 &["more than 110000 positions"],
