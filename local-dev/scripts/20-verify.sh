@@ -11,6 +11,10 @@
 #   5. Kafka pipeline meter-readings: a raw reading produced to energy.meter.reading.raw.v1
 #      comes out normalised on energy.meter.reading.v1, keyed by meter_id
 #   6. the asset registry stub answers a known meter (200) and an unknown one (404)
+#   7. SOAP pipeline generation-forecast-soap: its WSDL on GET ?wsdl; the A67 forecast in a SOAP
+#      1.1 and a SOAP 1.2 envelope is acknowledged (96 messages each) and its 192 events are on
+#      energy.generation.forecast.v1 keyed by resource; another document type gets a SOAP fault
+#      and a dead letter (contract_violation) on energy.generation.forecast.v1.dlq
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -160,6 +164,40 @@ known="$(curl -s --max-time 5 -H "$auth" "$stub_url/meters/$meter" | jq -r '.max
 unknown="$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "$auth" "$stub_url/meters/FR-PRM-00000000000000")"
 [[ -n "$known" && "$unknown" == 404 ]] && row PASS "stub: asset registry" "known meter 200 (max_interval_kwh $known), unknown 404" ||
     row FAIL "stub: asset registry" "known meter: '$known', unknown meter: $unknown (want a record, 404)"
+
+# 7. generation-forecast-soap (SOAP 1.1 and 1.2, A67).
+soap_url="$http_url/soap/generation-forecast"
+soap_action=urn:gridflow:generation-forecast:1:SubmitGenerationForecast
+wsdl="$(curl -s --max-time 10 "$soap_url?wsdl")"
+grep -q "soapAction=\"$soap_action\"" <<<"$wsdl" && grep -q '<wsdl:definitions' <<<"$wsdl" &&
+    row PASS "forecast: GET ?wsdl" "the WSDL, operation $soap_action" ||
+    row FAIL "forecast: GET ?wsdl" "no WSDL naming $soap_action: $(head -c 200 <<<"$wsdl")"
+cid="$run_id-forecast"
+body11="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$soap_url" \
+    -H 'Content-Type: text/xml; charset=utf-8' -H "SOAPAction: \"$soap_action\"" -H "X-Correlation-ID: $cid-11" \
+    --data-binary @"$LOCAL_DEV/fixtures/generation-forecast-A67-soap11.xml")"
+body12="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$soap_url" \
+    -H "Content-Type: application/soap+xml; charset=utf-8; action=\"$soap_action\"" -H "X-Correlation-ID: $cid-12" \
+    --data-binary @"$LOCAL_DEV/fixtures/generation-forecast-A67-soap12.xml")"
+for v in 11 12; do
+    b="body$v"
+    code="$(tail -n 1 <<<"${!b}")"
+    [[ "$code" == 200 ]] && grep -q '<gf:messages>96</gf:messages>' <<<"${!b}" &&
+        row PASS "forecast: SOAP 1.${v#1} A67" "200, acknowledged, 96 messages" ||
+        row FAIL "forecast: SOAP 1.${v#1} A67" "status $code (want 200 and 96 messages): $(head -n -1 <<<"${!b}" | head -c 300)"
+done
+n="$(wait_matched energy.generation.forecast.v1 "starts_with(correlation_id, '$cid-1') && key == body.resource_id && body.resource_id == '871242300000100001' && body.document_type == 'A67' && body.position != null" 192 20)"
+[[ "$n" == 192 ]] && row PASS "forecast: events on the topic" "192 events (96 per SOAP version) keyed by resource" ||
+    row FAIL "forecast: events on the topic" "$n matching event(s) (want 192)"
+code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X POST "$soap_url" \
+    -H 'Content-Type: text/xml' -H "SOAPAction: $soap_action" -H "X-Correlation-ID: $cid-wrong" \
+    --data-binary '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><GL_MarketDocument><mRID>x</mRID><revisionNumber>1</revisionNumber><type>A65</type><sender_MarketParticipant.mRID>8712423000001</sender_MarketParticipant.mRID><createdDateTime>2026-01-14T06:00:00Z</createdDateTime><TimeSeries><businessType>A01</businessType><registeredResource.mRID>871242300000100001</registeredResource.mRID><quantity_Measure_Unit.name>MAW</quantity_Measure_Unit.name><Period><timeInterval><start>2026-01-14T23:00Z</start><end>2026-01-15T00:00Z</end></timeInterval><resolution>PT60M</resolution><Point><position>1</position><quantity>1</quantity></Point></Period></TimeSeries></GL_MarketDocument></soapenv:Body></soapenv:Envelope>')"
+[[ "$code" == 500 ]] && grep -q '<faultcode>soap:Client</faultcode>' "$STATE/verify-fault.xml" &&
+    row PASS "forecast: wrong document type" "500, soap:Client fault" ||
+    row FAIL "forecast: wrong document type" "status $code (want 500, soap:Client): $(head -c 300 "$STATE/verify-fault.xml")"
+n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-wrong' && error.code == 'contract_violation' && pipeline == 'generation-forecast-soap'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "forecast: dead letter" "1 on energy.generation.forecast.v1.dlq, code contract_violation" ||
+    row FAIL "forecast: dead letter" "$n matching dead letter(s) (want 1)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
