@@ -15,6 +15,9 @@
 #      1.1 and a SOAP 1.2 envelope is acknowledged (96 messages each) and its 192 events are on
 #      energy.generation.forecast.v1 keyed by resource; another document type gets a SOAP fault
 #      and a dead letter (contract_violation) on energy.generation.forecast.v1.dlq
+#   8. HTTP pipeline entsoe-unavailability: an active A80 notice and a cancelled A78 notice are
+#      accepted (202, 1 message each) and are on energy.unavailability.notice.v1 keyed by mRID, the
+#      cancelled one with status A09; a document with two time series gets 422 and a dead letter
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -198,6 +201,29 @@ code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X 
 n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-wrong' && error.code == 'contract_violation' && pipeline == 'generation-forecast-soap'" 1 20)"
 [[ "$n" == 1 ]] && row PASS "forecast: dead letter" "1 on energy.generation.forecast.v1.dlq, code contract_violation" ||
     row FAIL "forecast: dead letter" "$n matching dead letter(s) (want 1)"
+
+# 8. entsoe-unavailability (A77/A78/A80).
+cid="$run_id-unavail"
+for f in A80-unavailability-generation-FR A78-unavailability-transmission-DE-AT-cancelled; do
+    body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/unavailability" \
+        -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid-${f%%-*}" --data-binary @"$LOCAL_DEV/fixtures/$f.xml")"
+    code="$(tail -n 1 <<<"$body")"
+    messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+    [[ "$code" == 202 && "$messages" == 1 ]] && row PASS "unavailability: POST ${f%%-*}" "202, 1 message" ||
+        row FAIL "unavailability: POST ${f%%-*}" "status $code, messages '${messages}' (want 202, 1): $(head -n -1 <<<"$body" | head -c 300)"
+done
+n="$(wait_matched energy.unavailability.notice.v1 "correlation_id == '$cid-A80' && key == body.mrid && body.mrid == '2a6c1e8f4b0d4a9c8e2f6b1d3a5c7e90' && body.status == 'A05' && body.asset_id == '17W100P100P0344D' && body.available_capacity == \`0\`" 1 20)"
+[[ "$n" == 1 ]] && row PASS "unavailability: active A80" "1 notice keyed by mRID, status A05" ||
+    row FAIL "unavailability: active A80" "$n matching notice(s) (want 1)"
+n="$(wait_matched energy.unavailability.notice.v1 "correlation_id == '$cid-A78' && key == body.mrid && body.status == 'A09' && body.revision == \`2\` && body.asset_id == '10T-AT-DE-000061'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "unavailability: cancelled A78" "1 notice, status A09 (cancelled), revision 2" ||
+    row FAIL "unavailability: cancelled A78" "$n matching notice(s) (want 1)"
+code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/ingest/entsoe/unavailability" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid-two" \
+    --data-binary '<Unavailability_MarketDocument><mRID>two</mRID><revisionNumber>1</revisionNumber><type>A80</type><TimeSeries/><TimeSeries/></Unavailability_MarketDocument>')"
+n="$(wait_matched energy.unavailability.notice.v1.dlq "correlation_id == '$cid-two' && error.code == 'unexpected_shape' && pipeline == 'entsoe-unavailability'" 1 20)"
+[[ "$code" == 422 && "$n" == 1 ]] && row PASS "unavailability: dead letter" "422, 1 on energy.unavailability.notice.v1.dlq" ||
+    row FAIL "unavailability: dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
