@@ -18,6 +18,9 @@
 #   8. HTTP pipeline entsoe-unavailability: an active A80 notice and a cancelled A78 notice are
 #      accepted (202, 1 message each) and are on energy.unavailability.notice.v1 keyed by mRID, the
 #      cancelled one with status A09; a document with two time series gets 422 and a dead letter
+#   9. HTTP pipeline meter-readings-head-end: an IEC 61968-9 MeterReadings document from a head-end
+#      is accepted (202, 24 messages) and its 24 interval readings are on energy.meter.reading.v1,
+#      normalised (kWh, quality A) and keyed by meter_id
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -224,6 +227,19 @@ code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/
 n="$(wait_matched energy.unavailability.notice.v1.dlq "correlation_id == '$cid-two' && error.code == 'unexpected_shape' && pipeline == 'entsoe-unavailability'" 1 20)"
 [[ "$code" == 422 && "$n" == 1 ]] && row PASS "unavailability: dead letter" "422, 1 on energy.unavailability.notice.v1.dlq" ||
     row FAIL "unavailability: dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
+
+# 9. meter-readings-head-end (IEC 61968-9 MeterReadings over HTTP).
+cid="$run_id-head-end"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/head-end/meter-readings" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/MeterReadings-head-end.xml")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 24 ]] && row PASS "head-end: POST MeterReadings" "202, 24 messages" ||
+    row FAIL "head-end: POST MeterReadings" "status $code, messages '${messages}' (want 202, 24): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched energy.meter.reading.v1 "correlation_id == '$cid' && key == body.meter_id && starts_with(body.meter_id, 'FR-PRM-0918273645001') && body.unit == 'kWh' && body.quality == 'A' && body.value != null" 24 20)"
+[[ "$n" == 24 ]] && row PASS "head-end: energy.meter.reading.v1" "24 readings of 3 meters, keyed by meter_id" ||
+    row FAIL "head-end: energy.meter.reading.v1" "$n matching reading(s) (want 24)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
