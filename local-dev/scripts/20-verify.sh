@@ -192,7 +192,7 @@ for v in 11 12; do
         row PASS "forecast: SOAP 1.${v#1} A67" "200, acknowledged, 96 messages" ||
         row FAIL "forecast: SOAP 1.${v#1} A67" "status $code (want 200 and 96 messages): $(head -n -1 <<<"${!b}" | head -c 300)"
 done
-n="$(wait_matched energy.generation.forecast.v1 "starts_with(correlation_id, '$cid-1') && key == body.resource_id && body.resource_id == '871242300000100001' && body.document_type == 'A67' && body.position != null" 192 20)"
+n="$(wait_matched energy.generation.forecast.v1 "starts_with(correlation_id, '$cid-1') && key == body.resource_id && body.resource_id == '871242300000100001' && body.document_type == 'A67' && body.position != null && body.start != null && body.end != null" 192 20)"
 [[ "$n" == 192 ]] && row PASS "forecast: events on the topic" "192 events (96 per SOAP version) keyed by resource" ||
     row FAIL "forecast: events on the topic" "$n matching event(s) (want 192)"
 code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X POST "$soap_url" \
