@@ -14,7 +14,8 @@
 #   7. SOAP pipeline generation-forecast-soap: its WSDL on GET ?wsdl; the A67 forecast in a SOAP
 #      1.1 and a SOAP 1.2 envelope is acknowledged (96 messages each) and its 192 events are on
 #      energy.generation.forecast.v1 keyed by resource; another document type gets a SOAP fault
-#      and a dead letter (contract_violation) on energy.generation.forecast.v1.dlq
+#      and a dead letter (contract_violation) on energy.generation.forecast.v1.dlq, a malformed SOAP 1.2
+#      envelope a soap:Sender fault (400) and a dead letter (invalid_xml)
 #   8. HTTP pipeline entsoe-unavailability: an active A80 notice and a cancelled A78 notice are
 #      accepted (202, 1 message each) and are on energy.unavailability.notice.v1 keyed by mRID, the
 #      cancelled one with status A09; a document with two time series gets 422 and a dead letter
@@ -204,6 +205,13 @@ code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X 
 n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-wrong' && error.code == 'contract_violation' && pipeline == 'generation-forecast-soap'" 1 20)"
 [[ "$n" == 1 ]] && row PASS "forecast: dead letter" "1 on energy.generation.forecast.v1.dlq, code contract_violation" ||
     row FAIL "forecast: dead letter" "$n matching dead letter(s) (want 1)"
+code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X POST "$soap_url" \
+    -H "Content-Type: application/soap+xml; action=\"$soap_action\"" -H "X-Correlation-ID: $cid-broken" \
+    --data-binary '<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><GL_MarketDocument></env:Body></env:Envelope>')"
+n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-broken' && error.code == 'invalid_xml' && pipeline == 'generation-forecast-soap'" 1 20)"
+[[ "$code" == 400 && "$n" == 1 ]] && grep -q '<soap:Value>soap:Sender</soap:Value>' "$STATE/verify-fault.xml" &&
+    row PASS "forecast: malformed envelope" "400, soap:Sender fault, 1 dead letter (invalid_xml)" ||
+    row FAIL "forecast: malformed envelope" "status $code (want 400, soap:Sender), $n dead letter(s) (want 1): $(head -c 300 "$STATE/verify-fault.xml")"
 
 # 8. entsoe-unavailability (A77/A78/A80).
 cid="$run_id-unavail"
