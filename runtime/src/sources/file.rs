@@ -129,6 +129,7 @@ impl FileSourceConfig {
             config: self.clone(),
             pipeline: Arc::clone(&ctx.pipeline),
             metrics: FileSourceMetrics::new(&ctx.pipeline),
+            pause: ctx.paused.clone(),
         }
     }
 }
@@ -138,6 +139,8 @@ pub struct FileSource {
     config: FileSourceConfig,
     pipeline: Arc<str>,
     metrics: FileSourceMetrics,
+    /// The operator's pause switch: while on, no new file is picked.
+    pause: super::Pause,
 }
 
 fn is_candidate(path: &Path) -> bool {
@@ -984,6 +987,13 @@ impl FileSource {
         // Files whose messages were settled but that could not be moved yet: never read again.
         let mut unmoved: HashMap<PathBuf, (&'static str, Option<Rejection>)> = HashMap::new();
         while !shutdown.is_cancelled() {
+            // Paused: no file is picked (the one being read was read to its end).
+            if self.pause.is_paused() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.pause.resumed() => {}
+                }
+            }
             let mut moved = Vec::new();
             for (file, (target, rejection)) in &unmoved {
                 if self.settle(file, target, rejection.as_ref()).await.is_ok() {
@@ -996,7 +1006,7 @@ impl FileSource {
             match scan(dir).await {
                 Ok(files) => {
                     for file in files {
-                        if shutdown.is_cancelled() {
+                        if shutdown.is_cancelled() || self.pause.is_paused() {
                             break;
                         }
                         if unmoved.contains_key(&file) {
@@ -1140,6 +1150,7 @@ mod tests {
             config,
             pipeline: Arc::from("test"),
             metrics: FileSourceMetrics::new("test"),
+            pause: Default::default(),
         }
     }
 
