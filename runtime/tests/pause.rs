@@ -5,7 +5,7 @@
 //!   sink) for longer than the consumer's session timeout, keeps its group (no rebalance),
 //!   stays paused across a hot reload of its file and across a rebalance, and
 //!   delivers everything produced meanwhile once resumed, once each.
-//! - A paused HTTP pipeline answers `503` with `Retry-After` and a problem+json body on its own
+//! - A paused HTTP or SOAP pipeline answers `503` with `Retry-After` and a problem+json body on its own
 //!   route only, across a reload; the endpoints need the admin token, are idempotent, and
 //!   answer `404` for a pipeline that is not running.
 
@@ -334,11 +334,22 @@ fn http_flow(name: &str, path: &str, topic: &str, mark: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_http_pipeline_answers_503_on_its_own_route_only() {
     let topic = unique("t.pause.http.v1");
-    create_topic(&topic, 1).await;
-    create_topic(&format!("{topic}.dlq"), 1).await;
+    let soap_topic = unique("t.pause.soap.v1");
+    for t in [&topic, &soap_topic] {
+        create_topic(t, 1).await;
+        create_topic(&format!("{t}.dlq"), 1).await;
+    }
     let dir = test_dir();
     write_pipeline(dir.path(), "a.toml", &http_flow("a", "/a", &topic, "1"));
     write_pipeline(dir.path(), "b.toml", &http_flow("b", "/b", &topic, "1"));
+    write_pipeline(
+        dir.path(),
+        "s.toml",
+        &format!(
+            "name = 's'\n[source]\nkind = 'soap'\npath = '/s'\nretry_after_secs = 7\n\
+             [sink]\nkind = 'kafka'\ntopic = '{soap_topic}'\n"
+        ),
+    );
     let gf = start_with_token(dir.path(), "");
     let send = |path: &str, id: &str| {
         let (url, body) = (gf.http_url(path), format!(r#"{{"id": "{id}"}}"#));
@@ -397,6 +408,30 @@ async fn a_paused_http_pipeline_answers_503_on_its_own_route_only() {
     check_paused(http().get(gf.http_url("/a")).send().await.unwrap()).await;
     check_paused(post(&gf.http_url("/a"), "text/plain", &[], "not json").await).await;
     assert_eq!(send("/b", "b-0").await.status(), 202);
+    // A SOAP pipeline paused: the same answer, to an envelope as to anything else.
+    let (status, _) = admin_post(&gf, "s", "pause", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let envelope = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><x/></soap:Body></soap:Envelope>"#;
+    check_paused(
+        post(
+            &gf.http_url("/s"),
+            "text/xml; charset=utf-8",
+            &[("soapaction", "\"x\"")],
+            envelope,
+        )
+        .await,
+    )
+    .await;
+    let (status, _) = admin_post(&gf, "s", "resume", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let resumed = post(
+        &gf.http_url("/s"),
+        "text/xml; charset=utf-8",
+        &[("soapaction", "\"x\"")],
+        envelope,
+    )
+    .await;
+    assert_ne!(resumed.status(), 503, "{:?}", resumed.text().await);
     // Idempotent: the first pause's time stays.
     let (status, body) = admin_post(&gf, "a", "pause", Some(TOKEN)).await;
     assert_eq!(status, 200);
