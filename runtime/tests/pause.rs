@@ -5,9 +5,9 @@
 //!   sink) for longer than the consumer's session timeout, keeps its group (no rebalance),
 //!   stays paused across a hot reload of its file and across a rebalance, and
 //!   delivers everything produced meanwhile once resumed, once each.
-//! - A paused HTTP or SOAP pipeline answers `503` with `Retry-After` and a problem+json body on its own
-//!   route only, across a reload; the endpoints need the admin token, are idempotent, and
-//!   answer `404` for a pipeline that is not running.
+//! - A paused HTTP or SOAP pipeline answers `503` with `Retry-After` and a problem+json body
+//!   on its own route only, across a reload; the endpoints need the admin token, are
+//!   idempotent, and answer `404` for a pipeline that is not running.
 
 mod common;
 
