@@ -165,6 +165,10 @@ pub(super) struct Rebalances {
     session: CancellationToken,
     /// The operator's pause switch: partitions assigned while it is on are paused at once.
     pause: super::Pause,
+    /// Set once this consumer paused partitions for the switch: from then on, partitions
+    /// assigned while the switch is off are resumed explicitly (one paused before it was
+    /// revoked may come back with its pause). A consumer never paused leaves them alone.
+    was_paused: std::sync::atomic::AtomicBool,
 }
 
 impl Rebalances {
@@ -285,9 +289,14 @@ impl rdkafka::consumer::ConsumerContext for Rebalances {
         consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
+        use std::sync::atomic::Ordering;
         if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
-            if list.count() > 0 {
-                follow_pause(consumer, list, self.pause.is_paused(), &self.pipeline);
+            let paused = self.pause.is_paused();
+            if paused {
+                self.was_paused.store(true, Ordering::Release);
+            }
+            if list.count() > 0 && (paused || self.was_paused.load(Ordering::Acquire)) {
+                follow_pause(consumer, list, paused, &self.pipeline);
             }
         }
     }
@@ -493,6 +502,7 @@ impl KafkaSource {
                     fatal: Default::default(),
                     session: shutdown.clone(),
                     pause: self.pause.clone(),
+                    was_paused: Default::default(),
                 })
                 .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?,
         );
@@ -536,6 +546,9 @@ impl KafkaSource {
                 _ = shutdown.cancelled() => break,
                 Ok(()) = pause.changed() => {
                     let paused = pause.borrow_and_update().is_some();
+                    if paused {
+                        consumer.context().was_paused.store(true, std::sync::atomic::Ordering::Release);
+                    }
                     match consumer.assignment() {
                         Ok(assignment) => follow_pause(&*consumer, &assignment, paused, &self.pipeline),
                         Err(e) => tracing::error!(group = %group, paused, error = %e, "The consumer's assignment is unknown; the pause switch is not applied."),
