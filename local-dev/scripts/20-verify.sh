@@ -11,6 +11,9 @@
 #   5. Kafka pipeline meter-readings: a raw reading produced to energy.meter.reading.raw.v1
 #      comes out normalised on energy.meter.reading.v1, keyed by meter_id
 #   6. the asset registry stub answers a known meter (200) and an unknown one (404)
+#   7. the kit's tier-1 API: POST /v1/meter-readings and POST /v1/incidents (one without details)
+#      get 202 and land on grid.*.v1.<env> keyed by partitionKey; an unknown severity gets 422
+#      and reaches grid.incident.created.v1.<env>.dlq with code contract_violation
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -160,6 +163,35 @@ known="$(curl -s --max-time 5 -H "$auth" "$stub_url/meters/$meter" | jq -r '.max
 unknown="$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "$auth" "$stub_url/meters/FR-PRM-00000000000000")"
 [[ -n "$known" && "$unknown" == 404 ]] && row PASS "stub: asset registry" "known meter 200 (max_interval_kwh $known), unknown 404" ||
     row FAIL "stub: asset registry" "known meter: '$known', unknown meter: $unknown (want a record, 404)"
+
+# 7. The kit's tier-1 API (kit-meter-readings, kit-incidents): the environment's topics.
+kit_env=dev
+[[ "$mode" == docker ]] || kit_env="${GRIDFLOW_ENV:-dev}"
+kit_post() { # kit_post PATH CORRELATION_ID BODY: the status
+    curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
+        -H 'Content-Type: application/json' -H "X-Correlation-ID: $2" --data-binary "$3"
+}
+cid="$run_id-kit-reading"
+code="$(kit_post /v1/meter-readings "$cid" @"$ROOT/pipelines/tests/fixtures/kit-meter-reading.json")"
+[[ "$code" == 202 ]] && row PASS "kit: POST /v1/meter-readings" "202" ||
+    row FAIL "kit: POST /v1/meter-readings" "status $code (want 202)"
+n="$(wait_matched "grid.meter.reading.v1.$kit_env" "correlation_id == '$cid' && key == body.partitionKey && key == 'FR-PRM-09182736450011' && body.eventType == 'grid.meter.reading' && body.payload.value == \`0.412\`" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: grid.meter.reading.v1.$kit_env" "1 event keyed by partitionKey" ||
+    row FAIL "kit: grid.meter.reading.v1.$kit_env" "$n matching event(s) (want 1)"
+cid="$run_id-kit-incident"
+incident="$(jq -c 'del(.payload.details)' "$ROOT/pipelines/tests/fixtures/kit-incident.json")"
+code="$(kit_post /v1/incidents "$cid" "$incident")"
+[[ "$code" == 202 ]] && row PASS "kit: POST /v1/incidents" "202 (an incident without details)" ||
+    row FAIL "kit: POST /v1/incidents" "status $code (want 202)"
+n="$(wait_matched "grid.incident.created.v1.$kit_env" "correlation_id == '$cid' && key == 'SITE-LYON-07' && body.payload.severity == 'CRITICAL' && body.payload.details == null" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: grid.incident.created.v1.$kit_env" "1 event keyed by partitionKey" ||
+    row FAIL "kit: grid.incident.created.v1.$kit_env" "$n matching event(s) (want 1)"
+cid="$run_id-kit-bad"
+code="$(kit_post /v1/incidents "$cid" "$(jq -c '.payload.severity = "SEVERE"' <<<"$incident")")"
+[[ "$code" == 422 ]] && row PASS "kit: unknown severity" "422" || row FAIL "kit: unknown severity" "status $code (want 422)"
+n="$(wait_matched "grid.incident.created.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'kit-incidents'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: dead letter" "1 on grid.incident.created.v1.$kit_env.dlq, code contract_violation" ||
+    row FAIL "kit: dead letter" "$n matching dead letter(s) (want 1)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
