@@ -49,6 +49,21 @@ pub struct EnvelopeConfig {
     /// JMESPath expression on the message giving `occurredAt` (an RFC 3339 date-time with
     /// its offset, kept as written). Left out: when gridflow received the input, in UTC.
     pub occurred_at: Option<String>,
+    /// What a message whose `occurred_at` gives null (the field is absent) becomes: `fail`
+    /// (the default) or `received`, the reception time (OCPP's rule for an optional timestamp).
+    #[serde(default)]
+    pub occurred_at_missing: OccurredAtMissing,
+}
+
+/// `occurred_at_missing`: what an absent occurrence time means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OccurredAtMissing {
+    /// The message fails (`unexpected_shape`).
+    #[default]
+    Fail,
+    /// The reception time is used.
+    Received,
 }
 
 /// Is `text` an event type: two or more dot-separated words of `[a-z0-9-]`?
@@ -76,6 +91,13 @@ impl EnvelopeConfig {
             return Err(BuildError::at("event_version", "`event_version` starts at 1")
                 .with_hint("the major version of the event's contract, e.g. 1"));
         }
+        if self.occurred_at.is_none() && self.occurred_at_missing != OccurredAtMissing::Fail {
+            return Err(BuildError::at(
+                "occurred_at_missing",
+                "`occurred_at_missing` without `occurred_at`",
+            )
+            .with_hint("without `occurred_at` every event gets the reception time already"));
+        }
         if self.source_system.trim().is_empty() {
             return Err(BuildError::at("source_system", "`source_system` is empty")
                 .with_hint("name the system the events come from, e.g. \"gridflow\""));
@@ -87,6 +109,7 @@ impl EnvelopeConfig {
             event_type: self.event_type.clone(),
             event_version: self.event_version,
             source_system: self.source_system.clone(),
+            occurred_at_missing: self.occurred_at_missing,
             partition_key: compile("partition_key", &self.partition_key)?,
             occurred_at: self
                 .occurred_at
@@ -137,6 +160,7 @@ pub struct Envelope {
     source_system: String,
     partition_key: Expr,
     occurred_at: Option<Expr>,
+    occurred_at_missing: OccurredAtMissing,
 }
 
 /// Where an event comes from, for its id: its pipeline, step and input, and its index.
@@ -181,6 +205,9 @@ impl Envelope {
             None => received_at(origin.meta.received_at),
             Some(expr) => match expr.search(&body)? {
                 Value::String(s) if OffsetDateTime::parse(&s, &Rfc3339).is_ok() => s,
+                Value::Null if self.occurred_at_missing == OccurredAtMissing::Received => {
+                    received_at(origin.meta.received_at)
+                }
                 Value::String(s) => {
                     return Err(shape(format!(
                         "occurred_at `{}` gives \"{}\", not an RFC 3339 date-time with an offset (e.g. 2026-01-14T10:15:00Z)",
@@ -457,6 +484,27 @@ occurred_at = "readingAt""#;
         body["readingAt"] = json!(long);
         let e = run_one(STEP, body).unwrap_err();
         assert!(e.message.len() < 300, "the value is cut: {}", e.message.len());
+    }
+
+    #[test]
+    fn occurred_at_missing_received_takes_the_reception_time_for_null_only() {
+        let step = format!("{STEP}\noccurred_at_missing = \"received\"");
+        let mut body = reading();
+        body.as_object_mut().unwrap().remove("readingAt");
+        let item = run_one(&step, body).unwrap();
+        let at = item.payload.as_json().unwrap()["occurredAt"].as_str().unwrap().to_string();
+        assert!(at.ends_with('Z') && OffsetDateTime::parse(&at, &Rfc3339).is_ok(), "{at}");
+        // A value that is there but wrong still fails.
+        let mut body = reading();
+        body["readingAt"] = json!("not a time");
+        assert_eq!(
+            run_one(&step, body).unwrap_err().code,
+            ErrorCode::UnexpectedShape
+        );
+        // Without `occurred_at` the key has nothing to do: refused.
+        let lone = STEP.replace("occurred_at = \"readingAt\"", "occurred_at_missing = \"received\"");
+        let e = parse(&lone).build().err().expect("refused");
+        assert_eq!(e.key.as_deref(), Some("occurred_at_missing"));
     }
 
     #[test]
