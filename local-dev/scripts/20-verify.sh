@@ -14,6 +14,9 @@
 #   7. the kit's tier-1 API: POST /v1/meter-readings and POST /v1/incidents (one without details)
 #      get 202 and land on grid.*.v1.<env> keyed by partitionKey; an unknown severity gets 422
 #      and reaches grid.incident.created.v1.<env>.dlq with code contract_violation
+#   8. OCPP 1.6: the MeterValues sample (X-Charge-Point-Id) gives 5 enveloped events on
+#      emobility.meter.values.v1.<env> keyed by the charge point; the StatusNotification sample
+#      one on emobility.charger.status.v1.<env>; a CALLRESULT posted as MeterValues gets 422
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -192,6 +195,31 @@ code="$(kit_post /v1/incidents "$cid" "$(jq -c '.payload.severity = "SEVERE"' <<
 n="$(wait_matched "grid.incident.created.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'kit-incidents'" 1 30)"
 [[ "$n" == 1 ]] && row PASS "kit: dead letter" "1 on grid.incident.created.v1.$kit_env.dlq, code contract_violation" ||
     row FAIL "kit: dead letter" "$n matching dead letter(s) (want 1)"
+
+# 8. OCPP 1.6 (ocpp-meter-values, ocpp-status-notification): enveloped events on the kit's topics.
+cp=CP-LYON-PARTDIEU-0042
+ocpp_post() { # ocpp_post PATH CORRELATION_ID BODY: the status
+    curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
+        -H 'Content-Type: application/json' -H "X-Charge-Point-Id: $cp" -H "X-Correlation-ID: $2" --data-binary "$3"
+}
+cid="$run_id-ocpp-values"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-MeterValues-1.6.json")"
+[[ "$code" == 202 ]] && row PASS "ocpp: POST MeterValues" "202" || row FAIL "ocpp: POST MeterValues" "status $code (want 202)"
+n="$(wait_matched "emobility.meter.values.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.partitionKey == '$cp' && body.eventType == 'emobility.meter.values' && body.occurredAt == '2026-01-14T10:15:00Z' && body.payload.transaction_id == \`170045\`" 5 30)"
+[[ "$n" == 5 ]] && row PASS "ocpp: emobility.meter.values.v1.$kit_env" "5 enveloped events keyed by $cp" ||
+    row FAIL "ocpp: emobility.meter.values.v1.$kit_env" "$n matching event(s) (want 5)"
+cid="$run_id-ocpp-status"
+code="$(ocpp_post /ocpp/1.6/status-notification "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-StatusNotification-1.6.json")"
+[[ "$code" == 202 ]] && row PASS "ocpp: POST StatusNotification" "202" || row FAIL "ocpp: POST StatusNotification" "status $code (want 202)"
+n="$(wait_matched "emobility.charger.status.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.payload.status == 'Faulted' && body.payload.error_code == 'GroundFailure'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "ocpp: emobility.charger.status.v1.$kit_env" "1 enveloped event keyed by $cp" ||
+    row FAIL "ocpp: emobility.charger.status.v1.$kit_env" "$n matching event(s) (want 1)"
+cid="$run_id-ocpp-bad"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" '[3, "19223201", {}]')"
+[[ "$code" == 422 ]] && row PASS "ocpp: CALLRESULT refused" "422" || row FAIL "ocpp: CALLRESULT refused" "status $code (want 422)"
+n="$(wait_matched "emobility.meter.values.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'ocpp-meter-values'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "ocpp: dead letter" "1 on emobility.meter.values.v1.$kit_env.dlq" ||
+    row FAIL "ocpp: dead letter" "$n matching dead letter(s) (want 1)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL

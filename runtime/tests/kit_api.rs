@@ -237,3 +237,88 @@ fn a_bad_environment_name_is_refused_everywhere_topic_names_are_read() {
         }
     }
 }
+
+/// The OCPP flows through a real broker: one record per sampled value, keyed by the charge
+/// point; the same frame posted again with the same `X-Correlation-ID` (a bridge's retry)
+/// gives the same event ids, another correlation id other ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocpp_events_are_enveloped_keyed_by_charge_point_and_stable_across_retries() {
+    let env = unique("o").replace('-', "");
+    let values = format!("emobility.meter.values.v1.{env}");
+    let status = format!("emobility.charger.status.v1.{env}");
+    for topic in [&values, &status] {
+        create_topic(topic, 3).await;
+        create_topic(&format!("{topic}.dlq"), 1).await;
+    }
+    let dir = shipped(&["ocpp-meter-values.toml", "ocpp-status-notification.toml"]);
+    let gf = Gridflow::start_with_env(dir.path(), &[], &[("GRIDFLOW_ENV", &env)]);
+    let frame = fixture("ocpp-MeterValues-1.6.json");
+    let send = |correlation: &'static str| {
+        let (url, frame) = (gf.http_url("/ocpp/1.6/meter-values"), frame.clone());
+        async move {
+            http()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-charge-point-id", "CP-LYON-PARTDIEU-0042")
+                .header("x-correlation-id", correlation)
+                .body(frame)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send("CP-LYON-PARTDIEU-0042:19223201").await, 202);
+    assert_eq!(
+        send("CP-LYON-PARTDIEU-0042:19223201").await,
+        202,
+        "the retry"
+    );
+    assert_eq!(
+        send("CP-LYON-PARTDIEU-0042:19223299").await,
+        202,
+        "another frame"
+    );
+    let records = consume(&values, 15, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 15);
+    let ids = |correlation: &str| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r.json())
+            .filter(|v| v["correlationId"] == correlation)
+            .map(|v| v["eventId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = ids("CP-LYON-PARTDIEU-0042:19223201");
+    assert_eq!(first.len(), 10, "two deliveries of five events");
+    let (a, b) = first.split_at(5);
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the retry carries the same five ids");
+    a.dedup();
+    assert_eq!(a.len(), 5, "five events, five ids");
+    let other = ids("CP-LYON-PARTDIEU-0042:19223299");
+    assert!(other.iter().all(|id| !a.contains(id)), "{other:?} vs {a:?}");
+    for r in &records {
+        assert_eq!(r.key.as_deref(), Some("CP-LYON-PARTDIEU-0042"));
+        assert_eq!(r.json()["eventType"], "emobility.meter.values");
+    }
+
+    let r = http()
+        .post(gf.http_url("/ocpp/1.6/status-notification"))
+        .header("content-type", "application/json")
+        .header("x-charge-point-id", "CP-GENT-DOK-0007")
+        .body(fixture("ocpp-StatusNotification-1.6.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = consume(&status, 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].key.as_deref(), Some("CP-GENT-DOK-0007"));
+    let event = got[0].json();
+    assert_eq!(event["payload"]["status"], "Faulted");
+    assert_eq!(event["occurredAt"], "2026-01-14T10:16:41Z");
+    drop(gf);
+}
