@@ -14,7 +14,7 @@
 #   7. the kit's tier-1 API: POST /v1/meter-readings and POST /v1/incidents (one without details)
 #      get 202 and land on grid.*.v1.<env> keyed by partitionKey; an unknown severity gets 422
 #      and reaches grid.incident.created.v1.<env>.dlq with code contract_violation
-#   8. OCPP 1.6: the MeterValues sample (X-Charge-Point-Id) gives 5 enveloped events on
+#   8. OCPP 1.6: the MeterValues sample (in the bridge's body) gives 5 enveloped events on
 #      emobility.meter.values.v1.<env> keyed by the charge point; the StatusNotification sample
 #      one on emobility.charger.status.v1.<env>; a CALLRESULT posted as MeterValues gets 422
 #
@@ -200,22 +200,22 @@ n="$(wait_matched "grid.incident.created.v1.$kit_env.dlq" "correlation_id == '$c
 cp=CP-LYON-PARTDIEU-0042
 ocpp_post() { # ocpp_post PATH CORRELATION_ID BODY: the status
     curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
-        -H 'Content-Type: application/json' -H "X-Charge-Point-Id: $cp" -H "X-Correlation-ID: $2" --data-binary "$3"
+        -H 'Content-Type: application/json' -H "X-Correlation-ID: $2" --data-binary "$3"
 }
 cid="$run_id-ocpp-values"
-code="$(ocpp_post /ocpp/1.6/meter-values "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-MeterValues-1.6.json")"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-meter-values-request.json")"
 [[ "$code" == 202 ]] && row PASS "ocpp: POST MeterValues" "202" || row FAIL "ocpp: POST MeterValues" "status $code (want 202)"
 n="$(wait_matched "emobility.meter.values.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.partitionKey == '$cp' && body.eventType == 'emobility.meter.values' && body.occurredAt == '2026-01-14T10:15:00Z' && body.payload.transaction_id == \`170045\`" 5 30)"
 [[ "$n" == 5 ]] && row PASS "ocpp: emobility.meter.values.v1.$kit_env" "5 enveloped events keyed by $cp" ||
     row FAIL "ocpp: emobility.meter.values.v1.$kit_env" "$n matching event(s) (want 5)"
 cid="$run_id-ocpp-status"
-code="$(ocpp_post /ocpp/1.6/status-notification "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-StatusNotification-1.6.json")"
+code="$(ocpp_post /ocpp/1.6/status-notification "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-status-notification-request.json")"
 [[ "$code" == 202 ]] && row PASS "ocpp: POST StatusNotification" "202" || row FAIL "ocpp: POST StatusNotification" "status $code (want 202)"
 n="$(wait_matched "emobility.charger.status.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.payload.status == 'Faulted' && body.payload.error_code == 'GroundFailure'" 1 30)"
 [[ "$n" == 1 ]] && row PASS "ocpp: emobility.charger.status.v1.$kit_env" "1 enveloped event keyed by $cp" ||
     row FAIL "ocpp: emobility.charger.status.v1.$kit_env" "$n matching event(s) (want 1)"
 cid="$run_id-ocpp-bad"
-code="$(ocpp_post /ocpp/1.6/meter-values "$cid" '[3, "19223201", {}]')"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" "{\"chargePointId\": \"$cp\", \"frame\": [3, \"19223201\", {}]}")"
 [[ "$code" == 422 ]] && row PASS "ocpp: CALLRESULT refused" "422" || row FAIL "ocpp: CALLRESULT refused" "status $code (want 422)"
 n="$(wait_matched "emobility.meter.values.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'ocpp-meter-values'" 1 30)"
 [[ "$n" == 1 ]] && row PASS "ocpp: dead letter" "1 on emobility.meter.values.v1.$kit_env.dlq" ||

@@ -252,14 +252,13 @@ async fn ocpp_events_are_enveloped_keyed_by_charge_point_and_stable_across_retri
     }
     let dir = shipped(&["ocpp-meter-values.toml", "ocpp-status-notification.toml"]);
     let gf = Gridflow::start_with_env(dir.path(), &[], &[("GRIDFLOW_ENV", &env)]);
-    let frame = fixture("ocpp-MeterValues-1.6.json");
+    let frame = fixture("ocpp-meter-values-request.json");
     let send = |correlation: &'static str| {
         let (url, frame) = (gf.http_url("/ocpp/1.6/meter-values"), frame.clone());
         async move {
             http()
                 .post(url)
                 .header("content-type", "application/json")
-                .header("x-charge-point-id", "CP-LYON-PARTDIEU-0042")
                 .header("x-correlation-id", correlation)
                 .body(frame)
                 .send()
@@ -306,11 +305,14 @@ async fn ocpp_events_are_enveloped_keyed_by_charge_point_and_stable_across_retri
         assert_eq!(r.json()["eventType"], "emobility.meter.values");
     }
 
+    let request = serde_json::json!({
+        "chargePointId": "CP-GENT-DOK-0007",
+        "frame": serde_json::from_slice::<serde_json::Value>(&fixture("ocpp-StatusNotification-1.6.json")).unwrap(),
+    });
     let r = http()
         .post(gf.http_url("/ocpp/1.6/status-notification"))
         .header("content-type", "application/json")
-        .header("x-charge-point-id", "CP-GENT-DOK-0007")
-        .body(fixture("ocpp-StatusNotification-1.6.json"))
+        .body(request.to_string())
         .send()
         .await
         .unwrap();
