@@ -179,16 +179,16 @@ code="$(kit_post /v1/meter-readings "$cid" @"$ROOT/pipelines/tests/fixtures/kit-
 [[ "$code" == 202 ]] && row PASS "kit: POST /v1/meter-readings" "202" ||
     row FAIL "kit: POST /v1/meter-readings" "status $code (want 202)"
 n="$(wait_matched "grid.meter.reading.v1.$kit_env" "correlation_id == '$cid' && key == body.partitionKey && key == 'FR-PRM-09182736450011' && body.eventType == 'grid.meter.reading' && body.payload.value == \`0.412\`" 1 30)"
-[[ "$n" == 1 ]] && row PASS "kit: grid.meter.reading.v1.$kit_env" "1 event keyed by partitionKey" ||
-    row FAIL "kit: grid.meter.reading.v1.$kit_env" "$n matching event(s) (want 1)"
+[[ "$n" == 1 ]] && row PASS "kit: reading topic" "1 event on grid.meter.reading.v1.$kit_env keyed by partitionKey" ||
+    row FAIL "kit: reading topic" "$n matching event(s) (want 1)"
 cid="$run_id-kit-incident"
 incident="$(jq -c 'del(.payload.details)' "$ROOT/pipelines/tests/fixtures/kit-incident.json")"
 code="$(kit_post /v1/incidents "$cid" "$incident")"
 [[ "$code" == 202 ]] && row PASS "kit: POST /v1/incidents" "202 (an incident without details)" ||
     row FAIL "kit: POST /v1/incidents" "status $code (want 202)"
 n="$(wait_matched "grid.incident.created.v1.$kit_env" "correlation_id == '$cid' && key == 'SITE-LYON-07' && body.payload.severity == 'CRITICAL' && body.payload.details == null" 1 30)"
-[[ "$n" == 1 ]] && row PASS "kit: grid.incident.created.v1.$kit_env" "1 event keyed by partitionKey" ||
-    row FAIL "kit: grid.incident.created.v1.$kit_env" "$n matching event(s) (want 1)"
+[[ "$n" == 1 ]] && row PASS "kit: incident topic" "1 event on grid.incident.created.v1.$kit_env keyed by partitionKey" ||
+    row FAIL "kit: incident topic" "$n matching event(s) (want 1)"
 cid="$run_id-kit-bad"
 code="$(kit_post /v1/incidents "$cid" "$(jq -c '.payload.severity = "SEVERE"' <<<"$incident")")"
 [[ "$code" == 422 ]] && row PASS "kit: unknown severity" "422" || row FAIL "kit: unknown severity" "status $code (want 422)"
@@ -206,14 +206,14 @@ cid="$run_id-ocpp-values"
 code="$(ocpp_post /ocpp/1.6/meter-values "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-meter-values-request.json")"
 [[ "$code" == 202 ]] && row PASS "ocpp: POST MeterValues" "202" || row FAIL "ocpp: POST MeterValues" "status $code (want 202)"
 n="$(wait_matched "emobility.meter.values.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.partitionKey == '$cp' && body.eventType == 'emobility.meter.values' && body.occurredAt == '2026-01-14T10:15:00Z' && body.payload.transaction_id == \`170045\`" 5 30)"
-[[ "$n" == 5 ]] && row PASS "ocpp: emobility.meter.values.v1.$kit_env" "5 enveloped events keyed by $cp" ||
-    row FAIL "ocpp: emobility.meter.values.v1.$kit_env" "$n matching event(s) (want 5)"
+[[ "$n" == 5 ]] && row PASS "ocpp: meter values topic" "5 enveloped events on emobility.meter.values.v1.$kit_env keyed by $cp" ||
+    row FAIL "ocpp: meter values topic" "$n matching event(s) (want 5)"
 cid="$run_id-ocpp-status"
 code="$(ocpp_post /ocpp/1.6/status-notification "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-status-notification-request.json")"
 [[ "$code" == 202 ]] && row PASS "ocpp: POST StatusNotification" "202" || row FAIL "ocpp: POST StatusNotification" "status $code (want 202)"
 n="$(wait_matched "emobility.charger.status.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.payload.status == 'Faulted' && body.payload.error_code == 'GroundFailure'" 1 30)"
-[[ "$n" == 1 ]] && row PASS "ocpp: emobility.charger.status.v1.$kit_env" "1 enveloped event keyed by $cp" ||
-    row FAIL "ocpp: emobility.charger.status.v1.$kit_env" "$n matching event(s) (want 1)"
+[[ "$n" == 1 ]] && row PASS "ocpp: charger status topic" "1 enveloped event on emobility.charger.status.v1.$kit_env keyed by $cp" ||
+    row FAIL "ocpp: charger status topic" "$n matching event(s) (want 1)"
 cid="$run_id-ocpp-bad"
 code="$(ocpp_post /ocpp/1.6/meter-values "$cid" "{\"chargePointId\": \"$cp\", \"frame\": [3, \"19223201\", {}]}")"
 [[ "$code" == 422 ]] && row PASS "ocpp: CALLRESULT refused" "422" || row FAIL "ocpp: CALLRESULT refused" "status $code (want 422)"
