@@ -17,6 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use toml::de::DeValue;
 use toml::Spanned;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
@@ -136,14 +137,24 @@ occurred_at = "readingAt""#;
         value: &Spanned<DeValue<'i>>,
         context: &str,
     ) -> Option<Self> {
-        parse_plain(doc, value, context)
+        let config = parse_plain(doc, value, context)?;
+        if in_block(context) {
+            doc.report(value, context, nested_error());
+        }
+        Some(config)
     }
 
     fn check(&self) -> Result<(), BuildError> {
         self.compile().map(drop)
     }
 
+    /// Only at the top level of `steps`: a block (`try`, `branch`) runs its steps on one
+    /// message at a time, so the step could not number the input's messages and two events of
+    /// one input would get one id.
     fn build(&self, cx: &mut BuildContext<'_>) -> Result<Box<dyn Step>, BuildError> {
+        if in_block(cx.id()) {
+            return Err(nested_error());
+        }
         Ok(Box::new(EnvelopeStep {
             pipeline: cx.pipeline().to_string(),
             id: cx.id().to_string(),
@@ -163,21 +174,69 @@ pub struct Envelope {
     occurred_at_missing: OccurredAtMissing,
 }
 
-/// Where an event comes from, for its id: its pipeline, step and input, and its index.
-pub struct EventOrigin<'a> {
-    /// The pipeline's name.
-    pub pipeline: &'a str,
-    /// The step's place (`steps[3].envelope`).
-    pub step: &'a str,
-    /// The input's facts.
-    pub meta: &'a Meta,
-    /// The message's index among the input's messages at this step.
-    pub index: usize,
+/// Where the events of one input come from, for their ids: the pipeline, the step, the event
+/// type and the input's identity, computed once per input (the input's bytes are hashed once,
+/// however many events it gives).
+pub struct EventOrigin {
+    /// The name every event id of the input starts from.
+    name: Vec<u8>,
+}
+
+impl EventOrigin {
+    /// The origin of the events that `step` of `pipeline` builds from the input `meta`.
+    ///
+    /// The input's identity is the record's topic, partition and offset for a Kafka input;
+    /// for an HTTP request or a file, where it came from (path, line), its correlation id
+    /// (HTTP only: a file's is new at every read) and the SHA-256 of its bytes.
+    pub fn new(pipeline: &str, step: &str, event_type: &str, meta: &Meta) -> EventOrigin {
+        let mut name = Vec::with_capacity(160);
+        for part in [pipeline, step, event_type] {
+            name.extend_from_slice(part.as_bytes());
+            name.push(0);
+        }
+        match &meta.origin {
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+            } => name.extend_from_slice(format!("kafka\0{topic}\0{partition}\0{offset}").as_bytes()),
+            Origin::Http { path } => {
+                name.extend_from_slice(format!("http\0{path}\0{}\0", meta.correlation_id).as_bytes());
+                name.extend_from_slice(&Sha256::digest(&meta.original));
+            }
+            Origin::File { path, line } => {
+                name.extend_from_slice(format!("file\0{path}\0{line:?}\0").as_bytes());
+                name.extend_from_slice(&Sha256::digest(&meta.original));
+            }
+        }
+        name.push(0);
+        EventOrigin { name }
+    }
+
+    /// The event id of the input's message `index` (its place among the input's messages at
+    /// this step): a UUID v5, in [`EVENT_ID_NAMESPACE`], of the origin's name and the index.
+    pub fn event_id(&self, index: usize) -> String {
+        let mut name = Vec::with_capacity(self.name.len() + 8);
+        name.extend_from_slice(&self.name);
+        name.extend_from_slice(index.to_string().as_bytes());
+        let mut buffer = Uuid::encode_buffer();
+        Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
+            .hyphenated()
+            .encode_lower(&mut buffer)
+            .to_owned()
+    }
 }
 
 impl Envelope {
-    /// The envelope around `item`'s body; the item's key becomes the partition key.
-    pub fn wrap(&self, item: Item, origin: &EventOrigin<'_>) -> Result<Item, StepError> {
+    /// The envelope around `item`'s body, the input's message `index` at this step; the
+    /// item's key becomes the partition key.
+    pub fn wrap(
+        &self,
+        item: Item,
+        meta: &Meta,
+        origin: &EventOrigin,
+        index: usize,
+    ) -> Result<Item, StepError> {
         let Item {
             payload,
             headers,
@@ -202,11 +261,11 @@ impl Envelope {
             }
         };
         let occurred_at = match &self.occurred_at {
-            None => received_at(origin.meta.received_at),
+            None => received_at(meta.received_at),
             Some(expr) => match expr.search(&body)? {
                 Value::String(s) if OffsetDateTime::parse(&s, &Rfc3339).is_ok() => s,
                 Value::Null if self.occurred_at_missing == OccurredAtMissing::Received => {
-                    received_at(origin.meta.received_at)
+                    received_at(meta.received_at)
                 }
                 Value::String(s) => {
                     return Err(shape(format!(
@@ -225,7 +284,7 @@ impl Envelope {
             },
         };
         let mut envelope = Map::with_capacity(8);
-        envelope.insert("eventId".into(), Value::String(event_id(self, origin)));
+        envelope.insert("eventId".into(), Value::String(origin.event_id(index)));
         envelope.insert("eventType".into(), Value::String(self.event_type.clone()));
         envelope.insert("eventVersion".into(), Value::from(self.event_version));
         envelope.insert("occurredAt".into(), Value::String(occurred_at));
@@ -235,7 +294,7 @@ impl Envelope {
         );
         envelope.insert(
             "correlationId".into(),
-            Value::String(origin.meta.correlation_id.clone()),
+            Value::String(meta.correlation_id.clone()),
         );
         let key = Bytes::copy_from_slice(partition_key.as_bytes());
         envelope.insert("partitionKey".into(), Value::String(partition_key));
@@ -282,42 +341,6 @@ fn received_at(received: Instant) -> String {
     at.format(&Rfc3339).unwrap_or_default()
 }
 
-/// The event id: a UUID v5, in [`EVENT_ID_NAMESPACE`], of the pipeline, the step, the event
-/// type, the input's identity and the message's index. The input's identity is the record's
-/// topic, partition and offset for a Kafka input; for an HTTP request or a file, where it
-/// came from (path, line), its correlation id (HTTP only: a file's is new at every read) and
-/// its bytes.
-pub fn event_id(envelope: &Envelope, origin: &EventOrigin<'_>) -> String {
-    let meta = origin.meta;
-    let mut name = Vec::with_capacity(128);
-    for part in [origin.pipeline, origin.step, envelope.event_type.as_str()] {
-        name.extend_from_slice(part.as_bytes());
-        name.push(0);
-    }
-    match &meta.origin {
-        Origin::Kafka {
-            topic,
-            partition,
-            offset,
-        } => name.extend_from_slice(format!("kafka\0{topic}\0{partition}\0{offset}").as_bytes()),
-        Origin::Http { path } => {
-            name.extend_from_slice(format!("http\0{path}\0{}\0", meta.correlation_id).as_bytes());
-            name.extend_from_slice(&meta.original);
-        }
-        Origin::File { path, line } => {
-            name.extend_from_slice(format!("file\0{path}\0{line:?}\0").as_bytes());
-            name.extend_from_slice(&meta.original);
-        }
-    }
-    name.push(0);
-    name.extend_from_slice(origin.index.to_string().as_bytes());
-    let mut buffer = Uuid::encode_buffer();
-    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
-        .hyphenated()
-        .encode_lower(&mut buffer)
-        .to_owned()
-}
-
 /// The running `envelope` step: each message, with its index among the input's messages.
 pub struct EnvelopeStep {
     pipeline: String,
@@ -326,20 +349,36 @@ pub struct EnvelopeStep {
     metrics: StepMetrics,
 }
 
+/// Is the step at `id` (`steps[2]`, `steps[1].steps[0]`, `steps[1].try.steps[0].envelope`)
+/// inside a block?
+fn in_block(id: &str) -> bool {
+    id.matches('[').count() > 1
+}
+
+/// Why the step is refused inside a block.
+fn nested_error() -> BuildError {
+    BuildError::new(
+        "the `envelope` step cannot be inside a block: a block runs its steps on one message at a time, and the events of one input would share an event id",
+    )
+    .with_hint("put the `envelope` step in the pipeline's top-level `steps`, after the block")
+}
+
 impl Step for EnvelopeStep {
     fn run<'a>(&'a self, items: Vec<Item>, cx: RunContext<'a>, _: &'a mut Outcome) -> Run<'a> {
         let mut next = Vec::with_capacity(items.len());
+        let origin = EventOrigin::new(
+            &self.pipeline,
+            &self.id,
+            &self.envelope.event_type,
+            cx.meta,
+        );
         for (index, item) in items.into_iter().enumerate() {
             let scope = scope(cx.meta, &item);
             let (started, wall) = (Instant::now(), cx.trace.now());
-            let origin = EventOrigin {
-                pipeline: &self.pipeline,
-                step: &self.id,
-                meta: cx.meta,
-                index,
-            };
             match guarded(&self.id, || {
-                with_scope(&scope, || self.envelope.wrap(item, &origin))
+                with_scope(&scope, || {
+                    self.envelope.wrap(item, cx.meta, &origin, index)
+                })
             }) {
                 Ok(wrapped) => {
                     next.push(wrapped);
@@ -360,7 +399,7 @@ impl Step for EnvelopeStep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::{parse, run_items, StepConfig};
+    use crate::steps::{parse, run_items};
     use std::sync::Arc;
     use serde_json::json;
 
@@ -398,19 +437,7 @@ occurred_at = "readingAt""#;
     }
 
     fn id_of(meta: &Meta, step: &str, index: usize) -> String {
-        let StepConfig::Envelope(config) = parse(STEP) else {
-            panic!("an envelope step")
-        };
-        let envelope = config.compile().unwrap();
-        event_id(
-            &envelope,
-            &EventOrigin {
-                pipeline: "p",
-                step,
-                meta,
-                index,
-            },
-        )
+        EventOrigin::new("p", step, "grid.meter.reading", meta).event_id(index)
     }
 
     #[test]
@@ -573,6 +600,45 @@ occurred_at = "readingAt""#;
             )
         };
         assert_eq!(id_of(&file("c-1"), "s", 0), id_of(&file("c-2"), "s", 0));
+    }
+
+    #[test]
+    fn inside_a_block_the_step_is_refused() {
+        let block = format!(
+            "kind = \"try\"\n[[steps]]\n{}\n[[catch]]\nkind = \"filter\"\ncondition = \"`false`\"",
+            STEP
+        );
+        let e = parse(&block).build().err().expect("refused");
+        assert!(e.message.contains("cannot be inside a block"), "{e:?}");
+        assert!(in_block("steps[1].try.steps[0].envelope"));
+        assert!(in_block("steps[0].branch.routes[1].steps[0].envelope"));
+        assert!(!in_block("steps[7].envelope"));
+    }
+
+    #[test]
+    fn a_large_input_is_hashed_once_not_once_per_event() {
+        // 2 000 events of a 4 MB input: hashing the input per event would read 8 GB.
+        let step = parse(STEP).build().unwrap();
+        let big = "x".repeat(4 << 20);
+        let meta = Arc::new(meta(Origin::Http { path: "/x".into() }, "c-1", &big));
+        let trace = crate::telemetry::Trace::default();
+        let cx = RunContext {
+            meta: &meta,
+            trace: &trace,
+        };
+        let items = (0..2000)
+            .map(|_| Item::new(Payload::Json(reading())))
+            .collect();
+        let started = Instant::now();
+        let Run::Ready(Ok(items)) = step.run(items, cx, &mut Outcome::default()) else {
+            panic!("runs")
+        };
+        assert_eq!(items.len(), 2000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        let mut ids: Vec<&Value> = items.iter().map(|i| &i.payload.as_json().unwrap()["eventId"]).collect();
+        ids.sort_by_key(|v| v.as_str().unwrap().to_string());
+        ids.dedup();
+        assert_eq!(ids.len(), 2000, "one id per event");
     }
 
     #[test]
