@@ -13,11 +13,11 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use toml::de::DeValue;
 use toml::Spanned;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
