@@ -29,6 +29,12 @@
 #  10. HTTP pipeline meter-readings-head-end: an IEC 61968-9 MeterReadings document from a head-end
 #      is accepted (202, 24 messages) and its 24 interval readings are on energy.meter.reading.v1,
 #      normalised (kWh, quality A) and keyed by meter_id
+#  11. the kit's tier-1 API: POST /v1/meter-readings and POST /v1/incidents (one without details)
+#      get 202 and land on grid.*.v1.<env> keyed by partitionKey; an unknown severity gets 422
+#      and reaches grid.incident.created.v1.<env>.dlq with code contract_violation
+#  12. OCPP 1.6: the MeterValues sample (in the bridge's body) gives 5 enveloped events on
+#      emobility.meter.values.v1.<env> keyed by the charge point; the StatusNotification sample
+#      one on emobility.charger.status.v1.<env>; a CALLRESULT posted as MeterValues gets 422
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -293,6 +299,60 @@ messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
 n="$(wait_matched energy.meter.reading.v1 "correlation_id == '$cid' && key == body.meter_id && starts_with(body.meter_id, 'FR-PRM-0918273645001') && body.unit == 'kWh' && body.quality == 'A' && body.value != null" 24 20)"
 [[ "$n" == 24 ]] && row PASS "head-end: energy.meter.reading.v1" "24 readings of 3 meters, keyed by meter_id" ||
     row FAIL "head-end: energy.meter.reading.v1" "$n matching reading(s) (want 24)"
+
+# 11. The kit's tier-1 API (kit-meter-readings, kit-incidents): the environment's topics.
+kit_env=dev
+[[ "$mode" == docker ]] || kit_env="${GRIDFLOW_ENV:-dev}"
+kit_post() { # kit_post PATH CORRELATION_ID BODY: the status
+    curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
+        -H 'Content-Type: application/json' -H "X-Correlation-ID: $2" --data-binary "$3"
+}
+cid="$run_id-kit-reading"
+code="$(kit_post /v1/meter-readings "$cid" @"$ROOT/pipelines/tests/fixtures/kit-meter-reading.json")"
+[[ "$code" == 202 ]] && row PASS "kit: POST /v1/meter-readings" "202" ||
+    row FAIL "kit: POST /v1/meter-readings" "status $code (want 202)"
+n="$(wait_matched "grid.meter.reading.v1.$kit_env" "correlation_id == '$cid' && key == body.partitionKey && key == 'FR-PRM-09182736450011' && body.eventType == 'grid.meter.reading' && body.payload.value == \`0.412\`" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: reading topic" "1 event on grid.meter.reading.v1.$kit_env keyed by partitionKey" ||
+    row FAIL "kit: reading topic" "$n matching event(s) (want 1)"
+cid="$run_id-kit-incident"
+incident="$(jq -c 'del(.payload.details)' "$ROOT/pipelines/tests/fixtures/kit-incident.json")"
+code="$(kit_post /v1/incidents "$cid" "$incident")"
+[[ "$code" == 202 ]] && row PASS "kit: POST /v1/incidents" "202 (an incident without details)" ||
+    row FAIL "kit: POST /v1/incidents" "status $code (want 202)"
+n="$(wait_matched "grid.incident.created.v1.$kit_env" "correlation_id == '$cid' && key == 'SITE-LYON-07' && body.payload.severity == 'CRITICAL' && body.payload.details == null" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: incident topic" "1 event on grid.incident.created.v1.$kit_env keyed by partitionKey" ||
+    row FAIL "kit: incident topic" "$n matching event(s) (want 1)"
+cid="$run_id-kit-bad"
+code="$(kit_post /v1/incidents "$cid" "$(jq -c '.payload.severity = "SEVERE"' <<<"$incident")")"
+[[ "$code" == 422 ]] && row PASS "kit: unknown severity" "422" || row FAIL "kit: unknown severity" "status $code (want 422)"
+n="$(wait_matched "grid.incident.created.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'kit-incidents'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: dead letter" "1 on grid.incident.created.v1.$kit_env.dlq, code contract_violation" ||
+    row FAIL "kit: dead letter" "$n matching dead letter(s) (want 1)"
+
+# 12. OCPP 1.6 (ocpp-meter-values, ocpp-status-notification): enveloped events on the kit's topics.
+cp=CP-LYON-PARTDIEU-0042
+ocpp_post() { # ocpp_post PATH CORRELATION_ID BODY: the status
+    curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
+        -H 'Content-Type: application/json' -H "X-Correlation-ID: $2" --data-binary "$3"
+}
+cid="$run_id-ocpp-values"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-meter-values-request.json")"
+[[ "$code" == 202 ]] && row PASS "ocpp: POST MeterValues" "202" || row FAIL "ocpp: POST MeterValues" "status $code (want 202)"
+n="$(wait_matched "emobility.meter.values.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.partitionKey == '$cp' && body.eventType == 'emobility.meter.values' && body.occurredAt == '2026-01-14T10:15:00Z' && body.payload.transaction_id == \`170045\`" 5 30)"
+[[ "$n" == 5 ]] && row PASS "ocpp: meter values topic" "5 enveloped events on emobility.meter.values.v1.$kit_env keyed by $cp" ||
+    row FAIL "ocpp: meter values topic" "$n matching event(s) (want 5)"
+cid="$run_id-ocpp-status"
+code="$(ocpp_post /ocpp/1.6/status-notification "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-status-notification-request.json")"
+[[ "$code" == 202 ]] && row PASS "ocpp: POST StatusNotification" "202" || row FAIL "ocpp: POST StatusNotification" "status $code (want 202)"
+n="$(wait_matched "emobility.charger.status.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.payload.status == 'Faulted' && body.payload.error_code == 'GroundFailure'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "ocpp: charger status topic" "1 enveloped event on emobility.charger.status.v1.$kit_env keyed by $cp" ||
+    row FAIL "ocpp: charger status topic" "$n matching event(s) (want 1)"
+cid="$run_id-ocpp-bad"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" "{\"chargePointId\": \"$cp\", \"frame\": [3, \"19223201\", {}]}")"
+[[ "$code" == 422 ]] && row PASS "ocpp: CALLRESULT refused" "422" || row FAIL "ocpp: CALLRESULT refused" "status $code (want 422)"
+n="$(wait_matched "emobility.meter.values.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'ocpp-meter-values'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "ocpp: dead letter" "1 on emobility.meter.values.v1.$kit_env.dlq" ||
+    row FAIL "ocpp: dead letter" "$n matching dead letter(s) (want 1)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL

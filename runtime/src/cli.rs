@@ -820,7 +820,7 @@ fn contracts_check(args: ValidateArgs) -> ExitCode {
     for (topic, at) in topics {
         if !crate::contracts::conventional_topic(&topic) {
             problems.push(format!(
-                "{at}: topic `{topic}` does not follow <domain>.<entity>.<event>.v<major> (dead letters: <topic>.dlq)"
+                "{at}: topic `{topic}` does not follow <domain>.<entity>.<event>.v<major>[.<env>] (dead letters: <topic>.dlq)"
             ));
         }
     }

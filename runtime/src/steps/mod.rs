@@ -218,6 +218,8 @@ step_kinds! {
     Try(r#try::TryConfig),
     /// Routes, each with its steps and sink.
     Branch(branch::BranchConfig),
+    /// The message becomes the payload of the kit's event envelope.
+    Envelope(envelope::EnvelopeConfig),
 }
 
 /// What steps may need from the process when they are built.
