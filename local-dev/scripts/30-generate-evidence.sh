@@ -5,7 +5,7 @@
 #   versions.txt            gridflow --version, the client library, the broker's API versions,
 #                           the cluster (id, brokers), the OS
 #   broker-api-versions.json  the broker's ApiVersions answer and the cluster, as JSON
-#   health-ready.json       GET /health/ready (status and body)
+#   health-ready.json       GET /health/ready (its body; the status is in SUMMARY.md)
 #   pipelines.json          GET /admin/pipelines: the loaded pipelines, their state, version
 #   metrics.prom            GET /metrics: a snapshot of every metric
 #   topics.json, topics.txt every topic with its partition count; the catalog's topics missing
@@ -26,7 +26,9 @@
 # Other settings: EVIDENCE_DIR (default evidence/ of the repository, or of the current
 # directory with GRIDFLOW_ADMIN), EVIDENCE_GROUPS (more consumer groups, space-separated),
 # GRIDFLOW_ADMIN_TOKEN (sent as a bearer token when set), EVIDENCE_DESCRIBE_GROUPS=0 (do not
-# ask the groups' state and members: tansu 0.6 cannot answer). Topics and lag are read with
+# ask the groups' state and members: tansu 0.6 cannot answer), EVIDENCE_KAFKA_CONFIG (a file of
+# librdkafka properties, KEY=VALUE a line, for a secured cluster: security.protocol,
+# sasl.mechanism, sasl.username, sasl.password, ssl.ca.location). Topics and lag are read with
 # local-dev/scripts/kafka.py (confluent-kafka in a virtualenv, see lib.sh); nothing is
 # written to Kafka and no consumer group is joined.
 #
@@ -94,8 +96,12 @@ fetch() {
     [[ -n "$code" && "$code" != 000 ]] && echo "$code" || echo "no answer"
 }
 
-kafka_py() { # kafka_py ARGS...: kafka.py in its virtualenv; stderr to the capture log
-    "$VENV/bin/python" "$LOCAL_DEV/scripts/kafka.py" "$@" 2>>"$log"
+kafka_config=()
+[[ -n "${EVIDENCE_KAFKA_CONFIG:-}" ]] && kafka_config=(--config-file "$EVIDENCE_KAFKA_CONFIG")
+kafka_py() { # kafka_py COMMAND ARGS...: kafka.py in its virtualenv; stderr to the capture log
+    local command="$1"
+    shift
+    "$VENV/bin/python" "$LOCAL_DEV/scripts/kafka.py" "$command" "${kafka_config[@]}" "$@" 2>>"$log"
 }
 
 # ---- versions ----------------------------------------------------------------------------

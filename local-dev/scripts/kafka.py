@@ -28,7 +28,10 @@ one JSON document on standard output (exit 0, 1 when the broker could not be ask
                                         --describe: the group's state and members too
 
 `lag` never joins a group: it only reads committed offsets (OffsetFetch) and watermarks
-(ListOffsets), so the running consumers are not rebalanced.
+(ListOffsets), so the running consumers are not rebalanced. `--config-file FILE` adds
+librdkafka properties (KEY=VALUE lines: security.protocol, sasl.*, ssl.*) for a secured
+cluster; the raw ApiVersions question of `api-versions` is asked over plaintext only (on a TLS
+or SASL listener it is reported as not available).
 """
 
 import argparse
@@ -141,10 +144,28 @@ def raw_api_versions(host, port, timeout):
     return sorted(apis, key=lambda a: a["api_key"])
 
 
+def client_config(args, **extra):
+    """bootstrap.servers, the properties of --config-file (librdkafka's KEY=VALUE lines, e.g.
+    security.protocol and sasl.* for a secured cluster), then `extra`."""
+    config = {"bootstrap.servers": args.brokers}
+    if getattr(args, "config_file", None):
+        with open(args.config_file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                key, sep, value = line.partition("=")
+                if not sep:
+                    sys.exit(f"kafka.py: {args.config_file}:{n}: expected KEY=VALUE")
+                config[key.strip()] = value.strip()
+    config.update(extra)
+    return config
+
+
 def admin_client(args):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": args.brokers})
+    return AdminClient(client_config(args))
 
 
 def cluster_of(metadata):
@@ -282,8 +303,7 @@ def lag(args):
                 entry["state"] = "unknown"
                 entry["state_error"] = str(e)
         # Not subscribed, never joins the group: committed() is an OffsetFetch only.
-        consumer = Consumer({"bootstrap.servers": args.brokers, "group.id": name,
-                             "enable.auto.commit": False})
+        consumer = Consumer(client_config(args, **{"group.id": name, "enable.auto.commit": False}))
         try:
             topics_of_group = list(info["topics"])
             if not topics_of_group:
@@ -333,15 +353,19 @@ def main():
     p.add_argument("--header", action="append", default=[], help="NAME=VALUE, repeatable")
     p.add_argument("--file", default="-")
     p.add_argument("--timeout-ms", type=int, default=10000)
+    config_help = "librdkafka properties, KEY=VALUE a line (security.protocol, sasl.*, ssl.*)"
     p = sub.add_parser("api-versions", help="the broker's API versions and the cluster (JSON)")
     p.add_argument("--brokers", required=True)
+    p.add_argument("--config-file", help=config_help)
     p.add_argument("--timeout-ms", type=int, default=10000)
     p = sub.add_parser("topics", help="topics and partition counts (JSON)")
     p.add_argument("--brokers", required=True)
+    p.add_argument("--config-file", help=config_help)
     p.add_argument("--catalog", help="a topic catalog (contracts/topics.toml): report missing topics")
     p.add_argument("--timeout-ms", type=int, default=10000)
     p = sub.add_parser("lag", help="committed offsets and lag of consumer groups (JSON)")
     p.add_argument("--brokers", required=True)
+    p.add_argument("--config-file", help=config_help)
     p.add_argument("--pipelines", help="directory of pipeline files: their Kafka sources' groups")
     p.add_argument("--group", action="append", default=[], help="a group, repeatable")
     p.add_argument("--describe", action="store_true",
