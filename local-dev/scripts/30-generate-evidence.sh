@@ -25,8 +25,9 @@
 #     and contracts/topics.toml.
 # Other settings: EVIDENCE_DIR (default evidence/ of the repository, or of the current
 # directory with GRIDFLOW_ADMIN), EVIDENCE_GROUPS (more consumer groups, space-separated),
-# GRIDFLOW_ADMIN_TOKEN (sent as a bearer token when set), EVIDENCE_DESCRIBE_GROUPS=0 (do not
-# ask the groups' state and members: tansu 0.6 cannot answer), EVIDENCE_KAFKA_CONFIG (a file of
+# GRIDFLOW_ADMIN_TOKEN (sent as a bearer token when set), EVIDENCE_DESCRIBE_GROUPS=0|1 (ask
+# the groups' state and members; default 1, 0 on the native stack: tansu 0.6 cannot answer
+# DescribeGroups and drops the connection), EVIDENCE_KAFKA_CONFIG (a file of
 # librdkafka properties, KEY=VALUE a line, for a secured cluster: security.protocol,
 # sasl.mechanism, sasl.username, sasl.password, ssl.ca.location). Topics and lag are read with
 # local-dev/scripts/kafka.py (confluent-kafka in a virtualenv, see lib.sh); nothing is
@@ -44,6 +45,7 @@ failed() { # failed WHAT DETAIL
 }
 
 # ---- where from --------------------------------------------------------------------------
+describe_default=1 # ask the groups' state and members (DescribeGroups)
 if [[ -n "${GRIDFLOW_ADMIN:-}" ]]; then
     source_desc="the instance of GRIDFLOW_ADMIN"
     admin_url="${GRIDFLOW_ADMIN%/}"
@@ -71,6 +73,7 @@ else
         admin_url="$(cat "$STATE/admin_url" 2>/dev/null)" || die "the native stack is not up (no $STATE/admin_url): run 10-local-up.sh"
         brokers="$(native_brokers)"
         gridflow_version() { "$(cat "$STATE/gridflow_bin")" --version; }
+        describe_default=0 # tansu, the native broker, cannot answer DescribeGroups
     fi
 fi
 
@@ -178,7 +181,7 @@ if ((kafka_ok)); then
     group_args=()
     [[ -d "$pipelines_dir" ]] && group_args=(--pipelines "$pipelines_dir")
     for g in ${EVIDENCE_GROUPS:-}; do group_args+=(--group "$g"); done
-    [[ "${EVIDENCE_DESCRIBE_GROUPS:-1}" == 1 ]] && group_args+=(--describe)
+    [[ "${EVIDENCE_DESCRIBE_GROUPS:-$describe_default}" == 1 ]] && group_args+=(--describe)
     if kafka_py lag --brokers "$brokers" "${group_args[@]}" >"$out/consumer-lag.json"; then
         jq -r '"# \(.groups | length) consumer group(s) of gridflow on \(.brokers)",
             (.groups[] |
