@@ -8,6 +8,9 @@
 #      variables: every task evaluates (templates render, files exist on the controller) and
 #      nothing is changed. Needs root or password-less sudo (the role becomes root); skipped
 #      with a note otherwise;
+#   3b. as root, site.yml applied for real into a temporary root (every path of the role moved
+#      there, an existing account, no service): the installed files are the repository's; a
+#      second run removes a retired pipeline and changes nothing else;
 #   4. with GRIDFLOW_BIN (a gridflow binary): check.yml against a gridflow started here (an
 #      HTTP pipeline, the embedded broker, free ports, no systemd: gridflow_check_service=false)
 #      passes, and fails once that gridflow is stopped.
@@ -63,8 +66,8 @@ trap cleanup EXIT
 # localhost as the only host of the group gridflow, with an inventory's group variables.
 local_inventory() { # local_inventory ENV
     mkdir -p "$tmp/$1/group_vars"
-    printf 'all:\n  children:\n    gridflow:\n      hosts:\n        localhost:\n          ansible_connection: local\n          ansible_python_interpreter: %s\n' \
-        "$(command -v python3)" >"$tmp/$1/hosts.yml"
+    printf 'all:\n  children:\n    gridflow:\n      hosts:\n        localhost:\n          ansible_connection: local\n          ansible_python_interpreter: "{{ ansible_playbook_python }}"\n' \
+        >"$tmp/$1/hosts.yml"
     cp "inventories/$1/group_vars/gridflow.yml" "$tmp/$1/group_vars/gridflow.yml"
     echo "$tmp/$1"
 }
@@ -98,6 +101,52 @@ if [[ "$(id -u)" == 0 ]] || sudo -n true 2>/dev/null; then
     fi
 else
     log "neither root nor password-less sudo: site.yml --check against localhost skipped"
+fi
+
+# 3b. site.yml applied for real, into a temporary root (every path of the role moved there, an
+# existing account, no service): the files as installed, idempotence (a second run changes
+# nothing), and a pipeline no longer in the repository removed.
+if [[ "$(id -u)" == 0 ]]; then
+    r="$tmp/root"
+    account="$(id -un nobody 2>/dev/null || echo root)"
+    args=(-i "$(local_inventory dev)" site.yml -e gridflow_binary_src="${GRIDFLOW_BIN:-$binary}"
+        -e gridflow_config_dir="$r/etc/gridflow" -e gridflow_state_dir="$r/var/lib/gridflow"
+        -e gridflow_binary_path="$r/usr/local/bin/gridflow" -e gridflow_unit_dir="$r/etc/systemd/system"
+        -e gridflow_user="$account" -e gridflow_group="$(id -gn "$account")"
+        -e gridflow_create_user=false -e gridflow_manage_service=false)
+    mkdir -p "$r/usr/local/bin" "$r/etc/systemd/system"
+    recap() { grep -E '^localhost +:' <<<"$1" | tr -s ' '; }
+    if out="$("$playbook" "${args[@]}" 2>&1)" && grep -q 'failed=0' <<<"$(recap "$out")"; then
+        log "site.yml into a temporary root: ok ($(recap "$out"))"
+        cmp -s ../config/dev.toml "$r/etc/gridflow/gridflow.toml" || fail "gridflow.toml is not config/dev.toml"
+        want="$(cd ../pipelines && ls -1 -- *.toml | sort)"
+        got="$(cd "$r/etc/gridflow/pipelines" && ls -1 -- *.toml | sort)"
+        [[ "$want" == "$got" ]] || fail "installed pipelines [$got], want [$want]"
+        want="$(cd .. && ls -1 contracts/*/*/schema.json contracts/topics.toml | sort)"
+        got="$(cd "$r/etc/gridflow" && find contracts -type f | sort)"
+        [[ "$want" == "$got" ]] || fail "installed contracts [$got], want [$want]"
+        for f in $want; do
+            cmp -s "../$f" "$r/etc/gridflow/$f" || fail "installed $f differs from the repository's"
+        done
+        grep -qx "ReadWritePaths=$r/var/lib/gridflow/dead-letters" "$r/etc/systemd/system/gridflow.service" ||
+            fail "the unit's ReadWritePaths is not the dead-letter directory"
+        grep -qx "GRIDFLOW_DEAD_LETTERS_DIR=\"$r/var/lib/gridflow/dead-letters\"" "$r/etc/gridflow/gridflow.env" ||
+            fail "gridflow.env does not name the dead-letter directory"
+        grep -qx 'GRIDFLOW_ENV="dev"' "$r/etc/gridflow/gridflow.env" || fail "gridflow.env: no GRIDFLOW_ENV=\"dev\""
+        [[ "$(stat -c %a "$r/etc/gridflow/gridflow.toml")" == 640 ]] || fail "gridflow.toml is not mode 0640"
+        touch "$r/etc/gridflow/pipelines/retired.toml"
+        # Idempotent: the second run changes one thing only, the retired pipeline's removal.
+        if out="$("$playbook" "${args[@]}" 2>&1)" && grep -q 'changed=1 .*failed=0' <<<"$(recap "$out")"; then
+            [[ ! -e "$r/etc/gridflow/pipelines/retired.toml" ]] || fail "a retired pipeline was not removed"
+            log "site.yml again: idempotent, only the retired pipeline removed ($(recap "$out"))"
+        else
+            fail "site.yml again (want changed=1: the retired pipeline, nothing else):"$'\n'"$out"
+        fi
+    else
+        fail "site.yml into a temporary root:"$'\n'"$out"
+    fi
+else
+    log "not root: site.yml not applied into a temporary root"
 fi
 
 # 4. check.yml against a live gridflow, then a stopped one.
