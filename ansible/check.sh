@@ -119,8 +119,8 @@ if [[ "$(id -u)" == 0 ]]; then
     if out="$("$playbook" "${args[@]}" 2>&1)" && grep -q 'failed=0' <<<"$(recap "$out")"; then
         log "site.yml into a temporary root: ok ($(recap "$out"))"
         cmp -s ../config/dev.toml "$r/etc/gridflow/gridflow.toml" || fail "gridflow.toml is not config/dev.toml"
-        want="$(cd ../pipelines && ls -1 -- *.toml | sort)"
-        got="$(cd "$r/etc/gridflow/pipelines" && ls -1 -- *.toml | sort)"
+        want="$(cd ../pipelines && find . -type f ! -path './tests/*' ! -name README.md | sort)"
+        got="$(cd "$r/etc/gridflow/pipelines" && find . -type f | sort)"
         [[ "$want" == "$got" ]] || fail "installed pipelines [$got], want [$want]"
         want="$(cd .. && ls -1 contracts/*/*/schema.json contracts/topics.toml | sort)"
         got="$(cd "$r/etc/gridflow" && find contracts -type f | sort)"

@@ -1,8 +1,9 @@
 //! Black-box: the Ansible skeleton of `ansible/` (inventories dev, recette and prod, the role
 //! `gridflow`, the playbooks `site.yml` and `check.yml`), checked by `ansible/check.sh` with
 //! ansible-core from PyPI: syntax of every playbook with every inventory, `site.yml --check`
-//! against this machine (as root), and `check.yml` against a gridflow run from the binary
-//! under test, then against that gridflow stopped.
+//! against this machine and, as root, `site.yml` applied into a temporary root (files,
+//! idempotence), and `check.yml` against a gridflow run from the binary under test, then
+//! against that gridflow stopped.
 
 mod common;
 
@@ -62,7 +63,14 @@ fn the_playbooks_pass_syntax_and_check_mode_and_the_check_playbook_sees_gridflow
             text.contains("site.yml --check against localhost: ok"),
             "{text}"
         );
-        assert!(text.contains("failed=0"), "{text}");
+        assert!(
+            text.contains("site.yml into a temporary root: ok"),
+            "{text}"
+        );
+        assert!(
+            text.contains("site.yml again: idempotent, only the retired pipeline removed"),
+            "{text}"
+        );
     }
     assert!(
         text.contains("check.yml against a running gridflow: ok"),
