@@ -89,13 +89,12 @@ log="$out/capture.log"
 : >"$log"
 say "capturing evidence of $source_desc into $out"
 
-auth=()
-[[ -n "${GRIDFLOW_ADMIN_TOKEN:-}" ]] && auth=(-H "Authorization: Bearer $GRIDFLOW_ADMIN_TOKEN")
-
 # fetch PATH FILE: GET admin_url/PATH into FILE; prints the HTTP status ("no answer": none).
+# The admin token, when set, goes to curl on its standard input (not on its command line,
+# which other users of the host can read).
 fetch() {
     local code
-    code="$(curl -s --max-time 15 "${auth[@]}" -o "$2" -w '%{http_code}' "$admin_url$1" 2>>"$log")"
+    code="$(curl -s --max-time 15 -K - -o "$2" -w '%{http_code}' "$admin_url$1" 2>>"$log" <<<"${GRIDFLOW_ADMIN_TOKEN:+header = \"Authorization: Bearer $GRIDFLOW_ADMIN_TOKEN\"}")"
     [[ -n "$code" && "$code" != 000 ]] && echo "$code" || echo "no answer"
 }
 
