@@ -114,6 +114,16 @@ sys.exit(1 if missing else 0)
 PY
 python3 ci/check_jenkinsfile.py ci/templates/Jenkinsfile --stages check,test,image --commands "$commands" ||
     fail "ci/templates/Jenkinsfile (above)"
+# The checker is not a formality: a Jenkinsfile whose test stage lost its command, or with an
+# unclosed block, is refused.
+broken="$(mktemp)"
+sed "s#sh 'ci/test.sh'#sh 'true'#" ci/templates/Jenkinsfile >"$broken"
+python3 ci/check_jenkinsfile.py "$broken" --commands "$commands" 2>/dev/null &&
+    fail "check_jenkinsfile.py accepted a Jenkinsfile that does not run ci/test.sh"
+sed '$d' ci/templates/Jenkinsfile >"$broken"
+python3 ci/check_jenkinsfile.py "$broken" 2>/dev/null &&
+    fail "check_jenkinsfile.py accepted a Jenkinsfile with an unclosed block"
+rm -f "$broken"
 if [[ -n "${JENKINS_URL:-}" ]]; then
     answer="$(curl -sS --max-time 30 ${JENKINS_USER:+-u "$JENKINS_USER:${JENKINS_TOKEN:-}"} \
         -F "jenkinsfile=<ci/templates/Jenkinsfile" "${JENKINS_URL%/}/pipeline-model-converter/validate" 2>&1)" || true
