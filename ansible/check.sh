@@ -13,7 +13,7 @@
 #      second run removes a retired pipeline and changes nothing else;
 #   4. with GRIDFLOW_BIN (a gridflow binary): check.yml against a gridflow started here (an
 #      HTTP pipeline, the embedded broker, free ports, no systemd: gridflow_check_service=false)
-#      passes, and fails once that gridflow is stopped.
+#      passes (ready, the pipeline running), and fails once that gridflow is stopped.
 #
 # Settings: ANSIBLE_VENV (default ~/.cache/gridflow/ansible-core-<version>), GRIDFLOW_BIN.
 # Exit 0 when every step that ran passed, 1 otherwise. A few seconds once the venv exists.
@@ -165,7 +165,7 @@ if [[ -n "${GRIDFLOW_BIN:-}" ]]; then
     args=(-i "$inventory" check.yml -e gridflow_check_service=false
         -e "gridflow_admin_url=http://127.0.0.1:$admin_port" -e gridflow_ready_delay=1)
     if out="$("$playbook" "${args[@]}" -e gridflow_ready_retries=30 2>&1)" &&
-        grep -q '"status": "ready"\|ready: {.*ready' <<<"$out"; then
+        grep -q '"status": "ready"\|ready: {.*ready' <<<"$out" && grep -q 'running: ansible-check' <<<"$out"; then
         log "check.yml against a running gridflow: ok"
     else
         fail "check.yml against a running gridflow:"$'\n'"$out"$'\n'"--- gridflow log:"$'\n'"$(tail -n 20 "$tmp/gridflow.log")"
