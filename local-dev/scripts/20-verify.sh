@@ -11,6 +11,12 @@
 #   5. Kafka pipeline meter-readings: a raw reading produced to energy.meter.reading.raw.v1
 #      comes out normalised on energy.meter.reading.v1, keyed by meter_id
 #   6. the asset registry stub answers a known meter (200) and an unknown one (404)
+#   7. Kafka pipeline meter-reading-routing: an overloaded reading produced to
+#      energy.meter.reading.v1 comes out enriched with its asset (from the stub) on
+#      energy.meter.reading-enriched.v1 and as an overload event on energy.meter.overload.v1
+#   8. Kafka pipeline overload-work-orders: that overload event reaches the legacy work-order
+#      stub as a SOAP request it accepts (GET /orders); an overload of a meter the legacy system
+#      does not know is refused and dead-lettered to energy.meter.overload.v1.dlq with the reason
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -25,12 +31,14 @@ if [[ "$mode" == docker ]]; then
     http_url=http://127.0.0.1:8080
     admin_url=http://127.0.0.1:9090
     stub_url=http://127.0.0.1:18081
+    legacy_url=http://127.0.0.1:18082
     brokers=kafka:19092 # as seen from the containers
 else
     brokers="$(native_brokers)"
     http_url="$(cat "$STATE/http_url" 2>/dev/null)" || die "the native stack is not up: run 10-local-up.sh"
     admin_url="$(cat "$STATE/admin_url")"
     stub_url="$(cat "$STATE/stub_url")"
+    legacy_url="$(cat "$STATE/legacy_url")"
     bin="$(cat "$STATE/gridflow_bin")"
 fi
 
@@ -160,6 +168,40 @@ known="$(curl -s --max-time 5 -H "$auth" "$stub_url/meters/$meter" | jq -r '.max
 unknown="$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "$auth" "$stub_url/meters/FR-PRM-00000000000000")"
 [[ -n "$known" && "$unknown" == 404 ]] && row PASS "stub: asset registry" "known meter 200 (max_interval_kwh $known), unknown 404" ||
     row FAIL "stub: asset registry" "known meter: '$known', unknown meter: $unknown (want a record, 404)"
+
+# 7. meter-reading-routing (input: a normalised reading, as meter-readings writes it).
+cid="$run_id-routing"
+if produce_raw energy.meter.reading.v1 "$meter" "$cid" "$LOCAL_DEV/fixtures/meter-reading-overload.json" 2>>"$STATE/verify.log"; then
+    row PASS "routing: produce reading" "1 record to energy.meter.reading.v1, key $meter, 2.61 kWh"
+    n="$(wait_matched energy.meter.reading-enriched.v1 "correlation_id == '$cid' && key == '$meter' && body.asset.max_interval_kwh == \`2.25\` && body.value == \`2.61\`" 1 60)"
+    [[ "$n" == 1 ]] && row PASS "routing: reading-enriched.v1" "1 reading with its asset (max_interval_kwh 2.25)" ||
+        row FAIL "routing: reading-enriched.v1" "$n matching reading(s) (want 1)"
+    n="$(wait_matched energy.meter.overload.v1 "correlation_id == '$cid' && key == '$meter' && body.value_kwh == \`2.61\` && body.max_interval_kwh == \`2.25\` && body.correlation_id == '$cid'" 1 60)"
+    [[ "$n" == 1 ]] && row PASS "routing: overload.v1" "1 overload event, key $meter" ||
+        row FAIL "routing: overload.v1" "$n matching overload event(s) (want 1)"
+else
+    row FAIL "routing: produce reading" "not produced (see $STATE/verify.log)"
+fi
+
+# 8. overload-work-orders: the overload event of 7 reaches the legacy stub and is accepted.
+orders=0
+deadline=$((SECONDS + 60))
+while ((SECONDS < deadline)); do
+    orders="$(curl -s --max-time 5 "$legacy_url/orders?correlation_id=$cid" | jq 'length' 2>/dev/null)"
+    [[ "$orders" == 1 ]] && break
+    sleep 1
+done
+[[ "$orders" == 1 ]] && row PASS "legacy: order accepted" "1 SOAP SubmitOverload accepted by the stub ($legacy_url/orders)" ||
+    row FAIL "legacy: order accepted" "'$orders' accepted order(s) for $cid (want 1)"
+cid="$run_id-refused"
+unknown_meter=FR-PRM-77777777777777
+if produce_raw energy.meter.overload.v1 "$unknown_meter" "$cid" "$LOCAL_DEV/fixtures/meter-overload-unknown-meter.json" 2>>"$STATE/verify.log"; then
+    n="$(wait_matched energy.meter.overload.v1.dlq "correlation_id == '$cid' && pipeline == 'overload-work-orders' && error.code == 'sink_rejected' && contains(error.message, 'unknown meter $unknown_meter')" 1 60)"
+    [[ "$n" == 1 ]] && row PASS "legacy: refusal dead-lettered" "1 on energy.meter.overload.v1.dlq, sink_rejected with the reason" ||
+        row FAIL "legacy: refusal dead-lettered" "$n matching dead letter(s) (want 1)"
+else
+    row FAIL "legacy: refusal dead-lettered" "not produced (see $STATE/verify.log)"
+fi
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
