@@ -17,6 +17,10 @@
 #   8. Kafka pipeline overload-work-orders: that overload event reaches the legacy work-order
 #      stub as a SOAP request it accepts (GET /orders); an overload of a meter the legacy system
 #      does not know is refused and dead-lettered to energy.meter.overload.v1.dlq with the reason
+#   9. HTTP pipeline grid-frequency: the 10 Hz PMU batch gives 20 events on
+#      grid.frequency.measurement.v1 keyed by pmu_id; an empty batch 202 with 0 messages; a batch
+#      with a 0 Hz sample 422, dead-lettered whole (none of its events written); a batch of
+#      1000 samples (100 s of one PMU) 202; one over max_body_bytes (256 KiB) 413
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -202,6 +206,48 @@ if produce_raw energy.meter.overload.v1 "$unknown_meter" "$cid" "$LOCAL_DEV/fixt
 else
     row FAIL "legacy: refusal dead-lettered" "not produced (see $STATE/verify.log)"
 fi
+
+# 9. grid-frequency.
+cid="$run_id-freq"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/grid-frequency-10Hz.json")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 20 ]] && row PASS "frequency: POST batch" "202, 20 messages" ||
+    row FAIL "frequency: POST batch" "status $code, messages '${messages}' (want 202, 20): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched grid.frequency.measurement.v1 "correlation_id == '$cid' && key == 'pmu-lyon-ouest-01' && body.pmu_id == key && body.frequency_hz > \`49.9\` && body.frequency_hz < \`50.1\`" 20 30)"
+[[ "$n" == 20 ]] && row PASS "frequency: measurement.v1" "20 events keyed by pmu-lyon-ouest-01" ||
+    row FAIL "frequency: measurement.v1" "$n matching event(s) (want 20)"
+body="$(curl -s --max-time 30 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $run_id-freq-empty" \
+    --data-binary '{"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": []}')"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 0 ]] && row PASS "frequency: empty batch" "202, 0 messages" ||
+    row FAIL "frequency: empty batch" "status $code, messages '$messages' (want 202, 0)"
+cid="$run_id-freq-bad"
+code="$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $cid" \
+    --data-binary '{"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": [{"t": "2026-01-14T10:00:00.000Z", "f": 49.99}, {"t": "2026-01-14T10:00:00.100Z", "f": 0}]}')"
+n="$(wait_matched grid.frequency.measurement.v1.dlq "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'grid-frequency'" 1 20)"
+written="$(matched grid.frequency.measurement.v1 "correlation_id == '$cid'")"
+[[ "$code" == 422 && "$n" == 1 && "$written" == 0 ]] && row PASS "frequency: 0 Hz sample" "422, the batch on grid.frequency.measurement.v1.dlq, none of it written" ||
+    row FAIL "frequency: 0 Hz sample" "status $code (want 422), $n dead letter(s) (want 1), $written event(s) written (want 0)"
+large="$STATE/grid-frequency-large.json"
+python3 -c 'import json; print(json.dumps({"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": [{"t": "2026-01-14T10:00:00.000Z", "f": 50.0}] * 1000}))' >"$large"
+body="$(curl -s --max-time 120 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $run_id-freq-large" --data-binary @"$large")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 1000 ]] && row PASS "frequency: large batch" "202, 1000 messages ($(wc -c <"$large") bytes)" ||
+    row FAIL "frequency: large batch" "status $code, messages '$messages' (want 202, 1000)"
+huge="$STATE/grid-frequency-huge.json"
+python3 -c 'import json; print(json.dumps({"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": [{"t": "2026-01-14T10:00:00.000Z", "f": 50.0}] * 7000}))' >"$huge"
+code="$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' --data-binary @"$huge")"
+[[ "$code" == 413 ]] && row PASS "frequency: batch over 256 KiB" "413 ($(wc -c <"$huge") bytes)" ||
+    row FAIL "frequency: batch over 256 KiB" "status $code (want 413)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL
