@@ -209,36 +209,7 @@ impl Acknowledgement {
             code: ErrorCode::SinkRejected,
             message: format!("POST {url}: the acknowledgement refused the message: {reason}"),
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n > self.max_bytes as u64)
-        {
-            return Err(refused(format!(
-                "the answer is larger than acknowledgement.max_bytes ({})",
-                self.max_bytes
-            )));
-        }
-        let mut response = response;
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > self.max_bytes {
-                        return Err(refused(format!(
-                            "the answer is larger than acknowledgement.max_bytes ({})",
-                            self.max_bytes
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(SinkError::Transient(format!(
-                        "POST {url}: the acknowledgement was cut off: {e}"
-                    )))
-                }
-            }
-        }
+        let body = self.read(url, response).await?;
         let document = match ContentType::sniff(&body) {
             ContentType::Xml => xml::xml_to_json(&body, &XmlToJsonOptions::default())
                 .map_err(|e| refused(format!("the answer is not a readable document: {e}")))?,
@@ -264,6 +235,39 @@ impl Acknowledgement {
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         }))
+    }
+
+    /// The answer's body, at most `max_bytes` (more: a refusal); cut off: a transient fault.
+    async fn read(&self, url: &str, mut response: reqwest::Response) -> Result<Vec<u8>, SinkError> {
+        let too_large = || SinkError::Permanent {
+            code: ErrorCode::SinkRejected,
+            message: format!(
+                "POST {url}: the acknowledgement refused the message: the answer is larger \
+                 than acknowledgement.max_bytes ({})",
+                self.max_bytes
+            ),
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > self.max_bytes => {
+                    return Err(too_large())
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => return Ok(body),
+                Err(e) => {
+                    return Err(SinkError::Transient(format!(
+                        "POST {url}: the acknowledgement was cut off: {e}"
+                    )))
+                }
+            }
+        }
     }
 }
 
@@ -599,6 +603,26 @@ reason = \"join(': ', [Envelope.Body.Acknowledgement.Code, Envelope.Body.Acknowl
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let base = format!("http://127.0.0.1:{port}");
         assert!(matches!(deliver(&sink(&base, ACK)).await, Err(SinkError::Transient(_))));
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_is_transient_and_a_fault_with_200_is_refused_with_the_fault() {
+        let cut = "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: 500\r\nconnection: close\r\n\r\n<soap:Envelope>".to_string();
+        let (base, _) = legacy(cut, Duration::ZERO).await;
+        match deliver(&sink(&base, ACK)).await {
+            Err(SinkError::Transient(message)) => assert!(message.contains("cut off"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        let fault = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault><faultcode>soap:Server</faultcode><faultstring>database locked</faultstring></soap:Fault></soap:Body></soap:Envelope>"#;
+        let (base, _) = legacy(ok("text/xml", fault), Duration::ZERO).await;
+        let extra = "[acknowledgement]\naccepted = \"Envelope.Body.Ack.Code == 'ACCEPTED'\"\nreason = 'Envelope.Body.Ack || Envelope.Body.Fault'\n";
+        match deliver(&sink(&base, extra)).await {
+            Err(SinkError::Permanent { message, .. }) => assert!(
+                message.ends_with(r#"{"faultcode":"soap:Server","faultstring":"database locked"}"#),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
