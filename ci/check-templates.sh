@@ -6,8 +6,13 @@
 #   2. docker compose -f local-dev/docker-compose.yml config -q, when a compose plugin exists
 #   3. the pipeline list of ops/deploy/base/kustomization.yaml is pipelines/*.toml, and every
 #      overlay renders (kubectl kustomize or kustomize build, when one is installed)
-#   4. shell syntax: docker/entrypoint.sh (POSIX sh), local-dev/scripts/*.sh and
-#      local-dev/tests/*.sh (bash); python syntax of local-dev/**/*.py
+#   4. shell syntax: docker/entrypoint.sh (POSIX sh), local-dev/scripts/*.sh,
+#      local-dev/tests/*.sh and ansible/*.sh (bash); python syntax of local-dev/**/*.py and ci/*.py
+#   5. the CI templates run the same commands: every command of the GitLab jobs check and test
+#      (their `script`) is a `run` step of the GitHub jobs checks and test and an `sh` step of
+#      ci/templates/Jenkinsfile, whose declarative structure ci/check_jenkinsfile.py checks
+#      (no Jenkins linter works offline: Jenkins's own runs only when JENKINS_URL is set,
+#      with JENKINS_USER and JENKINS_TOKEN, through its pipeline-model-converter/validate)
 #
 # Run from anywhere: ci/check-templates.sh. Exit 1 on any failure.
 set -euo pipefail
@@ -83,12 +88,53 @@ fi
 # 4. Scripts.
 sh -n docker/entrypoint.sh || fail "docker/entrypoint.sh: sh syntax"
 if command -v dash >/dev/null 2>&1; then dash -n docker/entrypoint.sh || fail "docker/entrypoint.sh: dash syntax"; fi
-for f in local-dev/scripts/*.sh local-dev/tests/*.sh; do
+for f in local-dev/scripts/*.sh local-dev/tests/*.sh ansible/*.sh; do
+    [[ -e "$f" ]] || continue
     bash -n "$f" || fail "$f: bash syntax"
 done
 while IFS= read -r f; do
     python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$f" || fail "$f: python syntax"
-done < <(find local-dev -name '*.py' -not -path '*/.state/*')
+done < <(find local-dev ci -maxdepth 3 -name '*.py' -not -path '*/.state/*' -not -path 'ci/advisory-db/*')
+
+# 5. The same commands in every CI template; the Jenkinsfile's structure.
+commands="$(mktemp)"
+trap 'rm -f "$commands"' EXIT
+python3 - ci/templates/gitlab-ci.yml ci/templates/github-actions.yml >"$commands" <<'PY' || fail "GitLab and GitHub templates run different commands (above)"
+import sys, yaml
+gitlab = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
+github = yaml.safe_load(open(sys.argv[2], encoding="utf-8"))
+wanted = [c for job in ("check", "test") for c in gitlab[job]["script"]]
+runs = {" ".join(str(s.get("run", "")).split()) for job in ("checks", "test")
+        for s in github["jobs"][job]["steps"]}
+missing = [c for c in wanted if " ".join(c.split()) not in runs]
+for c in missing:
+    print(f"  BAD {sys.argv[2]}: no run step runs: {c}", file=sys.stderr)
+print("\n".join(wanted))
+sys.exit(1 if missing else 0)
+PY
+python3 ci/check_jenkinsfile.py ci/templates/Jenkinsfile --stages check,test,image --commands "$commands" ||
+    fail "ci/templates/Jenkinsfile (above)"
+# The checker is not a formality: a Jenkinsfile whose test stage lost its command, or with an
+# unclosed block, is refused.
+broken="$(mktemp)"
+sed "s#sh 'ci/test.sh'#sh 'true'#" ci/templates/Jenkinsfile >"$broken"
+python3 ci/check_jenkinsfile.py "$broken" --commands "$commands" 2>/dev/null &&
+    fail "check_jenkinsfile.py accepted a Jenkinsfile that does not run ci/test.sh"
+sed '$d' ci/templates/Jenkinsfile >"$broken"
+python3 ci/check_jenkinsfile.py "$broken" 2>/dev/null &&
+    fail "check_jenkinsfile.py accepted a Jenkinsfile with an unclosed block"
+rm -f "$broken"
+if [[ -n "${JENKINS_URL:-}" ]]; then
+    answer="$(curl -sS --max-time 30 ${JENKINS_USER:+-u "$JENKINS_USER:${JENKINS_TOKEN:-}"} \
+        -F "jenkinsfile=<ci/templates/Jenkinsfile" "${JENKINS_URL%/}/pipeline-model-converter/validate" 2>&1)" || true
+    if grep -q 'successfully validated' <<<"$answer"; then
+        log "Jenkins declarative linter ($JENKINS_URL): ok"
+    else
+        fail "Jenkins declarative linter ($JENKINS_URL): $answer"
+    fi
+else
+    log "no JENKINS_URL: Jenkins's own declarative linter skipped (structure checked above)"
+fi
 
 if ((failures)); then
     log "$failures failure(s)"

@@ -54,6 +54,7 @@ fn harness() -> &'static Harness {
                 http_routes: Arc::clone(&routes),
                 drain_timeout: Duration::from_secs(1),
                 contracts: Default::default(),
+                paused: Default::default(),
             };
             let built = config.build(&ctx).unwrap();
             let run = built.run(Arc::new(Accept), tokio_util::sync::CancellationToken::new());

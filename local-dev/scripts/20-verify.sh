@@ -11,13 +11,37 @@
 #   5. Kafka pipeline meter-readings: a raw reading produced to energy.meter.reading.raw.v1
 #      comes out normalised on energy.meter.reading.v1, keyed by meter_id
 #   6. the asset registry stub answers a known meter (200) and an unknown one (404)
-#   7. Kafka pipeline meter-reading-routing: an overloaded reading produced to
+#   7. ENTSO-E time series (the timeseries step): the A65 events carry their UTC start and end;
+#      HTTP pipeline entsoe-day-ahead-prices: the A44 fixture (curve type A03, position 7
+#      absent) gives 24 events on energy.price.dayahead.v1, position 7 filled; an A01 gap is
+#      refused (422) and dead-lettered with invalid_time_series; HTTP pipeline
+#      entsoe-generation-per-type: the A75 fixture gives 72 events (3 production types x 24) on
+#      energy.generation.actual.v1
+
+#   8. SOAP pipeline generation-forecast-soap: its WSDL on GET ?wsdl; the A67 forecast in a SOAP
+#      1.1 and a SOAP 1.2 envelope is acknowledged (96 messages each) and its 192 events are on
+#      energy.generation.forecast.v1 keyed by resource; another document type gets a SOAP fault
+#      and a dead letter (contract_violation) on energy.generation.forecast.v1.dlq, a malformed SOAP 1.2
+#      envelope a soap:Sender fault (400) and a dead letter (invalid_xml)
+#   9. HTTP pipeline entsoe-unavailability: an active A80 notice and a cancelled A78 notice are
+#      accepted (202, 1 message each) and are on energy.unavailability.notice.v1 keyed by mRID, the
+#      cancelled one with status A09; a document with two time series gets 422 and a dead letter
+#  10. HTTP pipeline meter-readings-head-end: an IEC 61968-9 MeterReadings document from a head-end
+#      is accepted (202, 24 messages) and its 24 interval readings are on energy.meter.reading.v1,
+#      normalised (kWh, quality A) and keyed by meter_id
+#  11. the kit's tier-1 API: POST /v1/meter-readings and POST /v1/incidents (one without details)
+#      get 202 and land on grid.*.v1.<env> keyed by partitionKey; an unknown severity gets 422
+#      and reaches grid.incident.created.v1.<env>.dlq with code contract_violation
+#  12. OCPP 1.6: the MeterValues sample (in the bridge's body) gives 5 enveloped events on
+#      emobility.meter.values.v1.<env> keyed by the charge point; the StatusNotification sample
+#      one on emobility.charger.status.v1.<env>; a CALLRESULT posted as MeterValues gets 422
+#  13. Kafka pipeline meter-reading-routing: an overloaded reading produced to
 #      energy.meter.reading.v1 comes out enriched with its asset (from the stub) on
 #      energy.meter.reading-enriched.v1 and as an overload event on energy.meter.overload.v1
-#   8. Kafka pipeline overload-work-orders: that overload event reaches the legacy work-order
+#  14. Kafka pipeline overload-work-orders: that overload event reaches the legacy work-order
 #      stub as a SOAP request it accepts (GET /orders); an overload of a meter the legacy system
 #      does not know is refused and dead-lettered to energy.meter.overload.v1.dlq with the reason
-#   9. HTTP pipeline grid-frequency: the 10 Hz PMU batch gives 20 events on
+#  15. HTTP pipeline grid-frequency: the 10 Hz PMU batch gives 20 events on
 #      grid.frequency.measurement.v1 keyed by pmu_id; an empty batch 202 with 0 messages; a batch
 #      with a 0 Hz sample 422, dead-lettered whole (none of its events written); a batch of
 #      1000 samples (100 s of one PMU) 202; one over max_body_bytes (256 KiB) 413
@@ -173,7 +197,175 @@ unknown="$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "$auth" "$stub
 [[ -n "$known" && "$unknown" == 404 ]] && row PASS "stub: asset registry" "known meter 200 (max_interval_kwh $known), unknown 404" ||
     row FAIL "stub: asset registry" "known meter: '$known', unknown meter: $unknown (want a record, 404)"
 
-# 7. meter-reading-routing (input: a normalised reading, as meter-readings writes it).
+# 7. ENTSO-E time series: per-point start and end, A44 day-ahead prices, A75 generation per type.
+cid="$run_id-load"   # the A65 document of section 3: its points carry their own UTC interval
+n="$(wait_matched energy.load.actual.v1 "correlation_id == '$cid' && body.position == \`1\` && body.start == '2026-01-13T23:00:00Z' && body.end == '2026-01-13T23:15:00Z'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "entsoe: A65 start/end" "position 1 from 2026-01-13T23:00:00Z to 23:15:00Z" ||
+    row FAIL "entsoe: A65 start/end" "$n matching event(s) (want 1)"
+cid="$run_id-prices"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/day-ahead-prices" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/A44-day-ahead-prices-FR.xml")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 24 ]] && row PASS "prices: POST A44" "202, 24 messages" ||
+    row FAIL "prices: POST A44" "status $code, messages '${messages}' (want 202, 24): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched energy.price.dayahead.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YFR-RTE------C' && body.start != null && body.end != null" 24 20)"
+[[ "$n" == 24 ]] && row PASS "prices: energy.price.dayahead.v1" "24 events keyed by area 10YFR-RTE------C" ||
+    row FAIL "prices: energy.price.dayahead.v1" "$n matching event(s) (want 24)"
+n="$(wait_matched energy.price.dayahead.v1 "correlation_id == '$cid' && body.position == \`7\` && body.price == \`87.05\` && body.start == '2026-01-14T05:00:00Z' && body.end == '2026-01-14T06:00:00Z'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "prices: A03 gap filled" "position 7 repeats 87.05, 05:00Z-06:00Z" ||
+    row FAIL "prices: A03 gap filled" "$n matching event(s) (want 1)"
+cid="$run_id-prices-gap"
+code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/ingest/entsoe/day-ahead-prices" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary '<Publication_MarketDocument><mRID>gap</mRID><revisionNumber>1</revisionNumber><type>A44</type><createdDateTime>2026-01-13T12:58:02Z</createdDateTime><TimeSeries><in_Domain.mRID>10YFR-RTE------C</in_Domain.mRID><currency_Unit.name>EUR</currency_Unit.name><price_Measure_Unit.name>MWH</price_Measure_Unit.name><curveType>A01</curveType><Period><timeInterval><start>2026-01-13T23:00Z</start><end>2026-01-14T01:00Z</end></timeInterval><resolution>PT60M</resolution><Point><position>2</position><price.amount>1</price.amount></Point></Period></TimeSeries></Publication_MarketDocument>')"
+n="$(wait_matched energy.price.dayahead.v1.dlq "correlation_id == '$cid' && error.code == 'invalid_time_series' && pipeline == 'entsoe-day-ahead-prices'" 1 20)"
+[[ "$code" == 422 && "$n" == 1 ]] && row PASS "prices: A01 gap dead letter" "422, 1 on energy.price.dayahead.v1.dlq, code invalid_time_series" ||
+    row FAIL "prices: A01 gap dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
+cid="$run_id-generation"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/generation-per-type" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/A75-generation-per-type-NL.xml")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 72 ]] && row PASS "gen: POST A75" "202, 72 messages" ||
+    row FAIL "gen: POST A75" "status $code, messages '${messages}' (want 202, 72): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched energy.generation.actual.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YNL----------L' && contains(['B14', 'B16', 'B19'], body.psr_type) && body.start != null" 72 20)"
+[[ "$n" == 72 ]] && row PASS "gen: energy.generation.actual.v1" "72 events (B14, B16, B19 x 24) keyed by 10YNL----------L" ||
+    row FAIL "gen: energy.generation.actual.v1" "$n matching event(s) (want 72)"
+
+# 8. generation-forecast-soap (SOAP 1.1 and 1.2, A67).
+soap_url="$http_url/soap/generation-forecast"
+soap_action=urn:gridflow:generation-forecast:1:SubmitGenerationForecast
+wsdl="$(curl -s --max-time 10 "$soap_url?wsdl")"
+grep -q "soapAction=\"$soap_action\"" <<<"$wsdl" && grep -q '<wsdl:definitions' <<<"$wsdl" &&
+    row PASS "forecast: GET ?wsdl" "the WSDL, operation $soap_action" ||
+    row FAIL "forecast: GET ?wsdl" "no WSDL naming $soap_action: $(head -c 200 <<<"$wsdl")"
+cid="$run_id-forecast"
+body11="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$soap_url" \
+    -H 'Content-Type: text/xml; charset=utf-8' -H "SOAPAction: \"$soap_action\"" -H "X-Correlation-ID: $cid-11" \
+    --data-binary @"$LOCAL_DEV/fixtures/generation-forecast-A67-soap11.xml")"
+body12="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$soap_url" \
+    -H "Content-Type: application/soap+xml; charset=utf-8; action=\"$soap_action\"" -H "X-Correlation-ID: $cid-12" \
+    --data-binary @"$LOCAL_DEV/fixtures/generation-forecast-A67-soap12.xml")"
+for v in 11 12; do
+    b="body$v"
+    code="$(tail -n 1 <<<"${!b}")"
+    [[ "$code" == 200 ]] && grep -q '<gf:messages>96</gf:messages>' <<<"${!b}" &&
+        row PASS "forecast: SOAP 1.${v#1} A67" "200, acknowledged, 96 messages" ||
+        row FAIL "forecast: SOAP 1.${v#1} A67" "status $code (want 200 and 96 messages): $(head -n -1 <<<"${!b}" | head -c 300)"
+done
+n="$(wait_matched energy.generation.forecast.v1 "starts_with(correlation_id, '$cid-1') && key == body.resource_id && body.resource_id == '871242300000100001' && body.document_type == 'A67' && body.position != null && body.start != null && body.end != null" 192 20)"
+[[ "$n" == 192 ]] && row PASS "forecast: events on the topic" "192 events (96 per SOAP version) keyed by resource" ||
+    row FAIL "forecast: events on the topic" "$n matching event(s) (want 192)"
+code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X POST "$soap_url" \
+    -H 'Content-Type: text/xml' -H "SOAPAction: $soap_action" -H "X-Correlation-ID: $cid-wrong" \
+    --data-binary '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><GL_MarketDocument><mRID>x</mRID><revisionNumber>1</revisionNumber><type>A65</type><sender_MarketParticipant.mRID>8712423000001</sender_MarketParticipant.mRID><createdDateTime>2026-01-14T06:00:00Z</createdDateTime><TimeSeries><businessType>A01</businessType><registeredResource.mRID>871242300000100001</registeredResource.mRID><quantity_Measure_Unit.name>MAW</quantity_Measure_Unit.name><Period><timeInterval><start>2026-01-14T23:00Z</start><end>2026-01-15T00:00Z</end></timeInterval><resolution>PT60M</resolution><Point><position>1</position><quantity>1</quantity></Point></Period></TimeSeries></GL_MarketDocument></soapenv:Body></soapenv:Envelope>')"
+[[ "$code" == 500 ]] && grep -q '<faultcode>soap:Client</faultcode>' "$STATE/verify-fault.xml" &&
+    row PASS "forecast: wrong document type" "500, soap:Client fault" ||
+    row FAIL "forecast: wrong document type" "status $code (want 500, soap:Client): $(head -c 300 "$STATE/verify-fault.xml")"
+n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-wrong' && error.code == 'contract_violation' && pipeline == 'generation-forecast-soap'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "forecast: dead letter" "1 on energy.generation.forecast.v1.dlq, code contract_violation" ||
+    row FAIL "forecast: dead letter" "$n matching dead letter(s) (want 1)"
+code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X POST "$soap_url" \
+    -H "Content-Type: application/soap+xml; action=\"$soap_action\"" -H "X-Correlation-ID: $cid-broken" \
+    --data-binary '<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><GL_MarketDocument></env:Body></env:Envelope>')"
+n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-broken' && error.code == 'invalid_xml' && pipeline == 'generation-forecast-soap'" 1 20)"
+[[ "$code" == 400 && "$n" == 1 ]] && grep -q '<soap:Value>soap:Sender</soap:Value>' "$STATE/verify-fault.xml" &&
+    row PASS "forecast: malformed envelope" "400, soap:Sender fault, 1 dead letter (invalid_xml)" ||
+    row FAIL "forecast: malformed envelope" "status $code (want 400, soap:Sender), $n dead letter(s) (want 1): $(head -c 300 "$STATE/verify-fault.xml")"
+
+# 9. entsoe-unavailability (A77/A78/A80).
+cid="$run_id-unavail"
+for f in A80-unavailability-generation-FR A78-unavailability-transmission-DE-AT-cancelled; do
+    body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/unavailability" \
+        -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid-${f%%-*}" --data-binary @"$LOCAL_DEV/fixtures/$f.xml")"
+    code="$(tail -n 1 <<<"$body")"
+    messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+    [[ "$code" == 202 && "$messages" == 1 ]] && row PASS "unavailability: POST ${f%%-*}" "202, 1 message" ||
+        row FAIL "unavailability: POST ${f%%-*}" "status $code, messages '${messages}' (want 202, 1): $(head -n -1 <<<"$body" | head -c 300)"
+done
+n="$(wait_matched energy.unavailability.notice.v1 "correlation_id == '$cid-A80' && key == body.mrid && body.mrid == '2a6c1e8f4b0d4a9c8e2f6b1d3a5c7e90' && body.status == 'A05' && body.asset_id == '17W100P100P0344D' && body.available_capacity == \`0\`" 1 20)"
+[[ "$n" == 1 ]] && row PASS "unavailability: active A80" "1 notice keyed by mRID, status A05" ||
+    row FAIL "unavailability: active A80" "$n matching notice(s) (want 1)"
+n="$(wait_matched energy.unavailability.notice.v1 "correlation_id == '$cid-A78' && key == body.mrid && body.status == 'A09' && body.revision == \`2\` && body.asset_id == '10T-AT-DE-000061'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "unavailability: cancelled A78" "1 notice, status A09 (cancelled), revision 2" ||
+    row FAIL "unavailability: cancelled A78" "$n matching notice(s) (want 1)"
+code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/ingest/entsoe/unavailability" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid-two" \
+    --data-binary '<Unavailability_MarketDocument><mRID>two</mRID><revisionNumber>1</revisionNumber><type>A80</type><TimeSeries/><TimeSeries/></Unavailability_MarketDocument>')"
+n="$(wait_matched energy.unavailability.notice.v1.dlq "correlation_id == '$cid-two' && error.code == 'unexpected_shape' && pipeline == 'entsoe-unavailability'" 1 20)"
+[[ "$code" == 422 && "$n" == 1 ]] && row PASS "unavailability: dead letter" "422, 1 on energy.unavailability.notice.v1.dlq" ||
+    row FAIL "unavailability: dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
+
+# 10. meter-readings-head-end (IEC 61968-9 MeterReadings over HTTP).
+cid="$run_id-head-end"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/head-end/meter-readings" \
+    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/MeterReadings-head-end.xml")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 24 ]] && row PASS "head-end: POST MeterReadings" "202, 24 messages" ||
+    row FAIL "head-end: POST MeterReadings" "status $code, messages '${messages}' (want 202, 24): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched energy.meter.reading.v1 "correlation_id == '$cid' && key == body.meter_id && starts_with(body.meter_id, 'FR-PRM-0918273645001') && body.unit == 'kWh' && body.quality == 'A' && body.value != null" 24 20)"
+[[ "$n" == 24 ]] && row PASS "head-end: energy.meter.reading.v1" "24 readings of 3 meters, keyed by meter_id" ||
+    row FAIL "head-end: energy.meter.reading.v1" "$n matching reading(s) (want 24)"
+
+# 11. The kit's tier-1 API (kit-meter-readings, kit-incidents): the environment's topics.
+kit_env=dev
+[[ "$mode" == docker ]] || kit_env="${GRIDFLOW_ENV:-dev}"
+kit_post() { # kit_post PATH CORRELATION_ID BODY: the status
+    curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
+        -H 'Content-Type: application/json' -H "X-Correlation-ID: $2" --data-binary "$3"
+}
+cid="$run_id-kit-reading"
+code="$(kit_post /v1/meter-readings "$cid" @"$ROOT/pipelines/tests/fixtures/kit-meter-reading.json")"
+[[ "$code" == 202 ]] && row PASS "kit: POST /v1/meter-readings" "202" ||
+    row FAIL "kit: POST /v1/meter-readings" "status $code (want 202)"
+n="$(wait_matched "grid.meter.reading.v1.$kit_env" "correlation_id == '$cid' && key == body.partitionKey && key == 'FR-PRM-09182736450011' && body.eventType == 'grid.meter.reading' && body.payload.value == \`0.412\`" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: reading topic" "1 event on grid.meter.reading.v1.$kit_env keyed by partitionKey" ||
+    row FAIL "kit: reading topic" "$n matching event(s) (want 1)"
+cid="$run_id-kit-incident"
+incident="$(jq -c 'del(.payload.details)' "$ROOT/pipelines/tests/fixtures/kit-incident.json")"
+code="$(kit_post /v1/incidents "$cid" "$incident")"
+[[ "$code" == 202 ]] && row PASS "kit: POST /v1/incidents" "202 (an incident without details)" ||
+    row FAIL "kit: POST /v1/incidents" "status $code (want 202)"
+n="$(wait_matched "grid.incident.created.v1.$kit_env" "correlation_id == '$cid' && key == 'SITE-LYON-07' && body.payload.severity == 'CRITICAL' && body.payload.details == null" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: incident topic" "1 event on grid.incident.created.v1.$kit_env keyed by partitionKey" ||
+    row FAIL "kit: incident topic" "$n matching event(s) (want 1)"
+cid="$run_id-kit-bad"
+code="$(kit_post /v1/incidents "$cid" "$(jq -c '.payload.severity = "SEVERE"' <<<"$incident")")"
+[[ "$code" == 422 ]] && row PASS "kit: unknown severity" "422" || row FAIL "kit: unknown severity" "status $code (want 422)"
+n="$(wait_matched "grid.incident.created.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'kit-incidents'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "kit: dead letter" "1 on grid.incident.created.v1.$kit_env.dlq, code contract_violation" ||
+    row FAIL "kit: dead letter" "$n matching dead letter(s) (want 1)"
+
+# 12. OCPP 1.6 (ocpp-meter-values, ocpp-status-notification): enveloped events on the kit's topics.
+cp=CP-LYON-PARTDIEU-0042
+ocpp_post() { # ocpp_post PATH CORRELATION_ID BODY: the status
+    curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
+        -H 'Content-Type: application/json' -H "X-Correlation-ID: $2" --data-binary "$3"
+}
+cid="$run_id-ocpp-values"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-meter-values-request.json")"
+[[ "$code" == 202 ]] && row PASS "ocpp: POST MeterValues" "202" || row FAIL "ocpp: POST MeterValues" "status $code (want 202)"
+n="$(wait_matched "emobility.meter.values.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.partitionKey == '$cp' && body.eventType == 'emobility.meter.values' && body.occurredAt == '2026-01-14T10:15:00Z' && body.payload.transaction_id == \`170045\`" 5 30)"
+[[ "$n" == 5 ]] && row PASS "ocpp: meter values topic" "5 enveloped events on emobility.meter.values.v1.$kit_env keyed by $cp" ||
+    row FAIL "ocpp: meter values topic" "$n matching event(s) (want 5)"
+cid="$run_id-ocpp-status"
+code="$(ocpp_post /ocpp/1.6/status-notification "$cid" @"$ROOT/pipelines/tests/fixtures/ocpp-status-notification-request.json")"
+[[ "$code" == 202 ]] && row PASS "ocpp: POST StatusNotification" "202" || row FAIL "ocpp: POST StatusNotification" "status $code (want 202)"
+n="$(wait_matched "emobility.charger.status.v1.$kit_env" "correlation_id == '$cid' && key == '$cp' && body.payload.status == 'Faulted' && body.payload.error_code == 'GroundFailure'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "ocpp: charger status topic" "1 enveloped event on emobility.charger.status.v1.$kit_env keyed by $cp" ||
+    row FAIL "ocpp: charger status topic" "$n matching event(s) (want 1)"
+cid="$run_id-ocpp-bad"
+code="$(ocpp_post /ocpp/1.6/meter-values "$cid" "{\"chargePointId\": \"$cp\", \"frame\": [3, \"19223201\", {}]}")"
+[[ "$code" == 422 ]] && row PASS "ocpp: CALLRESULT refused" "422" || row FAIL "ocpp: CALLRESULT refused" "status $code (want 422)"
+n="$(wait_matched "emobility.meter.values.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'ocpp-meter-values'" 1 30)"
+[[ "$n" == 1 ]] && row PASS "ocpp: dead letter" "1 on emobility.meter.values.v1.$kit_env.dlq" ||
+    row FAIL "ocpp: dead letter" "$n matching dead letter(s) (want 1)"
+# 13. meter-reading-routing (input: a normalised reading, as meter-readings writes it).
 cid="$run_id-routing"
 if produce_raw energy.meter.reading.v1 "$meter" "$cid" "$LOCAL_DEV/fixtures/meter-reading-overload.json" 2>>"$STATE/verify.log"; then
     row PASS "routing: produce reading" "1 record to energy.meter.reading.v1, key $meter, 2.61 kWh"
@@ -187,7 +379,7 @@ else
     row FAIL "routing: produce reading" "not produced (see $STATE/verify.log)"
 fi
 
-# 8. overload-work-orders: the overload event of 7 reaches the legacy stub and is accepted.
+# 14. overload-work-orders: the overload event of 13 reaches the legacy stub and is accepted.
 orders=0
 deadline=$((SECONDS + 60))
 while ((SECONDS < deadline)); do
@@ -207,7 +399,7 @@ else
     row FAIL "legacy: refusal dead-lettered" "not produced (see $STATE/verify.log)"
 fi
 
-# 9. grid-frequency.
+# 15. grid-frequency.
 cid="$run_id-freq"
 body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
     -H 'Content-Type: application/json' -H "X-Correlation-ID: $cid" \

@@ -1,7 +1,8 @@
 //! The admin listener: `/health/live`, `/health/ready`, `/metrics`, `GET /admin/pipelines`,
-//! `POST /admin/reload`, `GET /openapi.json`.
+//! `POST /admin/reload`, `POST /admin/pipelines/<name>/pause` and `/resume`, `GET
+//! /openapi.json`.
 //!
-//! Every request that is not a `GET` or `HEAD` (today `POST /admin/reload`) passes the
+//! Every request that is not a `GET` or `HEAD` (`POST /admin/reload`, pause, resume) passes the
 //! [`AdminGuard`]: with a token configured (`[admin] token_file`, or `GRIDFLOW_ADMIN_TOKEN`) it
 //! needs `Authorization: Bearer <token>` (`401` problem+json otherwise, compared in constant
 //! time); without one, only loopback clients are answered (`403` problem+json otherwise).
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -291,6 +292,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/pipelines", get(pipelines))
         .route("/openapi.json", get(openapi))
         .route("/admin/reload", axum::routing::post(reload))
+        .route(
+            "/admin/pipelines/{name}/pause",
+            axum::routing::post(|state, name| set_paused(state, name, true)),
+        )
+        .route(
+            "/admin/pipelines/{name}/resume",
+            axum::routing::post(|state, name| set_paused(state, name, false)),
+        )
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -397,16 +406,60 @@ async fn ready(State(state): State<AdminState>) -> Response {
     }
 }
 
+fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `POST /admin/pipelines/<name>/pause` (`paused`) or `/resume`: idempotent; `404` for a
+/// pipeline that is not running. Answers the pipeline's pause state, and whether this
+/// request changed it.
+async fn set_paused(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    paused: bool,
+) -> Response {
+    let Some(handle) = &state.reload else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            "reload is not enabled",
+            json!({}),
+        );
+    };
+    match handle.pauses().set(&name, paused) {
+        Ok((pause, changed)) => axum::Json(json!({
+            "pipeline": name,
+            "paused": pause.is_paused(),
+            "paused_since": pause.since().map(rfc3339),
+            "changed": changed,
+        }))
+        .into_response(),
+        Err(e) => problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            &e.to_string(),
+            json!({"pipeline": name}),
+        ),
+    }
+}
+
 async fn pipelines(State(state): State<AdminState>) -> Response {
     match &state.reload {
         Some(handle) => {
             let (pipelines, restart_required) = handle.views();
+            let paused = handle.pauses().paused();
             let stuck = not_delivering();
             // A running pipeline whose sink fails every delivery says so.
             let pipelines: Vec<serde_json::Value> = pipelines
                 .into_iter()
                 .map(|view| {
                     let mut value = serde_json::to_value(&view).unwrap_or_default();
+                    // Paused by an operator, since when (live, not as of the last reload).
+                    let since = paused.get(&view.name).filter(|_| view.version.is_some());
+                    value["paused"] = json!(since.is_some());
+                    value["paused_since"] = json!(since.copied().map(rfc3339));
                     if let Some((since, error)) =
                         stuck.get(&view.name).filter(|_| view.state != "stopped")
                     {

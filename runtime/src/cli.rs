@@ -43,6 +43,43 @@ enum Command {
     Test(TestArgs),
     /// Print the JSON Schema (draft 2020-12) of a file format, for editors (see docs/editor.md).
     Schema(crate::schema::SchemaArgs),
+    /// The pipelines of a running gridflow, through its admin API: list them, pause
+    /// (freeze) or resume one.
+    #[command(subcommand)]
+    Pipelines(PipelinesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PipelinesCommand {
+    /// List the pipelines with their state, version and pause (`GET /admin/pipelines`).
+    List(AdminArgs),
+    /// Freeze a pipeline: its source takes no input until it is resumed (Kafka: partitions
+    /// paused, the consumer group kept; HTTP/SOAP: `503` with `Retry-After`; file: no file
+    /// picked). Inputs already taken in finish. Idempotent; kept across reloads, not across a
+    /// restart of gridflow.
+    Pause(PipelineArgs),
+    /// Resume a paused pipeline. Idempotent.
+    Resume(PipelineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PipelineArgs {
+    /// The pipeline's name (its `name`, as `gridflow pipelines list` shows it).
+    name: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// Base URL of gridflow's admin listener (default: `[admin] listen` of the runtime
+    /// configuration, `0.0.0.0` read as `127.0.0.1`).
+    #[arg(long, env = "GRIDFLOW_ADMIN")]
+    admin_url: Option<String>,
+    /// Runtime configuration file (admin address, `[admin] token_file`). The token is
+    /// `GRIDFLOW_ADMIN_TOKEN` when set, else the content of `token_file`.
+    #[arg(long, default_value = "gridflow.toml")]
+    config: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -196,7 +233,146 @@ pub fn main() -> ExitCode {
         Command::Test(args) => test(args),
         Command::Run(args) => crate::server::run(args.into()),
         Command::Schema(args) => crate::schema::run(args),
+        Command::Pipelines(command) => pipelines(command),
     }
+}
+
+/// Where the admin API of the running gridflow is, and the token its mutating requests need.
+fn admin_target(args: &AdminArgs) -> Result<(String, Option<String>), String> {
+    let config = RuntimeConfig::load(&args.config, false).map_err(|d| {
+        d.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let base = match &args.admin_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let mut addr = config.admin.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let token = match std::env::var(crate::admin::ADMIN_TOKEN_ENV) {
+        Ok(token) if !token.trim().is_empty() => Some(token.trim().to_string()),
+        _ => match config
+            .admin
+            .token_file
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        format!("cannot read the admin token file {}: {e}", path.display())
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
+    };
+    Ok((base, token))
+}
+
+/// `gridflow pipelines list|pause|resume`: one request to the admin API; prints its answer in
+/// a line per pipeline, exits 1 when it was refused or failed.
+fn pipelines(command: PipelinesCommand) -> ExitCode {
+    let (args, request) = match &command {
+        PipelinesCommand::List(args) => (args, None),
+        PipelinesCommand::Pause(p) => (&p.admin, Some((p.name.as_str(), "pause"))),
+        PipelinesCommand::Resume(p) => (&p.admin, Some((p.name.as_str(), "resume"))),
+    };
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(admin_request(args, request)) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends the request (`None`: the list; `Some((name, "pause"|"resume"))`) and words its answer.
+async fn admin_request(
+    args: &AdminArgs,
+    request: Option<(&str, &str)>,
+) -> Result<Vec<String>, String> {
+    let (base, token) = admin_target(args)?;
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let builder = match request {
+        None => client.get(format!("{base}/admin/pipelines")),
+        Some((name, action)) => {
+            let name: String =
+                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let builder = client.post(format!("{base}/admin/pipelines/{name}/{action}"));
+            match &token {
+                Some(token) => builder.bearer_auth(token),
+                None => builder,
+            }
+        }
+    };
+    let response = builder
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach gridflow's admin API at {base}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("{base} answered {status} without a JSON body: {e}"))?;
+    if !status.is_success() {
+        let detail = body["detail"].as_str().unwrap_or("");
+        let hint = match status.as_u16() {
+            401 | 403 => {
+                " (give the admin token: GRIDFLOW_ADMIN_TOKEN, or [admin] token_file of --config)"
+            }
+            _ => "",
+        };
+        return Err(format!("{base} answered {status}: {detail}{hint}"));
+    }
+    Ok(match request {
+        Some((name, _)) => {
+            let since = body["paused_since"].as_str().unwrap_or("");
+            let changed = body["changed"].as_bool().unwrap_or(false);
+            vec![match (body["paused"].as_bool().unwrap_or(false), changed) {
+                (true, true) => format!("pipeline {name} paused (since {since})"),
+                (true, false) => format!("pipeline {name} already paused (since {since})"),
+                (false, true) => format!("pipeline {name} resumed"),
+                (false, false) => format!("pipeline {name} already running (not paused)"),
+            }]
+        }
+        None => body["pipelines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let paused = match p["paused_since"].as_str() {
+                    Some(since) => format!("paused since {since}"),
+                    None => "-".to_string(),
+                };
+                format!(
+                    "{}\t{}\t{}\t{}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["state"].as_str().unwrap_or("?"),
+                    paused,
+                    p["version"].as_str().map_or("-", |v| &v[..v.len().min(12)]),
+                )
+            })
+            .collect(),
+    })
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic]) {
@@ -644,7 +820,7 @@ fn contracts_check(args: ValidateArgs) -> ExitCode {
     for (topic, at) in topics {
         if !crate::contracts::conventional_topic(&topic) {
             problems.push(format!(
-                "{at}: topic `{topic}` does not follow <domain>.<entity>.<event>.v<major> (dead letters: <topic>.dlq)"
+                "{at}: topic `{topic}` does not follow <domain>.<entity>.<event>.v<major>[.<env>] (dead letters: <topic>.dlq)"
             ));
         }
     }

@@ -260,12 +260,53 @@ pub struct TopicCatalog {
 }
 
 impl TopicCatalog {
-    /// Reads and parses the catalog at `path`; the error names the file.
+    /// Reads and parses the catalog at `path`, `${VAR}` interpolated from the process
+    /// environment (topic names end with `${GRIDFLOW_ENV:-dev}`); the error names the file.
     pub fn load(path: &Path) -> Result<TopicCatalog, String> {
+        Self::load_with(path, &crate::config::interpolate::from_env)
+    }
+
+    /// [`load`](Self::load), variables looked up with `lookup`.
+    pub fn load_with(
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<TopicCatalog, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (_, value) in table.iter_mut() {
+            interpolate_strings(value, lookup).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// Interpolates `${VAR}` in every string of `value`.
+fn interpolate_strings(
+    value: &mut toml::Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        toml::Value::String(s) => {
+            *s = crate::config::interpolate::interpolate(s, lookup)
+                .map_err(|e| format!("`{s}`: {e}"))?;
+        }
+        toml::Value::Array(items) => {
+            for item in items {
+                interpolate_strings(item, lookup)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (_, item) in table.iter_mut() {
+                interpolate_strings(item, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// One `[[topic]]` of the catalog.
@@ -288,20 +329,30 @@ pub struct CatalogTopic {
     pub dead_letter: Option<String>,
 }
 
-/// Does `topic` follow `<domain>.<entity>.<event>.v<major>` (or that plus `.dlq`)?
+/// Does `topic` follow `<domain>.<entity>.<event>.v<major>`, optionally followed by the
+/// environment (`.dev`, `.recette`, `.prod`: the kit's naming), then optionally `.dlq`?
 pub fn conventional_topic(topic: &str) -> bool {
     let base = topic.strip_suffix(".dlq").unwrap_or(topic);
-    let parts: Vec<&str> = base.split('.').collect();
+    let mut parts: Vec<&str> = base.split('.').collect();
     let word = |p: &str| {
         !p.is_empty()
             && p.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     };
+    let version = |p: &str| {
+        p.strip_prefix('v')
+            .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+    };
+    if parts.last().is_some_and(|last| !version(last))
+        && parts.len() >= 2
+        && version(parts[parts.len() - 2])
+        && crate::config::interpolate::valid_env_name(parts[parts.len() - 1])
+    {
+        parts.pop();
+    }
     parts.len() >= 4
         && parts[..parts.len() - 1].iter().all(|p| word(p))
-        && parts[parts.len() - 1]
-            .strip_prefix('v')
-            .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+        && version(parts[parts.len() - 1])
 }
 
 #[cfg(test)]
@@ -369,5 +420,39 @@ mod tests {
         assert!(!conventional_topic("energy.load.v1"));
         assert!(!conventional_topic("Energy.Load.Actual.v1"));
         assert!(!conventional_topic("energy.load.actual.1"));
+        // The kit's naming: the environment after the version.
+        assert!(conventional_topic("grid.meter.reading.v1.dev"));
+        assert!(conventional_topic("grid.meter.reading.v1.recette.dlq"));
+        assert!(!conventional_topic("grid.meter.reading.v1.Prod"));
+        assert!(!conventional_topic("grid.meter.reading.v1.re.cette"));
+        assert!(!conventional_topic("grid.meter.reading.v1.dev.dev"));
+        assert!(!conventional_topic("meter.reading.v1.dev"));
+    }
+
+    #[test]
+    fn the_catalog_is_interpolated_and_a_bad_environment_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topics.toml");
+        std::fs::write(
+            &path,
+            "# ${NOT_INTERPOLATED} in a comment\n[[topic]]\nname = \"grid.meter.reading.v1.${GRIDFLOW_ENV:-dev}\"\npartitions = 3\nretention = \"7d\"\nowner = \"o\"\ndead_letter = \"grid.meter.reading.v1.${GRIDFLOW_ENV:-dev}.dlq\"\n",
+        )
+        .unwrap();
+        let env = |value: &'static str| {
+            move |name: &str| (name == "GRIDFLOW_ENV").then(|| value.to_string())
+        };
+        let dev = TopicCatalog::load_with(&path, &|_| None).unwrap();
+        assert_eq!(dev.topics[0].name, "grid.meter.reading.v1.dev");
+        let prod = TopicCatalog::load_with(&path, &env("prod")).unwrap();
+        assert_eq!(prod.topics[0].name, "grid.meter.reading.v1.prod");
+        assert_eq!(
+            prod.topics[0].dead_letter.as_deref(),
+            Some("grid.meter.reading.v1.prod.dlq")
+        );
+        let e = TopicCatalog::load_with(&path, &env("PROD.eu")).unwrap_err();
+        assert!(
+            e.contains("topics.toml") && e.contains("GRIDFLOW_ENV=`PROD.eu`"),
+            "{e}"
+        );
     }
 }

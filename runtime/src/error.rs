@@ -24,6 +24,10 @@ pub enum ErrorCode {
     MappingError,
     /// A step needed another shape of message (split on a non-array, for instance).
     UnexpectedShape,
+    /// A time series does not add up (`timeseries`): an interval that is not a whole number
+    /// of resolutions, a position out of range, given twice or missing, an unknown
+    /// resolution or curve type.
+    InvalidTimeSeries,
     /// `json_to_xml` could not express the message as XML.
     XmlEncoding,
     /// The sink's key expression did not give a usable key.
@@ -63,6 +67,7 @@ impl ErrorCode {
         ErrorCode::InvalidXml,
         ErrorCode::MappingError,
         ErrorCode::UnexpectedShape,
+        ErrorCode::InvalidTimeSeries,
         ErrorCode::XmlEncoding,
         ErrorCode::InvalidKey,
         ErrorCode::SinkRejected,
@@ -88,6 +93,7 @@ impl ErrorCode {
             ErrorCode::InvalidXml => "invalid_xml",
             ErrorCode::MappingError => "mapping_error",
             ErrorCode::UnexpectedShape => "unexpected_shape",
+            ErrorCode::InvalidTimeSeries => "invalid_time_series",
             ErrorCode::XmlEncoding => "xml_encoding",
             ErrorCode::InvalidKey => "invalid_key",
             ErrorCode::SinkRejected => "sink_rejected",

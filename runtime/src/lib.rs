@@ -68,7 +68,8 @@
 //! - [`listener`]: the ingress listener (plain or TLS): one accept loop and one connection
 //!   path with its limits (header, body, handshake and idle timeouts, connections, body
 //!   budget) and its drain.
-//! - [`admin`]: the admin HTTP listener (`/health/live`, `/health/ready`, `/metrics`).
+//! - [`admin`]: the admin HTTP listener (`/health/live`, `/health/ready`, `/metrics`,
+//!   `/admin/pipelines`, reload, pause and resume of a pipeline).
 //! - [`replay`]: `gridflow replay`, dead letters re-injected (exactly-once to a topic).
 //! - [`topics`]: `gridflow topics apply`, the topic catalog applied through the admin API.
 //! - [`pipeline_test`]: `gridflow test`, pipeline tests as TOML files (an input, recorded
@@ -79,7 +80,7 @@
 //!
 //! - [`cli`]: the `gridflow` command line (clap): parses the arguments and calls the command:
 //!   `run` ([`server`]), `validate`, `contracts check`, `replay`, `test`, `topics apply`,
-//!   `schema`.
+//!   `schema`, `pipelines list|pause|resume` (through the admin API of a running gridflow).
 //! - [`schema`]: `gridflow schema`, the JSON Schemas of the files (from the config types and
 //!   the three registries) and the reference's key tables written from them.
 

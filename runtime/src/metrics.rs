@@ -94,6 +94,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("gridflow_file_source_rejected_total", Kind::Counter, "Files a file source moved to failed/ unsent or given up, by the limit they broke (max_file_bytes, max_line_bytes, max_attempts)."),
     ("gridflow_reloads_total", Kind::Counter, "Pipeline reloads, by result (success, failure, stopped, restart_required)."),
     ("gridflow_pipeline_info", Kind::Gauge, "1 for the running version of a pipeline, 0 for a replaced or stopped one."),
+    ("gridflow_pipeline_paused", Kind::Gauge, "1 while a pipeline is paused by an operator (POST /admin/pipelines/<name>/pause): its source takes no input; 0 when it runs or stopped."),
 ];
 
 /// The type of a metric.
@@ -320,6 +321,15 @@ impl Drop for InFlight {
 pub fn reload(pipeline: &str, result: &'static str) {
     counter!("gridflow_reloads_total", "pipeline" => pipeline.to_string(), "result" => result)
         .increment(1);
+}
+
+/// The pipeline `pipeline` is paused by an operator (or runs again).
+pub fn pipeline_paused(pipeline: &str, paused: bool) {
+    gauge!("gridflow_pipeline_paused", "pipeline" => pipeline.to_string()).set(if paused {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// A request to `pipeline` was refused for being over quota.

@@ -80,8 +80,14 @@ async fn entsoe_actual_load_lands_one_event_per_point() {
     assert_eq!(first["period_start"], "2026-01-13T23:00Z");
     assert_eq!(first["period_end"], "2026-01-14T23:00Z");
     assert_eq!(first["document_id"], "5c1d0e4f2a7b4c1e9d3f6a8b0c2e4d6f");
+    // Each point carries its own UTC interval (the timeseries step).
+    assert_eq!(first["start"], "2026-01-13T23:00:00Z");
+    assert_eq!(first["end"], "2026-01-13T23:15:00Z");
     let second = events.iter().find(|e| e["position"] == 2).unwrap();
     assert_eq!(second["quantity"], 10817);
+    assert_eq!(second["start"], "2026-01-13T23:15:00Z");
+    let last = events.iter().find(|e| e["position"] == 96).unwrap();
+    assert_eq!(last["end"], "2026-01-14T23:00:00Z");
     for r in &records {
         assert_eq!(r.key.as_deref(), Some("10YBE----------2"), "keyed by area");
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Black-box: the no-Docker path of `local-dev/` (prerequisites, stack up, verification of the
-//! shipped flows, stack down), as a newcomer without a Docker engine runs it, against the
-//! suite's broker and the binary under test. `local-dev/tests/no-docker.sh` prints its pass/fail
-//! table; this test fails when any step does.
+//! shipped flows, evidence capture and its files, stack down), as a newcomer without a Docker
+//! engine runs it, against the suite's broker and the binary under test.
+//! `local-dev/tests/no-docker.sh` prints its pass/fail table; this test fails when any step
+//! does.
 
 mod common;
 
@@ -26,6 +27,7 @@ fn the_local_stack_comes_up_verifies_the_shipped_flows_and_goes_down_without_doc
     );
     assert!(out.status.success(), "no-docker.sh failed:\n{text}");
     assert!(text.contains("All checks passed."), "{text}");
+    assert!(text.contains("evidence: all checks passed"), "{text}");
     assert!(!text.contains("FAIL "), "{text}");
     assert!(text.contains("local stack down"), "{text}");
 }

@@ -2,7 +2,8 @@
 //!
 //! - Every ```` ```sh runbook-test ```` block of `ops/runbooks/*.md` runs (`bash -euo pipefail`)
 //!   in the directory of a running gridflow, with the variables the runbooks expect
-//!   (`GRIDFLOW_ADMIN`, `GRIDFLOW_HTTP`, `KAFKA_BROKERS`, `PIPELINE`, `DLQ`) and the `gridflow`
+//!   (`GRIDFLOW_ADMIN`, `GRIDFLOW_HTTP`, `KAFKA_BROKERS`, `PIPELINE`, `DLQ`, `GRIDFLOW_KIT`: this
+//!   checkout, for the evidence script) and the `gridflow`
 //!   binary on `PATH`, and exits 0: the read-only commands of the runbooks keep working on a
 //!   healthy instance. Every runbook has at least one such block.
 //! - `GET /metrics` passes `promtool check metrics` without a remark, and names every metric of
@@ -239,6 +240,14 @@ async fn every_runbook_test_block_passes_against_a_healthy_gridflow() {
         ("KAFKA_BROKERS", brokers()),
         ("PIPELINE", pipeline.clone()),
         ("DLQ", dlq.clone()),
+        // The checkout whose local-dev/scripts/30-generate-evidence.sh the runbooks run.
+        (
+            "GRIDFLOW_KIT",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .display()
+                .to_string(),
+        ),
     ];
 
     let mut failures = Vec::new();

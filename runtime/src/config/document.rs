@@ -72,10 +72,14 @@ impl<'i> Document<'i> {
         };
         for (_, value) in root.get_mut().iter_mut() {
             interpolate_value(value, lookup, &mut |span, message| {
+                let hint = if message.starts_with(super::interpolate::ENV_VARIABLE) {
+                    "set GRIDFLOW_ENV to the environment's name (dev, recette, prod), or unset it for dev"
+                } else {
+                    "export the variable, or give a default: ${NAME:-default}"
+                };
                 diagnostics.push(
-                    Diagnostic::spanned(path, text, Some(span), message).with_hint(Some(
-                        "export the variable, or give a default: ${NAME:-default}".into(),
-                    )),
+                    Diagnostic::spanned(path, text, Some(span), message)
+                        .with_hint(Some(hint.into())),
                 )
             });
         }

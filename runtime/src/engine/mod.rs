@@ -24,7 +24,7 @@ use crate::config::{EngineConfig, OnErrorConfig, PipelineFile};
 use crate::kafka::KafkaSettings;
 use crate::metrics::PipelineMetrics;
 use crate::sinks::SinkContext;
-use crate::sources::{Downstream, HttpRoutes, SourceContext};
+use crate::sources::{Downstream, HttpRoutes, Pause, Pauses, SourceContext};
 use dead_letter::{DeadLetterTarget, DeadLetterWriter};
 use retry::RetryPolicy;
 use runner::Runner;
@@ -78,6 +78,8 @@ struct Prepared {
     file: PipelineFile,
     source: Box<dyn crate::sources::Source>,
     runner: Arc<Runner>,
+    /// The pipeline's pause switch (the running version's, when it replaces one).
+    pause: Pause,
 }
 
 struct Running {
@@ -116,6 +118,8 @@ pub fn retry_policy(on_error: &OnErrorConfig) -> RetryPolicy {
 pub struct Engine {
     ctx: EngineContext,
     pipelines: BTreeMap<String, Running>,
+    /// The pause switch of every running pipeline.
+    pauses: Arc<Pauses>,
 }
 
 impl Engine {
@@ -124,7 +128,14 @@ impl Engine {
         Engine {
             ctx,
             pipelines: BTreeMap::new(),
+            pauses: Arc::default(),
         }
+    }
+
+    /// The pause switches of the running pipelines (for the admin API): a pipeline paused
+    /// there stays paused across reloads of its file, until it is resumed or stops.
+    pub fn pauses(&self) -> Arc<Pauses> {
+        Arc::clone(&self.pauses)
     }
 
     /// Topics `file` reads or writes, its dead-letter topic included.
@@ -152,8 +163,11 @@ impl Engine {
         if self.pipelines.contains_key(&file.config.name) {
             return Err(StartError::Duplicate(file.config.name.clone()));
         }
-        let prepared = self.prepare(file).await?;
-        self.launch(prepared);
+        let name = file.config.name.clone();
+        let prepared = self
+            .prepare(file, self.pauses.for_version(&name, &name))
+            .await?;
+        self.launch(prepared, &name);
         Ok(())
     }
 
@@ -188,17 +202,19 @@ impl Engine {
                 }
             }
         }
-        let prepared = self.prepare(file).await?;
+        // A paused pipeline's new version starts paused.
+        let pause = self.pauses.for_version(old, &file.config.name);
+        let prepared = self.prepare(file, pause).await?;
         let timeout = self.drain_timeout();
         match self.pipelines.remove(old) {
-            None => self.launch(prepared),
-            Some(old) if old.file.config.source.http().is_some() => {
-                self.launch(prepared);
-                stop_running(old, timeout).await;
+            None => self.launch(prepared, old),
+            Some(running) if running.file.config.source.http().is_some() => {
+                self.launch(prepared, old);
+                stop_running(running, timeout).await;
             }
-            Some(old) => {
-                stop_running(old, timeout).await;
-                self.launch(prepared);
+            Some(running) => {
+                stop_running(running, timeout).await;
+                self.launch(prepared, old);
             }
         }
         Ok(())
@@ -226,8 +242,9 @@ impl Engine {
         self.pipelines.keys().cloned().collect()
     }
 
-    /// Builds every part of `file`'s pipeline without starting it.
-    async fn prepare(&self, file: PipelineFile) -> Result<Prepared, StartError> {
+    /// Builds every part of `file`'s pipeline, its source obeying `pause`, without starting
+    /// it.
+    async fn prepare(&self, file: PipelineFile, pause: Pause) -> Result<Prepared, StartError> {
         let config = &file.config;
         let name = config.name.clone();
         let build_error = |component: &str, message: String| StartError::Build {
@@ -298,6 +315,7 @@ impl Engine {
                 http_routes: Arc::clone(&self.ctx.routes),
                 drain_timeout: self.drain_timeout(),
                 contracts: Arc::clone(&self.ctx.contracts),
+                paused: pause.clone(),
             })
             .map_err(|e| build_error("source", e.to_string()))?;
 
@@ -330,18 +348,22 @@ impl Engine {
             file,
             source,
             runner,
+            pause,
         })
     }
 
-    /// Starts a prepared pipeline's source.
-    fn launch(&mut self, prepared: Prepared) {
+    /// Starts a prepared pipeline's source; its pause switch takes the place of `old`'s (the
+    /// pipeline it replaces, or its own name).
+    fn launch(&mut self, prepared: Prepared, old: &str) {
         let Prepared {
             file,
             source,
             runner,
+            pause,
         } = prepared;
         let config = &file.config;
         let name = config.name.clone();
+        self.pauses.register(old, &name, pause);
         runner.metrics.running(&file.version, true);
         let cancel = CancellationToken::new();
         let downstream: Arc<dyn Downstream> = Arc::new(Arc::clone(&runner));
@@ -375,6 +397,7 @@ impl Engine {
         let Some(running) = self.pipelines.remove(name) else {
             return false;
         };
+        self.pauses.forget(name);
         stop_running(running, self.drain_timeout()).await;
         true
     }

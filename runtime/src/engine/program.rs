@@ -191,6 +191,7 @@ mod tests {
                 http_routes: Default::default(),
                 drain_timeout: std::time::Duration::from_secs(1),
                 contracts: Default::default(),
+                paused: Default::default(),
             };
             if let Err(e) = config.source.build(&cx) {
                 panic!("{kind}: {e}");

@@ -349,6 +349,7 @@ struct Request {
 pub struct ReloadHandle {
     tx: tokio::sync::mpsc::Sender<Request>,
     views: std::sync::Arc<std::sync::Mutex<(Vec<PipelineView>, bool)>>,
+    pauses: std::sync::Arc<crate::sources::Pauses>,
 }
 
 impl ReloadHandle {
@@ -377,6 +378,12 @@ impl ReloadHandle {
     pub fn views(&self) -> (Vec<PipelineView>, bool) {
         self.views.lock().map(|v| v.clone()).unwrap_or_default()
     }
+
+    /// The pause switches of the running pipelines. They are set at once, not through the
+    /// reload queue: a freeze does not wait for a reload in progress.
+    pub fn pauses(&self) -> &crate::sources::Pauses {
+        &self.pauses
+    }
 }
 
 /// Runs `reloader` in its own task until `shutdown`; the task gives the engine back.
@@ -392,6 +399,7 @@ pub fn spawn(
     let handle = ReloadHandle {
         tx,
         views: std::sync::Arc::clone(&views),
+        pauses: reloader.engine.pauses(),
     };
     let task = tokio::spawn(async move {
         loop {

@@ -262,16 +262,6 @@ pub fn parse(
         },
         None => None,
     };
-    if let Some((p, span)) = &pipeline {
-        if let SourceConfig::Soap(_) = p.config.source {
-            doc.error(
-                Some(span.clone()),
-                "`gridflow test` does not run pipelines with a `soap` source yet",
-                None,
-            );
-        }
-    }
-
     let source = pipeline.as_ref().map(|(p, _)| &p.config.source);
     let mut cases = Vec::new();
     for (value, config) in raw_cases {
@@ -344,6 +334,10 @@ fn check_case(
         if content_type.is_none() {
             content_type = match file.extension().and_then(|e| e.to_str()) {
                 Some("json") => Some("application/json".into()),
+                // A SOAP envelope in a file: SOAP 1.1's media type.
+                Some("xml") if matches!(source, Some(SourceConfig::Soap(_))) => {
+                    Some("text/xml".into())
+                }
                 Some("xml") => Some("application/xml".into()),
                 _ => None,
             };
@@ -360,11 +354,15 @@ fn check_case(
             "a Kafka record has no content type (gridflow sniffs its bytes)",
             Some("remove `content_type`".into()),
         ),
-        Some(SourceConfig::Http(_) | SourceConfig::File(_)) if input.key.is_some() => doc.error(
-            at(&["input", "key"]),
-            "only a Kafka record has a key",
-            Some("remove `key`".into()),
-        ),
+        Some(SourceConfig::Http(_) | SourceConfig::Soap(_) | SourceConfig::File(_))
+            if input.key.is_some() =>
+        {
+            doc.error(
+                at(&["input", "key"]),
+                "only a Kafka record has a key",
+                Some("remove `key`".into()),
+            )
+        }
         Some(SourceConfig::File(_)) if !input.headers.is_empty() => doc.error(
             at(&["input", "headers"]),
             "a file has no headers",
@@ -377,7 +375,7 @@ fn check_case(
         ),
         _ => {}
     }
-    if let Some(SourceConfig::Http(_)) = source {
+    if let Some(SourceConfig::Http(_) | SourceConfig::Soap(_)) = source {
         for (name, v) in &input.headers {
             let valid = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
                 && axum::http::HeaderValue::from_str(v).is_ok();

@@ -129,6 +129,7 @@ impl FileSourceConfig {
             config: self.clone(),
             pipeline: Arc::clone(&ctx.pipeline),
             metrics: FileSourceMetrics::new(&ctx.pipeline),
+            pause: ctx.paused.clone(),
         }
     }
 }
@@ -138,6 +139,8 @@ pub struct FileSource {
     config: FileSourceConfig,
     pipeline: Arc<str>,
     metrics: FileSourceMetrics,
+    /// The operator's pause switch: while on, no new file is picked.
+    pause: super::Pause,
 }
 
 fn is_candidate(path: &Path) -> bool {
@@ -984,6 +987,13 @@ impl FileSource {
         // Files whose messages were settled but that could not be moved yet: never read again.
         let mut unmoved: HashMap<PathBuf, (&'static str, Option<Rejection>)> = HashMap::new();
         while !shutdown.is_cancelled() {
+            // Paused: no file is picked (the one being read was read to its end).
+            if self.pause.is_paused() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.pause.resumed() => {}
+                }
+            }
             let mut moved = Vec::new();
             for (file, (target, rejection)) in &unmoved {
                 if self.settle(file, target, rejection.as_ref()).await.is_ok() {
@@ -996,7 +1006,7 @@ impl FileSource {
             match scan(dir).await {
                 Ok(files) => {
                     for file in files {
-                        if shutdown.is_cancelled() {
+                        if shutdown.is_cancelled() || self.pause.is_paused() {
                             break;
                         }
                         if unmoved.contains_key(&file) {
@@ -1140,6 +1150,7 @@ mod tests {
             config,
             pipeline: Arc::from("test"),
             metrics: FileSourceMetrics::new("test"),
+            pause: Default::default(),
         }
     }
 
@@ -1269,6 +1280,40 @@ mod tests {
         let got = recorder.take();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "lines differ");
+    }
+
+    /// Paused: the files of the directory stay where they are, however long; resumed, they
+    /// are read and moved to done/.
+    #[tokio::test]
+    async fn a_paused_file_source_picks_no_file_until_it_is_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = source(config(dir.path()));
+        let pause = crate::sources::Pause::default();
+        pause.set(true);
+        source.pause = pause.clone();
+        std::fs::write(dir.path().join("a.json"), b"{\"a\":1}").unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let downstream: Arc<dyn Downstream> = recorder.clone();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Box::new(source).run(downstream, stop.clone()));
+        // Several polls (100 ms each) while paused, a file arriving meanwhile.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        std::fs::write(dir.path().join("b.json"), b"{\"b\":2}").unwrap();
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(recorder.take().is_empty(), "a file was read while paused");
+        assert!(dir.path().join("a.json").exists() && dir.path().join("b.json").exists());
+        pause.set(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(dir.path().join("done/a.json").exists() && dir.path().join("done/b.json").exists())
+        {
+            assert!(std::time::Instant::now() < deadline, "not read after resume");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut got: Vec<Vec<u8>> = recorder.take().into_iter().map(|(_, body)| body).collect();
+        got.sort();
+        assert_eq!(got, vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]);
+        stop.cancel();
+        task.await.unwrap().unwrap();
     }
 
     /// A line of exactly the cap passes; one byte more is too long, and the reader holds no

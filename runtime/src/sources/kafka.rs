@@ -12,6 +12,12 @@
 //! upstream whose breaker is open) only the partitions waiting for it stop reading (they count
 //! as paused after 250 ms); librdkafka stops fetching them once their queue is full, and the
 //! source loop keeps polling the consumer, so it stays in its group.
+//!
+//! Paused by an operator ([`super::pause`]): every assigned partition is paused in the
+//! consumer (`rd_kafka_pause_partitions`: nothing more is fetched, what was fetched and not
+//! taken is dropped and fetched again on resume), and so is each partition assigned while the
+//! pause lasts. The source loop keeps polling: the consumer keeps its membership and its
+//! assignment. Records already taken in finish and are committed as usual.
 
 mod partition;
 
@@ -102,6 +108,7 @@ impl KafkaSourceConfig {
             drain_timeout: ctx.drain_timeout,
             paused: gauge!("gridflow_kafka_paused_partitions", "pipeline" => ctx.pipeline.to_string()),
             pipeline: Arc::clone(&ctx.pipeline),
+            pause: ctx.paused.clone(),
         }
     }
 }
@@ -113,6 +120,8 @@ pub struct KafkaSource {
     drain_timeout: Duration,
     paused: metrics::Gauge,
     pipeline: Arc<str>,
+    /// The operator's pause switch of the pipeline.
+    pause: super::Pause,
 }
 
 /// What the consumer's rebalance callbacks tell the source loop.
@@ -154,6 +163,12 @@ pub(super) struct Rebalances {
     fatal: std::sync::atomic::AtomicBool,
     /// This consumer's session: cancelled on shutdown, or on a fatal error.
     session: CancellationToken,
+    /// The operator's pause switch: partitions assigned while it is on are paused at once.
+    pause: super::Pause,
+    /// Set once this consumer paused partitions for the switch: from then on, partitions
+    /// assigned while the switch is off are resumed explicitly (one paused before it was
+    /// revoked may come back with its pause). A consumer never paused leaves them alone.
+    was_paused: std::sync::atomic::AtomicBool,
 }
 
 impl Rebalances {
@@ -263,6 +278,50 @@ impl rdkafka::consumer::ConsumerContext for Rebalances {
                 let _ = self.rebalances.send(Rebalanced::Assigned(assigned));
             }
             Rebalance::Error(_) => {}
+        }
+    }
+
+    /// Newly assigned partitions follow the operator's switch: paused while the pipeline is
+    /// paused, resumed otherwise (a partition paused before it was revoked may come back).
+    /// Runs right after the assignment, before anything of it is fetched.
+    fn post_rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        use std::sync::atomic::Ordering;
+        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
+            let paused = self.pause.is_paused();
+            if paused {
+                self.was_paused.store(true, Ordering::Release);
+            }
+            if list.count() > 0 && (paused || self.was_paused.load(Ordering::Acquire)) {
+                follow_pause(consumer, list, paused, &self.pipeline);
+            }
+        }
+    }
+}
+
+/// Pauses (`paused`) or resumes the partitions `list` of `consumer`.
+fn follow_pause<C: Consumer<Rebalances>>(
+    consumer: &C,
+    list: &rdkafka::TopicPartitionList,
+    paused: bool,
+    pipeline: &str,
+) {
+    let done = if paused {
+        consumer.pause(list)
+    } else {
+        consumer.resume(list)
+    };
+    let listed = listed(partitions(list).iter().map(|(t, p)| (t.as_str(), *p)));
+    match done {
+        Ok(()) if paused => {
+            tracing::info!(pipeline = %pipeline, partitions = %listed, "Kafka partitions paused (pipeline paused).")
+        }
+        Ok(()) => tracing::debug!(pipeline = %pipeline, partitions = %listed, "Kafka partitions resumed."),
+        Err(e) => {
+            tracing::error!(pipeline = %pipeline, partitions = %listed, paused, error = %e, "Kafka partitions could not follow the pipeline's pause switch.")
         }
     }
 }
@@ -442,6 +501,8 @@ impl KafkaSource {
                     from_earliest: self.settings.starts_from_earliest(),
                     fatal: Default::default(),
                     session: shutdown.clone(),
+                    pause: self.pause.clone(),
+                    was_paused: Default::default(),
                 })
                 .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?,
         );
@@ -476,10 +537,28 @@ impl KafkaSource {
         };
         // Rotated SASL credentials (secret files re-read) for this consumer's next connection.
         let mut credentials = self.settings.secrets.subscribe();
+        // The operator's pause switch; its state at start is applied by each assignment.
+        let mut pause = self.pause.subscribe();
+        pause.mark_unchanged();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                Ok(()) = pause.changed() => {
+                    let paused = pause.borrow_and_update().is_some();
+                    if paused {
+                        consumer.context().was_paused.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    match consumer.assignment() {
+                        Ok(assignment) => follow_pause(&*consumer, &assignment, paused, &self.pipeline),
+                        Err(e) => tracing::error!(group = %group, paused, error = %e, "The consumer's assignment is unknown; the pause switch is not applied."),
+                    }
+                    if paused {
+                        tracing::info!(group = %group, "Kafka source paused: it keeps its group membership and its partitions, and fetches nothing.");
+                    } else {
+                        tracing::info!(group = %group, "Kafka source resumed.");
+                    }
+                }
                 Some(ended) = readers.tasks.join_next(), if !readers.tasks.is_empty() => {
                     if let Err(e) = ended {
                         tracing::error!(group = %group, error = %e, "A partition reader panicked; its records in flight are not committed.");

@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod ingress;
 pub mod openapi;
+pub mod pause;
 pub mod route;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use toml::Spanned;
 
 pub use file::{file_meta, FileSourceConfig};
 pub use kafka::{record_meta, KafkaSourceConfig};
+pub use pause::{Pause, Pauses};
 pub use route::{HttpRoutes, HttpSourceConfig};
 pub use soap::SoapSourceConfig;
 
@@ -72,6 +74,8 @@ pub struct SourceContext {
     pub drain_timeout: Duration,
     /// Contracts, for an HTTP source's `contract`.
     pub contracts: Arc<crate::contracts::Contracts>,
+    /// The pipeline's pause switch: while it is on, the source takes no input.
+    pub paused: Pause,
 }
 
 /// A kind of source: implemented by its config struct.

@@ -151,6 +151,7 @@ impl HttpSourceConfig {
             config: self.clone(),
             routes: Arc::clone(&ctx.http_routes),
             pipeline: Arc::clone(&ctx.pipeline),
+            pause: ctx.paused.clone(),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             contract: match &self.contract {
                 Some(reference) => Some(ctx.contracts.get(reference).ok_or_else(|| {
@@ -196,6 +197,8 @@ pub struct Route {
     soap: Option<Arc<SoapRoute>>,
     metrics: Arc<crate::metrics::HttpMetrics>,
     serve: Serve,
+    /// The pipeline's pause switch: while on, every request is answered `503`.
+    pause: super::Pause,
 }
 
 /// The HTTP listener's route table: path → route, swapped atomically.
@@ -284,6 +287,7 @@ pub struct HttpSource {
     config: HttpSourceConfig,
     routes: Arc<HttpRoutes>,
     pipeline: Arc<str>,
+    pause: super::Pause,
     generation: u64,
     keys: Option<Arc<ApiKeys>>,
     limiter: Option<Arc<Limiter>>,
@@ -310,6 +314,7 @@ impl Source for HttpSource {
             soap: self.soap.clone(),
             metrics: Arc::new(crate::metrics::HttpMetrics::new(&self.pipeline)),
             serve: self.serve,
+            pause: self.pause.clone(),
         };
         self.routes.insert(&self.config.path, route);
         async move {
@@ -399,6 +404,7 @@ async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Resp
     let route = routes.table.load().get(&path).cloned();
     let metrics = route.as_ref().map(|r| Arc::clone(&r.metrics));
     let mut response = match route {
+        Some(route) if route.pause.is_paused() => paused(&route, &correlation_id),
         Some(route) => (route.serve)(route, request, &correlation_id, &path).await,
         None => problem(
             StatusCode::NOT_FOUND,
@@ -413,6 +419,25 @@ async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Resp
     if let Ok(value) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
     }
+    response
+}
+
+/// The answer of a paused pipeline's route: `503`, come back after the route's
+/// `retry_after_secs` (the body is not read).
+fn paused(route: &Route, correlation_id: &str) -> Response {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        &format!(
+            "pipeline `{}` is paused by an operator; send the request again later",
+            route.pipeline
+        ),
+        json!({ "correlation_id": correlation_id, "pipeline": &*route.pipeline, "paused": true }),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(route.config.retry_after_secs.max(1)),
+    );
     response
 }
 

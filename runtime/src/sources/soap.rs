@@ -264,31 +264,16 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
     };
     let (ack, outcome) = Ack::channel();
     let held = super::ingress::HeldBody::new(lease, outcome);
-    let meta = Arc::new(Meta {
-        original: body.clone(),
-        correlation_id: correlation_id.to_string(),
-        content_type: ContentType::Xml,
-        origin: Origin::Http {
-            path: path.to_string(),
-        },
-        key: None,
-        headers: action
-            .iter()
-            .map(|a| ("soap.action".to_string(), a.clone().into_bytes()))
-            .collect(),
+    let (meta, payload) = envelope_input(
+        route.config(),
+        route.contract().map(|c| c.as_ref()),
+        path,
+        action,
         request_headers,
-        received_at: Instant::now(),
-        reply: (route.config().reply == ReplyMode::Mapped)
-            .then(|| std::sync::Mutex::new(Vec::new())),
-    });
+        body,
+        correlation_id,
+    );
     let reply = Arc::clone(&meta);
-    let payload = body_content(&body)
-        .map(|content| Payload::Bytes(body.slice_ref(content)))
-        .map_err(|reason| Failure::new("source.soap", ErrorCode::InvalidXml, reason))
-        .and_then(|payload| match route.contract() {
-            Some(contract) => check_contract(contract, payload, ContentType::Xml, "source.soap"),
-            None => Ok(payload),
-        });
     match payload {
         Ok(payload) => {
             route
@@ -313,6 +298,45 @@ pub async fn serve(route: Route, request: Request, correlation_id: &str, path: &
         ))
     });
     answer(outcome, &reply, version, &route, correlation_id)
+}
+
+/// What the pipeline receives of an accepted envelope: its facts (the whole envelope as the
+/// original, the operation as the `soap.action` header) and the Body's content, or the
+/// failure the source found (an envelope that is not well-formed, no Body, a Body that breaks
+/// the source's contract). Shared by [`serve`] and `gridflow test`.
+pub fn envelope_input(
+    config: &HttpSourceConfig,
+    contract: Option<&crate::contracts::Contract>,
+    path: &str,
+    action: Option<String>,
+    request_headers: Vec<(String, String)>,
+    body: Bytes,
+    correlation_id: &str,
+) -> (Arc<Meta>, Result<Payload, Failure>) {
+    let meta = Arc::new(Meta {
+        original: body.clone(),
+        correlation_id: correlation_id.to_string(),
+        content_type: ContentType::Xml,
+        origin: Origin::Http {
+            path: path.to_string(),
+        },
+        key: None,
+        headers: action
+            .iter()
+            .map(|a| ("soap.action".to_string(), a.clone().into_bytes()))
+            .collect(),
+        request_headers,
+        received_at: Instant::now(),
+        reply: (config.reply == ReplyMode::Mapped).then(|| std::sync::Mutex::new(Vec::new())),
+    });
+    let payload = body_content(&body)
+        .map(|content| Payload::Bytes(body.slice_ref(content)))
+        .map_err(|reason| Failure::new("source.soap", ErrorCode::InvalidXml, reason))
+        .and_then(|payload| match contract {
+            Some(contract) => check_contract(contract, payload, ContentType::Xml, "source.soap"),
+            None => Ok(payload),
+        });
+    (meta, payload)
 }
 
 /// `GET <path>?wsdl`: the WSDL, when the route has one.
@@ -359,13 +383,7 @@ fn accept(
             None,
         ));
     }
-    if !soap.operations.is_empty() && !action.as_ref().is_some_and(|a| soap.operations.contains(a))
-    {
-        let reason = format!(
-            "unknown operation {:?}; this endpoint serves {}",
-            action.unwrap_or_default(),
-            soap.operations.join(", ")
-        );
+    if let Some(reason) = unknown_operation(&soap.operations, action.as_deref()) {
         return Err(fault(version, true, None, &reason, correlation_id, None));
     }
     if let Err(refusal) = admit(route, request) {
@@ -396,6 +414,18 @@ fn accept(
         ));
     }
     Ok((version, action))
+}
+
+/// Why `action` is refused by a source serving `operations` (empty: any), or `None`.
+fn unknown_operation(operations: &[String], action: Option<&str>) -> Option<String> {
+    if operations.is_empty() || action.is_some_and(|a| operations.iter().any(|o| o == a)) {
+        return None;
+    }
+    Some(format!(
+        "unknown operation {:?}; this endpoint serves {}",
+        action.unwrap_or_default(),
+        operations.join(", ")
+    ))
 }
 
 /// The answer once the input is settled: an acknowledgement or the mapped result, a Client
@@ -485,6 +515,61 @@ operations = ["SubmitReading"]"#;
     fn http(&self) -> Option<&super::route::HttpSourceConfig> {
         Some(&self.0)
     }
+
+    /// The envelope a client would have POSTed: its `Content-Type` gives the version, its
+    /// `SOAPAction` header (1.1) or `action` parameter (1.2) the operation. What the source
+    /// refuses before reading the body (another media type, an operation it does not serve)
+    /// is answered with a fault and never reaches the pipeline: such an input is not a case.
+    fn offline_input(
+        &self,
+        input: &super::OfflineInput<'_>,
+    ) -> Result<super::Received, String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in input.headers {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(ct) = input.content_type {
+            let value = HeaderValue::from_str(ct)
+                .map_err(|_| format!("`{ct}` is not a valid Content-Type"))?;
+            headers.insert(header::CONTENT_TYPE, value);
+        }
+        let Some((_, action)) = version_and_action(&headers) else {
+            return Err(format!(
+                "the source answers a `{}` request with a fault before the pipeline: a SOAP request is text/xml (1.1) or application/soap+xml (1.2); give `content_type`",
+                input.content_type.unwrap_or("(no Content-Type)")
+            ));
+        };
+        if let Some(reason) = unknown_operation(&self.0.operations, action.as_deref()) {
+            return Err(format!(
+                "the source answers with a fault before the pipeline: {reason}"
+            ));
+        }
+        let contract = match &self.0.contract {
+            Some(reference) => Some(
+                input
+                    .contracts
+                    .get(reference)
+                    .ok_or_else(|| format!("source: unknown contract `{reference}`"))?,
+            ),
+            None => None,
+        };
+        let id = super::route::correlation_id_of(&headers)
+            .unwrap_or_else(|| input.correlation_id.to_string());
+        Ok(envelope_input(
+            &self.0,
+            contract.as_deref(),
+            &self.0.path,
+            action,
+            crate::message::request_headers(&headers),
+            input.body.clone(),
+            &id,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -503,6 +588,59 @@ mod tests {
         assert!(body_content(b"<a><Body/></a>").is_err());
         assert!(body_content(b"<Envelope><Header/></Envelope>").is_err());
         assert!(body_content(b"<Envelope><Body><x></Body></Envelope>").is_err());
+    }
+
+    /// `gridflow test`'s input: the source's own checks, before and after the body is read.
+    #[test]
+    fn an_offline_input_is_read_as_the_source_reads_a_request() {
+        let source = crate::sources::parse_source_text(
+            "kind = \"soap\"\npath = \"/soap/f\"\noperations = [\"urn:Submit\"]\n",
+        )
+        .unwrap();
+        let contracts = crate::contracts::Contracts::default();
+        let envelope = r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body><Doc>1</Doc></s:Body></s:Envelope>"#;
+        let headers = std::collections::BTreeMap::new();
+        let input = |body: &'static str, content_type: Option<&'static str>| {
+            source.offline_input(&crate::sources::OfflineInput {
+                body: Bytes::from_static(body.as_bytes()),
+                headers: &headers,
+                content_type,
+                key: None,
+                file: None,
+                contracts: &contracts,
+                correlation_id: "c-1",
+            })
+        };
+
+        // SOAP 1.2: the operation from the action parameter, the Body's content to the steps,
+        // the whole envelope kept for a dead letter.
+        let (meta, payload) = input(
+            envelope,
+            Some("application/soap+xml; action=\"urn:Submit\""),
+        )
+        .unwrap();
+        assert_eq!(payload.unwrap().to_bytes().as_ref(), b"<Doc>1</Doc>");
+        assert_eq!(meta.headers, vec![("soap.action".to_string(), b"urn:Submit".to_vec())]);
+        assert_eq!(meta.original.as_ref(), envelope.as_bytes());
+        assert_eq!(meta.correlation_id, "c-1");
+
+        // What the source answers with a fault before reading the body is not a case.
+        let err = input(envelope, Some("application/soap+xml; action=\"urn:Other\"")).unwrap_err();
+        assert!(err.contains("unknown operation \"urn:Other\""), "{err}");
+        let err = input(envelope, Some("text/xml")).unwrap_err();
+        assert!(err.contains("unknown operation \"\""), "{err}");
+        let err = input(envelope, Some("application/xml")).unwrap_err();
+        assert!(err.contains("text/xml (1.1) or application/soap+xml (1.2)"), "{err}");
+        assert!(input(envelope, None).is_err());
+
+        // A broken envelope reaches the runner as the source's failure: a dead letter.
+        let (_, payload) = input(
+            "<s:Envelope><s:Body><Doc></s:Body>",
+            Some("application/soap+xml; action=urn:Submit"),
+        )
+        .unwrap();
+        let failure = payload.unwrap_err();
+        assert_eq!((failure.code, failure.step.as_str()), (ErrorCode::InvalidXml, "source.soap"));
     }
 
     #[test]

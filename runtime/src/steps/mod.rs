@@ -200,6 +200,8 @@ step_kinds! {
     Filter(filter::FilterConfig),
     /// An array becomes one message per element.
     Split(split::SplitConfig),
+    /// Time series periods become one message per point, with UTC start and end.
+    Timeseries(timeseries::TimeseriesConfig),
     /// The message must conform to a contract.
     Validate(validate::ValidateConfig),
     /// Sets body fields, headers and the key.
@@ -216,6 +218,8 @@ step_kinds! {
     Try(r#try::TryConfig),
     /// Routes, each with its steps and sink.
     Branch(branch::BranchConfig),
+    /// The message becomes the payload of the kit's event envelope.
+    Envelope(envelope::EnvelopeConfig),
 }
 
 /// What steps may need from the process when they are built.
