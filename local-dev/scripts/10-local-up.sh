@@ -2,18 +2,20 @@
 # Starts the local stack and waits until gridflow is ready (GET /health/ready = 200).
 #
 #   Docker engine available: docker compose up -d --build --wait (Apache Kafka in KRaft mode,
-#   Kafka UI, the topics, the asset registry stub, gridflow). Ports: gridflow 8080 (HTTP) and
-#   9090 (admin), Kafka localhost:9092, Kafka UI 8081, stub 18081.
+#   Kafka UI, the topics, the asset registry stub, the legacy work-order system stub, gridflow).
+#   Ports: gridflow 8080 (HTTP) and 9090 (admin), Kafka localhost:9092, Kafka UI 8081, stub
+#   18081, legacy stub 18082.
 #
 #   Otherwise (or LOCAL_MODE=native), on 127.0.0.1:
 #     1. tansu on LOCAL_KAFKA_PORT (19092), sqlite storage in local-dev/.state/tansu/, unless
 #        KAFKA_BROKERS names a broker to use instead;
 #     2. gridflow topics apply (contracts/topics.toml, replication factor 1), unless
 #        LOCAL_SKIP_TOPICS_APPLY=1;
-#     3. the asset registry stub on LOCAL_STUB_PORT (18081);
+#     3. the asset registry stub on LOCAL_STUB_PORT (18081), the legacy work-order system stub
+#        on LOCAL_LEGACY_PORT (18082);
 #     4. gridflow run --config config/dev.toml, HTTP on LOCAL_HTTP_PORT (18080), admin on
 #        LOCAL_ADMIN_PORT (19090).
-#   PIDs and logs: local-dev/.state/{tansu,stub,gridflow}.{pid,log}. Settings: see lib.sh.
+#   PIDs and logs: local-dev/.state/{tansu,stub,legacy,gridflow}.{pid,log}. Settings: see lib.sh.
 #
 # Idempotent: what runs already is kept; with everything up it says so and exits 0.
 set -euo pipefail
@@ -106,6 +108,21 @@ else
 fi
 echo "http://127.0.0.1:$LOCAL_STUB_PORT" >"$STATE/stub_url"
 
+# 3b. The legacy work-order system stub (pipelines/overload-work-orders.toml calls it).
+if pid_alive legacy; then
+    say "legacy work-order system stub already running (pid $(cat "$STATE/legacy.pid"))"
+else
+    port_open "$LOCAL_LEGACY_PORT" && die "127.0.0.1:$LOCAL_LEGACY_PORT is taken: choose LOCAL_LEGACY_PORT"
+    say "starting the legacy work-order system stub on 127.0.0.1:$LOCAL_LEGACY_PORT"
+    python3 "$LOCAL_DEV/stub/legacy_workorders.py" --host 127.0.0.1 --port "$LOCAL_LEGACY_PORT" \
+        </dev/null >>"$STATE/legacy.log" 2>&1 &
+    echo $! >"$STATE/legacy.pid"
+    wait_http "http://127.0.0.1:$LOCAL_LEGACY_PORT/health" 20 legacy ||
+        die "the legacy stub did not answer on 127.0.0.1:$LOCAL_LEGACY_PORT (log: $STATE/legacy.log)"
+    started=1
+fi
+echo "http://127.0.0.1:$LOCAL_LEGACY_PORT" >"$STATE/legacy_url"
+
 # 4. gridflow.
 admin="http://127.0.0.1:$LOCAL_ADMIN_PORT"
 if pid_alive gridflow; then
@@ -122,6 +139,7 @@ else
         cd "$ROOT"
         export KAFKA_BROKERS="$brokers"
         export ASSET_REGISTRY_URL="http://127.0.0.1:$LOCAL_STUB_PORT"
+        export LEGACY_WORKORDERS_URL="http://127.0.0.1:$LOCAL_LEGACY_PORT"
         export GRIDFLOW_DEAD_LETTERS_DIR="$STATE/dead-letters"
         exec "$bin" run --config config/dev.toml --http-addr "127.0.0.1:$LOCAL_HTTP_PORT" \
             --admin-addr "127.0.0.1:$LOCAL_ADMIN_PORT" --log-format json </dev/null >>"$STATE/gridflow.log" 2>&1

@@ -35,6 +35,16 @@
 #  12. OCPP 1.6: the MeterValues sample (in the bridge's body) gives 5 enveloped events on
 #      emobility.meter.values.v1.<env> keyed by the charge point; the StatusNotification sample
 #      one on emobility.charger.status.v1.<env>; a CALLRESULT posted as MeterValues gets 422
+#  13. Kafka pipeline meter-reading-routing: an overloaded reading produced to
+#      energy.meter.reading.v1 comes out enriched with its asset (from the stub) on
+#      energy.meter.reading-enriched.v1 and as an overload event on energy.meter.overload.v1
+#  14. Kafka pipeline overload-work-orders: that overload event reaches the legacy work-order
+#      stub as a SOAP request it accepts (GET /orders); an overload of a meter the legacy system
+#      does not know is refused and dead-lettered to energy.meter.overload.v1.dlq with the reason
+#  15. HTTP pipeline grid-frequency: the 10 Hz PMU batch gives 20 events on
+#      grid.frequency.measurement.v1 keyed by pmu_id; an empty batch 202 with 0 messages; a batch
+#      with a 0 Hz sample 422, dead-lettered whole (none of its events written); a batch of
+#      1000 samples (100 s of one PMU) 202; one over max_body_bytes (256 KiB) 413
 #
 # What a topic holds is read with `gridflow replay --dry-run --where ...` (reads, sends and
 # commits nothing), selecting this run's records by their correlation id. Records are
@@ -49,12 +59,14 @@ if [[ "$mode" == docker ]]; then
     http_url=http://127.0.0.1:8080
     admin_url=http://127.0.0.1:9090
     stub_url=http://127.0.0.1:18081
+    legacy_url=http://127.0.0.1:18082
     brokers=kafka:19092 # as seen from the containers
 else
     brokers="$(native_brokers)"
     http_url="$(cat "$STATE/http_url" 2>/dev/null)" || die "the native stack is not up: run 10-local-up.sh"
     admin_url="$(cat "$STATE/admin_url")"
     stub_url="$(cat "$STATE/stub_url")"
+    legacy_url="$(cat "$STATE/legacy_url")"
     bin="$(cat "$STATE/gridflow_bin")"
 fi
 
@@ -353,6 +365,81 @@ code="$(ocpp_post /ocpp/1.6/meter-values "$cid" "{\"chargePointId\": \"$cp\", \"
 n="$(wait_matched "emobility.meter.values.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'ocpp-meter-values'" 1 30)"
 [[ "$n" == 1 ]] && row PASS "ocpp: dead letter" "1 on emobility.meter.values.v1.$kit_env.dlq" ||
     row FAIL "ocpp: dead letter" "$n matching dead letter(s) (want 1)"
+# 13. meter-reading-routing (input: a normalised reading, as meter-readings writes it).
+cid="$run_id-routing"
+if produce_raw energy.meter.reading.v1 "$meter" "$cid" "$LOCAL_DEV/fixtures/meter-reading-overload.json" 2>>"$STATE/verify.log"; then
+    row PASS "routing: produce reading" "1 record to energy.meter.reading.v1, key $meter, 2.61 kWh"
+    n="$(wait_matched energy.meter.reading-enriched.v1 "correlation_id == '$cid' && key == '$meter' && body.asset.max_interval_kwh == \`2.25\` && body.value == \`2.61\`" 1 60)"
+    [[ "$n" == 1 ]] && row PASS "routing: reading-enriched.v1" "1 reading with its asset (max_interval_kwh 2.25)" ||
+        row FAIL "routing: reading-enriched.v1" "$n matching reading(s) (want 1)"
+    n="$(wait_matched energy.meter.overload.v1 "correlation_id == '$cid' && key == '$meter' && body.value_kwh == \`2.61\` && body.max_interval_kwh == \`2.25\` && body.correlation_id == '$cid'" 1 60)"
+    [[ "$n" == 1 ]] && row PASS "routing: overload.v1" "1 overload event, key $meter" ||
+        row FAIL "routing: overload.v1" "$n matching overload event(s) (want 1)"
+else
+    row FAIL "routing: produce reading" "not produced (see $STATE/verify.log)"
+fi
+
+# 14. overload-work-orders: the overload event of 13 reaches the legacy stub and is accepted.
+orders=0
+deadline=$((SECONDS + 60))
+while ((SECONDS < deadline)); do
+    orders="$(curl -s --max-time 5 "$legacy_url/orders?correlation_id=$cid" | jq 'length' 2>/dev/null)"
+    [[ "$orders" == 1 ]] && break
+    sleep 1
+done
+[[ "$orders" == 1 ]] && row PASS "legacy: order accepted" "1 SOAP SubmitOverload accepted by the stub ($legacy_url/orders)" ||
+    row FAIL "legacy: order accepted" "'$orders' accepted order(s) for $cid (want 1)"
+cid="$run_id-refused"
+unknown_meter=FR-PRM-77777777777777
+if produce_raw energy.meter.overload.v1 "$unknown_meter" "$cid" "$LOCAL_DEV/fixtures/meter-overload-unknown-meter.json" 2>>"$STATE/verify.log"; then
+    n="$(wait_matched energy.meter.overload.v1.dlq "correlation_id == '$cid' && pipeline == 'overload-work-orders' && error.code == 'sink_rejected' && contains(error.message, 'unknown meter $unknown_meter')" 1 60)"
+    [[ "$n" == 1 ]] && row PASS "legacy: refusal dead-lettered" "1 on energy.meter.overload.v1.dlq, sink_rejected with the reason" ||
+        row FAIL "legacy: refusal dead-lettered" "$n matching dead letter(s) (want 1)"
+else
+    row FAIL "legacy: refusal dead-lettered" "not produced (see $STATE/verify.log)"
+fi
+
+# 15. grid-frequency.
+cid="$run_id-freq"
+body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $cid" \
+    --data-binary @"$LOCAL_DEV/fixtures/grid-frequency-10Hz.json")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 20 ]] && row PASS "frequency: POST batch" "202, 20 messages" ||
+    row FAIL "frequency: POST batch" "status $code, messages '${messages}' (want 202, 20): $(head -n -1 <<<"$body" | head -c 300)"
+n="$(wait_matched grid.frequency.measurement.v1 "correlation_id == '$cid' && key == 'pmu-lyon-ouest-01' && body.pmu_id == key && body.frequency_hz > \`49.9\` && body.frequency_hz < \`50.1\`" 20 30)"
+[[ "$n" == 20 ]] && row PASS "frequency: measurement.v1" "20 events keyed by pmu-lyon-ouest-01" ||
+    row FAIL "frequency: measurement.v1" "$n matching event(s) (want 20)"
+body="$(curl -s --max-time 30 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $run_id-freq-empty" \
+    --data-binary '{"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": []}')"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 0 ]] && row PASS "frequency: empty batch" "202, 0 messages" ||
+    row FAIL "frequency: empty batch" "status $code, messages '$messages' (want 202, 0)"
+cid="$run_id-freq-bad"
+code="$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $cid" \
+    --data-binary '{"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": [{"t": "2026-01-14T10:00:00.000Z", "f": 49.99}, {"t": "2026-01-14T10:00:00.100Z", "f": 0}]}')"
+n="$(wait_matched grid.frequency.measurement.v1.dlq "correlation_id == '$cid' && error.code == 'contract_violation' && pipeline == 'grid-frequency'" 1 20)"
+written="$(matched grid.frequency.measurement.v1 "correlation_id == '$cid'")"
+[[ "$code" == 422 && "$n" == 1 && "$written" == 0 ]] && row PASS "frequency: 0 Hz sample" "422, the batch on grid.frequency.measurement.v1.dlq, none of it written" ||
+    row FAIL "frequency: 0 Hz sample" "status $code (want 422), $n dead letter(s) (want 1), $written event(s) written (want 0)"
+large="$STATE/grid-frequency-large.json"
+python3 -c 'import json; print(json.dumps({"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": [{"t": "2026-01-14T10:00:00.000Z", "f": 50.0}] * 1000}))' >"$large"
+body="$(curl -s --max-time 120 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' -H "X-Correlation-ID: $run_id-freq-large" --data-binary @"$large")"
+code="$(tail -n 1 <<<"$body")"
+messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+[[ "$code" == 202 && "$messages" == 1000 ]] && row PASS "frequency: large batch" "202, 1000 messages ($(wc -c <"$large") bytes)" ||
+    row FAIL "frequency: large batch" "status $code, messages '$messages' (want 202, 1000)"
+huge="$STATE/grid-frequency-huge.json"
+python3 -c 'import json; print(json.dumps({"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": [{"t": "2026-01-14T10:00:00.000Z", "f": 50.0}] * 7000}))' >"$huge"
+code="$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
+    -H 'Content-Type: application/json' --data-binary @"$huge")"
+[[ "$code" == 413 ]] && row PASS "frequency: batch over 256 KiB" "413 ($(wc -c <"$huge") bytes)" ||
+    row FAIL "frequency: batch over 256 KiB" "status $code (want 413)"
 
 echo
 printf '%-6s %-32s %s\n' RESULT CHECK DETAIL

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops what 10-local-up.sh started: docker compose down, or the native processes by their
-# PIDs in local-dev/.state/ (gridflow first, with SIGTERM and time to drain; then the stub and
+# PIDs in local-dev/.state/ (gridflow first, with SIGTERM and time to drain; then the stubs and
 # tansu). tansu's data (local-dev/.state/tansu/) is kept; LOCAL_DOWN_PURGE=1 deletes it too
 # (docker: the volumes). Idempotent: with nothing running it says so and exits 0.
 set -euo pipefail
@@ -37,8 +37,9 @@ stopped=0
 # gridflow drains for up to [engine] drain_timeout_ms (5 s in config/dev.toml), twice, + 10 s.
 stop gridflow 30 && stopped=1
 stop stub 5 && stopped=1
+stop legacy 5 && stopped=1
 stop tansu 10 && stopped=1
-rm -f "$STATE/mode" "$STATE/brokers" "$STATE/http_url" "$STATE/admin_url" "$STATE/stub_url" "$STATE/gridflow_bin"
+rm -f "$STATE/mode" "$STATE/brokers" "$STATE/http_url" "$STATE/admin_url" "$STATE/stub_url" "$STATE/legacy_url" "$STATE/gridflow_bin"
 if [[ "${LOCAL_DOWN_PURGE:-0}" == 1 ]]; then
     rm -rf "$STATE/tansu" "$STATE/dead-letters"
 fi

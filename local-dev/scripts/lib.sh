@@ -6,6 +6,7 @@
 #   LOCAL_STATE_DIR         PID, log, data files of the native stack (default local-dev/.state)
 #   LOCAL_KAFKA_PORT        tansu's port, native mode (default 19092)
 #   LOCAL_STUB_PORT         the asset registry stub's port, native mode (default 18081)
+#   LOCAL_LEGACY_PORT       the legacy work-order system stub's port, native mode (default 18082)
 #   LOCAL_HTTP_PORT         gridflow's HTTP ingress, native mode (default 18080)
 #   LOCAL_ADMIN_PORT        gridflow's admin listener, native mode (default 19090)
 #   KAFKA_BROKERS           an existing broker to use instead of starting tansu (native mode)
@@ -21,6 +22,7 @@ STATE="${LOCAL_STATE_DIR:-$LOCAL_DEV/.state}"
 VENV="${LOCAL_VENV_DIR:-$LOCAL_DEV/.state/venv}"
 LOCAL_KAFKA_PORT="${LOCAL_KAFKA_PORT:-19092}"
 LOCAL_STUB_PORT="${LOCAL_STUB_PORT:-18081}"
+LOCAL_LEGACY_PORT="${LOCAL_LEGACY_PORT:-18082}"
 LOCAL_HTTP_PORT="${LOCAL_HTTP_PORT:-18080}"
 LOCAL_ADMIN_PORT="${LOCAL_ADMIN_PORT:-19090}"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

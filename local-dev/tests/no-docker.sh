@@ -23,6 +23,7 @@ free_port() {
 export LOCAL_MODE=native
 export LOCAL_STATE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gridflow-local-dev.XXXXXX")"
 export LOCAL_HTTP_PORT="$(free_port)" LOCAL_ADMIN_PORT="$(free_port)" LOCAL_STUB_PORT="$(free_port)"
+export LOCAL_LEGACY_PORT="$(free_port)"
 export LOCAL_KAFKA_PORT="$(free_port)" # unused with KAFKA_BROKERS; set so nothing defaults to 19092
 
 status=0

@@ -93,6 +93,33 @@ fn the_shipped_tests_pass() {
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
 
+/// The worked example's page and the shipped files cannot drift: the page's pipeline is
+/// `pipelines/meter-reading-routing.toml` byte for byte, and the shipped test file starts with
+/// the page's test (after its one comment line), then adds cases.
+#[test]
+fn the_worked_example_is_the_shipped_pipeline() {
+    let page = std::fs::read_to_string(repo().join("docs/worked-example.md")).unwrap();
+    let shipped =
+        std::fs::read_to_string(repo().join("pipelines/meter-reading-routing.toml")).unwrap();
+    assert_eq!(
+        toml_block_after(&page, "# Worked example"),
+        shipped,
+        "docs/worked-example.md and pipelines/meter-reading-routing.toml differ"
+    );
+    let shipped_test =
+        std::fs::read_to_string(repo().join("pipelines/tests/meter-reading-routing.test.toml"))
+            .unwrap();
+    let (comment, rest) = shipped_test.split_once('\n').unwrap();
+    assert!(comment.starts_with("# "), "{comment}");
+    let page_test = toml_block_after(&page, "## Its test: a pipeline with an `enrich` call");
+    assert!(
+        rest.starts_with(&page_test),
+        "pipelines/tests/meter-reading-routing.test.toml does not start with the test of \
+         docs/worked-example.md"
+    );
+    assert!(rest.len() > page_test.len(), "the shipped test adds cases");
+}
+
 #[test]
 fn the_readme_example_passes() {
     let dir = readme_example();
