@@ -67,11 +67,18 @@ while IFS=$'\t' read -r topic partitions; do
         jq -e --arg t "$topic" --argjson p "$partitions" 'any(.topics[]; .name == $t and .partitions == $p)' "$dir/topics.json"
     check "topics.txt $topic" "listed" grep -qE "^ +$partitions  $(sed 's/\./\\./g' <<<"$topic")$" "$dir/topics.txt"
 done < <(python3 - "$ROOT/contracts/topics.toml" <<'PY'
-import sys, tomllib
+import os, re, sys, tomllib
+def expand(text):  # ${NAME} and ${NAME:-default}, as gridflow interpolates the catalog
+    def sub(m):
+        value = os.environ.get(m.group(1))
+        if value is None or (value == "" and m.group(2) is not None):
+            return m.group(3) or ""
+        return value
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", sub, text)
 for t in tomllib.load(open(sys.argv[1], "rb"))["topic"]:
-    print(f"{t['name']}\t{t['partitions']}")
+    print(f"{expand(t['name'])}\t{t['partitions']}")
     if t.get("dead_letter"):
-        print(f"{t['dead_letter']}\t{t['partitions']}")
+        print(f"{expand(t['dead_letter'])}\t{t['partitions']}")
 PY
 )
 check "catalog" "no topic missing" jq -e '.catalog_missing == []' "$dir/topics.json"
