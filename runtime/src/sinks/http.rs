@@ -132,7 +132,7 @@ pub struct HttpSink {
 impl Sink for HttpSink {
     fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
         let content_type = match &record.payload {
-            Payload::Json(_) => "application/json",
+            Payload::Json(_) | Payload::Parsed { .. } => "application/json",
             Payload::Bytes(bytes) => match ContentType::sniff(bytes) {
                 ContentType::Json => "application/json",
                 ContentType::Xml => "application/xml",
