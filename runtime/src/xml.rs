@@ -1001,6 +1001,35 @@ mod tests {
         assert_eq!(points[0]["position"], "1");
     }
 
+    /// The example of docs/xml-json.md: objects keep the document's order (attributes first,
+    /// an element repeated as an array at its first occurrence).
+    #[test]
+    fn objects_keep_the_document_order() {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<gl:Reading xmlns:gl="urn:example:meter" id="M-17">
+  <gl:unit>kWh</gl:unit>
+  <quantity unit="MWh">12.5</quantity>
+  <Point><position>1</position></Point>
+  <status code="OK"/>
+  <note>peak &amp; shoulder</note>
+  <empty/>
+  <Flag>a</Flag><Other>x</Other><Flag>b</Flag>
+</gl:Reading>"#;
+        let options = XmlToJsonOptions {
+            arrays: HashSet::from(["Point".to_string()]),
+            ..strip()
+        };
+        let v = xml_to_json(xml, &options).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            concat!(
+                r##"{"Reading":{"@id":"M-17","unit":"kWh","quantity":{"@unit":"MWh","#text":"12.5"},"##,
+                r#""Point":[{"position":"1"}],"status":{"@code":"OK"},"note":"peak & shoulder","#,
+                r#""empty":"","Flag":["a","b"],"Other":"x"}}"#
+            )
+        );
+    }
+
     #[test]
     fn soap_sample_prefixes_stripped() {
         let v = xml_to_json(&read(SOAP), &strip()).unwrap();
