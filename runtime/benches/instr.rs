@@ -1,4 +1,5 @@
-//! Instructions per message, for callgrind: `instr <case> <n>` runs one case `n` times.
+//! Instructions per message, for callgrind: `instr <case> <n>` runs one case `n` times
+//! (`instr` alone, as `cargo bench` runs it, every case 1,000 times).
 //!
 //! Time on a shared machine is noise; instruction counts are not. Run a case under callgrind
 //! twice, with two values of `n`, and divide the difference of the totals by the difference of
@@ -93,10 +94,29 @@ fn run_once(
         .sum()
 }
 
+/// Every case, in the order `instr` without a case (as `cargo bench` runs it) runs them.
+const CASES: [&str; 4] = [
+    "map_1k_bytes",
+    "passthrough_bytes",
+    "http_contract",
+    "set_one_field",
+];
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let case = args.next().unwrap_or_default();
-    let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    // `cargo bench` passes `--bench`: flags are not cases.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000);
+    match args.first() {
+        Some(case) => run_case(case, n),
+        None => CASES.iter().for_each(|case| run_case(case, n)),
+    }
+}
+
+/// Runs `case` `n` times.
+fn run_case(case: &str, n: usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,7 +137,7 @@ fn main() {
     };
     let reading = Bytes::from_static(READING.as_bytes());
     let mut written = 0;
-    match case.as_str() {
+    match case {
         "map_1k_bytes" => {
             let raw = std::fs::read(repo().join("runtime/benches/fixtures/meter-reading-1k.json"))
                 .unwrap();
@@ -174,9 +194,7 @@ fn main() {
                 written += run_once(&rt, &set, Payload::Bytes(reading.clone()), &meta);
             }
         }
-        other => panic!(
-            "unknown case `{other}`: map_1k_bytes, passthrough_bytes, http_contract, set_one_field"
-        ),
+        other => panic!("unknown case `{other}`: {}", CASES.join(", ")),
     }
     println!("{case}: {n} runs, {written} bytes written");
 }
