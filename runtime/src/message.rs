@@ -3,6 +3,14 @@
 //! A [`Message`] is a [`Payload`] (raw bytes, or JSON once a step parsed it), the input's
 //! [`Meta`] (shared by every message split from one input, so the original bytes are never
 //! copied) and its share of the input's acknowledgement.
+//!
+//! **Faithful passthrough.** A message that no step changed is delivered as the bytes
+//! received: a step that only reads (`filter`, `validate`, a source's contract, a `remove`
+//! or `rename` that found nothing to do) hands on what it got, and a step that parsed raw
+//! bytes to read them hands on [`Payload::Parsed`], the document *and* its bytes, so that the
+//! next step does not parse again and the sink still writes the bytes. Only a step that
+//! builds or changes the document gives [`Payload::Json`]. Objects keep the order of their
+//! fields (serde_json's `preserve_order`): as received, and in the order steps write them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,8 +26,19 @@ use crate::error::{ErrorCode, StepError};
 pub enum Payload {
     /// Bytes as received; a sink writes them untouched.
     Bytes(Bytes),
-    /// A structured document.
+    /// A structured document, built or changed by a step; a sink writes it compactly, its
+    /// objects' fields in their order.
     Json(Value),
+    /// Bytes as received and the JSON document they hold, parsed by a step or source that
+    /// only read it: the next step reads `value`, a sink writes `bytes` untouched. A step
+    /// that changes the document takes `value` ([`Payload::into_json`]) and gives
+    /// [`Payload::Json`].
+    Parsed {
+        /// The bytes received, what a sink writes.
+        bytes: Bytes,
+        /// The document `bytes` hold.
+        value: Value,
+    },
 }
 
 /// The JSON document in `bytes`, as `seed` builds it. Text that is valid UTF-8 (all JSON is)
@@ -51,7 +70,7 @@ impl Payload {
     /// The payload as a JSON document, parsing raw bytes when needed.
     pub fn into_json(self) -> Result<Value, StepError> {
         match self {
-            Payload::Json(value) => Ok(value),
+            Payload::Json(value) | Payload::Parsed { value, .. } => Ok(value),
             Payload::Bytes(bytes) => json_from_bytes(&bytes, std::marker::PhantomData::<Value>)
                 .map_err(|e| {
                     StepError::new(ErrorCode::InvalidJson, format!("payload is not JSON: {e}"))
@@ -59,18 +78,39 @@ impl Payload {
         }
     }
 
+    /// The payload parsed, to be read and handed on unchanged: raw bytes become
+    /// [`Payload::Parsed`] (so that a sink still writes them as received), a document stays
+    /// as it is.
+    pub fn into_parsed(self) -> Result<Payload, StepError> {
+        match self {
+            Payload::Bytes(bytes) => {
+                let value = Payload::Bytes(bytes.clone()).into_json()?;
+                Ok(Payload::Parsed { bytes, value })
+            }
+            parsed => Ok(parsed),
+        }
+    }
+
     /// A borrowed JSON view, when the payload is already structured.
     pub fn as_json(&self) -> Option<&Value> {
         match self {
-            Payload::Json(value) => Some(value),
+            Payload::Json(value) | Payload::Parsed { value, .. } => Some(value),
             Payload::Bytes(_) => None,
         }
     }
 
-    /// The bytes a sink writes: raw bytes untouched, JSON serialised compactly.
+    /// The bytes received, when no step changed them (raw or parsed).
+    pub fn as_received(&self) -> Option<&Bytes> {
+        match self {
+            Payload::Bytes(bytes) | Payload::Parsed { bytes, .. } => Some(bytes),
+            Payload::Json(_) => None,
+        }
+    }
+
+    /// The bytes a sink writes: the bytes received untouched, JSON serialised compactly.
     pub fn to_bytes(&self) -> Bytes {
         match self {
-            Payload::Bytes(bytes) => bytes.clone(),
+            Payload::Bytes(bytes) | Payload::Parsed { bytes, .. } => bytes.clone(),
             Payload::Json(value) => {
                 // serde_json starts at 128 bytes: most mapped messages are longer.
                 let mut out = Vec::with_capacity(512);
@@ -271,6 +311,32 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes parsed to be read are still written as received; once a step takes the
+    /// document, it is written compactly, its fields in their order.
+    #[test]
+    fn parsed_bytes_are_written_as_received() {
+        let raw = Bytes::from_static(b"{ \"b\": 1.0, \"a\": \"caf\\u00e9\", \"c\": 1e2 }");
+        let parsed = Payload::Bytes(raw.clone()).into_parsed().unwrap();
+        assert_eq!(
+            parsed.as_json(),
+            Some(&serde_json::json!({"b": 1.0, "a": "caf\u{e9}", "c": 100.0}))
+        );
+        assert_eq!(parsed.to_bytes().as_ptr(), raw.as_ptr(), "the same bytes");
+        assert_eq!(parsed.as_received(), Some(&raw));
+        let again = parsed.clone().into_parsed().unwrap();
+        assert_eq!(again, parsed, "parsed once");
+        let changed = Payload::Json(parsed.into_json().unwrap());
+        assert_eq!(changed.as_received(), None);
+        assert_eq!(
+            &changed.to_bytes()[..],
+            "{\"b\":1.0,\"a\":\"caf\u{e9}\",\"c\":100.0}".as_bytes()
+        );
+        let err = Payload::Bytes(Bytes::from_static(b"\xef\xbb\xbf{}"))
+            .into_parsed()
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson, "a BOM is not JSON");
+    }
 
     #[test]
     fn correlation_ids_are_lower_case_uuid_v7_in_creation_order() {

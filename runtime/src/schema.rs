@@ -93,6 +93,7 @@ impl Format {
         }
         inline_definitions(&mut value);
         tidy(&mut value);
+        sort_keys(&mut value);
         value
     }
 
@@ -102,6 +103,20 @@ impl Format {
         let mut text = serde_json::to_string_pretty(&self.schema()).unwrap_or_default();
         text.push('\n');
         text
+    }
+}
+
+/// Sorts the keys of every object of `value`: the schemas are printed with sorted keys (as
+/// they were before serde_json kept the order of insertion), so that a change in the code's
+/// order of fields does not reorder the shipped files.
+fn sort_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.sort_keys();
+            map.values_mut().for_each(sort_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
     }
 }
 

@@ -1001,6 +1001,35 @@ mod tests {
         assert_eq!(points[0]["position"], "1");
     }
 
+    /// The example of docs/xml-json.md: objects keep the document's order (attributes first,
+    /// an element repeated as an array at its first occurrence).
+    #[test]
+    fn objects_keep_the_document_order() {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<gl:Reading xmlns:gl="urn:example:meter" id="M-17">
+  <gl:unit>kWh</gl:unit>
+  <quantity unit="MWh">12.5</quantity>
+  <Point><position>1</position></Point>
+  <status code="OK"/>
+  <note>peak &amp; shoulder</note>
+  <empty/>
+  <Flag>a</Flag><Other>x</Other><Flag>b</Flag>
+</gl:Reading>"#;
+        let options = XmlToJsonOptions {
+            arrays: HashSet::from(["Point".to_string()]),
+            ..strip()
+        };
+        let v = xml_to_json(xml, &options).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            concat!(
+                r##"{"Reading":{"@id":"M-17","unit":"kWh","quantity":{"@unit":"MWh","#text":"12.5"},"##,
+                r#""Point":[{"position":"1"}],"status":{"@code":"OK"},"note":"peak & shoulder","#,
+                r#""empty":"","Flag":["a","b"],"Other":"x"}}"#
+            )
+        );
+    }
+
     #[test]
     fn soap_sample_prefixes_stripped() {
         let v = xml_to_json(&read(SOAP), &strip()).unwrap();
@@ -1009,10 +1038,11 @@ mod tests {
             ["Envelope"]
         );
         let env = &v["Envelope"];
-        // xmlns:soapenv is dropped, so the envelope holds only Header and Body.
+        // xmlns:soapenv is dropped, so the envelope holds only Header and Body, in the
+        // document's order.
         assert_eq!(
             env.as_object().unwrap().keys().collect::<Vec<_>>(),
-            ["Body", "Header"]
+            ["Header", "Body"]
         );
         let hdr = &env["Header"]["MessageAddressing"];
         assert_eq!(
@@ -1549,7 +1579,7 @@ mod tests {
             concat!(
                 r#"<?xml version="1.0" encoding="UTF-8"?>"#,
                 r#"<r id="7">hello<a>1</a><b>x</b><b>y</b><c k="v"/><d/><e/><f>1.5</f>"#,
-                r#"<g>true</g><h m="false" n="3">42</h></r>"#
+                r#"<g>true</g><h n="3" m="false">42</h></r>"#
             )
         );
     }

@@ -158,7 +158,9 @@ impl Doc {
     /// failure.
     pub fn new(payload: &Payload, need: &Need) -> Result<Doc, StepError> {
         match payload {
-            Payload::Json(value) => Ok(Doc(need::from_value(value, need))),
+            Payload::Json(value) | Payload::Parsed { value, .. } => {
+                Ok(Doc(need::from_value(value, need)))
+            }
             Payload::Bytes(bytes) => need::from_slice(bytes, need).map(Doc).map_err(|e| {
                 StepError::new(ErrorCode::InvalidJson, format!("payload is not JSON: {e}"))
             }),
@@ -218,7 +220,7 @@ impl Expr {
     /// Evaluates the expression on `payload` (raw bytes are parsed for what it reads only).
     pub fn search_payload(&self, payload: &Payload) -> Result<Value, StepError> {
         match payload {
-            Payload::Json(value) => self.search(value),
+            Payload::Json(value) | Payload::Parsed { value, .. } => self.search(value),
             Payload::Bytes(bytes) => {
                 let picked =
                     self.plan
@@ -227,9 +229,12 @@ impl Expr {
                         .and_then(|(plan, picker)| {
                             picker.search(plan, std::str::from_utf8(bytes).ok()?)
                         });
-                match picked {
-                    Some(value) => Ok(value),
-                    None => self.search_owned(Doc::new(payload, &self.need)?),
+                match (picked, &self.plan) {
+                    (Some(value), _) => Ok(value),
+                    // The plan on the parsed document: an object it copies keeps the order of
+                    // its fields (through jmespath's tree, a `BTreeMap`, they come sorted).
+                    (None, Some(plan)) => Ok(plan.search(&payload.clone().into_json()?)),
+                    (None, None) => self.search_owned(Doc::new(payload, &self.need)?),
                 }
             }
         }

@@ -23,8 +23,10 @@ pub(super) enum Plan {
     /// `to_number(x)`: a number as it is, a string read as JSON (jmespath 0.5 reads it with
     /// `Variable::from_json`, so `"true"` gives `true`), anything else `null`.
     ToNumber(Box<Plan>),
-    /// `{k: x, ...}`: `null` on `null`, otherwise an object. The keys are sorted and each is
-    /// there once, with the last expression written for it, as jmespath's `BTreeMap` keeps.
+    /// `{k: x, ...}`: `null` on `null`, otherwise an object. The keys are in the order the
+    /// expression writes them (jmespath's own result, a `BTreeMap`, sorts them) and each is
+    /// there once, at its first place, with the last expression written for it, as jmespath
+    /// keeps it.
     Hash(Box<[(String, Plan)]>),
     /// `x.y` where `x` is not a path (`to_number(a).b`).
     Sub(Box<Plan>, Box<Plan>),
@@ -49,11 +51,15 @@ impl Plan {
                 Plan::ToNumber(Box::new(Plan::of(&args[0])?))
             }
             Ast::MultiHash { elements, .. } => {
-                let mut fields = std::collections::BTreeMap::new();
+                let mut fields: Vec<(String, Plan)> = Vec::with_capacity(elements.len());
                 for kvp in elements {
-                    fields.insert(kvp.key.clone(), Plan::of(&kvp.value)?);
+                    let plan = Plan::of(&kvp.value)?;
+                    match fields.iter_mut().find(|(key, _)| *key == kvp.key) {
+                        Some(field) => field.1 = plan,
+                        None => fields.push((kvp.key.clone(), plan)),
+                    }
                 }
-                Plan::Hash(fields.into_iter().collect())
+                Plan::Hash(fields.into_boxed_slice())
             }
             _ => return None,
         })
@@ -278,7 +284,7 @@ fn to_number_value(value: Value) -> Value {
 /// A plan's result on jmespath's tree.
 pub(super) enum Out<'p> {
     Node(Rcvar),
-    /// A hash's fields, in key order.
+    /// A hash's fields, in the order the expression writes them.
     Object(Vec<(&'p str, Out<'p>)>),
 }
 

@@ -238,7 +238,7 @@ impl CaseResult {
 
 fn body_json(payload: &Payload) -> Value {
     match payload {
-        Payload::Json(v) => v.clone(),
+        Payload::Json(v) | Payload::Parsed { value: v, .. } => v.clone(),
         Payload::Bytes(b) => serde_json::from_slice(b)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
     }

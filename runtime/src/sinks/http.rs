@@ -289,7 +289,7 @@ impl Sink for HttpSink {
     fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
         let content_type = match (&self.content_type, &record.payload) {
             (Some(configured), _) => configured.as_str(),
-            (None, Payload::Json(_)) => "application/json",
+            (None, Payload::Json(_) | Payload::Parsed { .. }) => "application/json",
             (None, Payload::Bytes(bytes)) => match ContentType::sniff(bytes) {
                 ContentType::Json => "application/json",
                 ContentType::Xml => "application/xml",

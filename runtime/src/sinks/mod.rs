@@ -332,15 +332,19 @@ pub fn parse_sink_text(text: &str) -> Result<SinkConfig, Vec<crate::config::Diag
     }
 }
 
-/// The bytes of one NDJSON line for `payload`: JSON compact; raw bytes as they are when they
-/// hold no line break, else re-serialised compactly when they are JSON, else as a JSON string
-/// (so one message is always one line).
+/// The bytes of one NDJSON line for `payload`: JSON compact; the bytes received as they are
+/// when they hold no line break (but for the `\r` that ends a line of a CRLF file, which then
+/// ends the line written as it ended the line read), else re-serialised compactly when they
+/// are JSON, else as a JSON string (so one message is always one line).
 pub(crate) fn ndjson_line(payload: &Payload) -> Vec<u8> {
+    let one_line = |bytes: &[u8]| {
+        let body = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        !body.contains(&b'\n') && !body.contains(&b'\r')
+    };
     let mut line = match payload {
         Payload::Json(value) => serde_json::to_vec(value).unwrap_or_default(),
-        Payload::Bytes(bytes) if !bytes.contains(&b'\n') && !bytes.contains(&b'\r') => {
-            bytes.to_vec()
-        }
+        Payload::Bytes(bytes) | Payload::Parsed { bytes, .. } if one_line(bytes) => bytes.to_vec(),
+        Payload::Parsed { value, .. } => serde_json::to_vec(value).unwrap_or_default(),
         Payload::Bytes(bytes) => match serde_json::from_slice::<serde_json::Value>(bytes) {
             Ok(value) => serde_json::to_vec(&value).unwrap_or_default(),
             Err(_) => serde_json::to_vec(&String::from_utf8_lossy(bytes)).unwrap_or_default(),
@@ -354,6 +358,27 @@ pub(crate) fn ndjson_line(payload: &Payload) -> Vec<u8> {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    /// A line keeps its bytes, also the `\r` of a CRLF file; a document that spans lines is
+    /// written on one.
+    #[test]
+    fn ndjson_lines_keep_the_bytes_received() {
+        let line = |payload: Payload| String::from_utf8(ndjson_line(&payload)).unwrap();
+        let one = "{ \"b\": 1.0, \"a\": \"\\u00e9\" }";
+        assert_eq!(
+            line(Payload::Bytes(Bytes::from_static(one.as_bytes()))),
+            format!("{one}\n")
+        );
+        let crlf = "{\"a\": 1}\r";
+        assert_eq!(
+            line(Payload::Bytes(Bytes::from_static(crlf.as_bytes()))),
+            "{\"a\": 1}\r\n"
+        );
+        let parsed = Payload::Bytes(Bytes::from_static(b"{\"b\":\n 1.0, \"a\": 2}\r\n"))
+            .into_parsed()
+            .unwrap();
+        assert_eq!(line(parsed), "{\"b\":1.0,\"a\":2}\n");
+    }
 
     #[test]
     fn a_sink_failing_every_delivery_is_not_delivering_until_it_delivers() {

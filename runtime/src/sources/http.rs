@@ -125,10 +125,15 @@ pub fn request_input(
         received_at: Instant::now(),
         reply: (config.reply == ReplyMode::Mapped).then(|| std::sync::Mutex::new(Vec::new())),
     });
+    // A JSON body is parsed once, to be checked (and read by the first step); the pipeline
+    // still receives the bytes as sent, which a sink writes when no step changes them.
     let parsed = match content_type {
         ContentType::Json => {
             crate::message::json_from_bytes(&body, std::marker::PhantomData::<Value>)
-                .map(Payload::Json)
+                .map(|value| Payload::Parsed {
+                    bytes: body.clone(),
+                    value,
+                })
                 .map_err(|e| {
                     Failure::new(
                         "source.http",
@@ -217,6 +222,7 @@ fn mapped_reply(mut results: Vec<Payload>) -> Response {
         0 => return StatusCode::NO_CONTENT.into_response(),
         1 => match results.remove(0) {
             Payload::Json(value) => ("application/json", value.to_string().into_bytes()),
+            Payload::Parsed { bytes, .. } => ("application/json", bytes.to_vec()),
             Payload::Bytes(bytes) => (
                 match ContentType::sniff(&bytes) {
                     ContentType::Json => "application/json",
@@ -230,7 +236,7 @@ fn mapped_reply(mut results: Vec<Payload>) -> Response {
             let items: Vec<Value> = results
                 .into_iter()
                 .map(|p| match p {
-                    Payload::Json(value) => value,
+                    Payload::Json(value) | Payload::Parsed { value, .. } => value,
                     Payload::Bytes(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&bytes).into_owned())
                     }),
@@ -382,6 +388,46 @@ path = "/ingest/meter-readings""#;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JSON body checked against the route's contract reaches the pipeline as the bytes
+    /// sent (parsed alongside, for the first step): a sink writes them byte for byte.
+    #[test]
+    fn a_body_checked_against_a_contract_goes_on_as_sent() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts");
+        let (contracts, _) = crate::contracts::Contracts::load(&dir);
+        let contract = contracts.get("meter-reading@1").unwrap();
+        let config = HttpSourceConfig {
+            path: "/in".into(),
+            max_body_bytes: 1 << 20,
+            retry_after_secs: 1,
+            auth: None,
+            quota: None,
+            contract: Some("meter-reading@1".into()),
+            reply: ReplyMode::Ack,
+            operations: Vec::new(),
+            wsdl: None,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let body = Bytes::from_static(
+            b"{\n  \"value\": 1e2, \"unit\":\"kWh\", \"meter_id\":\"caf\\u00e9\",\t\"measured_at\": \"2026-01-14T00:45:00Z\" }\n",
+        );
+        let (meta, payload) =
+            request_input(&config, Some(&contract), "/in", &headers, body.clone(), "c-1");
+        let payload = payload.unwrap();
+        assert_eq!(payload.to_bytes(), body);
+        assert_eq!(meta.original, body);
+        assert_eq!(payload.as_json().unwrap()["meter_id"], "caf\u{e9}");
+        // Without a contract too; a body that breaks it, or is not JSON, is refused.
+        let (_, payload) = request_input(&config, None, "/in", &headers, body.clone(), "c-2");
+        assert_eq!(payload.unwrap().to_bytes(), body);
+        let bad = Bytes::from_static(b"{\"value\": \"1\"}");
+        let (_, refused) = request_input(&config, Some(&contract), "/in", &headers, bad, "c-3");
+        assert_eq!(refused.unwrap_err().code, ErrorCode::ContractViolation);
+        let bom = Bytes::from_static(b"\xef\xbb\xbf{}");
+        let (_, refused) = request_input(&config, None, "/in", &headers, bom, "c-4");
+        assert_eq!(refused.unwrap_err().code, ErrorCode::InvalidJson);
+    }
 
     #[test]
     fn content_type_from_header_or_sniffed() {

@@ -15,8 +15,8 @@ fn component_name(reference: &str) -> String {
 fn embeddable(schema: &Value) -> Value {
     let mut schema = schema.clone();
     if let Value::Object(map) = &mut schema {
-        map.remove("$schema");
-        map.remove("$id");
+        map.shift_remove("$schema");
+        map.shift_remove("$id");
     }
     schema
 }

@@ -450,7 +450,13 @@ pub(super) fn check_contract(
 ) -> Result<Payload, Failure> {
     let converted;
     let document = match (&payload, content_type) {
-        (Payload::Json(document), _) => document,
+        (
+            Payload::Json(document)
+            | Payload::Parsed {
+                value: document, ..
+            },
+            _,
+        ) => document,
         (Payload::Bytes(bytes), ContentType::Xml) => {
             converted = crate::xml::xml_to_json(bytes, &Default::default())
                 .map_err(|e| Failure::new(step, ErrorCode::InvalidXml, e.to_string()))?;

@@ -446,7 +446,7 @@ fn answer(
                 for result in results {
                     match result {
                         Payload::Bytes(bytes) => body.push_str(strip_declaration(&String::from_utf8_lossy(&bytes))),
-                        Payload::Json(value) => match crate::xml::json_to_xml(&value, Some("Result")) {
+                        Payload::Json(value) | Payload::Parsed { value, .. } => match crate::xml::json_to_xml(&value, Some("Result")) {
                             Ok(xml) => body.push_str(strip_declaration(&String::from_utf8_lossy(&xml))),
                             Err(e) => return fault(version, false, None, &format!("the result cannot be written as XML: {e}"), correlation_id, None),
                         },

@@ -54,14 +54,65 @@ impl FieldPath {
         Ok(())
     }
 
-    /// Removes the field; its value, if it was there.
+    /// Removes the field; its value, if it was there. The other fields keep their order.
     pub fn remove(&self, root: &mut Value) -> Option<Value> {
-        let (last, parents) = self.0.split_last()?;
+        self.parent_mut(root)?.shift_remove(self.last())
+    }
+
+    /// The field's value in `root`, if it is there.
+    pub fn lookup<'v>(&self, root: &'v Value) -> Option<&'v Value> {
+        self.0
+            .iter()
+            .try_fold(root, |at, segment| at.as_object()?.get(segment))
+    }
+
+    /// Moves the field to `to`; false when it was not there. Renamed inside the same object
+    /// (`a.b` to `a.c`), it keeps its place among the object's fields (replacing a field
+    /// `to` already there, which goes from its place); moved elsewhere, it is set there as
+    /// [`FieldPath::set`] sets it.
+    pub fn rename(&self, to: &FieldPath, root: &mut Value) -> Result<bool, StepError> {
+        let same_object =
+            self.0.len() == to.0.len() && self.0[..self.0.len() - 1] == to.0[..to.0.len() - 1];
+        if !same_object {
+            return match self.remove(root) {
+                Some(value) => to.set(root, value).map(|()| true),
+                None => Ok(false),
+            };
+        }
+        let Some(map) = self.parent_mut(root) else {
+            return Ok(false);
+        };
+        let (from, to) = (self.last(), to.last());
+        if !map.contains_key(from) {
+            return Ok(false);
+        }
+        if from != to {
+            map.shift_remove(to);
+            let fields = std::mem::take(map);
+            map.extend(fields.into_iter().map(|(key, value)| {
+                if key == from {
+                    (to.to_string(), value)
+                } else {
+                    (key, value)
+                }
+            }));
+        }
+        Ok(true)
+    }
+
+    /// The object holding the field, when there is one.
+    fn parent_mut<'v>(&self, root: &'v mut Value) -> Option<&'v mut Map<String, Value>> {
+        let (_, parents) = self.0.split_last()?;
         let mut at = root;
         for segment in parents {
             at = at.as_object_mut()?.get_mut(segment)?;
         }
-        at.as_object_mut()?.remove(last)
+        at.as_object_mut()
+    }
+
+    /// The field's own name (its last segment).
+    fn last(&self) -> &str {
+        self.0.last().map_or("", String::as_str)
     }
 
     fn prefix(&self, len: usize) -> String {
@@ -189,6 +240,73 @@ mod tests {
         let out = run_item(&*step, out);
         assert_eq!(out.payload, Payload::Json(json!({"a": {}, "z": 2})));
         assert_eq!(out.headers[0].0, "kk");
+    }
+
+    /// The body as a sink writes it.
+    fn written(item: &Item) -> String {
+        String::from_utf8(item.payload.to_bytes().to_vec()).unwrap()
+    }
+
+    fn raw(text: &'static str) -> Item {
+        Item::new(Payload::Bytes(Bytes::from_static(text.as_bytes())))
+    }
+
+    /// `set`, `remove` and `rename` keep the order of the input's fields: a field set is
+    /// changed in its place (a new one goes last), a field removed leaves the others in
+    /// their order, a field renamed in its object keeps its place.
+    #[test]
+    fn fields_keep_the_input_order() {
+        let input = r#"{"zeta":1,"unit":"kWh","id":"m-1","alpha":{"y":1,"x":2},"b":true}"#;
+        let set = parse("kind = 'set'\n[fields]\nunit = \"'Wh'\"\n'alpha.w' = '`0`'\n")
+            .build()
+            .unwrap();
+        assert_eq!(
+            written(&run_item(&*set, raw(input))),
+            r#"{"zeta":1,"unit":"Wh","id":"m-1","alpha":{"y":1,"x":2,"w":0},"b":true}"#
+        );
+        let remove = parse("kind = 'remove'\nfields = ['unit', 'alpha.y']\n")
+            .build()
+            .unwrap();
+        assert_eq!(
+            written(&run_item(&*remove, raw(input))),
+            r#"{"zeta":1,"id":"m-1","alpha":{"x":2},"b":true}"#
+        );
+        let rename = parse(
+            "kind = 'rename'\n[fields]\nunit = 'uom'\n'alpha.y' = 'alpha.a'\nb = 'moved.b'\n",
+        )
+        .build()
+        .unwrap();
+        assert_eq!(
+            written(&run_item(&*rename, raw(input))),
+            r#"{"zeta":1,"uom":"kWh","id":"m-1","alpha":{"a":1,"x":2},"moved":{"b":true}}"#
+        );
+        // Renamed onto a field that is there: the value takes the renamed field's place.
+        let onto = parse("kind = 'rename'\n[fields]\nzeta = 'id'\n")
+            .build()
+            .unwrap();
+        assert_eq!(
+            written(&run_item(&*onto, raw(input))),
+            r#"{"id":1,"unit":"kWh","alpha":{"y":1,"x":2},"b":true}"#
+        );
+    }
+
+    /// A `remove` or `rename` that finds none of its fields changes nothing: the bytes
+    /// received go on (not re-serialised); bytes that are not JSON are still an error.
+    #[test]
+    fn nothing_to_remove_or_rename_keeps_the_bytes() {
+        let input =
+            "{ \"b\": 1.0,\n  \"a\": \"caf\\u00e9\", \"n\": 123456789012345678901234567890 }";
+        for toml in [
+            "kind = 'remove'\nfields = ['x', 'a.b.c']\n",
+            "kind = 'rename'\n[fields]\nx = 'y'\n'b.c' = 'd'\n",
+        ] {
+            let step = parse(toml).build().unwrap();
+            let out = run_item(&*step, raw(input));
+            assert_eq!(written(&out), input, "{toml}");
+            assert!(out.payload.as_json().is_some(), "parsed for the next step");
+            let err = super::super::run_items(&*step, raw("{\"a\": [1,}")).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidJson);
+        }
     }
 
     #[test]

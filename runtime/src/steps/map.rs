@@ -73,6 +73,31 @@ mod tests {
         assert_eq!(out, vec![Payload::Json(json!({"id": 1, "n": 3.5}))]);
     }
 
+    /// What `map` builds follows its expression's order; an object it copies keeps the
+    /// input's order, from raw bytes or from a parsed document, whichever way the expression
+    /// is evaluated (the raw-JSON picker, the plan, or the plan after a full parse).
+    #[test]
+    fn objects_follow_the_expression_then_the_input() {
+        let input = r#"{"z":{"k":1,"c":[{"y":1,"b":2}],"a":null},"m":"x","a":"2"}"#;
+        let written = |out: Vec<Payload>| String::from_utf8(out[0].to_bytes().to_vec()).unwrap();
+        for (expression, want) in [
+            ("{zz: m, n: to_number(a), copy: z, aa: m}", r#"{"zz":"x","n":2,"copy":{"k":1,"c":[{"y":1,"b":2}],"a":null},"aa":"x"}"#),
+            // The same key twice: its first place, the last value (as jmespath keeps it).
+            ("{b: m, a: m, b: a}", r#"{"b":"2","a":"x"}"#),
+            // `@` has no raw-JSON picker: the plan runs on the parsed document.
+            ("{all: @, first: m}", &format!(r#"{{"all":{input},"first":"x"}}"#)),
+            ("z", r#"{"k":1,"c":[{"y":1,"b":2}],"a":null}"#),
+        ] {
+            let step = parse(&format!("kind = 'map'\nexpression = '{expression}'"))
+                .build()
+                .unwrap();
+            let bytes = Payload::Bytes(Bytes::from_static(input.as_bytes()));
+            assert_eq!(written(run(&*step, bytes).unwrap()), want, "{expression} on bytes");
+            let parsed: serde_json::Value = serde_json::from_str(input).unwrap();
+            assert_eq!(written(run(&*step, Payload::Json(parsed)).unwrap()), want, "{expression}");
+        }
+    }
+
     #[test]
     fn bad_bytes_and_runtime_errors_are_step_errors() {
         let step = parse("kind = 'map'\nexpression = 'abs(a)'")

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::fields::{body_only, paths, FieldPath};
 use super::{StepContext, Transform, TransformKind};
@@ -61,11 +62,22 @@ impl Transform for RemoveStep {
 
     fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
         if !self.fields.is_empty() {
-            let mut value = item.payload.into_json()?;
-            for path in &self.fields {
-                path.remove(&mut value);
-            }
-            item.payload = Payload::Json(value);
+            // Parsed to be read; a message with none of the fields goes on unchanged (raw
+            // bytes stay the bytes received).
+            let parsed = std::mem::replace(&mut item.payload, Payload::Json(Value::Null))
+                .into_parsed()?;
+            let found = parsed
+                .as_json()
+                .is_some_and(|v| self.fields.iter().any(|path| path.lookup(v).is_some()));
+            item.payload = if found {
+                let mut value = parsed.into_json()?;
+                for path in &self.fields {
+                    path.remove(&mut value);
+                }
+                Payload::Json(value)
+            } else {
+                parsed
+            };
         }
         if self
             .headers

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::fields::{body_only, paths, FieldPath};
 use super::{StepContext, Transform, TransformKind};
@@ -68,13 +69,22 @@ impl Transform for RenameStep {
 
     fn process_item(&self, mut item: Item, out: &mut Vec<Item>) -> Result<(), StepError> {
         if !self.fields.is_empty() {
-            let mut value = item.payload.into_json()?;
-            for (from, to) in &self.fields {
-                if let Some(v) = from.remove(&mut value) {
-                    to.set(&mut value, v)?;
+            // Parsed to be read; a message with none of the fields goes on unchanged (raw
+            // bytes stay the bytes received).
+            let parsed = std::mem::replace(&mut item.payload, Payload::Json(Value::Null))
+                .into_parsed()?;
+            let found = parsed
+                .as_json()
+                .is_some_and(|v| self.fields.iter().any(|(from, _)| from.lookup(v).is_some()));
+            item.payload = if found {
+                let mut value = parsed.into_json()?;
+                for (from, to) in &self.fields {
+                    from.rename(to, &mut value)?;
                 }
-            }
-            item.payload = Payload::Json(value);
+                Payload::Json(value)
+            } else {
+                parsed
+            };
         }
         for (from, to) in &self.headers {
             if item.headers.iter().any(|(k, _)| k == from) {

@@ -514,7 +514,7 @@ mod tests {
             .into_iter()
             .map(|p| match p {
                 Payload::Json(v) => v,
-                Payload::Bytes(_) => panic!("bytes"),
+                _ => panic!("timeseries emits documents, not bytes"),
             })
             .collect()
     }

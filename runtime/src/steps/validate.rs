@@ -78,8 +78,13 @@ pub struct Validate {
 
 impl Transform for Validate {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        let value = payload.into_json()?;
-        if let Err(violations) = self.contract.validate(&value) {
+        // The message is read, not changed: raw bytes go on as they came, with the document
+        // parsed for the next step.
+        let payload = payload.into_parsed()?;
+        let Some(value) = payload.as_json() else {
+            unreachable!("a parsed payload is JSON")
+        };
+        if let Err(violations) = self.contract.validate(value) {
             let summary: Vec<String> = violations
                 .iter()
                 .map(|v| {
@@ -105,7 +110,62 @@ impl Transform for Validate {
                 details: Some(violations_json(&violations)),
             });
         }
-        out.push(Payload::Json(value));
+        out.push(payload);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn step() -> Validate {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts");
+        let (contracts, _) = crate::contracts::Contracts::load(&dir);
+        let context = StepContext {
+            contracts: Some(Arc::new(contracts)),
+            upstream: None,
+        };
+        ValidateConfig {
+            contract: "meter-reading@1".into(),
+        }
+        .compile(&context)
+        .unwrap()
+    }
+
+    /// A valid message goes on as it came: raw bytes stay the bytes received (whitespace,
+    /// escapes, number forms, key order), with the document parsed for the next step.
+    #[test]
+    fn a_valid_message_goes_on_unchanged() {
+        let raw = Bytes::from_static(
+            b"{\"unit\" : \"kWh\", \"value\": 1.0e0, \"meter_id\": \"M-\\u00e9\",\n \"measured_at\": \"2026-01-14T00:45:00Z\", \"quality\": null}",
+        );
+        let mut out = Vec::new();
+        step().process(Payload::Bytes(raw.clone()), &mut out).unwrap();
+        let [kept] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(kept.to_bytes().as_ptr(), raw.as_ptr());
+        assert_eq!(kept.as_json().unwrap()["meter_id"], "M-\u{e9}");
+        // A document a step built stays that document.
+        let built = Payload::Json(kept.as_json().unwrap().clone());
+        let mut out = Vec::new();
+        step().process(built.clone(), &mut out).unwrap();
+        assert_eq!(out, vec![built]);
+    }
+
+    #[test]
+    fn a_violation_is_an_error_and_bad_bytes_are_invalid_json() {
+        let mut out = Vec::new();
+        let err = step()
+            .process(Payload::Bytes(Bytes::from_static(b"{\"value\": \"1\"}")), &mut out)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::ContractViolation);
+        let err = step()
+            .process(Payload::Bytes(Bytes::from_static(b"{\"value\": 1,}")), &mut out)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(out.is_empty());
     }
 }

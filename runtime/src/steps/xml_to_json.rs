@@ -54,8 +54,12 @@ impl Transform for XmlToJson {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         let bytes = match payload {
             Payload::Bytes(bytes) => bytes,
-            Payload::Json(serde_json::Value::String(text)) => text.into_bytes().into(),
-            Payload::Json(_) => {
+            Payload::Json(serde_json::Value::String(text))
+            | Payload::Parsed {
+                value: serde_json::Value::String(text),
+                ..
+            } => text.into_bytes().into(),
+            Payload::Json(_) | Payload::Parsed { .. } => {
                 return Err(StepError::new(
                     ErrorCode::UnexpectedShape,
                     "xml_to_json: the message is already JSON",
