@@ -92,36 +92,30 @@ if ! pid_alive gridflow; then
     esac
 fi
 
-# 3. The asset registry stub.
-export ASSET_REGISTRY_TOKEN="${ASSET_REGISTRY_TOKEN:-local-dev-token}"
-if pid_alive stub; then
-    say "asset registry stub already running (pid $(cat "$STATE/stub.pid"))"
-else
-    port_open "$LOCAL_STUB_PORT" && die "127.0.0.1:$LOCAL_STUB_PORT is taken: choose LOCAL_STUB_PORT"
-    say "starting the asset registry stub on 127.0.0.1:$LOCAL_STUB_PORT"
-    python3 "$LOCAL_DEV/stub/asset_registry.py" --host 127.0.0.1 --port "$LOCAL_STUB_PORT" \
-        </dev/null >>"$STATE/stub.log" 2>&1 &
-    echo $! >"$STATE/stub.pid"
-    wait_http "http://127.0.0.1:$LOCAL_STUB_PORT/health" 20 stub ||
-        die "the stub did not answer on 127.0.0.1:$LOCAL_STUB_PORT (log: $STATE/stub.log)"
-    started=1
-fi
-echo "http://127.0.0.1:$LOCAL_STUB_PORT" >"$STATE/stub_url"
+# start_stub NAME WHAT SCRIPT PORT PORT_VARIABLE: starts local-dev/stub/SCRIPT on 127.0.0.1:PORT
+# unless it runs already; its pid, log and URL in $STATE/NAME.pid, NAME.log, NAME_url.
+start_stub() {
+    local name="$1" what="$2" script="$3" port="$4" variable="$5"
+    if pid_alive "$name"; then
+        say "$what already running (pid $(cat "$STATE/$name.pid"))"
+    else
+        port_open "$port" && die "127.0.0.1:$port is taken: choose $variable"
+        say "starting the $what on 127.0.0.1:$port"
+        python3 "$LOCAL_DEV/stub/$script" --host 127.0.0.1 --port "$port" \
+            </dev/null >>"$STATE/$name.log" 2>&1 &
+        echo $! >"$STATE/$name.pid"
+        wait_http "http://127.0.0.1:$port/health" 20 "$name" ||
+            die "the $what did not answer on 127.0.0.1:$port (log: $STATE/$name.log)"
+        started=1
+    fi
+    echo "http://127.0.0.1:$port" >"$STATE/${name}_url"
+}
 
-# 3b. The legacy work-order system stub (pipelines/overload-work-orders.toml calls it).
-if pid_alive legacy; then
-    say "legacy work-order system stub already running (pid $(cat "$STATE/legacy.pid"))"
-else
-    port_open "$LOCAL_LEGACY_PORT" && die "127.0.0.1:$LOCAL_LEGACY_PORT is taken: choose LOCAL_LEGACY_PORT"
-    say "starting the legacy work-order system stub on 127.0.0.1:$LOCAL_LEGACY_PORT"
-    python3 "$LOCAL_DEV/stub/legacy_workorders.py" --host 127.0.0.1 --port "$LOCAL_LEGACY_PORT" \
-        </dev/null >>"$STATE/legacy.log" 2>&1 &
-    echo $! >"$STATE/legacy.pid"
-    wait_http "http://127.0.0.1:$LOCAL_LEGACY_PORT/health" 20 legacy ||
-        die "the legacy stub did not answer on 127.0.0.1:$LOCAL_LEGACY_PORT (log: $STATE/legacy.log)"
-    started=1
-fi
-echo "http://127.0.0.1:$LOCAL_LEGACY_PORT" >"$STATE/legacy_url"
+# 3. The asset registry stub, and the legacy work-order system stub
+#    (pipelines/overload-work-orders.toml calls it).
+export ASSET_REGISTRY_TOKEN="${ASSET_REGISTRY_TOKEN:-local-dev-token}"
+start_stub stub "asset registry stub" asset_registry.py "$LOCAL_STUB_PORT" LOCAL_STUB_PORT
+start_stub legacy "legacy work-order system stub" legacy_workorders.py "$LOCAL_LEGACY_PORT" LOCAL_LEGACY_PORT
 
 # 4. gridflow.
 admin="http://127.0.0.1:$LOCAL_ADMIN_PORT"

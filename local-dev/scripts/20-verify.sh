@@ -127,6 +127,22 @@ produce_raw() { # produce_raw TOPIC KEY CORRELATION_ID FILE
     fi
 }
 
+# post_accepted CHECK PATH CONTENT_TYPE CORRELATION_ID DATA WANT: POSTs DATA (curl's
+# --data-binary: @file or the text itself) to PATH of gridflow's HTTP listener; the row passes
+# on 202 with WANT messages.
+post_accepted() {
+    local body code messages
+    body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url$2" \
+        -H "Content-Type: $3" -H "X-Correlation-ID: $4" --data-binary "$5")"
+    code="$(tail -n 1 <<<"$body")"
+    messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
+    if [[ "$code" == 202 && "$messages" == "$6" ]]; then
+        row PASS "$1" "202, $6 message(s)"
+    else
+        row FAIL "$1" "status $code, messages '${messages}' (want 202, $6): $(head -n -1 <<<"$body" | head -c 300)"
+    fi
+}
+
 mkdir -p "$STATE"
 : >"$STATE/verify.log"
 say "verifying the $mode stack (run $run_id; gridflow output in $STATE/verify.log)"
@@ -149,13 +165,7 @@ status="$(http_status "$admin_url/health/ready")"
 # 3. entsoe-actual-load.
 cid="$run_id-load"
 sent_before="$(metric gridflow_messages_sent_total entsoe-actual-load)"
-body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/actual-load" \
-    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
-    --data-binary @"$LOCAL_DEV/fixtures/A65-actual-total-load-BE.xml")"
-code="$(tail -n 1 <<<"$body")"
-messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
-[[ "$code" == 202 && "$messages" == 96 ]] && row PASS "entsoe: POST A65" "202, 96 messages" ||
-    row FAIL "entsoe: POST A65" "status $code, messages '${messages}' (want 202, 96): $(head -n -1 <<<"$body" | head -c 300)"
+post_accepted "entsoe: POST A65" /ingest/entsoe/actual-load "application/xml" "$cid" @"$LOCAL_DEV/fixtures/A65-actual-total-load-BE.xml" 96
 sent_after="$(metric gridflow_messages_sent_total entsoe-actual-load)"
 delta=$((${sent_after%.*} - ${sent_before%.*}))
 ((delta >= 96)) && row PASS "entsoe: messages_sent_total" "+$delta" ||
@@ -203,13 +213,7 @@ n="$(wait_matched energy.load.actual.v1 "correlation_id == '$cid' && body.positi
 [[ "$n" == 1 ]] && row PASS "entsoe: A65 start/end" "position 1 from 2026-01-13T23:00:00Z to 23:15:00Z" ||
     row FAIL "entsoe: A65 start/end" "$n matching event(s) (want 1)"
 cid="$run_id-prices"
-body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/day-ahead-prices" \
-    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
-    --data-binary @"$LOCAL_DEV/fixtures/A44-day-ahead-prices-FR.xml")"
-code="$(tail -n 1 <<<"$body")"
-messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
-[[ "$code" == 202 && "$messages" == 24 ]] && row PASS "prices: POST A44" "202, 24 messages" ||
-    row FAIL "prices: POST A44" "status $code, messages '${messages}' (want 202, 24): $(head -n -1 <<<"$body" | head -c 300)"
+post_accepted "prices: POST A44" /ingest/entsoe/day-ahead-prices "application/xml" "$cid" @"$LOCAL_DEV/fixtures/A44-day-ahead-prices-FR.xml" 24
 n="$(wait_matched energy.price.dayahead.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YFR-RTE------C' && body.start != null && body.end != null" 24 20)"
 [[ "$n" == 24 ]] && row PASS "prices: energy.price.dayahead.v1" "24 events keyed by area 10YFR-RTE------C" ||
     row FAIL "prices: energy.price.dayahead.v1" "$n matching event(s) (want 24)"
@@ -224,13 +228,7 @@ n="$(wait_matched energy.price.dayahead.v1.dlq "correlation_id == '$cid' && erro
 [[ "$code" == 422 && "$n" == 1 ]] && row PASS "prices: A01 gap dead letter" "422, 1 on energy.price.dayahead.v1.dlq, code invalid_time_series" ||
     row FAIL "prices: A01 gap dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
 cid="$run_id-generation"
-body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/generation-per-type" \
-    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
-    --data-binary @"$LOCAL_DEV/fixtures/A75-generation-per-type-NL.xml")"
-code="$(tail -n 1 <<<"$body")"
-messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
-[[ "$code" == 202 && "$messages" == 72 ]] && row PASS "gen: POST A75" "202, 72 messages" ||
-    row FAIL "gen: POST A75" "status $code, messages '${messages}' (want 202, 72): $(head -n -1 <<<"$body" | head -c 300)"
+post_accepted "gen: POST A75" /ingest/entsoe/generation-per-type "application/xml" "$cid" @"$LOCAL_DEV/fixtures/A75-generation-per-type-NL.xml" 72
 n="$(wait_matched energy.generation.actual.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YNL----------L' && contains(['B14', 'B16', 'B19'], body.psr_type) && body.start != null" 72 20)"
 [[ "$n" == 72 ]] && row PASS "gen: energy.generation.actual.v1" "72 events (B14, B16, B19 x 24) keyed by 10YNL----------L" ||
     row FAIL "gen: energy.generation.actual.v1" "$n matching event(s) (want 72)"
@@ -279,12 +277,7 @@ n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-bro
 # 9. entsoe-unavailability (A77/A78/A80).
 cid="$run_id-unavail"
 for f in A80-unavailability-generation-FR A78-unavailability-transmission-DE-AT-cancelled; do
-    body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/entsoe/unavailability" \
-        -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid-${f%%-*}" --data-binary @"$LOCAL_DEV/fixtures/$f.xml")"
-    code="$(tail -n 1 <<<"$body")"
-    messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
-    [[ "$code" == 202 && "$messages" == 1 ]] && row PASS "unavailability: POST ${f%%-*}" "202, 1 message" ||
-        row FAIL "unavailability: POST ${f%%-*}" "status $code, messages '${messages}' (want 202, 1): $(head -n -1 <<<"$body" | head -c 300)"
+    post_accepted "unavailability: POST ${f%%-*}" /ingest/entsoe/unavailability "application/xml" "$cid-${f%%-*}" @"$LOCAL_DEV/fixtures/$f.xml" 1
 done
 n="$(wait_matched energy.unavailability.notice.v1 "correlation_id == '$cid-A80' && key == body.mrid && body.mrid == '2a6c1e8f4b0d4a9c8e2f6b1d3a5c7e90' && body.status == 'A05' && body.asset_id == '17W100P100P0344D' && body.available_capacity == \`0\`" 1 20)"
 [[ "$n" == 1 ]] && row PASS "unavailability: active A80" "1 notice keyed by mRID, status A05" ||
@@ -301,13 +294,7 @@ n="$(wait_matched energy.unavailability.notice.v1.dlq "correlation_id == '$cid-t
 
 # 10. meter-readings-head-end (IEC 61968-9 MeterReadings over HTTP).
 cid="$run_id-head-end"
-body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/head-end/meter-readings" \
-    -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
-    --data-binary @"$LOCAL_DEV/fixtures/MeterReadings-head-end.xml")"
-code="$(tail -n 1 <<<"$body")"
-messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
-[[ "$code" == 202 && "$messages" == 24 ]] && row PASS "head-end: POST MeterReadings" "202, 24 messages" ||
-    row FAIL "head-end: POST MeterReadings" "status $code, messages '${messages}' (want 202, 24): $(head -n -1 <<<"$body" | head -c 300)"
+post_accepted "head-end: POST MeterReadings" /ingest/head-end/meter-readings "application/xml" "$cid" @"$LOCAL_DEV/fixtures/MeterReadings-head-end.xml" 24
 n="$(wait_matched energy.meter.reading.v1 "correlation_id == '$cid' && key == body.meter_id && starts_with(body.meter_id, 'FR-PRM-0918273645001') && body.unit == 'kWh' && body.quality == 'A' && body.value != null" 24 20)"
 [[ "$n" == 24 ]] && row PASS "head-end: energy.meter.reading.v1" "24 readings of 3 meters, keyed by meter_id" ||
     row FAIL "head-end: energy.meter.reading.v1" "$n matching reading(s) (want 24)"
@@ -401,23 +388,11 @@ fi
 
 # 15. grid-frequency.
 cid="$run_id-freq"
-body="$(curl -s --max-time 60 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
-    -H 'Content-Type: application/json' -H "X-Correlation-ID: $cid" \
-    --data-binary @"$LOCAL_DEV/fixtures/grid-frequency-10Hz.json")"
-code="$(tail -n 1 <<<"$body")"
-messages="$(head -n -1 <<<"$body" | jq -r '.messages // empty' 2>/dev/null)"
-[[ "$code" == 202 && "$messages" == 20 ]] && row PASS "frequency: POST batch" "202, 20 messages" ||
-    row FAIL "frequency: POST batch" "status $code, messages '${messages}' (want 202, 20): $(head -n -1 <<<"$body" | head -c 300)"
+post_accepted "frequency: POST batch" /ingest/grid/frequency "application/json" "$cid" @"$LOCAL_DEV/fixtures/grid-frequency-10Hz.json" 20
 n="$(wait_matched grid.frequency.measurement.v1 "correlation_id == '$cid' && key == 'pmu-lyon-ouest-01' && body.pmu_id == key && body.frequency_hz > \`49.9\` && body.frequency_hz < \`50.1\`" 20 30)"
 [[ "$n" == 20 ]] && row PASS "frequency: measurement.v1" "20 events keyed by pmu-lyon-ouest-01" ||
     row FAIL "frequency: measurement.v1" "$n matching event(s) (want 20)"
-body="$(curl -s --max-time 30 -w '\n%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
-    -H 'Content-Type: application/json' -H "X-Correlation-ID: $run_id-freq-empty" \
-    --data-binary '{"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": []}')"
-code="$(tail -n 1 <<<"$body")"
-messages="$(head -n -1 <<<"$body" | jq -r '.messages' 2>/dev/null)"
-[[ "$code" == 202 && "$messages" == 0 ]] && row PASS "frequency: empty batch" "202, 0 messages" ||
-    row FAIL "frequency: empty batch" "status $code, messages '$messages' (want 202, 0)"
+post_accepted "frequency: empty batch" /ingest/grid/frequency "application/json" "$run_id-freq-empty" '{"source": "pmu-lyon-ouest-01", "unit": "Hz", "samples": []}' 0
 cid="$run_id-freq-bad"
 code="$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' -X POST "$http_url/ingest/grid/frequency" \
     -H 'Content-Type: application/json' -H "X-Correlation-ID: $cid" \

@@ -349,20 +349,7 @@ path = "/ingest/meter-readings""#;
         &self,
         input: &super::OfflineInput<'_>,
     ) -> Result<super::Received, String> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in input.headers {
-            if let (Ok(name), Ok(value)) = (
-                axum::http::HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(name, value);
-            }
-        }
-        if let Some(ct) = input.content_type {
-            let value = HeaderValue::from_str(ct)
-                .map_err(|_| format!("`{ct}` is not a valid Content-Type"))?;
-            headers.insert(header::CONTENT_TYPE, value);
-        }
+        let headers = input.http_headers()?;
         let contract = match &self.contract {
             Some(reference) => Some(
                 input

@@ -145,6 +145,29 @@ pub struct OfflineInput<'a> {
     pub correlation_id: &'a str,
 }
 
+impl OfflineInput<'_> {
+    /// The HTTP request headers a client would have sent: the input's headers (a name or
+    /// value HTTP cannot carry is left out) and its `Content-Type`.
+    pub fn http_headers(&self) -> Result<axum::http::HeaderMap, String> {
+        use axum::http::{header, HeaderName, HeaderValue};
+        let mut headers = axum::http::HeaderMap::new();
+        for (name, value) in self.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(ct) = self.content_type {
+            let value = HeaderValue::from_str(ct)
+                .map_err(|_| format!("`{ct}` is not a valid Content-Type"))?;
+            headers.insert(header::CONTENT_TYPE, value);
+        }
+        Ok(headers)
+    }
+}
+
 /// What a source makes of an input: its facts, and its first message or the failure the
 /// source found.
 pub type Received = (

@@ -524,20 +524,7 @@ operations = ["SubmitReading"]"#;
         &self,
         input: &super::OfflineInput<'_>,
     ) -> Result<super::Received, String> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in input.headers {
-            if let (Ok(name), Ok(value)) = (
-                axum::http::HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(name, value);
-            }
-        }
-        if let Some(ct) = input.content_type {
-            let value = HeaderValue::from_str(ct)
-                .map_err(|_| format!("`{ct}` is not a valid Content-Type"))?;
-            headers.insert(header::CONTENT_TYPE, value);
-        }
+        let headers = input.http_headers()?;
         let Some((_, action)) = version_and_action(&headers) else {
             return Err(format!(
                 "the source answers a `{}` request with a fault before the pipeline: a SOAP request is text/xml (1.1) or application/soap+xml (1.2); give `content_type`",
