@@ -28,6 +28,11 @@ pub enum ErrorCode {
     /// of resolutions, a position out of range, given twice or missing, an unknown
     /// resolution or curve type.
     InvalidTimeSeries,
+    /// One input became more messages at a step than
+    /// [`MAX_MESSAGES_PER_INPUT`](crate::steps::run::MAX_MESSAGES_PER_INPUT) (a `split` of a
+    /// huge array, a `timeseries` of years of 5-minute points): a bound on the memory one
+    /// input may take.
+    TooManyMessages,
     /// `json_to_xml` could not express the message as XML.
     XmlEncoding,
     /// The sink's key expression did not give a usable key.
@@ -68,6 +73,7 @@ impl ErrorCode {
         ErrorCode::MappingError,
         ErrorCode::UnexpectedShape,
         ErrorCode::InvalidTimeSeries,
+        ErrorCode::TooManyMessages,
         ErrorCode::XmlEncoding,
         ErrorCode::InvalidKey,
         ErrorCode::SinkRejected,
@@ -94,6 +100,7 @@ impl ErrorCode {
             ErrorCode::MappingError => "mapping_error",
             ErrorCode::UnexpectedShape => "unexpected_shape",
             ErrorCode::InvalidTimeSeries => "invalid_time_series",
+            ErrorCode::TooManyMessages => "too_many_messages",
             ErrorCode::XmlEncoding => "xml_encoding",
             ErrorCode::InvalidKey => "invalid_key",
             ErrorCode::SinkRejected => "sink_rejected",

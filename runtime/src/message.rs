@@ -66,6 +66,72 @@ pub fn json_from_bytes<'de, S: serde::de::DeserializeSeed<'de>>(
     }
 }
 
+/// A JSON document (a `Value`) in which no object repeats a name (I-JSON, RFC 7493).
+///
+/// serde_json keeps the last of repeated names; a consumer may keep the first. A document
+/// that gridflow reads (checks against a contract, filters) and then delivers as the bytes
+/// received ([`Payload::Parsed`]) must not leave that choice open: `{"severity": "BOGUS",
+/// "severity": "HIGH"}` would pass a contract as `HIGH` and reach a consumer as `BOGUS`. Such
+/// a document is refused as `invalid_json`.
+pub struct UniqueNames;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueNames {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueNames {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(UniqueNames)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let value = map.next_value_seed(UniqueNames)?;
+            if object.contains_key(&name) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the name `{name}` is repeated in an object (a reader could take either value)"
+                )));
+            }
+            object.insert(name, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 impl Payload {
     /// The payload as a JSON document, parsing raw bytes when needed.
     pub fn into_json(self) -> Result<Value, StepError> {
@@ -84,7 +150,9 @@ impl Payload {
     pub fn into_parsed(self) -> Result<Payload, StepError> {
         match self {
             Payload::Bytes(bytes) => {
-                let value = Payload::Bytes(bytes.clone()).into_json()?;
+                let value = json_from_bytes(&bytes, UniqueNames).map_err(|e| {
+                    StepError::new(ErrorCode::InvalidJson, format!("payload is not JSON: {e}"))
+                })?;
                 Ok(Payload::Parsed { bytes, value })
             }
             parsed => Ok(parsed),
@@ -336,6 +404,37 @@ mod tests {
             .into_parsed()
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson, "a BOM is not JSON");
+    }
+
+    /// A document read and then delivered as received must name each member once: the value
+    /// gridflow checked would otherwise not be the one a consumer reads.
+    #[test]
+    fn a_repeated_name_is_refused_where_the_bytes_are_delivered() {
+        for raw in [
+            &br#"{"severity": "BOGUS", "severity": "HIGH"}"#[..],
+            br#"{"a": [{"x": 1, "y": {"k": 1, "k": 2}}]}"#,
+        ] {
+            let err = Payload::Bytes(Bytes::from_static(raw))
+                .into_parsed()
+                .unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidJson);
+            assert!(
+                err.message.contains("is repeated in an object"),
+                "{}",
+                err.message
+            );
+        }
+        // The same name in different objects is not a repetition; numbers read as before.
+        let raw =
+            br#"{"k": {"k": 1}, "n": [18446744073709551615, -9223372036854775808, 1.5, 1e400]}"#;
+        let fine = Payload::Bytes(Bytes::from_static(raw)).into_parsed();
+        assert!(fine.is_err(), "1e400 is out of range for serde_json too");
+        let raw = br#"{"k": {"k": 1}, "n": [18446744073709551615, -9223372036854775808, 1.5, 123456789012345678901234567890]}"#;
+        let parsed = Payload::Bytes(Bytes::from_static(raw))
+            .into_parsed()
+            .unwrap();
+        let lenient: Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(parsed.as_json(), Some(&lenient));
     }
 
     #[test]

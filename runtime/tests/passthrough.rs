@@ -1,9 +1,10 @@
 //! Black-box: faithful passthrough. A message that no step changed is delivered byte for byte
 //! (HTTP → Kafka with the source's contract, Kafka → Kafka, file → file), through a `filter`
 //! and a `validate` step, however unusual its valid JSON is (whitespace, `\u00e9` escapes
-//! beside raw UTF-8, `1.0`, `1e2`, integers beyond 64 bits, `-0`, duplicate keys, keys not
-//! sorted); what is dead-lettered is the input's bytes; and a step that changes one field keeps
-//! the others in the input's order.
+//! beside raw UTF-8, `1.0`, `1e2`, integers beyond 64 bits, `-0`, keys not sorted); what is
+//! dead-lettered is the input's bytes; and a step that changes one field keeps the others in
+//! the input's order. A body whose object repeats a name is refused where its bytes would be
+//! delivered after a check (the value checked would not be the one a consumer reads).
 
 mod common;
 
@@ -14,7 +15,7 @@ use common::*;
 
 /// Valid JSON of every unusual form, each kept by the filter and valid for the contract.
 const KEPT: [&str; 3] = [
-    "{\n  \"id\" : \"p-1\",\n\t\"name\": \"caf\\u00e9\",  \"n\": 1.0, \"m\": 1e2, \"big\": 123456789012345678901234567890, \"z\": -0, \"dup\": 1, \"dup\": 2, \"list\": [ 1 , 2.50 ] }\n",
+    "{\n  \"id\" : \"p-1\",\n\t\"name\": \"caf\\u00e9\",  \"n\": 1.0, \"m\": 1e2, \"big\": 123456789012345678901234567890, \"z\": -0, \"list\": [ 1 , 2.50 ] }\n",
     "{\"zeta\":true,\"id\":\"p-2\",\"name\":\"caf\u{e9} \u{2615} \u{1f600}\",\"esc\":\"\\ud83d\\ude00\\/\",\"alpha\":{\"y\":1,\"x\":2}}",
     "  {\"id\":\"p-3\",\"neg\":-0.0,\"exp\":1E+2,\"small\":1e-7,\"f\":0.30000000000000004,\"u64\":18446744073709551615,\"i64\":-9223372036854775808}  ",
 ];
@@ -100,6 +101,18 @@ async fn http_to_kafka_delivers_the_bytes_sent() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // A repeated name: the contract would check `"p-2"`, a consumer keeping the first value
+    // would read `"x-1"`, which the contract refuses.
+    let response = http()
+        .post(gf.http_url("/in"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": "x-1", "id": "p-2"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem = response.text().await.unwrap();
+    assert!(problem.contains("is repeated in an object"), "{problem}");
 
     let records = consume(&topic, KEPT.len(), Duration::from_secs(30)).await;
     let got = sorted(records.into_iter().map(|r| r.payload).collect());
@@ -224,7 +237,7 @@ async fn file_to_file_writes_the_lines_read() {
     let gf = Gridflow::start(dir.path(), &[]);
     // NDJSON: one document a line, so the first body on one line; a CRLF line too.
     let lines = [
-        "{ \"id\" : \"p-1\",\t\"name\": \"caf\\u00e9\", \"n\": 1.0, \"big\": 123456789012345678901234567890, \"z\": -0, \"dup\": 1, \"dup\": 2 }",
+        "{ \"id\" : \"p-1\",\t\"name\": \"caf\\u00e9\", \"n\": 1.0, \"big\": 123456789012345678901234567890, \"z\": -0 }",
         KEPT[1],
         KEPT[2],
         DROPPED,

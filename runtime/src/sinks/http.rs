@@ -205,9 +205,14 @@ impl Acknowledgement {
     /// Reads a `2xx` answer: `Ok` when it accepts the message; a refusal (permanent) with its
     /// reason, or a transient fault when the answer was cut off.
     async fn check(&self, url: &str, response: reqwest::Response) -> Result<(), SinkError> {
+        // The reason goes into the dead letter's `gridflow.error.message` header: a whole
+        // answer of up to `max_bytes` could make the dead letter itself too large to send.
         let refused = |reason: String| SinkError::Permanent {
             code: ErrorCode::SinkRejected,
-            message: format!("POST {url}: the acknowledgement refused the message: {reason}"),
+            message: format!(
+                "POST {url}: the acknowledgement refused the message: {}",
+                shortened(&reason)
+            ),
         };
         let body = self.read(url, response).await?;
         let document = match ContentType::sniff(&body) {
@@ -272,6 +277,40 @@ impl Acknowledgement {
 }
 
 /// The first 200 characters of a body, for a reason.
+/// The fault of a SOAP answer that blames the request (1.1 `faultcode` `Client`, 1.2
+/// `Code/Value` `Sender`), as `code: reason`; `None` for any other answer.
+fn client_fault(body: &[u8]) -> Option<String> {
+    let document = xml::xml_to_json(body, &XmlToJsonOptions::default()).ok()?;
+    let fault = document.get("Envelope")?.get("Body")?.get("Fault")?;
+    let text = |v: Option<&serde_json::Value>| -> Option<String> {
+        let v = v?;
+        v.as_str()
+            .or_else(|| v.get("#text").and_then(|t| t.as_str()))
+            .map(str::to_string)
+    };
+    let (code, reason) = match text(fault.get("faultcode")) {
+        Some(code) => (code, text(fault.get("faultstring"))),
+        None => (
+            text(fault.get("Code").and_then(|c| c.get("Value")))?,
+            text(fault.get("Reason").and_then(|r| r.get("Text"))),
+        ),
+    };
+    let local = code.rsplit(':').next().unwrap_or(&code);
+    (local.starts_with("Client") || local.starts_with("Sender"))
+        .then(|| format!("{code}: {}", reason.unwrap_or_default()))
+}
+
+/// The most characters of a refusal's reason kept in its error message.
+const MAX_REASON_CHARS: usize = 1024;
+
+/// `reason`, cut to [`MAX_REASON_CHARS`] characters (`…` marks the cut).
+fn shortened(reason: &str) -> String {
+    match reason.char_indices().nth(MAX_REASON_CHARS) {
+        Some((cut, _)) => format!("{}…", &reason[..cut]),
+        None => reason.to_string(),
+    }
+}
+
 fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(200).collect()
 }
@@ -332,6 +371,21 @@ impl Sink for HttpSink {
                     code: ErrorCode::SinkRejected,
                     message: redirect_refusal("POST", &url, &response),
                 })
+            } else if let (500, Some(ack)) = (status.as_u16(), &acknowledgement) {
+                // SOAP 1.1 answers every fault 500: the legacy system's refusal of the request
+                // (a Client or Sender fault) is permanent; a Server fault, or an answer that
+                // is not a fault, is transient like any 5xx.
+                let body = ack.read(&url, response).await.unwrap_or_default();
+                match client_fault(&body) {
+                    Some(reason) => Err(SinkError::Permanent {
+                        code: ErrorCode::SinkRejected,
+                        message: format!(
+                            "POST {url} answered {status} with a SOAP client fault: {}",
+                            shortened(&reason)
+                        ),
+                    }),
+                    None => Err(SinkError::Transient(format!("POST {url} answered {status}"))),
+                }
             } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
                 Err(SinkError::Transient(format!(
                     "POST {url} answered {status}"
@@ -557,6 +611,21 @@ reason = \"join(': ', [Envelope.Body.Acknowledgement.Code, Envelope.Body.Acknowl
     }
 
     #[tokio::test]
+    async fn a_long_refusal_reason_is_cut_to_max_reason_chars() {
+        let reason = "é".repeat(5000);
+        let (base, _) = legacy(ok("text/xml", &soap_ack("REFUSED", &reason)), Duration::ZERO).await;
+        match deliver(&sink(&base, ACK)).await {
+            Err(SinkError::Permanent { code, message }) => {
+                assert_eq!(code, ErrorCode::SinkRejected);
+                let kept = message.split_once("refused the message: ").unwrap().1;
+                assert_eq!(kept.chars().count(), MAX_REASON_CHARS + 1, "{kept}");
+                assert!(kept.starts_with("REFUSED: éé") && kept.ends_with("é…"), "{kept}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn an_unreadable_empty_or_truthy_but_not_true_answer_refuses() {
         // `accepted` must give `true`: a truthy string is a refusal.
         for (body, want) in [
@@ -622,6 +691,35 @@ reason = \"join(': ', [Envelope.Body.Acknowledgement.Code, Envelope.Body.Acknowl
                 "{message}"
             ),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_soap_client_fault_is_refused_and_a_server_fault_retried() {
+        let answer = |fault: &str| {
+            let body = format!(r#"<s:Envelope xmlns:s="urn:x"><s:Body><s:Fault>{fault}</s:Fault></s:Body></s:Envelope>"#);
+            format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        for (fault, refused) in [
+            ("<faultcode>soap:Client</faultcode><faultstring>unknown SOAPAction</faultstring>", Some("soap:Client: unknown SOAPAction")),
+            ("<s:Code><s:Value>s:Sender</s:Value></s:Code><s:Reason><s:Text xml:lang=\"en\">bad order</s:Text></s:Reason>", Some("s:Sender: bad order")),
+            ("<faultcode>soap:Server</faultcode><faultstring>database locked</faultstring>", None),
+            ("not a fault", None),
+        ] {
+            let (base, _) = legacy(answer(fault), Duration::ZERO).await;
+            match (deliver(&sink(&base, ACK)).await, refused) {
+                (Err(SinkError::Permanent { code, message }), Some(want)) => {
+                    assert_eq!(code, ErrorCode::SinkRejected);
+                    assert!(message.ends_with(want), "{message}");
+                }
+                (Err(SinkError::Transient(message)), None) => {
+                    assert!(message.contains("500"), "{message}")
+                }
+                (other, _) => panic!("{fault}: {other:?}"),
+            }
         }
     }
 

@@ -129,7 +129,7 @@ pub fn request_input(
     // still receives the bytes as sent, which a sink writes when no step changes them.
     let parsed = match content_type {
         ContentType::Json => {
-            crate::message::json_from_bytes(&body, std::marker::PhantomData::<Value>)
+            crate::message::json_from_bytes(&body, crate::message::UniqueNames)
                 .map(|value| Payload::Parsed {
                     bytes: body.clone(),
                     value,

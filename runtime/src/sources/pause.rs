@@ -109,7 +109,10 @@ impl Pauses {
     /// (the same name, or the one it had before a rename).
     pub fn register(&self, old: &str, name: &str, pause: Pause) {
         let mut switches = self.lock();
-        switches.remove(old);
+        if switches.remove(old).is_some() && old != name {
+            // The old name's series would stay at 1 and page for a pipeline that is gone.
+            crate::metrics::pipeline_paused(old, false);
+        }
         crate::metrics::pipeline_paused(name, pause.is_paused());
         switches.insert(name.to_string(), pause);
     }
@@ -203,6 +206,27 @@ mod tests {
         pauses.forget("b");
         assert!(pauses.get("b").is_err());
         assert!(!pauses.for_version("b", "b").is_paused());
+    }
+
+    #[test]
+    fn a_renamed_paused_pipeline_leaves_no_paused_series_behind() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let pauses = Pauses::default();
+            pauses.register("a", "a", pauses.for_version("a", "a"));
+            pauses.set("a", true).unwrap();
+            pauses.register("a", "b", pauses.for_version("a", "b"));
+        });
+        let text = handle.render();
+        assert!(
+            text.contains("gridflow_pipeline_paused{pipeline=\"b\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gridflow_pipeline_paused{pipeline=\"a\"} 0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

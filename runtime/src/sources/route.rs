@@ -423,16 +423,14 @@ async fn handle(State(routes): State<Arc<HttpRoutes>>, request: Request) -> Resp
 }
 
 /// The answer of a paused pipeline's route: `503`, come back after the route's
-/// `retry_after_secs` (the body is not read).
+/// `retry_after_secs` (the body is not read). It is given before the route's authentication,
+/// so it names neither the pipeline nor anything else of it.
 fn paused(route: &Route, correlation_id: &str) -> Response {
     let mut response = problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "Service Unavailable",
-        &format!(
-            "pipeline `{}` is paused by an operator; send the request again later",
-            route.pipeline
-        ),
-        json!({ "correlation_id": correlation_id, "pipeline": &*route.pipeline, "paused": true }),
+        "this path is paused by an operator; send the request again later",
+        json!({ "correlation_id": correlation_id, "paused": true }),
     );
     response.headers_mut().insert(
         header::RETRY_AFTER,

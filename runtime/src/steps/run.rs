@@ -134,6 +134,11 @@ pub fn run_all<'a>(
     .boxed()
 }
 
+/// The most messages one input may become at a step (a year of quarter-hour points is
+/// 35,040): past it the input fails with [`ErrorCode::TooManyMessages`] instead of taking
+/// the memory of millions of messages.
+pub const MAX_MESSAGES_PER_INPUT: usize = 200_000;
+
 /// A [`Transform`] run as a [`Step`]: each message under `catch_unwind`, with the step's
 /// metrics and span.
 pub struct Each<T> {
@@ -162,6 +167,18 @@ impl<T: Transform> Step for Each<T> {
             match guarded(&self.id, || {
                 with_scope(&scope, || self.transform.process_item(item, &mut next))
             }) {
+                Ok(()) if next.len() > MAX_MESSAGES_PER_INPUT => {
+                    let f = Failure::new(
+                        &self.id,
+                        ErrorCode::TooManyMessages,
+                        format!(
+                            "the input became more than {MAX_MESSAGES_PER_INPUT} messages at this step"
+                        ),
+                    );
+                    self.metrics.failed(started.elapsed(), &f);
+                    cx.trace.child(&self.id, wall, Some(&f));
+                    return Run::Ready(Err(f));
+                }
                 Ok(()) => {
                     self.metrics
                         .processed(started.elapsed(), next.len() - before);

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{StepContext, Transform, TransformKind};
+use super::run::MAX_MESSAGES_PER_INPUT;
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::jmes::Expr;
 use crate::message::Payload;
@@ -240,7 +241,9 @@ impl Timeseries {
         merged: &Map<String, Value>,
         out: &mut Vec<Payload>,
     ) -> Result<(), StepError> {
-        let timeline = self.timeline(number, period)?;
+        // What this input may still become (its earlier periods and messages are in `out`).
+        let budget = MAX_MESSAGES_PER_INPUT.saturating_sub(out.len()) as u64;
+        let timeline = self.timeline(number, period, budget)?;
         let points = match self.points.search(period)? {
             Value::Array(points) => points,
             point @ Value::Object(_) => vec![point],
@@ -307,7 +310,12 @@ impl Timeseries {
     }
 
     /// Reads a period's interval and resolution and counts its positions.
-    fn timeline<'a>(&self, number: usize, period: &'a Value) -> Result<Timeline<'a>, StepError> {
+    fn timeline<'a>(
+        &self,
+        number: usize,
+        period: &'a Value,
+        budget: u64,
+    ) -> Result<Timeline<'a>, StepError> {
         let text = |path: [&str; 2]| {
             let value = path.iter().try_fold(period, |v, k| v.get(k));
             value.and_then(Value::as_str)
@@ -350,23 +358,35 @@ impl Timeseries {
         if end == start {
             return Err(invalid(format!("{timeline}: the interval is empty")));
         }
-        timeline.positions = timeline.count(end, &self.zone)?;
+        timeline.positions = timeline.count(end, &self.zone, budget)?;
         Ok(timeline)
     }
 }
 
 impl Timeline<'_> {
-    /// How many resolutions fit from the start to `end`: an error unless a whole number.
-    fn count(&self, end: Timestamp, zone: &TimeZone) -> Result<u64, StepError> {
+    /// How many resolutions fit from the start to `end`: an error unless a whole number, or
+    /// when more than `budget` (what the input may still become, see
+    /// [`MAX_MESSAGES_PER_INPUT`]) or [`MAX_POSITIONS`].
+    fn count(&self, end: Timestamp, zone: &TimeZone, budget: u64) -> Result<u64, StepError> {
         let not_whole = || {
             invalid(format!(
                 "{self}: the interval is not a whole number of resolutions"
             ))
         };
+        let cap = MAX_POSITIONS.min(budget);
         let too_long = || {
-            invalid(format!(
-                "{self}: the interval holds more than {MAX_POSITIONS} positions"
-            ))
+            if cap < MAX_POSITIONS {
+                StepError::new(
+                    ErrorCode::TooManyMessages,
+                    format!(
+                        "{self}: with it the input would become more than {MAX_MESSAGES_PER_INPUT} messages"
+                    ),
+                )
+            } else {
+                invalid(format!(
+                    "{self}: the interval holds more than {MAX_POSITIONS} positions"
+                ))
+            }
         };
         match self.step {
             Step::Fixed(length) => {
@@ -375,14 +395,19 @@ impl Timeline<'_> {
                 if total % length != 0 {
                     return Err(not_whole());
                 }
-                let count = u64::try_from(total / length).map_err(|_| too_long())?;
+                let count = u64::try_from(total / length).unwrap_or(u64::MAX);
                 if count > MAX_POSITIONS {
+                    return Err(invalid(format!(
+                        "{self}: the interval holds more than {MAX_POSITIONS} positions"
+                    )));
+                }
+                if count > cap {
                     return Err(too_long());
                 }
                 Ok(count)
             }
             Step::Calendar(_) => {
-                for n in 1..=MAX_POSITIONS {
+                for n in 1..=cap {
                     let bound = self.offset(n, zone)?;
                     if bound == end {
                         return Ok(n);
@@ -521,6 +546,18 @@ mod tests {
 
     fn error(message: Value) -> StepError {
         run(&*step(""), Payload::Json(message)).unwrap_err()
+    }
+
+    #[test]
+    fn one_input_becomes_at_most_max_messages_per_input() {
+        // Two A03 periods of a year of 5-minute points (105,120 positions each), from one
+        // point each: a few hundred bytes that would become 210,240 messages.
+        let year = period("2025-01-01T00:00Z", "2026-01-01T00:00Z", "PT5M", &[1]);
+        let one = events(json!({"curveType": "A03", "Period": year.clone()}));
+        assert_eq!(one.len(), 105_120);
+        let e = error(json!({"curveType": "A03", "Period": [year.clone(), year]}));
+        assert_eq!(e.code, ErrorCode::TooManyMessages, "{}", e.message);
+        assert!(e.message.contains("period 2"), "{}", e.message);
     }
 
     /// The (start, end) of every event.
