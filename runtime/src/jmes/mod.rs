@@ -7,6 +7,7 @@
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
+use jmespath::ast::Ast;
 use jmespath::{Rcvar, Runtime, Variable};
 use serde_json::{json, Map, Value};
 
@@ -116,6 +117,9 @@ pub struct Expr {
     plan: Option<plan::Plan>,
     /// The plan read straight from raw JSON, when its leaves allow it.
     picker: Option<Box<plan::Picker>>,
+    /// Does jmespath's interpreter build objects for it (`{k: ...}`) whose keys then come
+    /// sorted and are put back in the expression's order ([`in_expression_order`])?
+    builds_hashes: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -190,18 +194,26 @@ impl Expr {
         let need = Need::of(compiled.as_ast());
         let plan = plan::Plan::of(compiled.as_ast());
         let picker = plan.as_ref().and_then(plan::Picker::of).map(Box::new);
+        let builds_hashes = builds_hashes(compiled.as_ast());
         Ok(Expr {
             source: source.to_string(),
             compiled,
             need,
             plan,
             picker,
+            builds_hashes,
         })
     }
 
     /// The expression as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Is the expression made of field paths, `to_number` and hashes only, evaluated on the
+    /// document itself (so that what it copies keeps the order of its fields)?
+    pub fn picks_fields(&self) -> bool {
+        self.plan.is_some()
     }
 
     /// What the expression reads of a message.
@@ -245,7 +257,17 @@ impl Expr {
         if let Some(plan) = &self.plan {
             return Ok(plan.eval(&doc.0).into_value());
         }
-        Ok(need::into_value(self.run(&doc.0)?))
+        Ok(self.value_of(self.run(&doc.0)?))
+    }
+
+    /// jmespath's result `tree` (from [`Expr::eval_doc`]) as a `Value`, the objects the
+    /// expression builds with their keys in the order it writes them.
+    pub fn value_of(&self, tree: Rcvar) -> Value {
+        let mut value = need::into_value(tree);
+        if self.builds_hashes {
+            in_expression_order(self.compiled.as_ast(), &mut value);
+        }
+        value
     }
 
     /// Evaluates the expression on `doc` and returns jmespath's tree (convert it with
@@ -263,7 +285,7 @@ impl Expr {
         let result = self.run(&doc.0)?;
         // The input's tree first: parts of the result it shared then move instead of copying.
         drop(doc);
-        Ok(need::into_value(result))
+        Ok(self.value_of(result))
     }
 
     /// Evaluates the expression as a condition, with JMESPath truthiness (false, null, empty
@@ -304,10 +326,104 @@ impl Expr {
     }
 }
 
+/// Does `ast` build an object jmespath's interpreter would return with sorted keys, where
+/// [`in_expression_order`] puts them back?
+fn builds_hashes(ast: &Ast) -> bool {
+    match ast {
+        Ast::MultiHash { .. } => true,
+        Ast::Subexpr { rhs, .. } | Ast::Projection { rhs, .. } => builds_hashes(rhs),
+        Ast::MultiList { elements, .. } => elements.iter().any(builds_hashes),
+        _ => false,
+    }
+}
+
+/// jmespath builds an object as a `BTreeMap`, so `{b: f(x), a: y}` comes out of its
+/// interpreter as `{"a": .., "b": ..}`. This puts the keys of the objects `ast` builds back in
+/// the order the expression writes them (a key written twice keeps its first place and its
+/// last value, as jmespath and [`plan`] keep it), through `a.{..}`, projections
+/// (`items[*].{..}`) and lists (`[{..}, {..}]`). An object taken from the input by a function,
+/// a filter or a projection keeps jmespath's sorted order.
+fn in_expression_order(ast: &Ast, value: &mut Value) {
+    match (ast, value) {
+        (Ast::MultiHash { elements, .. }, Value::Object(map)) => {
+            let mut ordered = Map::with_capacity(map.len());
+            for (i, kvp) in elements.iter().enumerate() {
+                if elements[..i].iter().any(|earlier| earlier.key == kvp.key) {
+                    continue;
+                }
+                // The value written last for this key is the one jmespath kept.
+                let last = elements
+                    .iter()
+                    .rev()
+                    .find(|e| e.key == kvp.key)
+                    .unwrap_or(kvp);
+                if let Some((key, mut v)) = map.shift_remove_entry(&kvp.key) {
+                    in_expression_order(&last.value, &mut v);
+                    ordered.insert(key, v);
+                }
+            }
+            ordered.append(map);
+            *map = ordered;
+        }
+        (Ast::Subexpr { rhs, .. }, value) => in_expression_order(rhs, value),
+        (Ast::Projection { rhs, .. }, Value::Array(items)) => {
+            for item in items {
+                in_expression_order(rhs, item);
+            }
+        }
+        (Ast::MultiList { elements, .. }, Value::Array(items)) if elements.len() == items.len() => {
+            for (element, item) in elements.iter().zip(items) {
+                in_expression_order(element, item);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn keys(value: &Value) -> Vec<&str> {
+        value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn objects_jmespath_builds_keep_the_expression_order() {
+        let data = json!({"a": "x", "c": "y", "items": [{"x": 1}, {"x": 2}]});
+        // Not plans (functions, projections): jmespath's interpreter builds them.
+        let top = Expr::compile("{c: join('-', [a, c]), a: a, b: length(items)}").unwrap();
+        let value = top.search(&data).unwrap();
+        assert_eq!(keys(&value), ["c", "a", "b"]);
+        assert_eq!(value, json!({"a": "x", "b": 2, "c": "x-y"}));
+        // A key written twice keeps its first place and its last value, as jmespath does.
+        let twice = Expr::compile("{c: length(items), a: a, c: join('', [c])}").unwrap();
+        let value = twice.search(&data).unwrap();
+        assert_eq!(keys(&value), ["c", "a"]);
+        assert_eq!(value["c"], json!("y"));
+        // Through a projection, a sub-expression, a list and a nested hash.
+        let deep = Expr::compile(
+            "{z: items[*].{y: to_string(x), b: x}, k: [{y: length(a), b: a}], n: {y: a, b: length(c)}}",
+        )
+        .unwrap();
+        let value = deep.search(&data).unwrap();
+        assert_eq!(keys(&value), ["z", "k", "n"]);
+        assert_eq!(keys(&value["z"][1]), ["y", "b"]);
+        assert_eq!(keys(&value["k"][0]), ["y", "b"]);
+        assert_eq!(keys(&value["n"]), ["y", "b"]);
+        let sub = Expr::compile("items[0].{y: to_string(x), b: x}").unwrap();
+        assert_eq!(keys(&sub.search(&data).unwrap()), ["y", "b"]);
+        // The same through a Doc (what steps use) and on null input.
+        let doc = Doc::from_value(&data, top.need());
+        assert_eq!(keys(&top.search_doc(&doc).unwrap()), ["c", "a", "b"]);
+        assert_eq!(top.search(&json!(null)).unwrap()["a"], json!(null));
+    }
 
     #[test]
     fn field_paths_are_looked_up_as_jmespath_evaluates_them() {

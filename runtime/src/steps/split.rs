@@ -70,12 +70,20 @@ impl Transform for Split {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
         // One conversion for both expressions, of what they read.
         let (merged, array) = match &self.expression {
+            // Field paths (`Period`, `series`: the usual case) are read on the document itself,
+            // so each element keeps the order of its fields; jmespath's tree would sort them.
+            Some(expr) if expr.picks_fields() && self.merge.as_ref().is_none_or(Expr::picks_fields) => {
+                let value = payload.into_json()?;
+                let merged = self.merge.as_ref().map(|m| m.search(&value)).transpose()?;
+                (merged, expr.search(&value)?)
+            }
             Some(expr) => {
                 let doc = Doc::new(&payload, &self.need)?;
                 let merged = self.merge.as_ref().map(|m| m.eval_doc(&doc)).transpose()?;
                 let array = expr.eval_doc(&doc)?;
                 drop(doc);
-                (merged.map(into_value), into_value(array))
+                let merged = self.merge.as_ref().zip(merged).map(|(m, tree)| m.value_of(tree));
+                (merged, into_value(array))
             }
             None => {
                 let value = payload.into_json()?;
@@ -168,6 +176,50 @@ mod tests {
                 Payload::Json(json!({"area": "BE", "position": 2, "q": 3})),
             ]
         );
+    }
+
+    fn keys(payload: &Payload) -> Vec<String> {
+        payload.as_json().unwrap().as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn elements_keep_the_order_of_their_fields() {
+        let body = br#"{"zone": "BE", "points": [{"z": 1, "position": 1, "a": 2}]}"#;
+        // Field paths read the document itself; an expression jmespath must interpret
+        // (a filter) builds its merge in the expression's order, not sorted.
+        for (expression, merge) in [
+            ("points", "{zone: zone, b: zone}"),
+            ("points[?position == `1`]", "{zone: zone, b: join('-', [zone, zone])}"),
+        ] {
+            let step = parse(&format!(
+                "kind = 'split'\nexpression = \"{expression}\"\nmerge = \"{merge}\""
+            ))
+            .build()
+            .unwrap();
+            for payload in [
+                Payload::Bytes(bytes::Bytes::from_static(body)),
+                Payload::Json(serde_json::from_slice(body).unwrap()),
+            ] {
+                let out = run(&*step, payload).unwrap();
+                let want = if expression == "points" {
+                    vec!["z", "position", "a", "zone", "b"]
+                } else {
+                    // A filter is jmespath's: the element comes sorted, the merge does not.
+                    vec!["a", "position", "z", "zone", "b"]
+                };
+                assert_eq!(keys(&out[0]), want, "{expression}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_input_becomes_at_most_max_messages_per_input() {
+        let step = parse("kind = 'split'").build().unwrap();
+        let limit = crate::steps::run::MAX_MESSAGES_PER_INPUT;
+        let all = run(&*step, Payload::Json(Value::Array(vec![json!(1); limit]))).unwrap();
+        assert_eq!(all.len(), limit);
+        let e = run(&*step, Payload::Json(Value::Array(vec![json!(1); limit + 1]))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooManyMessages, "{}", e.message);
     }
 
     #[test]
