@@ -350,15 +350,7 @@ path = "/ingest/meter-readings""#;
         input: &super::OfflineInput<'_>,
     ) -> Result<super::Received, String> {
         let headers = input.http_headers()?;
-        let contract = match &self.contract {
-            Some(reference) => Some(
-                input
-                    .contracts
-                    .get(reference)
-                    .ok_or_else(|| format!("source: unknown contract `{reference}`"))?,
-            ),
-            None => None,
-        };
+        let contract = input.contract(self.contract.as_deref())?;
         let id = super::route::correlation_id_of(&headers)
             .unwrap_or_else(|| input.correlation_id.to_string());
         Ok(request_input(

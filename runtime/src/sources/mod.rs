@@ -166,6 +166,20 @@ impl OfflineInput<'_> {
         }
         Ok(headers)
     }
+
+    /// The contract `reference` names, when there is one; an unknown one is an error.
+    pub fn contract(
+        &self,
+        reference: Option<&str>,
+    ) -> Result<Option<Arc<crate::contracts::Contract>>, String> {
+        reference
+            .map(|reference| {
+                self.contracts
+                    .get(reference)
+                    .ok_or_else(|| format!("source: unknown contract `{reference}`"))
+            })
+            .transpose()
+    }
 }
 
 /// What a source makes of an input: its facts, and its first message or the failure the

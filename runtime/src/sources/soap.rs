@@ -536,15 +536,7 @@ operations = ["SubmitReading"]"#;
                 "the source answers with a fault before the pipeline: {reason}"
             ));
         }
-        let contract = match &self.0.contract {
-            Some(reference) => Some(
-                input
-                    .contracts
-                    .get(reference)
-                    .ok_or_else(|| format!("source: unknown contract `{reference}`"))?,
-            ),
-            None => None,
-        };
+        let contract = input.contract(self.0.contract.as_deref())?;
         let id = super::route::correlation_id_of(&headers)
             .unwrap_or_else(|| input.correlation_id.to_string());
         Ok(envelope_input(

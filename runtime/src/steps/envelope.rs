@@ -21,7 +21,7 @@ use toml::Spanned;
 use uuid::Uuid;
 
 use super::{
-    guarded, parse_plain, scope, BuildContext, Outcome, Run, RunContext, Step, StepKind,
+    guarded, parse_plain, scope, type_name, BuildContext, Outcome, Run, RunContext, Step, StepKind,
 };
 use crate::config::document::Document;
 use crate::error::{BuildError, ErrorCode, StepError};
@@ -256,7 +256,7 @@ impl Envelope {
                 return Err(shape(format!(
                     "partition_key `{}` gives {}, not a non-empty string",
                     self.partition_key.source(),
-                    describe(&other)
+                    type_name(&other)
                 )))
             }
         };
@@ -278,7 +278,7 @@ impl Envelope {
                     return Err(shape(format!(
                         "occurred_at `{}` gives {}, not an RFC 3339 date-time",
                         expr.source(),
-                        describe(&other)
+                        type_name(&other)
                     )))
                 }
             },
@@ -310,18 +310,6 @@ impl Envelope {
 
 fn shape(message: String) -> StepError {
     StepError::new(ErrorCode::UnexpectedShape, message)
-}
-
-/// The JSON type of `value`, for messages.
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// At most 64 characters of `text`, for messages.

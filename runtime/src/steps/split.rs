@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{StepContext, Transform, TransformKind};
+use super::{type_name, StepContext, Transform, TransformKind};
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::jmes::{into_value, needs, Doc, Expr, Need};
 use crate::message::Payload;
@@ -130,17 +130,6 @@ impl Transform for Split {
             out.push(Payload::Json(element));
         }
         Ok(())
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -24,7 +24,7 @@ use jiff::{SignedDuration, Span, Timestamp};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{StepContext, Transform, TransformKind};
+use super::{type_name, StepContext, Transform, TransformKind};
 use super::run::MAX_MESSAGES_PER_INPUT;
 use crate::error::{BuildError, ErrorCode, StepError};
 use crate::jmes::Expr;
@@ -493,17 +493,6 @@ fn parse_resolution(text: &str) -> Result<Step, String> {
         _ => SignedDuration::try_from(span)
             .map(Step::Fixed)
             .map_err(|_| format!("`{text}` is out of range")),
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
