@@ -15,6 +15,8 @@
 //! - `http_contract`: an HTTP request body checked against `meter-reading@1` by the source
 //!   (`[source] contract`), then written by the sink.
 //! - `set_one_field`: a `set` of one field on a normalised reading received as raw bytes.
+//! - `entsoe_a65`: the steps of `pipelines/entsoe-actual-load.toml` on the A65 document (one
+//!   input, 96 events: its `split`s and `timeseries` copy objects of the document).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,11 +97,12 @@ fn run_once(
 }
 
 /// Every case, in the order `instr` without a case (as `cargo bench` runs it) runs them.
-const CASES: [&str; 4] = [
+const CASES: [&str; 5] = [
     "map_1k_bytes",
     "passthrough_bytes",
     "http_contract",
     "set_one_field",
+    "entsoe_a65",
 ];
 
 fn main() {
@@ -192,6 +195,23 @@ fn run_case(case: &str, n: usize) {
             );
             for _ in 0..n {
                 written += run_once(&rt, &set, Payload::Bytes(reading.clone()), &meta);
+            }
+        }
+        "entsoe_a65" => {
+            let document = Bytes::from(
+                std::fs::read(repo().join("pipelines/tests/fixtures/A65-actual-total-load-BE.xml"))
+                    .unwrap(),
+            );
+            let http = Origin::Http {
+                path: "/ingest/entsoe/actual-load".into(),
+            };
+            let meta = meta(document.clone(), http);
+            let steps = steps_of(
+                &std::fs::read_to_string(repo().join("pipelines/entsoe-actual-load.toml")).unwrap(),
+            );
+            let a65 = program(&steps, &ctx);
+            for _ in 0..n {
+                written += run_once(&rt, &a65, Payload::Bytes(document.clone()), &meta);
             }
         }
         other => panic!("unknown case `{other}`: {}", CASES.join(", ")),

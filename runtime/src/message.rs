@@ -121,12 +121,17 @@ impl<'de> serde::de::Visitor<'de> for UniqueNames {
         let mut object = serde_json::Map::new();
         while let Some(name) = map.next_key::<String>()? {
             let value = map.next_value_seed(UniqueNames)?;
-            if object.contains_key(&name) {
-                return Err(serde::de::Error::custom(format_args!(
-                    "the name `{name}` is repeated in an object (a reader could take either value)"
-                )));
+            match object.entry(name) {
+                serde_json::map::Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+                serde_json::map::Entry::Occupied(entry) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the name `{}` is repeated in an object (a reader could take either value)",
+                        entry.key()
+                    )));
+                }
             }
-            object.insert(name, value);
         }
         Ok(Value::Object(object))
     }
