@@ -45,8 +45,10 @@ pub struct Filter {
 
 impl Transform for Filter {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        // The condition reads what it names; a kept message goes on as it came (raw bytes
-        // stay the bytes received).
+        // Raw bytes are parsed whole, once (an object that repeats a name is refused: the
+        // decision would be taken on one value and a consumer could read the other), and go on
+        // as `Parsed`: the next step reads the document, a sink still writes the bytes.
+        let payload = payload.into_parsed()?;
         if self
             .expr
             .is_truthy_doc(&Doc::new(&payload, self.expr.need())?)?
@@ -62,6 +64,22 @@ mod tests {
     use super::super::{parse, run};
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn raw_bytes_go_on_as_received_and_a_repeated_name_is_refused() {
+        let step = parse("kind = 'filter'\ncondition = \"status == 'ok'\"")
+            .build()
+            .unwrap();
+        let raw = bytes::Bytes::from_static(br#"{ "status" : "ok", "n": 1.0 }"#);
+        let out = run(&*step, Payload::Bytes(raw.clone())).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_received(), Some(&raw), "the bytes received");
+        assert_eq!(out[0].as_json().unwrap()["status"], json!("ok"), "parsed once");
+        let twice = bytes::Bytes::from_static(br#"{"status": "bad", "status": "ok"}"#);
+        let err = run(&*step, Payload::Bytes(twice)).unwrap_err();
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidJson);
+        assert!(err.message.contains("is repeated"), "{}", err.message);
+    }
 
     #[test]
     fn keeps_truthy_drops_falsy() {
@@ -89,7 +107,7 @@ mod tests {
         let raw = bytes::Bytes::from_static(b"{ \"status\": \"ok\",  \"n\": 1.50 }");
         let out = run(&*step, Payload::Bytes(raw.clone())).unwrap();
         match out.as_slice() {
-            [Payload::Bytes(kept)] => assert_eq!(kept.as_ptr(), raw.as_ptr()),
+            [kept] => assert_eq!(kept.as_received().unwrap().as_ptr(), raw.as_ptr()),
             other => panic!("{other:?}"),
         }
         let bad = bytes::Bytes::from_static(b"{\"status\": \"ok\", \"n\": [1,}");
