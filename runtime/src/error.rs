@@ -268,3 +268,15 @@ impl BuildError {
         self
     }
 }
+/// The JSON type of `value`, for error messages ("a string", "an object", "null"...).
+pub fn type_name(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -547,7 +547,7 @@ pub fn json_to_xml(value: &Value, root: Option<&str>) -> Result<Vec<u8>, XmlErro
             other => Err(PathError::not_convertible(format!(
                 "without a root name the value must be an object with exactly one key (the \
                  root element), found {}",
-                kind(other)
+                crate::error::type_name(other)
             ))),
         },
     };
@@ -620,17 +620,6 @@ impl PathError {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Writes `<name ...>...</name>` for a value that is not an array.
 fn write_element(
     out: &mut String,
@@ -699,7 +688,7 @@ fn write_object(
                 other => {
                     return Err(PathError::not_convertible(format!(
                         "an attribute value must be a string, number, boolean or null, found {}",
-                        kind(other)
+                        crate::error::type_name(other)
                     ))
                     .within(key))
                 }
@@ -715,7 +704,7 @@ fn write_object(
                 other => {
                     return Err(PathError::not_convertible(format!(
                         "\"#text\" must be a string, number, boolean or null, found {}",
-                        kind(other)
+                        crate::error::type_name(other)
                     ))
                     .within(key))
                 }

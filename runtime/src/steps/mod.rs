@@ -285,18 +285,7 @@ pub fn parse_steps<'i>(
     ok.then_some(steps)
 }
 
-/// The JSON type of `value`, for error messages ("a string", "an object", "null"...).
-pub(crate) fn type_name(value: &serde_json::Value) -> &'static str {
-    use serde_json::Value;
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+pub(crate) use crate::error::type_name;
 
 /// Reads the `[[steps]]` tables of a TOML text (a pipeline file or a fragment of one), as
 /// written, without `${VAR}` interpolation (benchmarks, tools): the pipeline file's path.
