@@ -251,10 +251,17 @@ impl Thread {
             self.file = Some(open(&self.path)?);
         }
         let file = self.file.as_mut().expect("opened above");
-        let regular = file.metadata()?.is_file();
+        let metadata = match file.metadata() {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                self.file = None;
+                return Err(e);
+            }
+        };
+        let regular = metadata.is_file();
         // Where the batch starts: on a full disk `write_all` may write part of it before
         // `ENOSPC`; the file is cut back there so that no retry leaves a torn line.
-        let start = if regular { file.metadata()?.len() } else { 0 };
+        let start = metadata.len();
         let result = file
             .write_all(bytes)
             .and_then(|()| file.flush())
