@@ -24,6 +24,7 @@ use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::oneshot;
@@ -66,6 +67,8 @@ pub struct FileWriter {
     /// the other's lines).
     exclusive: Arc<Mutex<()>>,
     limits: Limits,
+    /// Batches written (each one write and one sync), for tests.
+    batches: Arc<AtomicU64>,
 }
 
 /// Every writer of the process by path, and the lock of each path (alive while a thread
@@ -114,6 +117,7 @@ impl FileWriter {
             queue: Mutex::new(None),
             exclusive: Arc::clone(&exclusive),
             limits: Limits::DEFAULT,
+            batches: Arc::default(),
         });
         all.insert(
             key,
@@ -145,6 +149,7 @@ impl FileWriter {
             path: self.path.clone(),
             exclusive: Arc::clone(&self.exclusive),
             limits: self.limits,
+            batches: Arc::clone(&self.batches),
             file: None,
             buffer: Vec::new(),
         };
@@ -203,6 +208,7 @@ struct Thread {
     path: PathBuf,
     exclusive: Arc<Mutex<()>>,
     limits: Limits,
+    batches: Arc<AtomicU64>,
     /// Open between batches; closed after a failure, opened again for the next batch.
     file: Option<File>,
     /// The bytes of the current batch (kept between batches, to reuse the allocation).
@@ -232,6 +238,7 @@ impl Thread {
                 let _exclusive = exclusive.lock().unwrap_or_else(|e| e.into_inner());
                 self.write(&batch.bytes)
             };
+            self.batches.fetch_add(1, Ordering::Relaxed);
             let result: Written = result.map_err(|e| Arc::from(e.to_string()));
             for done in batch.waiting {
                 let _ = done.send(result.clone());
@@ -475,6 +482,45 @@ mod tests {
         drop((a, b));
         let again = FileWriter::for_path(&dir.path().join("out.ndjson"));
         assert_eq!(Arc::strong_count(&again), 1, "a new writer once the last was dropped");
+    }
+
+    #[tokio::test]
+    async fn the_lines_waiting_during_a_write_are_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        let writer = FileWriter::for_path(&path);
+        // A slow disk: the thread waits for the path while 500 lines come.
+        let slow = writer.exclusive.lock().unwrap();
+        let heard: Vec<_> = (0..500)
+            .map(|i| writer.append(format!("{i}\n").into_bytes()))
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(slow);
+        for h in heard {
+            h.await.unwrap().unwrap();
+        }
+        let batches = writer.batches.load(Ordering::Relaxed);
+        assert!(batches <= 2, "500 lines in {batches} batches");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected: String = (0..500).map(|i| format!("{i}\n")).collect();
+        assert_eq!(text, expected, "in order, once each");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_line_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.ndjson");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let writer = FileWriter::for_path(&path);
+        let slow = writer.exclusive.lock().unwrap();
+        let heard: Vec<_> = (0..50)
+            .map(|i| writer.append(format!("{i}\n").into_bytes()))
+            .collect();
+        drop(slow);
+        for h in heard {
+            let error = h.await.unwrap().unwrap_err();
+            assert!(error.contains("No space left"), "{error}");
+        }
     }
 
     #[tokio::test]
