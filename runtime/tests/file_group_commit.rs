@@ -11,6 +11,8 @@
 //!   batches fail whole and are retried; once the ballast is removed the retries succeed.
 //!   The file then holds exactly the acknowledged lines, each whole and once, and every
 //!   refused input is in the dead-letter file.
+//! - Two pipelines on one file (one writer for the path), one of them reloaded twice during
+//!   the traffic: every acknowledged line once, whole.
 //!
 //! No Kafka is needed (the harness wants `KAFKA_BROKERS` set all the same).
 
@@ -59,6 +61,20 @@ fn read_lines(path: &Path) -> (Vec<usize>, Vec<u8>) {
         })
         .collect();
     (ids, bytes[end..].to_vec())
+}
+
+/// POSTs request `id`'s body with `client` (one client for many requests: building one per
+/// request is slow); its status.
+async fn send(client: &reqwest::Client, url: &str, id: usize) -> u16 {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body(id))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url} got no answer: {e}"))
+        .status()
+        .as_u16()
 }
 
 /// Every id at most once.
@@ -282,13 +298,14 @@ async fn a_failed_batch_fails_whole_and_its_retries_tear_and_repeat_no_line() {
     let url = gf.http_url("/in/full");
     let answers = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
+    let http = http();
     for client in 0..20 {
-        let (url, answers) = (url.clone(), Arc::clone(&answers));
+        let (url, answers, http) = (url.clone(), Arc::clone(&answers), http.clone());
         tasks.push(tokio::spawn(async move {
             for n in 0..10 {
                 let id = client * 10 + n;
-                let r = post(&url, "application/json", &[], body(id)).await;
-                answers.lock().unwrap().insert(id, r.status().as_u16());
+                let status = send(&http, &url, id).await;
+                answers.lock().unwrap().insert(id, status);
             }
         }));
     }
@@ -352,4 +369,81 @@ async fn a_failed_batch_fails_whole_and_its_retries_tear_and_repeat_no_line() {
         Some(accepted.len() as f64)
     );
     assert!(accepted.len() > 100, "the retries succeeded: {accepted:?}");
+}
+
+/// Two pipelines append to one file (one writer for the path), and one of them is reloaded in
+/// the middle of the traffic (its writer handed to the new version, or a new one started
+/// while the old one finishes its queue): every acknowledged line is there once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelines_and_a_reload_on_one_file_tear_and_lose_no_line() {
+    let dir = test_dir();
+    for name in ["a", "b"] {
+        write_pipeline(
+            dir.path(),
+            &format!("{name}.toml"),
+            &pipeline(name, "out/shared.ndjson", "max_attempts = 3"),
+        );
+    }
+    let gf = Gridflow::start(dir.path(), &[]);
+    let answers = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    let http = http();
+    let stop = Arc::new(AtomicBool::new(false));
+    for client in 0..16 {
+        let url = gf.http_url(if client % 2 == 0 { "/in/a" } else { "/in/b" });
+        let (answers, http, stop) = (Arc::clone(&answers), http.clone(), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut id = client * 1_000_000;
+            while !stop.load(Ordering::SeqCst) {
+                let status = send(&http, &url, id).await;
+                answers.lock().unwrap().insert(id, status);
+                id += 1;
+            }
+        }));
+    }
+    // Reloaded twice while the clients post.
+    for version in 0..2 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        write_pipeline(
+            dir.path(),
+            "a.toml",
+            &format!(
+                "# version {version}\n{}",
+                pipeline("a", "out/shared.ndjson", "max_attempts = 3")
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while gf.log_text().matches("\"action\":\"Reloaded\"").count() <= version {
+            assert!(Instant::now() < deadline, "not reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    let accepted: BTreeSet<usize> = answers
+        .iter()
+        .filter(|(_, s)| **s == 202)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        answers.values().all(|s| *s == 202 || *s == 503),
+        "{answers:?}"
+    );
+    let (ids, tail) = read_lines(&dir.path().join("out/shared.ndjson"));
+    assert!(tail.is_empty(), "the file ends with a whole line");
+    assert_unique(&ids);
+    let written: BTreeSet<usize> = ids.iter().copied().collect();
+    let missing: Vec<_> = accepted.difference(&written).collect();
+    assert!(missing.is_empty(), "acknowledged, not written: {missing:?}");
+    assert!(accepted.len() > 1000, "{} accepted", accepted.len());
+    eprintln!(
+        "{} requests, {} acknowledged, {} lines",
+        answers.len(),
+        accepted.len(),
+        ids.len()
+    );
 }
