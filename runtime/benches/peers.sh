@@ -90,6 +90,10 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 now_ms() { date +%s%3N; }
+cpu_ms() { # cpu_ms PID: user + system CPU time of the process so far, in ms
+    awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+seconds() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1000:.2f} s')" "$1"; }
 wait_http() { # wait_http URL SECONDS
     local deadline=$((SECONDS + $2))
     until curl -fs -o /dev/null "$1" 2>/dev/null; do
@@ -134,9 +138,11 @@ gridflow_config() {
         printf '[kafka]\nembedded_partitions = %s\n' "$PARTITIONS"
     } >"$1/gridflow.toml"
 }
-# start_gridflow DIR BROKERS: starts gridflow in DIR; sets GF_PID, GF_HTTP, GF_ADMIN.
+# start_gridflow DIR BROKERS: starts gridflow in DIR; sets GF_PID, GF_HTTP, GF_ADMIN and
+# GF_STARTED, the time it was started (after the ports were chosen, which takes python's start).
 start_gridflow() {
     GF_HTTP="$(free_port)" GF_ADMIN="$(free_port)"
+    GF_STARTED="$(now_ms)"
     (cd "$1" && exec "$GF" run --config gridflow.toml --brokers "$2" \
         --http-addr "127.0.0.1:$GF_HTTP" --admin-addr "127.0.0.1:$GF_ADMIN" \
         </dev/null >/dev/null 2>"$1/gridflow.log") &
@@ -179,8 +185,8 @@ file_pair() { # file_pair N SINK
         else printf '[sink]\nkind = "blackhole"\n'; fi
     } >"$d/pipelines/flow.toml"
     cp "$W/in.ndjson" "$d/inbox/in.ndjson"          # waiting, as Vector's stdin is
-    start="$(now_ms)"
     start_gridflow "$d" "$MOCK"
+    start="$GF_STARTED"
     if done="$(wait_sent "$GF_ADMIN" flow "$LINES" 600)"; then
         G[$n]="$(rate "$LINES" $((done - start)))"
     fi
@@ -189,7 +195,7 @@ file_pair() { # file_pair N SINK
         local v="$W/p$1-vector"
         mkdir -p "$v/data"
         {
-            printf 'data_dir = "%s/data"\n[api]\nenabled = false\n' "$v"
+            printf 'data_dir = "%s/data"\n' "$v"
             printf '[sources.in]\ntype = "stdin"\n'
             printf "[transforms.map]\ntype = \"remap\"\ninputs = [\"in\"]\nsource = '''\n%s\n'''\n" "$MAP_VRL"
             if [[ "$sink" == file ]]; then
@@ -246,8 +252,6 @@ if runs 2; then
         v="$W/p2-vector"; mkdir -p "$v/data"; port="$(free_port)"
         cat >"$v/vector.toml" <<EOF
 data_dir = "$v/data"
-[api]
-enabled = false
 [sources.in]
 type = "http_server"
 address = "127.0.0.1:$port"
@@ -286,20 +290,21 @@ if runs 3; then
         printf "[[steps]]\nkind = \"map\"\nexpression = '%s'\n" "$MAP_JMES"
         printf '[sink]\nkind = "kafka"\ntopic = "peers.k.gridflow"\nkey = "meter_id"\n'
     } >"$d/pipelines/flow.toml"
-    start="$(now_ms)"
+    broker_cpu="$(cpu_ms "$BROKER_PID")"
     start_gridflow "$d" "$MOCK"
+    start="$GF_STARTED"
+    echo "$start" >"$d/started_unix_ms"     # to read gridflow.log's timeline against
     if line="$(KAFKA_BROKERS="$MOCK" "$BARE" wait peers.k.gridflow "$KAFKA_RECORDS" 600)"; then
         done="${line##*at_unix_ms=}"
         G[3]="$(rate "$KAFKA_RECORDS" $((done - start)))"
-        NOTE[g3]="$(python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / 1000:.2f} s')" "$done" "$start")"
+        first="${line##*first_unix_ms=}"; first="${first%% *}"
+        NOTE[g3]="$(seconds $((done - start))), first record out at $(seconds $((first - start))), CPU $(seconds "$(cpu_ms "$GF_PID")") + broker $(seconds $(($(cpu_ms "$BROKER_PID") - broker_cpu)))"
     fi
     stop "$GF_PID"
     if [[ -n "$VECTOR" ]]; then
         v="$W/p3-vector"; mkdir -p "$v/data"
         cat >"$v/vector.toml" <<EOF
 data_dir = "$v/data"
-[api]
-enabled = false
 [sources.in]
 type = "kafka"
 bootstrap_servers = "$MOCK"
@@ -323,13 +328,15 @@ acknowledgements.enabled = true
 librdkafka_options."acks" = "all"
 librdkafka_options."enable.idempotence" = "true"
 EOF
+        broker_cpu="$(cpu_ms "$BROKER_PID")"
         start="$(now_ms)"
         "$VECTOR" --quiet --config "$v/vector.toml" >/dev/null 2>"$v/vector.log" &
         vpid="$!"; PIDS+=("$vpid")
         if line="$(KAFKA_BROKERS="$MOCK" "$BARE" wait peers.k.vector "$KAFKA_RECORDS" 600)"; then
             done="${line##*at_unix_ms=}"
             V[3]="$(rate "$KAFKA_RECORDS" $((done - start)))"
-            NOTE[v3]="$(python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / 1000:.2f} s')" "$done" "$start")"
+            first="${line##*first_unix_ms=}"; first="${first%% *}"
+            NOTE[v3]="$(seconds $((done - start))), first record out at $(seconds $((first - start))), CPU $(seconds "$(cpu_ms "$vpid")") + broker $(seconds $(($(cpu_ms "$BROKER_PID") - broker_cpu)))"
         fi
         stop "$vpid"
     fi
@@ -376,8 +383,6 @@ EOF
         v="$W/p5-vector"; mkdir -p "$v/data"; port="$(free_port)"
         cat >"$v/vector.toml" <<EOF
 data_dir = "$v/data"
-[api]
-enabled = false
 [sources.in]
 type = "http_server"
 address = "127.0.0.1:$port"
@@ -432,7 +437,7 @@ EOF
         V[5]="$rps"; [[ "$bad" == 0 ]] || NOTE[v5]="$bad non-2xx"
         stop "$vpid"
     fi
-    read -r limit < <("$XML_LOOP" "$A65" 5 | sed -n 's/.*per_second=\([0-9]*\).*/\1/p')
+    read -r limit < <("$XML_LOOP" "$A65" 5 | sed -n 's/.* per_second=\([0-9]*\).*/\1/p')
     NOTE[x5]="quick-xml's tokenizer alone: $(kfmt "$limit") documents/s on one core"
 fi
 
@@ -454,7 +459,8 @@ verdict() {
                  5) python3 -c "import sys; r=float(sys.argv[1]); print('—' if r < 0 else ('met' if r >= 3 else 'not met'))" "$r" ;;
                  *) echo "—" ;; esac
 }
-echo "Measured $(date -u +'%Y-%m-%d %H:%M') UTC at $(git rev-parse --short HEAD), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $SIZE-byte readings; peer: ${VECTOR:+$("$VECTOR" --version | head -n1)}${VECTOR:-none}"
+peer="none"; [[ -z "$VECTOR" ]] || peer="$("$VECTOR" --version | head -n1)"
+echo "Measured $(date -u +'%Y-%m-%d %H:%M') UTC at $(git rev-parse --short HEAD), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $SIZE-byte readings; peer: $peer"
 echo
 echo "| path | gridflow | Vector | ratio | target | verdict |"
 echo "| --- | ---: | ---: | ---: | --- | --- |"

@@ -16,9 +16,10 @@
 //!                                                  acknowledged copies or <timeout_s>
 //! bare_loop wait <topic> <count> <timeout_s>       polls the topic's high watermarks (sum over
 //!                                                  its partitions) every 10 ms until they reach
-//!                                                  <count>; prints `records=<n> at_unix_ms=<t>`
-//!                                                  (the first poll that saw them), exit 1 on
-//!                                                  timeout
+//!                                                  <count>; prints `records=<n>
+//!                                                  first_unix_ms=<t1> at_unix_ms=<t2>` (the
+//!                                                  first polls that saw a record and all of
+//!                                                  them), exit 1 on timeout
 //! ```
 //!
 //! The broker is `KAFKA_BROKERS`. `loop` prints one line:
@@ -220,7 +221,14 @@ fn wait(topic: &str, count: i64, timeout: Duration) {
         }
     };
     let deadline = Instant::now() + timeout;
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
     let mut seen = 0;
+    let mut first = None;
     while Instant::now() < deadline {
         seen = (0..partitions)
             .map(|p| {
@@ -229,11 +237,15 @@ fn wait(topic: &str, count: i64, timeout: Duration) {
                     .map_or(0, |(_, high)| high)
             })
             .sum::<i64>();
+        if seen > 0 && first.is_none() {
+            first = Some(unix_ms());
+        }
         if seen >= count {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            println!("records={seen} at_unix_ms={}", now.as_millis());
+            let first = first.unwrap_or_else(unix_ms);
+            println!(
+                "records={seen} first_unix_ms={first} at_unix_ms={}",
+                unix_ms()
+            );
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
