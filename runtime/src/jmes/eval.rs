@@ -406,6 +406,8 @@ fn check_step(step: i32) -> Result<()> {
 /// algorithm, in 64 bits: no overflow for any step).
 fn slice(len: usize, start: Option<i32>, stop: Option<i32>, step: i32) -> Result<Vec<usize>> {
     check_step(step)?;
+    #[cfg(debug_assertions)]
+    test_fault::panic_on_slice(len, step);
     let len = len as i64;
     let step = i64::from(step);
     if len == 0 {
@@ -1047,5 +1049,30 @@ fn reordered(items: Cow<'_, Value>, positions: &[usize]) -> Vec<Value> {
         Cow::Borrowed(Value::Array(list)) => positions.iter().map(|&i| list[i].clone()).collect(),
         Cow::Owned(Value::Array(mut list)) => positions.iter().map(|&i| list[i].take()).collect(),
         _ => Vec::new(),
+    }
+}
+
+/// A fault for the black-box tests, compiled into debug builds only (the tests run the debug
+/// binary; a release build has no trace of it): with `GRIDFLOW_TEST_PANIC_ON_SLICE_STEP` set
+/// to a step, a slice with that step of an array of two or more elements panics, as
+/// jmespath 0.5 did (an overflow) on `[1::2147483647]`, so that a test can check what a panic
+/// inside a step does to the message and the pipeline (`runtime/tests/dead_letters.rs`,
+/// `runtime/tests/hostile_kafka.rs`).
+#[cfg(debug_assertions)]
+mod test_fault {
+    use std::sync::OnceLock;
+
+    pub(super) fn panic_on_slice(len: usize, step: i32) {
+        static STEP: OnceLock<Option<i32>> = OnceLock::new();
+        let marker = STEP.get_or_init(|| {
+            std::env::var("GRIDFLOW_TEST_PANIC_ON_SLICE_STEP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if *marker == Some(step) && len >= 2 {
+            panic!(
+                "test fault: a slice with step {step} panics (GRIDFLOW_TEST_PANIC_ON_SLICE_STEP)"
+            );
+        }
     }
 }
