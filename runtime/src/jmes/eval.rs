@@ -1076,3 +1076,222 @@ mod test_fault {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jmes::Expr;
+    use serde_json::json;
+
+    /// jmespath 0.5's answer: its value, or its error's reason.
+    fn jmespath(source: &str, data: &Value) -> Option<std::result::Result<Value, String>> {
+        std::panic::catch_unwind(|| {
+            jmespath::compile(source)
+                .unwrap()
+                .search(data)
+                .map(|r| serde_json::to_value(&*r).unwrap())
+                .map_err(|e| e.reason.to_string())
+        })
+        .ok()
+    }
+
+    /// `value` with the keys of every object sorted, as jmespath 0.5 holds it.
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sorted(v)))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+
+    /// Expressions against documents of every odd shape: on the document with its keys
+    /// sorted (where the order of an object's values, `*` or `values()`, cannot differ), the
+    /// interpreter answers what jmespath 0.5 answers (the same value, or an error with the
+    /// same reason), borrowed or owned.
+    #[test]
+    fn the_interpreter_answers_what_jmespath_answers_on_odd_shapes() {
+        let docs = [
+            json!({"a": [3, 1.0, 2, -0.0], "s": ["b", "a", "c"], "o": {"z": 1, "y": [1, 2]},
+                   "m": [1, "a", null, true, {"k": 1}, [1]], "n": null, "t": "text",
+                   "e": [], "eo": {}, "f": 1.5, "i": 1, "big": 18446744073709551615u64,
+                   "neg": -9223372036854775808i64, "x": [{"v": 2, "k": "b"}, {"v": 1, "k": "a"},
+                   {"v": 2, "k": "c"}, {"k": "d"}]}),
+            json!([[1, [2, [3]]], [], null, {"a": 1}, "s"]),
+            json!({"a": {"a": {"a": null}}}),
+            json!(null),
+            json!("text"),
+            json!(0),
+        ];
+        let sources = [
+            "a",
+            "a[0]",
+            "a[-1]",
+            "a[-5]",
+            "a[5]",
+            "a[::2]",
+            "a[::-1]",
+            "a[1:-1]",
+            "a[-10:10:3]",
+            "a[10:-10:-3]",
+            "@[0][1][1]",
+            "@[]",
+            "@[][]",
+            "[*][]",
+            "*.a",
+            "*",
+            "o.*",
+            "o.*[]",
+            "x[*].v",
+            "x[?v > `1`].k",
+            "x[?v == `2`] | [1]",
+            "x[?k < 'c']",
+            "x[?!v]",
+            "x[?v].k | sort(@)",
+            "a[?@ > `1`]",
+            "m[?@]",
+            "[a, s][]",
+            "{a: a, b: n}",
+            "n.{a: a}",
+            "n.[a]",
+            "a || s",
+            "n || e || eo || t",
+            "e && a",
+            "!e",
+            "!t",
+            "a == `[3, 1, 2, 0]`",
+            "i == f",
+            "i == `1.0`",
+            "big > `1`",
+            "neg < `0`",
+            "t < 'u'",
+            "t == 'text'",
+            "o == `{\"y\": [1, 2], \"z\": 1}`",
+            "abs(neg)",
+            "abs(i)",
+            "avg(a)",
+            "avg(e)",
+            "ceil(f)",
+            "floor(f)",
+            "sum(a)",
+            "sum(e)",
+            "max(a)",
+            "min(a)",
+            "max(s)",
+            "min(e)",
+            "max(m)",
+            "contains(a, `1`)",
+            "contains(t, 'ex')",
+            "contains(t, `1`)",
+            "ends_with(t, 'xt')",
+            "starts_with(t, 'te')",
+            "join(', ', s)",
+            "join(', ', a)",
+            "keys(o)",
+            "values(o)",
+            "keys(t)",
+            "length(t)",
+            "length(o)",
+            "length(n)",
+            "map(&v, x)",
+            "map(&[k, v], x)",
+            "max_by(x, &v)",
+            "min_by(x, &v)",
+            "max_by(x, &k)",
+            "sort_by(x, &k)[*].k",
+            "sort_by(x, &v)",
+            "sort_by(e, &v)",
+            "sort_by(a, &@)",
+            "sort(a)",
+            "sort(s)",
+            "sort(m)",
+            "reverse(a)",
+            "reverse(t)",
+            "reverse(o)",
+            "merge(o, `{\"z\": 2, \"w\": 3}`)",
+            "merge(o)",
+            "merge(o, a)",
+            "not_null(n, e, t)",
+            "not_null(n)",
+            "to_array(t)",
+            "to_array(a)",
+            "to_number('12')",
+            "to_number('x')",
+            "to_number(t)",
+            "to_number('true')",
+            "to_number(f)",
+            "to_string(o)",
+            "to_string(a)",
+            "to_string(t)",
+            "type(a)",
+            "type(n)",
+            "type(&a)",
+            "not_null(&a)",
+            "to_array(&a)",
+            "length(&a)",
+            "nope(a)",
+            "abs()",
+            "abs(a, a)",
+            "sort_by(x, v)",
+            "map(&abs(@), a)",
+            "map(&abs(@), s)",
+            "a[?abs(@) > `1`]",
+            "o.y[-1:]",
+            "`[1, {\"b\": 2, \"a\": 1}]`[1]",
+            "'raw'",
+            "x[*].{k: k, v: v}",
+            "x[*].[k]",
+            "x[].v",
+            "x[*].v | [0]",
+        ];
+        let mut compared = 0;
+        for source in sources {
+            let expr = Expr::compile(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+            for doc in &docs {
+                let Some(want) = jmespath(source, doc) else {
+                    continue; // jmespath panicked
+                };
+                compared += 1;
+                let context = format!("`{source}` on {doc}");
+                let doc = &sorted(doc);
+                let borrowed = eval(&expr.node, doc).map(Cow::into_owned);
+                let owned = eval_owned(&expr.node, doc.clone());
+                for (how, got) in [("borrowed", borrowed), ("owned", owned)] {
+                    match (&want, got) {
+                        (Ok(want), Ok(got)) => assert_eq!(&got, want, "{context} ({how})"),
+                        (Err(reason), Err(got)) => {
+                            assert!(
+                                got.0.starts_with(reason.as_str()),
+                                "{context}: {got}, want {reason}"
+                            )
+                        }
+                        (want, got) => panic!("{context} ({how}): {got:?}, want {want:?}"),
+                    }
+                }
+            }
+        }
+        assert!(compared > 600, "only {compared} compared");
+    }
+
+    /// `merge` keeps the first object's order, a key of a later one in its place.
+    #[test]
+    fn merge_keeps_the_first_objects_order() {
+        let data = json!({"a": {"z": 1, "m": 2, "a": 3}, "b": {"m": 20, "new": 4, "z": 10}});
+        let expr = Expr::compile("merge(a, b, {first: `0`})").unwrap();
+        let want = r#"{"z":10,"m":20,"a":3,"new":4,"first":0}"#;
+        assert_eq!(expr.search(&data).unwrap().to_string(), want);
+        let doc = crate::jmes::Doc::owned(crate::message::Payload::Json(data), expr.need());
+        assert_eq!(
+            expr.search_doc_owned(doc.unwrap()).unwrap().to_string(),
+            want
+        );
+    }
+}
