@@ -786,7 +786,10 @@ impl Call {
                 let items = array(&items);
                 float_result(items.iter().map(float_of).sum::<f64>() / items.len() as f64)
             }
-            Sum => float_result(array(&next()).iter().map(float_of).sum::<f64>()),
+            Sum => float_result(array(&next()).iter().map(float_of).sum::<f64>()).map_err(|_| {
+                // jmespath 0.5's words for `sum`.
+                EvalError("Parse error: Expected to be a valid number".into())
+            }),
             Contains => {
                 let (haystack, needle) = (next(), next());
                 owned(Value::Bool(match &*haystack {
@@ -1238,6 +1241,8 @@ mod tests {
             "to_array(&a)",
             "length(&a)",
             "nope(a)",
+            "sum(`[1e308, 1e308]`)",
+            "avg(`[1e308, 1e308]`)",
             "abs()",
             "abs(a, a)",
             "sort_by(x, v)",
