@@ -1299,4 +1299,146 @@ mod tests {
             want
         );
     }
+
+    /// Expressions of the generated test, on keys `a` to `e`.
+    const GENERATED: &[&str] = &[
+        "a",
+        "a.b",
+        "a[0]",
+        "a[-1]",
+        "a[1:]",
+        "a[::-1]",
+        "*",
+        "*.a",
+        "a.*",
+        "a[*].b",
+        "a[?b]",
+        "a[?b == c]",
+        "a[?b > `0`]",
+        "a[]",
+        "a[][]",
+        "[a, b]",
+        "{x: a, y: b.c, x: c}",
+        "a || b",
+        "a && b",
+        "!a",
+        "a == b",
+        "a < b",
+        "length(a)",
+        "keys(a)",
+        "values(a)",
+        "sort(a)",
+        "sort_by(a, &b)",
+        "max_by(a, &b)",
+        "min_by(a, &@)",
+        "reverse(a)",
+        "merge(a, b)",
+        "merge(@, {e: a})",
+        "not_null(c, a)",
+        "to_array(a)",
+        "to_string(a)",
+        "to_number(a)",
+        "type(a)",
+        "contains(a, b)",
+        "join('-', a)",
+        "sum(a)",
+        "avg(a)",
+        "max(a)",
+        "min(a)",
+        "map(&b, a)",
+        "abs(a)",
+        "floor(a)",
+        "starts_with(a, b)",
+        "a | [0]",
+        "a[0].b | c",
+        "a[*].[b, c][]",
+        "@.*[?a]",
+        "max_by(a[*], &b)",
+        "min_by(a[?c], &b).c",
+        "sort_by(a[:], &b)[0]",
+        "max(a[*].b)",
+        "not_null(a[*])",
+        "to_array(a[?b])",
+        "reverse(a[*])[0]",
+        "values(merge(a[0], b))",
+        "merge(a[0], {x: b})",
+        "a[*] | [-1]",
+        "map(&c, a[::-1])",
+        "sort(a[*].c)",
+        "keys(a[0])",
+        "a[?b > `0`].c | [0]",
+    ];
+
+    /// Records (`a`: objects with numbers `b` and strings `c`, their keys in either order,
+    /// `b`: the first of them) for the functions that need homogeneous arrays.
+    fn records() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        proptest::collection::vec((-3i64..4, "[a-c]{0,2}", any::<bool>()), 0..6).prop_map(|rows| {
+            let objects: Vec<Value> = rows
+                .into_iter()
+                .map(|(b, c, b_first)| {
+                    let b = ("b".to_string(), Value::from(b));
+                    let c = ("c".to_string(), Value::from(c));
+                    let pairs = if b_first { [b, c] } else { [c, b] };
+                    Value::Object(pairs.into_iter().collect())
+                })
+                .collect();
+            let first = objects.first().cloned().unwrap_or(Value::Null);
+            let mut doc = Map::new();
+            doc.insert("a".into(), Value::Array(objects));
+            doc.insert("b".into(), first);
+            Value::Object(doc)
+        })
+    }
+
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..4).prop_map(Value::from),
+            (-3.0f64..3.0).prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::vec(("[a-e]", inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// On any document: the interpreter answers what jmespath 0.5 answers on it (keys
+        /// sorted, as jmespath holds them), and the document parsed, read from raw bytes
+        /// (pruned) and owned by the evaluation give the same text, fields in the same order.
+        #[test]
+        fn generated_documents_answer_as_jmespath_and_alike_every_way(
+            doc in proptest::prop_oneof![json(), records()]
+        ) {
+            use crate::jmes::Doc;
+            use crate::message::Payload;
+            let bytes = Payload::Bytes(bytes::Bytes::from(serde_json::to_vec(&doc).unwrap()));
+            let sorted_doc = sorted(&doc);
+            for source in GENERATED {
+                let expr = Expr::compile(source).unwrap();
+                let text = |r: std::result::Result<Value, crate::error::StepError>| {
+                    r.map(|v| v.to_string()).map_err(|e| e.message)
+                };
+                let parsed = text(expr.search(&doc));
+                let owned = Doc::owned(Payload::Json(doc.clone()), expr.need()).unwrap();
+                proptest::prop_assert_eq!(&text(expr.search_doc_owned(owned)), &parsed, "{} owned", source);
+                proptest::prop_assert_eq!(&text(expr.search_payload(&bytes)), &parsed, "{} bytes", source);
+                let Some(want) = jmespath(source, &doc) else { continue };
+                match (want, expr.search(&sorted_doc)) {
+                    (Ok(want), Ok(got)) => proptest::prop_assert_eq!(got, want, "{}", source),
+                    (Err(reason), Err(got)) => proptest::prop_assert!(
+                        got.message.contains(&reason), "{}: {} want {}", source, got.message, reason
+                    ),
+                    (want, got) => proptest::prop_assert!(false, "{}: {:?} want {:?}", source, got, want),
+                }
+            }
+        }
+    }
 }
