@@ -206,8 +206,8 @@ impl Expr {
         &self.source
     }
 
-    /// Is the expression made of field paths, `to_number` and hashes only (read straight
-    /// from raw bytes, without a document)?
+    /// Is the expression made of field paths, `to_number` and hashes only (evaluated by a
+    /// shorter walk, and read straight from raw bytes when its leaves allow it)?
     pub fn picks_fields(&self) -> bool {
         self.plan.is_some()
     }
