@@ -4,27 +4,27 @@
 #   1. the topics of contracts/topics.toml (gridflow topics apply, idempotent)
 #   2. gridflow is ready
 #   3. HTTP pipeline entsoe-actual-load: the ENTSO-E A65 fixture is accepted (202, 96 messages),
-#      counted in gridflow_messages_sent_total, and its 96 events are on energy.load.actual.v1
-#      keyed by bidding zone
-#   4. the error model: a malformed document gets 400 and its bytes reach energy.load.actual.v1.dlq
+#      counted in gridflow_messages_sent_total, and its 96 events are on energy.load.actual.v1.<env>
+#      in the kit's envelope, keyed by bidding zone
+#   4. the error model: a malformed document gets 400 and its bytes reach energy.load.actual.v1.<env>.dlq
 #      with gridflow.error.code invalid_xml
 #   5. Kafka pipeline meter-readings: a raw reading produced to energy.meter.reading.raw.v1
 #      comes out normalised on energy.meter.reading.v1, keyed by meter_id
 #   6. the asset registry stub answers a known meter (200) and an unknown one (404)
 #   7. ENTSO-E time series (the timeseries step): the A65 events carry their UTC start and end;
 #      HTTP pipeline entsoe-day-ahead-prices: the A44 fixture (curve type A03, position 7
-#      absent) gives 24 events on energy.price.dayahead.v1, position 7 filled; an A01 gap is
+#      absent) gives 24 events on energy.price.dayahead.v1.<env>, position 7 filled; an A01 gap is
 #      refused (422) and dead-lettered with invalid_time_series; HTTP pipeline
 #      entsoe-generation-per-type: the A75 fixture gives 72 events (3 production types x 24) on
-#      energy.generation.actual.v1
+#      energy.generation.actual.v1.<env>
 
 #   8. SOAP pipeline generation-forecast-soap: its WSDL on GET ?wsdl; the A67 forecast in a SOAP
 #      1.1 and a SOAP 1.2 envelope is acknowledged (96 messages each) and its 192 events are on
-#      energy.generation.forecast.v1 keyed by resource; another document type gets a SOAP fault
-#      and a dead letter (contract_violation) on energy.generation.forecast.v1.dlq, a malformed SOAP 1.2
+#      energy.generation.forecast.v1.<env> keyed by resource; another document type gets a SOAP fault
+#      and a dead letter (contract_violation) on energy.generation.forecast.v1.<env>.dlq, a malformed SOAP 1.2
 #      envelope a soap:Sender fault (400) and a dead letter (invalid_xml)
 #   9. HTTP pipeline entsoe-unavailability: an active A80 notice and a cancelled A78 notice are
-#      accepted (202, 1 message each) and are on energy.unavailability.notice.v1 keyed by mRID, the
+#      accepted (202, 1 message each) and are on energy.unavailability.notice.v1.<env> keyed by mRID, the
 #      cancelled one with status A09; a document with two time series gets 422 and a dead letter
 #  10. HTTP pipeline meter-readings-head-end: an IEC 61968-9 MeterReadings document from a head-end
 #      is accepted (202, 24 messages) and its 24 interval readings are on energy.meter.reading.v1,
@@ -54,6 +54,9 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
 mode="$(local_mode)"
+# The environment of the kit's topics (<...>.v1.<env>): the compose stack runs dev.
+kit_env=dev
+[[ "$mode" == docker ]] || kit_env="${GRIDFLOW_ENV:-dev}"
 run_id="verify-$(date +%Y%m%d%H%M%S)-$$"
 if [[ "$mode" == docker ]]; then
     http_url=http://127.0.0.1:8080
@@ -162,7 +165,7 @@ status="$(http_status "$admin_url/health/ready")"
 [[ "$status" == 200 ]] && row PASS "gridflow ready" "$admin_url/health/ready 200" ||
     row FAIL "gridflow ready" "$admin_url/health/ready answered $status"
 
-# 3. entsoe-actual-load.
+# 3. entsoe-actual-load (like every ENTSO-E flow, in the kit's envelope on the environment's topic).
 cid="$run_id-load"
 sent_before="$(metric gridflow_messages_sent_total entsoe-actual-load)"
 post_accepted "entsoe: POST A65" /ingest/entsoe/actual-load "application/xml" "$cid" @"$LOCAL_DEV/fixtures/A65-actual-total-load-BE.xml" 96
@@ -170,9 +173,9 @@ sent_after="$(metric gridflow_messages_sent_total entsoe-actual-load)"
 delta=$((${sent_after%.*} - ${sent_before%.*}))
 ((delta >= 96)) && row PASS "entsoe: messages_sent_total" "+$delta" ||
     row FAIL "entsoe: messages_sent_total" "+$delta (want +96)"
-n="$(wait_matched energy.load.actual.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YBE----------2' && body.unit == 'MAW' && body.position != null" 96 20)"
-[[ "$n" == 96 ]] && row PASS "entsoe: energy.load.actual.v1" "96 events keyed by area 10YBE----------2" ||
-    row FAIL "entsoe: energy.load.actual.v1" "$n matching event(s) (want 96)"
+n="$(wait_matched "energy.load.actual.v1.$kit_env" "correlation_id == '$cid' && body.eventType == 'energy.load.actual' && key == body.partitionKey && key == body.payload.area && body.payload.area == '10YBE----------2' && body.payload.unit == 'MAW' && body.payload.position != null" 96 20)"
+[[ "$n" == 96 ]] && row PASS "entsoe: energy.load.actual.v1.$kit_env" "96 events keyed by area 10YBE----------2" ||
+    row FAIL "entsoe: energy.load.actual.v1.$kit_env" "$n matching event(s) (want 96)"
 
 # 4. Dead letter.
 cid="$run_id-bad"
@@ -180,8 +183,8 @@ code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/
     -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
     --data-binary '<GL_MarketDocument><mRID>broken</GL_MarketDocument>')"
 [[ "$code" == 400 ]] && row PASS "entsoe: malformed XML" "400" || row FAIL "entsoe: malformed XML" "status $code (want 400)"
-n="$(wait_matched energy.load.actual.v1.dlq "correlation_id == '$cid' && error.code == 'invalid_xml' && pipeline == 'entsoe-actual-load'" 1 20)"
-[[ "$n" == 1 ]] && row PASS "entsoe: dead letter" "1 on energy.load.actual.v1.dlq, code invalid_xml" ||
+n="$(wait_matched "energy.load.actual.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'invalid_xml' && pipeline == 'entsoe-actual-load'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "entsoe: dead letter" "1 on energy.load.actual.v1.$kit_env.dlq, code invalid_xml" ||
     row FAIL "entsoe: dead letter" "$n matching dead letter(s) (want 1)"
 
 # 5. meter-readings.
@@ -209,29 +212,29 @@ unknown="$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "$auth" "$stub
 
 # 7. ENTSO-E time series: per-point start and end, A44 day-ahead prices, A75 generation per type.
 cid="$run_id-load"   # the A65 document of section 3: its points carry their own UTC interval
-n="$(wait_matched energy.load.actual.v1 "correlation_id == '$cid' && body.position == \`1\` && body.start == '2026-01-13T23:00:00Z' && body.end == '2026-01-13T23:15:00Z'" 1 20)"
+n="$(wait_matched "energy.load.actual.v1.$kit_env" "correlation_id == '$cid' && body.payload.position == \`1\` && body.payload.start == '2026-01-13T23:00:00Z' && body.payload.end == '2026-01-13T23:15:00Z'" 1 20)"
 [[ "$n" == 1 ]] && row PASS "entsoe: A65 start/end" "position 1 from 2026-01-13T23:00:00Z to 23:15:00Z" ||
     row FAIL "entsoe: A65 start/end" "$n matching event(s) (want 1)"
 cid="$run_id-prices"
 post_accepted "prices: POST A44" /ingest/entsoe/day-ahead-prices "application/xml" "$cid" @"$LOCAL_DEV/fixtures/A44-day-ahead-prices-FR.xml" 24
-n="$(wait_matched energy.price.dayahead.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YFR-RTE------C' && body.start != null && body.end != null" 24 20)"
-[[ "$n" == 24 ]] && row PASS "prices: energy.price.dayahead.v1" "24 events keyed by area 10YFR-RTE------C" ||
-    row FAIL "prices: energy.price.dayahead.v1" "$n matching event(s) (want 24)"
-n="$(wait_matched energy.price.dayahead.v1 "correlation_id == '$cid' && body.position == \`7\` && body.price == \`87.05\` && body.start == '2026-01-14T05:00:00Z' && body.end == '2026-01-14T06:00:00Z'" 1 20)"
+n="$(wait_matched "energy.price.dayahead.v1.$kit_env" "correlation_id == '$cid' && body.eventType == 'energy.price.dayahead' && key == body.partitionKey && key == body.payload.area && body.payload.area == '10YFR-RTE------C' && body.payload.start != null && body.payload.end != null" 24 20)"
+[[ "$n" == 24 ]] && row PASS "prices: energy.price.dayahead.v1.$kit_env" "24 events keyed by area 10YFR-RTE------C" ||
+    row FAIL "prices: energy.price.dayahead.v1.$kit_env" "$n matching event(s) (want 24)"
+n="$(wait_matched "energy.price.dayahead.v1.$kit_env" "correlation_id == '$cid' && body.payload.position == \`7\` && body.payload.price == \`87.05\` && body.payload.start == '2026-01-14T05:00:00Z' && body.payload.end == '2026-01-14T06:00:00Z'" 1 20)"
 [[ "$n" == 1 ]] && row PASS "prices: A03 gap filled" "position 7 repeats 87.05, 05:00Z-06:00Z" ||
     row FAIL "prices: A03 gap filled" "$n matching event(s) (want 1)"
 cid="$run_id-prices-gap"
 code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/ingest/entsoe/day-ahead-prices" \
     -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid" \
     --data-binary '<Publication_MarketDocument><mRID>gap</mRID><revisionNumber>1</revisionNumber><type>A44</type><createdDateTime>2026-01-13T12:58:02Z</createdDateTime><TimeSeries><in_Domain.mRID>10YFR-RTE------C</in_Domain.mRID><currency_Unit.name>EUR</currency_Unit.name><price_Measure_Unit.name>MWH</price_Measure_Unit.name><curveType>A01</curveType><Period><timeInterval><start>2026-01-13T23:00Z</start><end>2026-01-14T01:00Z</end></timeInterval><resolution>PT60M</resolution><Point><position>2</position><price.amount>1</price.amount></Point></Period></TimeSeries></Publication_MarketDocument>')"
-n="$(wait_matched energy.price.dayahead.v1.dlq "correlation_id == '$cid' && error.code == 'invalid_time_series' && pipeline == 'entsoe-day-ahead-prices'" 1 20)"
-[[ "$code" == 422 && "$n" == 1 ]] && row PASS "prices: A01 gap dead letter" "422, 1 on energy.price.dayahead.v1.dlq, code invalid_time_series" ||
+n="$(wait_matched "energy.price.dayahead.v1.$kit_env.dlq" "correlation_id == '$cid' && error.code == 'invalid_time_series' && pipeline == 'entsoe-day-ahead-prices'" 1 20)"
+[[ "$code" == 422 && "$n" == 1 ]] && row PASS "prices: A01 gap dead letter" "422, 1 on energy.price.dayahead.v1.$kit_env.dlq, code invalid_time_series" ||
     row FAIL "prices: A01 gap dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
 cid="$run_id-generation"
 post_accepted "gen: POST A75" /ingest/entsoe/generation-per-type "application/xml" "$cid" @"$LOCAL_DEV/fixtures/A75-generation-per-type-NL.xml" 72
-n="$(wait_matched energy.generation.actual.v1 "correlation_id == '$cid' && key == body.area && body.area == '10YNL----------L' && contains(['B14', 'B16', 'B19'], body.psr_type) && body.start != null" 72 20)"
-[[ "$n" == 72 ]] && row PASS "gen: energy.generation.actual.v1" "72 events (B14, B16, B19 x 24) keyed by 10YNL----------L" ||
-    row FAIL "gen: energy.generation.actual.v1" "$n matching event(s) (want 72)"
+n="$(wait_matched "energy.generation.actual.v1.$kit_env" "correlation_id == '$cid' && body.eventType == 'energy.generation.actual' && key == body.partitionKey && key == body.payload.area && body.payload.area == '10YNL----------L' && contains(['B14', 'B16', 'B19'], body.payload.psr_type) && body.payload.start != null" 72 20)"
+[[ "$n" == 72 ]] && row PASS "gen: energy.generation.actual.v1.$kit_env" "72 events (B14, B16, B19 x 24) keyed by 10YNL----------L" ||
+    row FAIL "gen: energy.generation.actual.v1.$kit_env" "$n matching event(s) (want 72)"
 
 # 8. generation-forecast-soap (SOAP 1.1 and 1.2, A67).
 soap_url="$http_url/soap/generation-forecast"
@@ -254,7 +257,7 @@ for v in 11 12; do
         row PASS "forecast: SOAP 1.${v#1} A67" "200, acknowledged, 96 messages" ||
         row FAIL "forecast: SOAP 1.${v#1} A67" "status $code (want 200 and 96 messages): $(head -n -1 <<<"${!b}" | head -c 300)"
 done
-n="$(wait_matched energy.generation.forecast.v1 "starts_with(correlation_id, '$cid-1') && key == body.resource_id && body.resource_id == '871242300000100001' && body.document_type == 'A67' && body.position != null && body.start != null && body.end != null" 192 20)"
+n="$(wait_matched "energy.generation.forecast.v1.$kit_env" "starts_with(correlation_id, '$cid-1') && body.eventType == 'energy.generation.forecast' && key == body.partitionKey && key == body.payload.resource_id && body.payload.resource_id == '871242300000100001' && body.payload.document_type == 'A67' && body.payload.position != null && body.payload.start != null && body.payload.end != null" 192 20)"
 [[ "$n" == 192 ]] && row PASS "forecast: events on the topic" "192 events (96 per SOAP version) keyed by resource" ||
     row FAIL "forecast: events on the topic" "$n matching event(s) (want 192)"
 code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X POST "$soap_url" \
@@ -263,13 +266,13 @@ code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X 
 [[ "$code" == 500 ]] && grep -q '<faultcode>soap:Client</faultcode>' "$STATE/verify-fault.xml" &&
     row PASS "forecast: wrong document type" "500, soap:Client fault" ||
     row FAIL "forecast: wrong document type" "status $code (want 500, soap:Client): $(head -c 300 "$STATE/verify-fault.xml")"
-n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-wrong' && error.code == 'contract_violation' && pipeline == 'generation-forecast-soap'" 1 20)"
-[[ "$n" == 1 ]] && row PASS "forecast: dead letter" "1 on energy.generation.forecast.v1.dlq, code contract_violation" ||
+n="$(wait_matched "energy.generation.forecast.v1.$kit_env.dlq" "correlation_id == '$cid-wrong' && error.code == 'contract_violation' && pipeline == 'generation-forecast-soap'" 1 20)"
+[[ "$n" == 1 ]] && row PASS "forecast: dead letter" "1 on energy.generation.forecast.v1.$kit_env.dlq, code contract_violation" ||
     row FAIL "forecast: dead letter" "$n matching dead letter(s) (want 1)"
 code="$(curl -s -o "$STATE/verify-fault.xml" --max-time 60 -w '%{http_code}' -X POST "$soap_url" \
     -H "Content-Type: application/soap+xml; action=\"$soap_action\"" -H "X-Correlation-ID: $cid-broken" \
     --data-binary '<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><GL_MarketDocument></env:Body></env:Envelope>')"
-n="$(wait_matched energy.generation.forecast.v1.dlq "correlation_id == '$cid-broken' && error.code == 'invalid_xml' && pipeline == 'generation-forecast-soap'" 1 20)"
+n="$(wait_matched "energy.generation.forecast.v1.$kit_env.dlq" "correlation_id == '$cid-broken' && error.code == 'invalid_xml' && pipeline == 'generation-forecast-soap'" 1 20)"
 [[ "$code" == 400 && "$n" == 1 ]] && grep -q '<soap:Value>soap:Sender</soap:Value>' "$STATE/verify-fault.xml" &&
     row PASS "forecast: malformed envelope" "400, soap:Sender fault, 1 dead letter (invalid_xml)" ||
     row FAIL "forecast: malformed envelope" "status $code (want 400, soap:Sender), $n dead letter(s) (want 1): $(head -c 300 "$STATE/verify-fault.xml")"
@@ -279,17 +282,17 @@ cid="$run_id-unavail"
 for f in A80-unavailability-generation-FR A78-unavailability-transmission-DE-AT-cancelled; do
     post_accepted "unavailability: POST ${f%%-*}" /ingest/entsoe/unavailability "application/xml" "$cid-${f%%-*}" @"$LOCAL_DEV/fixtures/$f.xml" 1
 done
-n="$(wait_matched energy.unavailability.notice.v1 "correlation_id == '$cid-A80' && key == body.mrid && body.mrid == '2a6c1e8f4b0d4a9c8e2f6b1d3a5c7e90' && body.status == 'A05' && body.asset_id == '17W100P100P0344D' && body.available_capacity == \`0\`" 1 20)"
+n="$(wait_matched "energy.unavailability.notice.v1.$kit_env" "correlation_id == '$cid-A80' && body.eventType == 'energy.unavailability.notice' && body.occurredAt == body.payload.created_at && key == body.partitionKey && key == body.payload.mrid && body.payload.mrid == '2a6c1e8f4b0d4a9c8e2f6b1d3a5c7e90' && body.payload.status == 'A05' && body.payload.asset_id == '17W100P100P0344D' && body.payload.available_capacity == \`0\`" 1 20)"
 [[ "$n" == 1 ]] && row PASS "unavailability: active A80" "1 notice keyed by mRID, status A05" ||
     row FAIL "unavailability: active A80" "$n matching notice(s) (want 1)"
-n="$(wait_matched energy.unavailability.notice.v1 "correlation_id == '$cid-A78' && key == body.mrid && body.status == 'A09' && body.revision == \`2\` && body.asset_id == '10T-AT-DE-000061'" 1 20)"
+n="$(wait_matched "energy.unavailability.notice.v1.$kit_env" "correlation_id == '$cid-A78' && key == body.payload.mrid && body.payload.status == 'A09' && body.payload.revision == \`2\` && body.payload.asset_id == '10T-AT-DE-000061'" 1 20)"
 [[ "$n" == 1 ]] && row PASS "unavailability: cancelled A78" "1 notice, status A09 (cancelled), revision 2" ||
     row FAIL "unavailability: cancelled A78" "$n matching notice(s) (want 1)"
 code="$(curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url/ingest/entsoe/unavailability" \
     -H 'Content-Type: application/xml' -H "X-Correlation-ID: $cid-two" \
     --data-binary '<Unavailability_MarketDocument><mRID>two</mRID><revisionNumber>1</revisionNumber><type>A80</type><TimeSeries/><TimeSeries/></Unavailability_MarketDocument>')"
-n="$(wait_matched energy.unavailability.notice.v1.dlq "correlation_id == '$cid-two' && error.code == 'unexpected_shape' && pipeline == 'entsoe-unavailability'" 1 20)"
-[[ "$code" == 422 && "$n" == 1 ]] && row PASS "unavailability: dead letter" "422, 1 on energy.unavailability.notice.v1.dlq" ||
+n="$(wait_matched "energy.unavailability.notice.v1.$kit_env.dlq" "correlation_id == '$cid-two' && error.code == 'unexpected_shape' && pipeline == 'entsoe-unavailability'" 1 20)"
+[[ "$code" == 422 && "$n" == 1 ]] && row PASS "unavailability: dead letter" "422, 1 on energy.unavailability.notice.v1.$kit_env.dlq" ||
     row FAIL "unavailability: dead letter" "status $code (want 422), $n matching dead letter(s) (want 1)"
 
 # 10. meter-readings-head-end (IEC 61968-9 MeterReadings over HTTP).
@@ -300,8 +303,6 @@ n="$(wait_matched energy.meter.reading.v1 "correlation_id == '$cid' && key == bo
     row FAIL "head-end: energy.meter.reading.v1" "$n matching reading(s) (want 24)"
 
 # 11. The kit's tier-1 API (kit-meter-readings, kit-incidents): the environment's topics.
-kit_env=dev
-[[ "$mode" == docker ]] || kit_env="${GRIDFLOW_ENV:-dev}"
 kit_post() { # kit_post PATH CORRELATION_ID BODY: the status
     curl -s -o /dev/null --max-time 60 -w '%{http_code}' -X POST "$http_url$1" \
         -H 'Content-Type: application/json' -H "X-Correlation-ID: $2" --data-binary "$3"

@@ -13,7 +13,7 @@
 #              partition's lag = high watermark - committed offset, the total their sum, and the
 #              record 20-verify produced counted in a high watermark; and a group that never
 #              committed (from a pipeline file of its own) has every record of
-#              energy.load.actual.v1 (the 96 of 20-verify at least) behind
+#              energy.load.actual.v1.<env> (the 96 of 20-verify at least) behind
 #   summary    SUMMARY.md says everything was captured; MANIFEST.sha256 verifies, and fails
 #              once a file is altered
 # and that a capture against an admin URL that answers nothing exits 1 and says what failed.
@@ -102,13 +102,14 @@ check "consumer-lag.txt" "names the group and its lag" grep -qE "^group $group: 
 # topic as behind (high - low watermark) and every partition as without a commit.
 idle="$(mktemp -d)"
 idle_group="gridflow-evidence-idle-$$-$RANDOM"
-printf 'name = "idle"\n[source]\nkind = "kafka"\ntopics = ["energy.load.${EVIDENCE_IDLE_KIND:-actual}.v1"]\ngroup = "${EVIDENCE_IDLE_GROUP:-%s}"\n[sink]\nkind = "blackhole"\n' \
+load_topic="energy.load.actual.v1.${GRIDFLOW_ENV:-dev}"
+printf 'name = "idle"\n[source]\nkind = "kafka"\ntopics = ["energy.load.${EVIDENCE_IDLE_KIND:-actual}.v1.${GRIDFLOW_ENV:-dev}"]\ngroup = "${EVIDENCE_IDLE_GROUP:-%s}"\n[sink]\nkind = "blackhole"\n' \
     "$idle_group" >"$idle/idle.toml"
 ensure_venv 2>/dev/null
 "$VENV/bin/python" "$LOCAL_DEV/scripts/kafka.py" lag --brokers "$(native_brokers)" --pipelines "$idle" \
     >"$idle/lag.json" 2>/dev/null
-check "lag of an idle group" "$idle_group: every record of energy.load.actual.v1 behind" jq -e --arg g "$idle_group" '
-    .groups | length == 1 and (.[0] | .group == $g and .topics == ["energy.load.actual.v1"]
+check "lag of an idle group" "$idle_group: every record of $load_topic behind" jq -e --arg g "$idle_group" --arg t "$load_topic" '
+    .groups | length == 1 and (.[0] | .group == $g and .topics == [$t]
         and .partitions_without_commit == 6 and (.partitions | length) == 6
         and .lag == ([.partitions[] | .high_watermark - .low_watermark] | add) and .lag >= 96)' "$idle/lag.json"
 rm -rf "$idle"

@@ -14,6 +14,11 @@
 //!                                                  each record's offset is stored once its
 //!                                                  copy is acknowledged; stops after <count>
 //!                                                  acknowledged copies or <timeout_s>
+//! bare_loop wait <topic> <count> <timeout_s>       polls the topic's high watermarks (sum over
+//!                                                  its partitions) every 10 ms until they reach
+//!                                                  <count>; prints `records=<n> at_unix_ms=<t>`
+//!                                                  (the first poll that saw them), exit 1 on
+//!                                                  timeout
 //! ```
 //!
 //! The broker is `KAFKA_BROKERS`. `loop` prints one line:
@@ -56,8 +61,13 @@ async fn main() {
             )
             .await
         }
+        Some("wait") => wait(
+            &args[1],
+            args[2].parse().unwrap(),
+            Duration::from_secs(args[3].parse().unwrap()),
+        ),
         _ => {
-            eprintln!("usage: bare_loop create|produce|loop ... (see the source)");
+            eprintln!("usage: bare_loop create|produce|loop|wait ... (see the source)");
             std::process::exit(2);
         }
     }
@@ -186,4 +196,48 @@ async fn bare_loop(input: &str, output: &str, count: usize, timeout: Duration) {
             0.0
         }
     );
+}
+
+/// Waits until `topic` holds `count` records (the sum of its partitions' high watermarks, on a
+/// topic written from offset 0), and prints when it saw them: `peers.sh` times another
+/// process's run with it, from that process's start.
+fn wait(topic: &str, count: i64, timeout: Duration) {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = settings()
+        .consumer_config("bare-loop-wait")
+        .create()
+        .unwrap();
+    let partitions = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(m)
+                if m.topics()
+                    .first()
+                    .is_some_and(|t| !t.partitions().is_empty()) =>
+            {
+                break m.topics()[0].partitions().len() as i32;
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        seen = (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(5))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum::<i64>();
+        if seen >= count {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            println!("records={seen} at_unix_ms={}", now.as_millis());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("{topic}: {seen} records after {timeout:?}, not {count}");
+    std::process::exit(1);
 }

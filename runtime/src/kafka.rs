@@ -752,26 +752,61 @@ pub fn record<'a, 'h>(
 
 /// librdkafka's in-process mock cluster, the default broker of `gridflow run` when none is
 /// configured. For development only: it keeps nothing across a restart.
+///
+/// It lets a consumer group's first member in at once: a real broker waits
+/// `group.initial.rebalance.delay.ms` (3 s by default, and so does the mock cluster) for more
+/// members before the first assignment, which is most of the start of a short run. Kafka's
+/// development images set that delay to 0 for the same reason.
 pub struct EmbeddedBroker {
-    cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    /// The client whose handle owns the cluster (`test.mock.num.brokers`): the cluster lives as
+    /// long as it does.
+    owner: rdkafka::producer::BaseProducer,
 }
+
+/// The embedded broker's `group.initial.rebalance.delay.ms`.
+const EMBEDDED_INITIAL_REBALANCE_DELAY_MS: i32 = 0;
 
 impl EmbeddedBroker {
     /// Starts a one-broker mock cluster.
     pub fn start() -> Result<EmbeddedBroker, KafkaError> {
-        Ok(EmbeddedBroker {
-            cluster: rdkafka::mocking::MockCluster::new(1)?,
-        })
+        let owner: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .create()?;
+        let broker = EmbeddedBroker { owner };
+        let native = broker.owner.client().native_ptr();
+        // SAFETY: `native` is the live handle of `owner`, which has a mock cluster (it was
+        // created with `test.mock.num.brokers`, checked non-null below); the cluster outlives
+        // this call, as `owner` does.
+        unsafe {
+            let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(native);
+            if cluster.is_null() {
+                return Err(KafkaError::MockCluster(RDKafkaErrorCode::Fail));
+            }
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(
+                cluster,
+                EMBEDDED_INITIAL_REBALANCE_DELAY_MS,
+            );
+        }
+        Ok(broker)
+    }
+
+    fn cluster(
+        &self,
+    ) -> rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext> {
+        self.owner
+            .client()
+            .mock_cluster()
+            .expect("the owner was created with a mock cluster")
     }
 
     /// The bootstrap servers to connect to.
     pub fn bootstrap_servers(&self) -> String {
-        self.cluster.bootstrap_servers()
+        self.cluster().bootstrap_servers()
     }
 
     /// Creates `topic` with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), KafkaError> {
-        self.cluster.create_topic(topic, partitions, 1)
+        self.cluster().create_topic(topic, partitions, 1)
     }
 }
 

@@ -22,8 +22,11 @@ const SHIPPED: &str = concat!(
 fn entsoe_pipeline(topic: &str, dlq: &str) -> String {
     std::fs::read_to_string(SHIPPED)
         .unwrap()
-        .replace("energy.load.actual.v1.dlq", dlq)
-        .replace("\"energy.load.actual.v1\"", &format!("\"{topic}\""))
+        .replace("energy.load.actual.v1.${GRIDFLOW_ENV:-dev}.dlq", dlq)
+        .replace(
+            "\"energy.load.actual.v1.${GRIDFLOW_ENV:-dev}\"",
+            &format!("\"{topic}\""),
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +69,20 @@ async fn entsoe_actual_load_lands_one_event_per_point() {
 
     let records = consume(&topic, 96, Duration::from_secs(30)).await;
     assert_eq!(records.len(), 96, "every point is on the topic, once");
-    let events: Vec<Value> = records.iter().map(Record::json).collect();
+    let envelopes: Vec<Value> = records.iter().map(Record::json).collect();
+    // The kit's envelope around each point (contracts/load-actual-event/1).
+    let mut ids = BTreeSet::new();
+    for e in &envelopes {
+        assert_eq!(e["eventType"], "energy.load.actual", "{e}");
+        assert_eq!(e["eventVersion"], 1);
+        assert_eq!(e["sourceSystem"], "gridflow");
+        assert_eq!(e["correlationId"], "test-a65-1");
+        assert_eq!(e["partitionKey"], "10YBE----------2");
+        assert_eq!(e["occurredAt"], e["payload"]["start"]);
+        ids.insert(e["eventId"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 96, "one event id per point");
+    let events: Vec<Value> = envelopes.iter().map(|e| e["payload"].clone()).collect();
     let positions: BTreeSet<i64> = events
         .iter()
         .map(|e| e["position"].as_i64().unwrap())
@@ -89,7 +105,11 @@ async fn entsoe_actual_load_lands_one_event_per_point() {
     let last = events.iter().find(|e| e["position"] == 96).unwrap();
     assert_eq!(last["end"], "2026-01-14T23:00:00Z");
     for r in &records {
-        assert_eq!(r.key.as_deref(), Some("10YBE----------2"), "keyed by area");
+        assert_eq!(
+            r.key.as_deref(),
+            Some("10YBE----------2"),
+            "keyed by partitionKey, the area"
+        );
         assert_eq!(
             r.headers.get("gridflow.correlation_id").map(String::as_str),
             Some("test-a65-1")

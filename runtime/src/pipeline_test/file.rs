@@ -98,6 +98,10 @@ pub struct ExpectConfig {
     pub count: Option<usize>,
     /// The delivered bodies, in order, compared as JSON.
     pub messages: Option<Vec<Value>>,
+    /// The `payload` of each delivered body, in order, compared as JSON: the events of a
+    /// pipeline that ends with an `envelope` step, whose ids and correlation ids a test does
+    /// not write (check the envelope's fields with `assert`).
+    pub payloads: Option<Vec<Value>>,
     /// JMESPath expressions over the array of delivered bodies; each must give `true`.
     #[serde(default)]
     pub assert: Vec<String>,
@@ -408,26 +412,50 @@ fn check_case(
         path.extend_from_slice(keys);
         Some(span_at(value, &path))
     };
-    let delivers = expect.count.is_some() || expect.messages.is_some() || !expect.assert.is_empty();
+    let delivers = expect.count.is_some()
+        || expect.messages.is_some()
+        || expect.payloads.is_some()
+        || !expect.assert.is_empty();
     if expect.filtered && (delivers || expect.dead_letter.is_some() || expect.transient.is_some()) {
         doc.error(
             e(&["filtered"]),
             "`filtered = true` means nothing comes out: it takes no other expectation",
-            Some("remove `count`, `messages`, `assert`, `dead_letter` and `transient`".into()),
+            Some(
+                "remove `count`, `messages`, `payloads`, `assert`, `dead_letter` and `transient`"
+                    .into(),
+            ),
         );
     }
     if expect.transient.is_some() && (delivers || expect.dead_letter.is_some()) {
         doc.error(
             e(&["transient"]),
             "a transient failure delivers nothing and dead-letters nothing",
-            Some("remove `count`, `messages`, `assert` and `dead_letter`".into()),
+            Some("remove `count`, `messages`, `payloads`, `assert` and `dead_letter`".into()),
         );
     }
-    if let (Some(count), Some(messages)) = (expect.count, &expect.messages) {
-        if count != messages.len() {
+    for (key, listed) in [
+        ("messages", &expect.messages),
+        ("payloads", &expect.payloads),
+    ] {
+        if let (Some(count), Some(listed)) = (expect.count, listed) {
+            if count != listed.len() {
+                doc.error(
+                    e(&["count"]),
+                    format!("`count` is {count} but `{key}` lists {}", listed.len()),
+                    None,
+                );
+            }
+        }
+    }
+    if let (Some(messages), Some(payloads)) = (&expect.messages, &expect.payloads) {
+        if messages.len() != payloads.len() {
             doc.error(
-                e(&["count"]),
-                format!("`count` is {count} but `messages` lists {}", messages.len()),
+                e(&["payloads"]),
+                format!(
+                    "`messages` lists {} but `payloads` lists {}",
+                    messages.len(),
+                    payloads.len()
+                ),
                 None,
             );
         }

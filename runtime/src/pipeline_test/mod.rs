@@ -425,7 +425,8 @@ pub fn check(case: &Case, actual: &Actual) -> Vec<String> {
         || expect.transient.is_some()
         || expect.dead_letter.is_some()
         || expect.count.is_some()
-        || expect.messages.is_some();
+        || expect.messages.is_some()
+        || expect.payloads.is_some();
     if !anything_expected && bodies.is_empty() && actual.dead_letter.is_none() {
         problems.push(format!(
             "nothing was delivered{to}: every message was filtered out (write `filtered = true` if that is expected)"
@@ -439,12 +440,12 @@ pub fn check(case: &Case, actual: &Actual) -> Vec<String> {
             ));
         }
     }
-    if let Some(messages) = &expect.messages {
-        let expected = Value::Array(messages.clone());
-        if !diff::same(&expected, &array) {
+    let compare = |what: &str, expected: &[Value], actual: &Value, problems: &mut Vec<String>| {
+        let expected = Value::Array(expected.to_vec());
+        if !diff::same(&expected, actual) {
             problems.push(format!(
-                "messages{to} differ (- expected, + actual):\n{}",
-                diff::diff(&diff::pretty(&expected), &diff::pretty(&array))
+                "{what}{to} differ (- expected, + actual):\n{}",
+                diff::diff(&diff::pretty(&expected), &diff::pretty(actual))
                     .trim_end()
                     .lines()
                     .map(|l| format!("  {l}"))
@@ -452,6 +453,17 @@ pub fn check(case: &Case, actual: &Actual) -> Vec<String> {
                     .join("\n")
             ));
         }
+    };
+    if let Some(messages) = &expect.messages {
+        compare("messages", messages, &array, &mut problems);
+    }
+    if let Some(payloads) = &expect.payloads {
+        // A body without `payload` shows as null in the difference.
+        let actual = bodies
+            .iter()
+            .map(|body| body.get("payload").cloned().unwrap_or(Value::Null))
+            .collect();
+        compare("payloads", payloads, &Value::Array(actual), &mut problems);
     }
     for expr in &case.asserts {
         match expr.search(&array) {

@@ -301,3 +301,89 @@ dead_letter = {{ code = "enrichment_failed", step = "steps[2].enrich", message =
     assert!(results[0].is_empty(), "{:?}", results[0]);
     assert!(results[1].is_empty(), "{:?}", results[1]);
 }
+
+const ENVELOPE_PIPELINE: &str = r#"
+name = "flow"
+[source]
+kind = "http"
+path = "/in"
+[[steps]]
+kind = "map"
+expression = "{meter: meter, at: at, kwh: to_number(kwh)}"
+[[steps]]
+kind = "envelope"
+event_type = "grid.meter.reading"
+event_version = 1
+source_system = "gridflow"
+partition_key = "meter"
+occurred_at = "at"
+[sink]
+kind = "kafka"
+topic = "grid.meter.reading.v1.dev"
+"#;
+
+#[test]
+fn payloads_compare_what_the_envelopes_carry() {
+    let f = Fixture::new(ENVELOPE_PIPELINE);
+    let test = r#"pipeline = 'flow.toml'
+[[case]]
+name = "the payload, whatever the event id"
+input = { json = { meter = "M-1", at = "2026-01-14T10:15:00Z", kwh = "1.5" } }
+[case.expect]
+count = 1
+payloads = [{ meter = "M-1", at = "2026-01-14T10:15:00Z", kwh = 1.5 }]
+assert = ["[0].partitionKey == 'M-1' && [0].occurredAt == '2026-01-14T10:15:00Z'"]
+
+[[case]]
+name = "another value is a difference"
+input = { json = { meter = "M-1", at = "2026-01-14T10:15:00Z", kwh = "2" } }
+[case.expect]
+payloads = [{ meter = "M-1", at = "2026-01-14T10:15:00Z", kwh = 1.5 }]
+
+[[case]]
+name = "the whole envelope is not the payload"
+input = { json = { meter = "M-1", at = "2026-01-14T10:15:00Z", kwh = "1.5" } }
+[case.expect]
+messages = [{ meter = "M-1", at = "2026-01-14T10:15:00Z", kwh = 1.5 }]
+"#;
+    let results = f.run(test);
+    assert!(results[0].is_empty(), "{:?}", results[0]);
+    assert_eq!(results[1].len(), 1, "{:?}", results[1]);
+    let d = &results[1][0];
+    assert!(
+        d.starts_with("payloads to") || d.starts_with("payloads differ"),
+        "{d}"
+    );
+    assert!(
+        d.contains("-     \"kwh\": 1.5") && d.contains("+     \"kwh\": 2"),
+        "{d}"
+    );
+    assert_eq!(results[2].len(), 1, "{:?}", results[2]);
+    assert!(
+        results[2][0].contains("+     \"eventId\""),
+        "{:?}",
+        results[2]
+    );
+}
+
+#[test]
+fn payloads_and_count_must_agree() {
+    let f = Fixture::new(ENVELOPE_PIPELINE);
+    let errors = f
+        .load(
+            r#"pipeline = 'flow.toml'
+[[case]]
+name = "two listed, one counted"
+input = { json = {} }
+[case.expect]
+count = 1
+payloads = [{ a = 1 }, { a = 2 }]
+"#,
+        )
+        .expect_err("count and payloads disagree");
+    let text = render(&errors);
+    assert!(
+        text.contains("`count` is 1 but `payloads` lists 2"),
+        "{text}"
+    );
+}

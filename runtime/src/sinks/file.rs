@@ -1,8 +1,14 @@
 //! `file` sink: append one NDJSON line per message; for dead letters, one NDJSON envelope
 //! per input (`{"headers": {...}, "payload": "..."}`, or `payload_base64` for bytes that are
 //! not UTF-8).
+//!
+//! Acknowledged means on disk: a record's [`Delivery`] resolves once its line is written and
+//! synced. The lines of every sink writing to one path go through the path's one writer
+//! ([`writer`]), which writes and syncs the lines waiting together (group commit).
 
-use std::path::PathBuf;
+mod writer;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -10,10 +16,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 
 use super::{ndjson_line, Delivery, Record, Sink};
+use writer::FileWriter;
 use crate::error::{BuildError, SinkError};
 
 /// `kind = "file"`.
@@ -25,13 +30,9 @@ pub struct FileSinkConfig {
 }
 
 impl FileSinkConfig {
-    /// Builds the sink; the file is opened on first write.
+    /// Builds the sink; the file is opened on first write, by its writer.
     pub fn build(&self) -> Result<FileSink, BuildError> {
-        Ok(FileSink {
-            path: self.path.clone(),
-            file: Arc::new(Mutex::new(None)),
-            envelopes: false,
-        })
+        Ok(FileSink::new(&self.path, false))
     }
 
     /// Builds the sink of a pipeline's dead letters: it writes envelopes ([`Record`]s whose
@@ -40,20 +41,34 @@ impl FileSinkConfig {
     /// `{"headers": {...}, "payload": "..."}` (or `payload_base64`), the input's own headers
     /// then the envelope's (which replace those of the same name).
     pub fn build_dead_letters(&self) -> FileSink {
-        FileSink {
-            path: self.path.clone(),
-            file: Arc::new(Mutex::new(None)),
-            envelopes: true,
-        }
+        FileSink::new(&self.path, true)
     }
 }
 
-/// The running `file` sink.
+/// The running `file` sink: it formats each record's line and hands it to the file's
+/// [`FileWriter`] (one a path in the process, shared by every sink writing there), which
+/// writes and syncs the lines waiting in batches (group commit).
 pub struct FileSink {
-    path: PathBuf,
-    file: Arc<Mutex<Option<tokio::fs::File>>>,
+    writer: Arc<FileWriter>,
     /// Writes dead-letter envelopes (see [`FileSinkConfig::build_dead_letters`]).
     envelopes: bool,
+    /// What the sink writes, for its errors: `<path>` or `dead-letter file <path>`.
+    what: Arc<str>,
+}
+
+impl FileSink {
+    fn new(path: &Path, envelopes: bool) -> FileSink {
+        let what = if envelopes {
+            format!("dead-letter file {}", path.display())
+        } else {
+            path.display().to_string()
+        };
+        FileSink {
+            writer: FileWriter::for_path(path),
+            envelopes,
+            what: what.into(),
+        }
+    }
 }
 
 /// The NDJSON line of a dead-letter envelope.
@@ -79,73 +94,28 @@ fn envelope_line(record: &Record) -> Vec<u8> {
     line
 }
 
-/// Appends `line` to `path`, opening (and creating) the file when `slot` is empty.
-async fn append_to_file(
-    slot: &Mutex<Option<tokio::fs::File>>,
-    path: &std::path::Path,
-    line: &[u8],
-) -> std::io::Result<()> {
-    let mut guard = slot.lock().await;
-    if guard.is_none() {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
-        *guard = Some(file);
-    }
-    let file = guard.as_mut().expect("opened above");
-    // Where this line starts: on a full disk `write_all` may have written part of it before
-    // `ENOSPC`; the file is cut back here so that a retry never leaves a torn line.
-    let start = file.metadata().await?.len();
-    let result = async {
-        file.write_all(line).await?;
-        file.flush().await?;
-        // Acknowledged means on disk: the source commits or answers 202 after this.
-        file.sync_data().await
-    }
-    .await;
-    if let Err(e) = &result {
-        let regular = file.metadata().await.is_ok_and(|m| m.is_file());
-        if regular {
-            if let Err(cut) = file.set_len(start).await {
-                tracing::error!(path = %path.display(), error = %e, truncate_error = %cut, "Write failed and the partial line could not be cut off.");
-            }
-        }
-        // Reopen on the next attempt.
-        *guard = None;
-    }
-    result
-}
-
 impl Sink for FileSink {
+    /// Queues the record's line to the file's writer: the [`Delivery`] resolves when the
+    /// batch it was written in is synced to disk.
     fn send<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<Delivery, SinkError>> {
-        async move {
-            let line = if self.envelopes {
-                envelope_line(record)
-            } else {
-                ndjson_line(&record.payload)
+        let line = if self.envelopes {
+            envelope_line(record)
+        } else {
+            ndjson_line(&record.payload)
+        };
+        // Queued now, in the order of the calls: the engine calls `send` in message order.
+        let written = self.writer.append(line);
+        let what = Arc::clone(&self.what);
+        let delivery: Delivery = Box::pin(async move {
+            let error = match written.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                // The writer's thread ended without an answer (it panicked).
+                Err(_) => "the file's writer stopped".into(),
             };
-            append_to_file(&self.file, &self.path, &line)
-                .await
-                .map_err(|e| {
-                    let what = if self.envelopes {
-                        "dead-letter file "
-                    } else {
-                        ""
-                    };
-                    SinkError::Transient(format!(
-                        "writing {what}{} failed: {e}",
-                        self.path.display()
-                    ))
-                })?;
-            let done: Delivery = Box::pin(async { Ok(()) });
-            Ok(done)
-        }
-        .boxed()
+            Err(SinkError::Transient(format!("writing {what} failed: {error}")))
+        });
+        std::future::ready(Ok(delivery)).boxed()
     }
 }
 
