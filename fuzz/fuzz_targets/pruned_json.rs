@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use gridflow::jmes::need::{from_slice, from_slice_by_serde};
-use gridflow::jmes::{into_value, Expr, Need};
+use gridflow::jmes::{Expr, Need};
 use libfuzzer_sys::fuzz_target;
 
 const EXPRESSIONS: &[&str] = &[
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         from_slice(message, need),
         from_slice_by_serde(message, need),
     ) {
-        (Ok(fast), Ok(reference)) => assert_eq!(into_value(fast), into_value(reference)),
+        (Ok(fast), Ok(reference)) => assert_eq!(fast.to_string(), reference.to_string()),
         (Err(fast), Err(reference)) => assert_eq!(fast.to_string(), reference.to_string()),
         (fast, reference) => panic!("pruned read {fast:?}, serde_json {reference:?}"),
     }

@@ -12,7 +12,7 @@ set -euo pipefail
 bin=${1:?usage: instr.sh <instr bench binary> [case ...]}
 shift
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(map_1k_bytes passthrough_bytes http_contract set_one_field entsoe_a65)
+[ ${#cases[@]} -gt 0 ] || cases=(map_1k_bytes passthrough_bytes http_contract set_one_field entsoe_a65 map_interpreted_bytes)
 n1=${N1:-200}
 n2=${N2:-2200}
 work=$(mktemp -d)

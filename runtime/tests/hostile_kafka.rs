@@ -13,8 +13,9 @@
 //! Black-box: the real binary against the real broker at `KAFKA_BROKERS` (except the dead-letter
 //! test, which needs a broker that refuses one topic's writes). The panic in a sink's
 //! key evaluation is the debug builds' test fault `GRIDFLOW_TEST_PANIC_ON_SINK_KEY` (see
-//! `runtime/src/sinks/kafka.rs`); the step panic is jmespath 0.5's overflow on
-//! `[1::2147483647]` of an array of two or more.
+//! `runtime/src/sinks/kafka.rs`); the step panic is the test fault
+//! `GRIDFLOW_TEST_PANIC_ON_SLICE_STEP` (see `runtime/src/jmes/eval.rs`) on `[1::2147483647]` of
+//! an array of two or more, where jmespath 0.5 overflowed.
 
 mod common;
 
@@ -156,13 +157,17 @@ async fn a_panic_in_a_step_is_dead_lettered_and_the_partition_commits_on() {
         create_topic(t, 1).await;
     }
     let dir = test_dir();
-    // jmespath 0.5 panics (integer overflow) on this slice of an array of two or more.
+    // The debug build's test fault: this slice of an array of two or more panics.
     write_pipeline(
         dir.path(),
         "p.toml",
         &format!("name='hostile-step'\n[source]\nkind='kafka'\ntopics=['{input}']\ngroup='{group}'\n[[steps]]\nkind='map'\nexpression='{{id: id, seq: seq, s: items[1::2147483647]}}'\n[sink]\nkind='kafka'\ntopic='{output}'\n"),
     );
-    let gf = Gridflow::start(dir.path(), &[]);
+    let gf = Gridflow::start_with_env(
+        dir.path(),
+        &[],
+        &[("GRIDFLOW_TEST_PANIC_ON_SLICE_STEP", "2147483647")],
+    );
     let poison = r#"{"id":"r5","seq":5,"items":[1,2,3]}"#;
     produce_many(&input, records(10, Some((5, poison)))).await;
 

@@ -1,16 +1,14 @@
 //! Expressions that only pick fields, evaluated without jmespath's interpreter.
 //!
 //! Most `map` steps and Kafka keys are field paths, `to_number` of them and multiselect
-//! hashes of those (`{id: meter_id, value: to_number(reading.value)}`). jmespath evaluates
-//! them on its own tree through a context, builds the result as another tree (every key of a
-//! hash cloned into a `BTreeMap` of shared nodes) and gridflow then converts that tree into a
-//! `serde_json::Value`: a third of a `map` step's time on a 1 KB message. A [`Plan`] walks the
-//! document instead and builds the `Value` once. It gives what jmespath gives (the module's
-//! tests and the compliance suite compare both ways), and an expression it does not cover
-//! has no plan and goes to jmespath.
+//! hashes of those (`{id: meter_id, value: to_number(reading.value)}`). A [`Plan`] of such an
+//! expression can be read straight from the raw JSON by a [`Picker`], with no document built
+//! (the scanner of [`super::scan`] fills one slot per field path). It gives what the
+//! interpreter ([`super::eval`]) and jmespath give (the module's tests and the compliance
+//! suite compare them), and an expression it does not cover has no plan and goes to the
+//! interpreter.
 
 use jmespath::ast::Ast;
-use jmespath::{Rcvar, Variable};
 use serde_json::{Map, Value};
 
 use super::scan::{self, Leaf, Leaves, Root};
@@ -20,13 +18,12 @@ use super::scan::{self, Leaf, Leaves, Root};
 pub(super) enum Plan {
     /// `a.b.c` (no name: `@`).
     Path(Box<[String]>),
-    /// `to_number(x)`: a number as it is, a string read as JSON (jmespath 0.5 reads it with
-    /// `Variable::from_json`, so `"true"` gives `true`), anything else `null`.
+    /// `to_number(x)`: a number as it is, a string read as JSON (as jmespath 0.5 reads it,
+    /// so `"true"` gives `true`), anything else `null`.
     ToNumber(Box<Plan>),
     /// `{k: x, ...}`: `null` on `null`, otherwise an object. The keys are in the order the
-    /// expression writes them (jmespath's own result, a `BTreeMap`, sorts them) and each is
-    /// there once, at its first place, with the last expression written for it, as jmespath
-    /// keeps it.
+    /// expression writes them and each is there once, at its first place, with the last
+    /// expression written for it.
     Hash(Box<[(String, Plan)]>),
     /// `x.y` where `x` is not a path (`to_number(a).b`).
     Sub(Box<Plan>, Box<Plan>),
@@ -65,39 +62,12 @@ impl Plan {
         })
     }
 
-    /// Does the result come out of [`Plan::eval`] as an [`Out::Object`]?
+    /// Does the plan build an object?
     fn builds_object(&self) -> bool {
         match self {
             Plan::Hash(_) => true,
             Plan::Sub(_, rhs) => rhs.builds_object(),
             Plan::Path(_) | Plan::ToNumber(_) => false,
-        }
-    }
-
-    /// The plan's result on jmespath's tree. Nodes of the result are shared with `data`:
-    /// convert it with [`Out::into_value`] once `data` is dropped, so that they move.
-    pub(super) fn eval(&self, data: &Rcvar) -> Out<'_> {
-        match self {
-            Plan::Path(names) => Out::Node(walk(data, names)),
-            Plan::ToNumber(arg) => Out::Node(match arg.eval(data) {
-                Out::Node(node) => to_number(node),
-                Out::Object(_) => null(),
-            }),
-            Plan::Hash(fields) => {
-                if data.is_null() {
-                    return Out::Node(null());
-                }
-                Out::Object(
-                    fields
-                        .iter()
-                        .map(|(key, plan)| (key.as_str(), plan.eval(data)))
-                        .collect(),
-                )
-            }
-            Plan::Sub(lhs, rhs) => match lhs.eval(data) {
-                Out::Node(node) => rhs.eval(&node),
-                Out::Object(_) => unreachable!("a hash is never on the left of a plan's `.`"),
-            },
         }
     }
 
@@ -273,71 +243,13 @@ fn add_leaf(leaves: &mut Leaves, path: &[String], slot: usize) -> Option<()> {
 fn to_number_value(value: Value) -> Value {
     match value {
         number @ Value::Number(_) => number,
-        Value::String(text) => match Variable::from_json(&text) {
-            Ok(read) => super::into_value(Rcvar::new(read)),
-            Err(_) => Value::Null,
-        },
-        _ => Value::Null,
-    }
-}
-
-/// A plan's result on jmespath's tree.
-pub(super) enum Out<'p> {
-    Node(Rcvar),
-    /// A hash's fields, in the order the expression writes them.
-    Object(Vec<(&'p str, Out<'p>)>),
-}
-
-impl Out<'_> {
-    /// The result as a `Value` (nodes no longer shared move their strings).
-    pub(super) fn into_value(self) -> Value {
-        match self {
-            Out::Node(node) => super::into_value(node),
-            Out::Object(fields) => Value::Object(
-                fields
-                    .into_iter()
-                    .map(|(key, out)| (key.to_owned(), out.into_value()))
-                    .collect::<Map<String, Value>>(),
-            ),
-        }
-    }
-}
-
-fn null() -> Rcvar {
-    Rcvar::new(Variable::Null)
-}
-
-/// jmespath's field lookup along `names`: a field of anything but an object is null.
-fn walk(data: &Rcvar, names: &[String]) -> Rcvar {
-    let mut node = data;
-    for name in names {
-        match &**node {
-            Variable::Object(fields) => match fields.get(name) {
-                Some(field) => node = field,
-                None => return null(),
-            },
-            _ => return null(),
-        }
-    }
-    node.clone()
-}
-
-/// jmespath 0.5's `to_number`.
-fn to_number(node: Rcvar) -> Rcvar {
-    match &*node {
-        Variable::Number(_) => node,
-        Variable::String(text) => match Variable::from_json(text) {
-            Ok(read) => Rcvar::new(read),
-            Err(_) => null(),
-        },
-        _ => null(),
+        other => super::eval::to_number(&other),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jmes::{need, Need};
     use crate::message::Payload;
     use bytes::Bytes;
     use serde_json::json;
@@ -355,7 +267,7 @@ mod tests {
     }
 
     /// Every expression below has a plan, and the plan gives jmespath's result on every
-    /// document, from a `Value`, from jmespath's tree and from raw bytes.
+    /// document, from a `Value`, by the interpreter and from raw bytes.
     #[test]
     fn plans_give_what_jmespath_gives() {
         let docs = [
@@ -409,12 +321,8 @@ mod tests {
                 let want = jmespath_result(source, doc);
                 let context = format!("`{source}` on {doc}");
                 assert_eq!(plan.search(doc), want, "{context}: from a Value");
-                let tree = need::from_value(doc, &Need::All);
-                assert_eq!(
-                    plan.eval(&tree).into_value(),
-                    want,
-                    "{context}: on the tree"
-                );
+                let interpreted = crate::jmes::eval::eval(&expr.node, doc).unwrap();
+                assert_eq!(*interpreted, want, "{context}: by the interpreter");
                 assert_eq!(expr.search(doc).unwrap(), want, "{context}: search");
                 let bytes = Payload::Bytes(Bytes::from(serde_json::to_vec(doc).unwrap()));
                 assert_eq!(
@@ -556,30 +464,8 @@ mod tests {
             assert_eq!(expr.search(&doc).unwrap(), want, "{source}");
             let bytes = Payload::Bytes(Bytes::from(serde_json::to_vec(&doc).unwrap()));
             assert_eq!(expr.search_payload(&bytes).unwrap(), want, "{source}");
-            let tree = crate::jmes::Doc::from_value(&doc, expr.need());
+            let tree = crate::jmes::Doc::from_value(&doc);
             assert_eq!(expr.search_doc(&tree).unwrap(), want, "{source}");
         }
-    }
-
-    /// A hash's nodes are moved into the result once the document is gone, not copied.
-    #[test]
-    fn a_result_outliving_its_document_takes_its_strings() {
-        let plan = Plan::of(jmespath::compile("{id: meter_id}").unwrap().as_ast()).unwrap();
-        let tree = need::from_value(&json!({"meter_id": "M-1"}), &Need::All);
-        let out = plan.eval(&tree);
-        let Out::Object(fields) = &out else {
-            panic!("an object")
-        };
-        let Out::Node(node) = &fields[0].1 else {
-            panic!("a node")
-        };
-        assert_eq!(
-            std::sync::Arc::strong_count(node),
-            2,
-            "shared with the document"
-        );
-        drop(tree);
-        assert_eq!(std::sync::Arc::strong_count(node), 1, "the result's alone");
-        assert_eq!(out.into_value(), json!({"id": "M-1"}));
     }
 }

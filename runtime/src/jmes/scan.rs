@@ -15,9 +15,8 @@
 //! so their conversion is serde_json's own.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use jmespath::{Rcvar, Variable};
+use serde_json::{Map, Value};
 
 use super::need::{Need, Pruned};
 
@@ -30,9 +29,9 @@ const MAX_DEPTH: usize = 100;
 /// exponent cannot leave the range of an `f64`.
 const PLAIN_NUMBER_MAX: usize = 300;
 
-/// The document `text` as jmespath's tree with only what `need` reads; `None` when the
-/// scanner is not sure (the caller then asks serde_json).
-pub(super) fn pruned(text: &str, need: &Need) -> Option<Rcvar> {
+/// The document `text` with only what `need` reads; `None` when the scanner is not sure (the
+/// caller then asks serde_json).
+pub(super) fn pruned(text: &str, need: &Need) -> Option<Value> {
     Scanner::whole_text(text, |s| s.value(need))
 }
 
@@ -159,7 +158,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The value at the cursor (whitespace skipped), with what `need` reads of it.
-    fn value(&mut self, need: &Need) -> Option<Rcvar> {
+    fn value(&mut self, need: &Need) -> Option<Value> {
         match (self.peek()?, need) {
             (b'{', Need::Part { fields, .. }) => self.object(fields),
             (b'[', Need::Part { items, .. }) => self.array(items.as_deref()),
@@ -170,15 +169,11 @@ impl<'a> Scanner<'a> {
                     return self.hand_over(start, need);
                 }
                 let content = &self.text[start + 1..self.pos - 1];
-                Some(Arc::new(Variable::String(content.to_owned())))
+                Some(Value::String(content.to_owned()))
             }
-            (b't', _) => self
-                .literal(b"true")
-                .map(|_| Arc::new(Variable::Bool(true))),
-            (b'f', _) => self
-                .literal(b"false")
-                .map(|_| Arc::new(Variable::Bool(false))),
-            (b'n', _) => self.literal(b"null").map(|_| Arc::new(Variable::Null)),
+            (b't', _) => self.literal(b"true").map(|_| Value::Bool(true)),
+            (b'f', _) => self.literal(b"false").map(|_| Value::Bool(false)),
+            (b'n', _) => self.literal(b"null").map(|_| Value::Null),
             _ => {
                 let start = self.pos;
                 self.skip()?;
@@ -214,7 +209,6 @@ impl<'a> Scanner<'a> {
 
     /// The whole value at the cursor, as serde_json reads it.
     fn whole(&mut self) -> Option<serde_json::Value> {
-        use serde_json::Value;
         let start = self.pos;
         match self.peek()? {
             b'"' => {
@@ -235,18 +229,19 @@ impl<'a> Scanner<'a> {
     }
 
     /// serde_json's reading of the value between `start` and the cursor.
-    fn hand_over(&self, start: usize, need: &Need) -> Option<Rcvar> {
+    fn hand_over(&self, start: usize, need: &Need) -> Option<Value> {
         let mut de = serde_json::Deserializer::from_str(&self.text[start..self.pos]);
         serde::de::DeserializeSeed::deserialize(Pruned(need), &mut de).ok()
     }
 
-    fn object(&mut self, fields: &BTreeMap<String, Need>) -> Option<Rcvar> {
-        let mut out = BTreeMap::new();
+    fn object(&mut self, fields: &BTreeMap<String, Need>) -> Option<Value> {
+        let mut out = Map::new();
         self.members(|s, key| {
             // An escaped key would have to be decoded to be compared: serde_json reads it.
             let key = key?;
             match field(fields, key) {
-                // The last of duplicate keys wins, as in serde_json's maps.
+                // The last of duplicate keys wins, at the first one's place, as in
+                // serde_json's maps.
                 Some(need) => {
                     let v = s.value(need)?;
                     out.insert(key.to_owned(), v);
@@ -255,10 +250,10 @@ impl<'a> Scanner<'a> {
                 None => s.skip(),
             }
         })?;
-        Some(Arc::new(Variable::Object(out)))
+        Some(Value::Object(out))
     }
 
-    fn array(&mut self, each: Option<&Need>) -> Option<Rcvar> {
+    fn array(&mut self, each: Option<&Need>) -> Option<Value> {
         let mut out = Vec::new();
         self.elements(|s| match each {
             Some(need) => {
@@ -267,7 +262,7 @@ impl<'a> Scanner<'a> {
             }
             None => s.skip(),
         })?;
-        Some(Arc::new(Variable::Array(out)))
+        Some(Value::Array(out))
     }
 
     /// Walks the object at the cursor: `member` gets each key (`None` when it has an escape)
@@ -469,7 +464,7 @@ fn special(bytes: &[u8], mut from: usize) -> Option<usize> {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::need::{from_slice, from_slice_by_serde, into_value};
+    use super::super::need::{from_slice, from_slice_by_serde};
     use super::*;
     use crate::jmes::Expr;
 
@@ -522,7 +517,8 @@ pub(super) mod tests {
         let both = from_slice(bytes, need);
         let context = String::from_utf8_lossy(bytes);
         match (&serde, &both) {
-            (Ok(a), Ok(b)) => assert_eq!(into_value(a.clone()), into_value(b.clone()), "{context}"),
+            // As text: the fields in the same order too.
+            (Ok(a), Ok(b)) => assert_eq!(a.to_string(), b.to_string(), "{context}"),
             (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{context}"),
             _ => panic!("serde_json {serde:?}, composite {both:?} on {context}"),
         }
@@ -533,7 +529,7 @@ pub(super) mod tests {
             let serde = serde.unwrap_or_else(|e| {
                 panic!("scanner accepted what serde_json refuses ({e}): {context}")
             });
-            assert_eq!(into_value(fast.clone()), into_value(serde), "{context}");
+            assert_eq!(fast.to_string(), serde.to_string(), "{context}");
         }
         fast.is_some()
     }

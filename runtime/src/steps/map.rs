@@ -82,11 +82,20 @@ mod tests {
         let written = |out: Vec<Payload>| String::from_utf8(out[0].to_bytes().to_vec()).unwrap();
         for (expression, want) in [
             ("{zz: m, n: to_number(a), copy: z, aa: m}", r#"{"zz":"x","n":2,"copy":{"k":1,"c":[{"y":1,"b":2}],"a":null},"aa":"x"}"#),
-            // The same key twice: its first place, the last value (as jmespath keeps it).
+            // The same key twice: its first place, the last value.
             ("{b: m, a: m, b: a}", r#"{"b":"2","a":"x"}"#),
             // `@` has no raw-JSON picker: the plan runs on the parsed document.
             ("{all: @, first: m}", &format!(r#"{{"all":{input},"first":"x"}}"#)),
             ("z", r#"{"k":1,"c":[{"y":1,"b":2}],"a":null}"#),
+            // Filters, functions, projections: the interpreter keeps the input's order too.
+            ("z.c[?y == `1`]", r#"[{"y":1,"b":2}]"#),
+            ("sort_by(z.c, &b)[0]", r#"{"y":1,"b":2}"#),
+            ("values(@)[0]", r#"{"k":1,"c":[{"y":1,"b":2}],"a":null}"#),
+            ("not_null(q, z)", r#"{"k":1,"c":[{"y":1,"b":2}],"a":null}"#),
+            // `merge` keeps the first object's order: a key it has takes the new value in
+            // place, a new key comes last.
+            ("merge(z, {new: m, a: m})", r#"{"k":1,"c":[{"y":1,"b":2}],"a":"x","new":"x"}"#),
+            ("merge(@, {m: `1`})", r#"{"z":{"k":1,"c":[{"y":1,"b":2}],"a":null},"m":1,"a":"2"}"#),
         ] {
             let step = parse(&format!("kind = 'map'\nexpression = '{expression}'"))
                 .build()

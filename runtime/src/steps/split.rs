@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{type_name, StepContext, Transform, TransformKind};
 use crate::error::{BuildError, ErrorCode, StepError};
-use crate::jmes::{into_value, needs, Doc, Expr, Need};
+use crate::jmes::{needs, Doc, Expr, Need};
 use crate::message::Payload;
 
 /// `kind = "split"`.
@@ -68,22 +68,13 @@ pub struct Split {
 
 impl Transform for Split {
     fn process(&self, payload: Payload, out: &mut Vec<Payload>) -> Result<(), StepError> {
-        // One conversion for both expressions, of what they read.
+        // One reading for both expressions, of what they read; the elements are taken out of
+        // it, keeping the order of their fields.
         let (merged, array) = match &self.expression {
-            // Field paths (`Period`, `series`: the usual case) are read on the document itself,
-            // so each element keeps the order of its fields; jmespath's tree would sort them.
-            Some(expr) if expr.picks_fields() && self.merge.as_ref().is_none_or(Expr::picks_fields) => {
-                let value = payload.into_json()?;
-                let merged = self.merge.as_ref().map(|m| m.search(&value)).transpose()?;
-                (merged, expr.search(&value)?)
-            }
             Some(expr) => {
-                let doc = Doc::new(&payload, &self.need)?;
-                let merged = self.merge.as_ref().map(|m| m.eval_doc(&doc)).transpose()?;
-                let array = expr.eval_doc(&doc)?;
-                drop(doc);
-                let merged = self.merge.as_ref().zip(merged).map(|(m, tree)| m.value_of(tree));
-                (merged, into_value(array))
+                let doc = Doc::owned(payload, &self.need)?;
+                let merged = self.merge.as_ref().map(|m| m.search_doc(&doc)).transpose()?;
+                (merged, expr.search_doc_owned(doc)?)
             }
             None => {
                 let value = payload.into_json()?;
@@ -174,8 +165,8 @@ mod tests {
     #[test]
     fn elements_keep_the_order_of_their_fields() {
         let body = br#"{"zone": "BE", "points": [{"z": 1, "position": 1, "a": 2}]}"#;
-        // Field paths read the document itself; an expression jmespath must interpret
-        // (a filter) builds its merge in the expression's order, not sorted.
+        // Field paths, and an expression the interpreter runs (a filter): the elements keep
+        // the order of their fields, the merge the expression's order.
         for (expression, merge) in [
             ("points", "{zone: zone, b: zone}"),
             ("points[?position == `1`]", "{zone: zone, b: join('-', [zone, zone])}"),
@@ -190,12 +181,8 @@ mod tests {
                 Payload::Json(serde_json::from_slice(body).unwrap()),
             ] {
                 let out = run(&*step, payload).unwrap();
-                let want = if expression == "points" {
-                    vec!["z", "position", "a", "zone", "b"]
-                } else {
-                    // A filter is jmespath's: the element comes sorted, the merge does not.
-                    vec!["a", "position", "z", "zone", "b"]
-                };
+                // A filter keeps the order of the element's fields too.
+                let want = ["z", "position", "a", "zone", "b"];
                 assert_eq!(keys(&out[0]), want, "{expression}");
             }
         }
