@@ -40,6 +40,7 @@
 # PEERS_PARTITIONS (32): partitions of each topic (the embedded broker keeps 5 MiB a partition);
 # PEERS_HTTP_SECONDS (10), PEERS_CONNECTIONS (32); PEERS_XML_SECONDS (10),
 # PEERS_XML_CONNECTIONS (8); PEERS_ONLY: a space-separated list of the pairs to run (`3 5`);
+# PEERS_PROPERTIES: lines of gridflow's [kafka.properties] (`"debug" = "cgrp,fetch"`);
 # PEERS_KEEP=1 keeps the work directory (configs, logs).
 # Needs: cargo, python3, curl, wrk. Builds gridflow --release (CARGO_TARGET_DIR is honoured).
 set -euo pipefail
@@ -136,6 +137,7 @@ gridflow_config() {
     {
         printf '[paths]\npipelines = "pipelines"\ncontracts = "%s/contracts"\ndead_letters = "dead-letters"\n' "$REPO"
         printf '[kafka]\nembedded_partitions = %s\n' "$PARTITIONS"
+        printf '[kafka.properties]\n%s\n' "${PEERS_PROPERTIES:-}"
     } >"$1/gridflow.toml"
 }
 # start_gridflow DIR BROKERS: starts gridflow in DIR; sets GF_PID, GF_HTTP, GF_ADMIN and
