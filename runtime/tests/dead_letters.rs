@@ -259,14 +259,6 @@ async fn a_panicking_step_fails_the_message_not_the_pipeline() {
     assert_eq!(dead[0].payload, b"[1,2,3]");
 }
 
-/// The value of the sample `name{...}` whose labels contain every one of `with`.
-fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// A dead letter the dead-letter topic refuses for good (larger than the producer's
 /// `message.max.bytes`) goes to the local fallback file, and is counted as failed and in
 /// `gridflow_dead_letters_fallback_total`, not as dead-lettered: it is not where dead letters

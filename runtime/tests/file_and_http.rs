@@ -124,14 +124,6 @@ async fn files_flow_to_an_http_endpoint_with_retries_and_dead_letters() {
     assert!(state.lock().unwrap().accepted.iter().any(|v| v["id"] == 4));
 }
 
-/// The value of the sample `name{...}` whose labels contain `with`, from `/metrics`.
-fn sample(metrics: &str, name: &str, with: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// The `blackhole` sink acknowledges what reaches it, and only that: a filtered message is
 /// counted as filtered, a line that is not JSON is dead-lettered (its file goes to failed/).
 /// The filter reads the raw bytes without parsing the rest of the line.
@@ -157,7 +149,7 @@ async fn a_blackhole_sink_acknowledges_what_reaches_it() {
     })
     .await;
     let metrics = gf.metrics().await;
-    let on = "pipeline=\"hole\"";
+    let on = &["pipeline=\"hole\""];
     assert_eq!(
         sample(&metrics, "gridflow_messages_sent_total", on),
         Some(3.0),

@@ -250,32 +250,6 @@ async fn every_acknowledged_line_is_in_the_file_whole_after_a_sigkill() {
     );
 }
 
-/// Mounts a 64 KiB tmpfs at `dir` (the suite runs as root); unmounted when dropped.
-fn small_disk(dir: &Path) -> impl Drop {
-    std::fs::create_dir_all(dir).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(mounted, "mounting a 64 KiB tmpfs needs root");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    Unmount(dir.to_path_buf())
-}
-
-/// The value of the sample `name{...}` whose labels contain `with`.
-fn sample(metrics: &str, name: &str, with: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_fails_whole_and_its_retries_tear_and_repeat_no_line() {
     let dir = test_dir();
@@ -313,7 +287,11 @@ async fn a_failed_batch_fails_whole_and_its_retries_tear_and_repeat_no_line() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let metrics = gf.metrics().await;
-        let retries = sample(&metrics, "gridflow_sink_retries_total", "pipeline=\"full\"");
+        let retries = sample(
+            &metrics,
+            "gridflow_sink_retries_total",
+            &["pipeline=\"full\""],
+        );
         if retries.unwrap_or(0.0) >= 20.0 {
             break;
         }
@@ -364,7 +342,7 @@ async fn a_failed_batch_fails_whole_and_its_retries_tear_and_repeat_no_line() {
         sample(
             &metrics,
             "gridflow_messages_sent_total",
-            "pipeline=\"full\""
+            &["pipeline=\"full\""]
         ),
         Some(accepted.len() as f64)
     );

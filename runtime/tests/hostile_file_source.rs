@@ -35,14 +35,6 @@ fn drop_file(dir: &Path, name: &str, text: &[u8]) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-/// The value of the sample `name{...}` whose labels contain every one of `with`.
-fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// The JSON lines of `path` (none when it does not exist).
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

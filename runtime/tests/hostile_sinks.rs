@@ -112,14 +112,6 @@ async fn start_target(seen: Arc<Seen>) -> String {
     format!("http://{addr}")
 }
 
-/// The value of the sample `name{...}` whose labels contain every one of `with`.
-fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 fn pipeline(name: &str, url: &str, sink_extra: &str, max_attempts: u32) -> String {
     format!(
         "name = '{name}'\n[source]\nkind = 'http'\npath = '/in/{name}'\n\
@@ -387,20 +379,7 @@ async fn a_file_sink_on_a_full_disk_loses_nothing_and_tears_no_line() {
     std::fs::create_dir_all(&full).unwrap();
     std::os::unix::fs::symlink("/dev/full", full.join("out.ndjson")).unwrap();
     let small = dir.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(mounted, "mounting a 64 KiB tmpfs needs root");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let _unmount = small_disk(&small);
     for (name, path) in [
         ("devfull", "full/out.ndjson"),
         ("tmpfs", "small/out.ndjson"),

@@ -840,3 +840,31 @@ pub fn tansu_cli(port: u16, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The value of the Prometheus sample `name{...}` whose labels contain every one of `with`
+/// (`pipeline="x"`), from a `/metrics` scrape.
+pub fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Mounts a 64 KiB tmpfs at `dir`, created when missing (the suite runs as root): a disk that
+/// fills up. Unmounted when the returned guard is dropped.
+pub fn small_disk(dir: &Path) -> impl Drop {
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "mounting a 64 KiB tmpfs needs root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    Unmount(dir.to_path_buf())
+}
