@@ -34,8 +34,10 @@
 #
 #   VECTOR=/path/to/vector runtime/benches/peers.sh > peers.md
 #
-# VECTOR: Vector's binary (../shared/tools/build-vector.sh builds one from fetched sources, about
-#   40 minutes on two cores). Without it, only gridflow's column is measured.
+# VECTOR: Vector's binary, built from its sources (0.58 was measured) with at least the sources
+#   file, stdin, http_server and kafka, the remap transform and the blackhole, file and kafka
+#   sinks (`cargo build --release --no-default-features --features ...`; LTO off, about 40
+#   minutes on two cores). Without it, only gridflow's column is measured.
 # PEERS_LINES (200000): lines of pairs 1 and 4; PEERS_KAFKA_RECORDS (100000);
 # PEERS_PARTITIONS (32): partitions of each topic (the embedded broker keeps 5 MiB a partition);
 # PEERS_HTTP_SECONDS (10), PEERS_CONNECTIONS (32); PEERS_XML_SECONDS (10),
