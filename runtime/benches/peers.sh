@@ -154,6 +154,13 @@ start_gridflow() {
     PIDS+=("$GF_PID")
 }
 
+# start_vector DIR: starts Vector on DIR/vector.toml in the background; sets VPID.
+start_vector() {
+    "$VECTOR" --quiet --config "$1/vector.toml" >/dev/null 2>"$1/vector.log" &
+    VPID="$!"
+    PIDS+=("$VPID")
+}
+
 # --- the broker host: the embedded broker, its topics made by the pipelines it starts with ---
 BROKER_DIR="$W/broker"
 gridflow_config "$BROKER_DIR"
@@ -272,15 +279,14 @@ librdkafka_options."acks" = "all"
 librdkafka_options."enable.idempotence" = "true"
 librdkafka_options."linger.ms" = "5"
 EOF
-        "$VECTOR" --quiet --config "$v/vector.toml" >/dev/null 2>"$v/vector.log" &
-        vpid="$!"; PIDS+=("$vpid")
+        start_vector "$v"
         deadline=$((SECONDS + 60))
         until curl -s -o /dev/null -X POST -H 'Content-Type: application/json' -d '{}' "http://127.0.0.1:$port/in"; do
             ((SECONDS < deadline)) || break; sleep 0.1
         done
         read -r rps p99 bad < <(wrk_run "http://127.0.0.1:$port/in" "$W/post.lua" "$CONNECTIONS" "$HTTP_SECONDS")
         V[2]="$rps"; NOTE[v2]="p99 ${p99} ms"; [[ "$bad" == 0 ]] || NOTE[v2]+=", $bad non-2xx"
-        stop "$vpid"
+        stop "$VPID"
     fi
 fi
 
@@ -334,15 +340,14 @@ librdkafka_options."enable.idempotence" = "true"
 EOF
         broker_cpu="$(cpu_ms "$BROKER_PID")"
         start="$(now_ms)"
-        "$VECTOR" --quiet --config "$v/vector.toml" >/dev/null 2>"$v/vector.log" &
-        vpid="$!"; PIDS+=("$vpid")
+        start_vector "$v"
         if line="$(KAFKA_BROKERS="$MOCK" "$BARE" wait peers.k.vector "$KAFKA_RECORDS" 600)"; then
             done="${line##*at_unix_ms=}"
             V[3]="$(rate "$KAFKA_RECORDS" $((done - start)))"
             first="${line##*first_unix_ms=}"; first="${first%% *}"
-            NOTE[v3]="$(seconds $((done - start))), first record out at $(seconds $((first - start))), CPU $(seconds "$(cpu_ms "$vpid")") + broker $(seconds $(($(cpu_ms "$BROKER_PID") - broker_cpu)))"
+            NOTE[v3]="$(seconds $((done - start))), first record out at $(seconds $((first - start))), CPU $(seconds "$(cpu_ms "$VPID")") + broker $(seconds $(($(cpu_ms "$BROKER_PID") - broker_cpu)))"
         fi
-        stop "$vpid"
+        stop "$VPID"
     fi
 fi
 
@@ -430,8 +435,7 @@ type = "blackhole"
 inputs = ["points"]
 print_interval_secs = 0
 EOF
-        "$VECTOR" --quiet --config "$v/vector.toml" >/dev/null 2>"$v/vector.log" &
-        vpid="$!"; PIDS+=("$vpid")
+        start_vector "$v"
         deadline=$((SECONDS + 60))
         until code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/xml' --data-binary @"$A65" "http://127.0.0.1:$port/in")" && [[ "$code" == 200 ]]; do
             ((SECONDS < deadline)) || { log "vector answered $code to the A65 document: $(tail -n 3 "$v/vector.log")"; break; }
@@ -439,7 +443,7 @@ EOF
         done
         read -r rps p99 bad < <(wrk_run "http://127.0.0.1:$port/in" "$W/xml.lua" "$XML_CONNECTIONS" "$XML_SECONDS")
         V[5]="$rps"; [[ "$bad" == 0 ]] || NOTE[v5]="$bad non-2xx"
-        stop "$vpid"
+        stop "$VPID"
     fi
     read -r limit < <("$XML_LOOP" "$A65" 5 | sed -n 's/.* per_second=\([0-9]*\).*/\1/p')
     NOTE[x5]="quick-xml's tokenizer alone: $(kfmt "$limit") documents/s on one core"
